@@ -1,0 +1,208 @@
+//! The rendered sidecar config: what the operator writes per namespace (no keys in it) and what the
+//! sidecar reads, in kube mode from the rendered config object and in standalone mode straight from
+//! [`crate::render`].
+//!
+//! This is a versioned wire contract between operator and sidecar: unknown fields are rejected so a
+//! sidecar never silently ignores a setting it does not understand.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The `apiVersion` written into every rendered config; the sidecar refuses any other.
+pub const CONFIG_API_VERSION: &str = "gatehouse.dev/config-v1alpha1";
+
+/// Everything the sidecars of one namespace need to serve, without secret material.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Always [`CONFIG_API_VERSION`].
+    pub api_version: String,
+    /// Namespace the config was rendered for.
+    pub namespace: String,
+    /// Usable providers by ModelProvider name. Providers with unresolved keys are left out.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Routes by Route name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Budgets by Budget name.
+    #[serde(default)]
+    pub budgets: BTreeMap<String, BudgetConfig>,
+}
+
+impl SidecarConfig {
+    /// An empty config for `namespace`.
+    pub fn empty(namespace: impl Into<String>) -> Self {
+        Self {
+            api_version: CONFIG_API_VERSION.to_string(),
+            namespace: namespace.into(),
+            providers: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            budgets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Wire protocol family of a provider.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum ProviderKind {
+    /// OpenAI's API.
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini API.
+    Gemini,
+    /// Azure OpenAI Service.
+    AzureOpenAI,
+    /// Amazon Bedrock Converse API.
+    Bedrock,
+    /// Any server speaking the OpenAI API (vLLM, Ollama, llama.cpp, TGI...).
+    OpenaiCompatible,
+}
+
+impl ProviderKind {
+    /// The name used in the CRD and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::AzureOpenAI => "azureOpenAI",
+            Self::Bedrock => "bedrock",
+            Self::OpenaiCompatible => "openaiCompatible",
+        }
+    }
+}
+
+/// One upstream provider, resolved.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Protocol family.
+    #[serde(rename = "type")]
+    pub kind: ProviderKind,
+    /// Base URL, without trailing slash. For `openai`/`openaiCompatible` it includes the version
+    /// path (`https://api.openai.com/v1`) and the sidecar appends `/chat/completions`.
+    pub endpoint: String,
+    /// Name of the entry in the keys Secret (and of the file in the mounted keys directory) that holds
+    /// this provider's API key; `None` when the provider is used without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Known models with their pricing, by upstream model name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, Pricing>,
+}
+
+/// Prices in USD per million tokens.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pricing {
+    /// USD per million prompt tokens.
+    pub input_per_million: f64,
+    /// USD per million completion tokens.
+    pub output_per_million: f64,
+    /// USD per million cached prompt tokens; defaults to the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
+}
+
+/// A route: the aliases apps send as `model` and where they go.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Model names apps send that select this route. Unique across the namespace's routes.
+    pub aliases: Vec<String>,
+    /// Usable targets (those whose provider resolved). May be empty when every target is unusable;
+    /// the sidecar then answers the route's aliases with a 503 naming the reason.
+    pub targets: Vec<TargetConfig>,
+    /// Why targets were dropped, for error messages (no secrets in here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Timeouts.
+    pub timeouts: TimeoutConfig,
+}
+
+/// One upstream target of a route.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetConfig {
+    /// ModelProvider name (a key of [`SidecarConfig::providers`]).
+    pub provider: String,
+    /// Model name sent upstream in place of the alias.
+    pub model: String,
+    /// Lower priorities are tried first.
+    pub priority: i32,
+    /// Relative weight within its priority; 0 means only used when the others of its priority failed.
+    pub weight: u32,
+}
+
+/// How failed attempts are retried.
+///
+/// Attempts walk the targets by ascending priority, choosing by weight within a priority, each target
+/// once per pass; moving to a new target is immediate, starting another pass waits a backoff.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Maximum upstream attempts for one request, the first included (>= 1).
+    pub attempts: u32,
+    /// First backoff before another pass over the targets, in milliseconds; doubles each pass.
+    pub backoff_base_ms: u64,
+    /// Upper bound of the backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff_base_ms: 100,
+            backoff_max_ms: 2_000,
+        }
+    }
+}
+
+/// Timeouts, in milliseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// Whole request, all attempts and the full response included.
+    pub request_ms: u64,
+    /// One attempt until the response headers arrive (non-streaming: until the whole body arrived).
+    pub attempt_ms: u64,
+    /// For streams: from sending the request to the first chunk. `None` uses `attempt_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            request_ms: 600_000,
+            attempt_ms: 120_000,
+            first_token_ms: None,
+        }
+    }
+}
+
+/// A budget, as the sidecar sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Limit in USD, if the budget counts money.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_usd: Option<f64>,
+    /// Limit in tokens, if the budget counts tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_tokens: Option<u64>,
+    /// Period name: hourly, daily, weekly, monthly or none.
+    pub period: String,
+    /// `hard` (reject with 429) or `soft` (warn).
+    pub enforcement: String,
+    /// Route names the budget covers; empty means every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
