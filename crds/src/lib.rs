@@ -1,18 +1,27 @@
 //! The Gatehouse API (`gatehouse.dev/v1alpha1`): custom resource types, the rendered sidecar config
 //! and the pure [`render`] function from one to the other.
 
+pub mod budget;
+pub mod conditions;
 pub mod config;
+pub mod provider;
 pub mod render;
+pub mod route;
 
+pub use budget::{Budget, BudgetSpec, BudgetStatus};
+pub use provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
 pub use render::{Inputs, ObjectKind, Problem, Rendered, SecretData, render};
+pub use route::{Route, RouteSpec, RouteStatus};
 
-// Placeholder types until the CRDs land; replaced by derive(CustomResource) types.
-/// A ModelProvider.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct ModelProvider {}
-/// A Route.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Route {}
-/// A Budget.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Budget {}
+use kube::CustomResourceExt;
+
+/// The generated CRD manifests: `(file name, YAML)` for each kind, in a stable order.
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    let crds = [ModelProvider::crd(), Route::crd(), Budget::crd()];
+    crds.iter()
+        .map(|crd| {
+            let file = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
+            Ok((file, serde_yaml::to_string(crd)?))
+        })
+        .collect()
+}
