@@ -1,1 +1,185 @@
-//! placeholder
+//! gatehouse-sidecar: an OpenAI-compatible LLM proxy that runs next to each workload, routes by model
+//! alias, fails over across providers and meters every call.
+//!
+//! The binary is thin: it parses [`Args`], starts telemetry and calls [`run`]. Tests call [`start`]
+//! to get a running sidecar on ephemeral ports.
+
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Settings};
+use crate::source::Sink;
+use crate::source::manifests::Manifests;
+use crate::state::Store;
+
+/// Command-line flags; each is also read from a `GATEHOUSE_*` environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gatehouse-sidecar", version, about)]
+pub struct Args {
+    /// Address of the OpenAI-compatible proxy.
+    #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// Address of the admin port (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEHOUSE_ADMIN_LISTEN", default_value = "127.0.0.1:4001")]
+    pub admin_listen: SocketAddr,
+    /// Standalone mode: YAML files or folders with ModelProvider, Route, Budget and Secret documents.
+    /// Watched; changes apply live.
+    #[arg(long, env = "GATEHOUSE_MANIFESTS", value_delimiter = ',', num_args = 1.., required = true)]
+    pub manifests: Vec<PathBuf>,
+    /// Namespace the sidecar serves; manifests in other namespaces are ignored.
+    #[arg(long, env = "GATEHOUSE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "GATEHOUSE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Upstream connect timeout in milliseconds.
+    #[arg(long, env = "GATEHOUSE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "GATEHOUSE_LOG_FORMAT", default_value = "json")]
+    pub log_format: telemetry::LogFormat,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest watcher could not start.
+    #[error("failed to watch manifests: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin port listens.
+    pub admin_addr: SocketAddr,
+    /// The live config store.
+    pub store: Arc<Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (within the grace period), then return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Wait until a config has been loaded, up to `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.store.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+/// Bind the ports, start the config source and serve in the background.
+pub async fn start(args: &Args) -> Result<Running, StartError> {
+    let proxy_listener =
+        TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: args.admin_listen,
+            source,
+        })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: args.admin_listen,
+            source,
+        })?;
+    let store = Arc::new(Store::default());
+    let metrics = Arc::new(Metrics::new());
+    let watcher = Manifests::new(args.manifests.clone(), args.namespace.clone()).watch(Sink {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    })?;
+    let gateway = Arc::new(Gateway::new(
+        store.clone(),
+        metrics.clone(),
+        upstream::client(Duration::from_millis(args.connect_timeout_ms)),
+        Settings {
+            max_body_bytes: args.max_body_bytes,
+        },
+    ));
+    let (shutdown, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(server::serve(
+            proxy_listener,
+            server::proxy_handler(gateway),
+            rx.clone(),
+        )),
+        tokio::spawn(server::serve(
+            admin_listener,
+            server::admin_handler(store.clone(), metrics),
+            rx,
+        )),
+    ];
+    tracing::info!(%proxy_addr, %admin_addr, "gatehouse-sidecar listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        store,
+        shutdown,
+        tasks,
+        _watcher: watcher,
+    })
+}
+
+/// Run until SIGTERM or Ctrl-C, then shut down gracefully.
+pub async fn run(args: Args) -> Result<(), StartError> {
+    let running = start(&args).await?;
+    telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}

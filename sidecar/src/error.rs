@@ -1,0 +1,162 @@
+//! Errors the proxy answers with, each knowing its HTTP status, its OpenAI error `type`/`code`, its
+//! metric label and whether another attempt may succeed.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json;
+
+/// An error answered to the client in OpenAI's error shape.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request body is not valid JSON or not the expected shape.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The request body is larger than the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// No route serves the requested model.
+    #[error("the model '{0}' does not exist or is not served by any route")]
+    UnknownModel(String),
+    /// The path is not served.
+    #[error("unknown path {0}")]
+    NotFound(String),
+    /// The method is not allowed on this path.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route exists but has no usable target.
+    #[error("route '{route}' has no usable targets: {reason}")]
+    NoTargets {
+        /// Route name.
+        route: String,
+        /// Why (from render problems; never key material).
+        reason: String,
+    },
+    /// No config has been loaded yet.
+    #[error("gatehouse has not loaded its configuration yet")]
+    NotReady,
+    /// Every attempt failed.
+    #[error("all {attempts} upstream attempts failed for route '{route}': {summary}")]
+    Exhausted {
+        /// Route name.
+        route: String,
+        /// Attempts made.
+        attempts: u32,
+        /// One line per attempt; never key material.
+        summary: String,
+        /// Status to answer with (502, 429 or 504).
+        status: StatusCode,
+        /// Retry-After to pass on when the last failure was a 429.
+        retry_after: Option<String>,
+    },
+}
+
+impl ProxyError {
+    /// HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoTargets { .. } | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Exhausted { status, .. } => *status,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_)
+            | Self::BodyTooLarge { .. }
+            | Self::UnknownModel(_)
+            | Self::NotFound(_)
+            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limit_error"
+            }
+            Self::NoTargets { .. } | Self::NotReady | Self::Exhausted { .. } => "api_error",
+        }
+    }
+
+    /// Machine-readable `code`, also the `reason` label of the error metric.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::UnknownModel(_) => "model_not_found",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::NoTargets { .. } => "no_usable_targets",
+            Self::NotReady => "not_ready",
+            Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "upstream_rate_limited"
+            }
+            Self::Exhausted { status, .. } if *status == StatusCode::GATEWAY_TIMEOUT => {
+                "upstream_timeout"
+            }
+            Self::Exhausted { .. } => "upstream_failed",
+        }
+    }
+
+    /// The OpenAI-style JSON error body.
+    pub fn body(&self) -> Bytes {
+        error_body(&self.to_string(), self.error_type(), self.code())
+    }
+}
+
+/// `{"error": {"message", "type", "param", "code"}}`.
+pub fn error_body(message: &str, error_type: &str, code: &str) -> Bytes {
+    let value = json!({
+        "error": {"message": message, "type": error_type, "param": null, "code": code}
+    });
+    Bytes::from(value.to_string())
+}
+
+/// Why one upstream attempt failed; decides whether the next attempt goes ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// Could not connect or the connection broke before a response.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The attempt (or time to first token) timed out.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The upstream answered with a status that is worth retrying (429, 5xx).
+    #[error("upstream answered {status}")]
+    Status {
+        /// Upstream status.
+        status: StatusCode,
+        /// Retry-After header, if any.
+        retry_after: Option<String>,
+    },
+    /// The upstream rejected the gateway's credentials (401/403). Another target may still work.
+    #[error("provider rejected the gateway's credentials (upstream status {0})")]
+    Auth(StatusCode),
+    /// The upstream answered 2xx with a body that is not what the protocol promises.
+    #[error("invalid upstream response: {0}")]
+    Invalid(String),
+}
+
+impl AttemptError {
+    /// Label for the attempts metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect_error",
+            Self::Timeout(_) => "timeout",
+            Self::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limited"
+            }
+            Self::Status { .. } => "server_error",
+            Self::Auth(_) => "auth_failed",
+            Self::Invalid(_) => "invalid_response",
+        }
+    }
+}

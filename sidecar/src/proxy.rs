@@ -1,0 +1,737 @@
+//! The request path. Every request the proxy port receives goes through [`Gateway::handle`], in this
+//! order (docs/architecture.md explains why):
+//!
+//! 1. assign a request id and load the config snapshot once (a reload never changes a request's rules);
+//! 2. read the body within the size limit, parse and validate it (4xx on bad input, before any
+//!    upstream work);
+//! 3. resolve the model alias to a route;
+//! 4. attempt targets in the route's order (priority, then weight), each attempt bounded by the
+//!    per-attempt or first-token timeout and all of them by the request timeout; connect errors,
+//!    timeouts, 401/403, 429 and 5xx move on to the next attempt, other 4xx go back to the client;
+//! 5. answer: buffered JSON with its cost, or a relayed stream once its first chunk arrived — from
+//!    then on no retry, and an upstream failure becomes an SSE error event;
+//! 6. add the `x-gatehouse-*` headers, record metrics and one access-log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::body::{ProxyBody, SseRelay, StreamEnd};
+use crate::error::{AttemptError, ProxyError, error_body};
+use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
+use crate::routing::AttemptPlan;
+use crate::state::{Provider, Store};
+use crate::upstream::UpstreamClient;
+
+const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
+
+/// Settings of the request path that do not come from the custom resources.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// The proxy: config store, upstream client, metrics.
+#[derive(Debug)]
+pub struct Gateway {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    client: UpstreamClient,
+    settings: Settings,
+}
+
+/// Which OpenAI operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Chat,
+    Embeddings,
+}
+
+/// What is known about a request as it goes, for headers, metrics and the access log.
+#[derive(Debug)]
+struct Context {
+    request_id: String,
+    start: Instant,
+    route: Option<String>,
+    provider: Option<String>,
+    model: Option<String>,
+    attempts: u32,
+    upstream_wait: Duration,
+    cost_usd: Option<f64>,
+    stream: bool,
+}
+
+/// A successful or final upstream answer.
+enum Answer {
+    /// A complete 2xx body.
+    Complete { body: Bytes },
+    /// A 2xx event stream whose first chunk arrived.
+    Stream { first: Bytes, rest: Incoming },
+    /// A 4xx other than 401/403/429: the request itself was refused; passed back, not retried.
+    Refused {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl Gateway {
+    /// A gateway serving from `store`.
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        client: UpstreamClient,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            metrics,
+            client,
+            settings,
+        }
+    }
+
+    /// Answer one request. Never fails: every error becomes an OpenAI-style error response.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut ctx = Context {
+            request_id: format!("{:032x}", rand::rng().random::<u128>()),
+            start: Instant::now(),
+            route: None,
+            provider: None,
+            model: None,
+            attempts: 0,
+            upstream_wait: Duration::ZERO,
+            cost_usd: None,
+            stream: false,
+        };
+        let path = req.uri().path();
+        let path = path.strip_prefix("/v1").unwrap_or(path);
+        let result = match (req.method(), path) {
+            (&Method::POST, "/chat/completions") => self.call(req, Operation::Chat, &mut ctx).await,
+            (&Method::POST, "/embeddings") => self.call(req, Operation::Embeddings, &mut ctx).await,
+            (&Method::GET, "/models") => self.models(),
+            (_, "/chat/completions" | "/embeddings" | "/models") => {
+                Err(ProxyError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    path: req.uri().path().to_string(),
+                })
+            }
+            _ => Err(ProxyError::NotFound(req.uri().path().to_string())),
+        };
+        self.finish(ctx, result)
+    }
+
+    fn models(&self) -> Result<Response<ProxyBody>, ProxyError> {
+        let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        let mut aliases: Vec<&String> = snapshot.aliases.keys().collect();
+        aliases.sort();
+        let data: Vec<Value> = aliases
+            .into_iter()
+            .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gatehouse"}))
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        Ok(json_response(StatusCode::OK, Bytes::from(body)))
+    }
+
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        op: Operation,
+        ctx: &mut Context,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        let body = read_body(req, self.settings.max_body_bytes).await?;
+        let (mut json, alias) = parse_request(&body, op)?;
+        ctx.stream = op == Operation::Chat && matches!(json.get("stream"), Some(Value::Bool(true)));
+        let route = snapshot
+            .aliases
+            .get(&alias)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownModel(alias.clone()))?;
+        ctx.route = Some(route.name.clone());
+        if route.config.targets.is_empty() {
+            let reason = if route.config.unavailable.is_empty() {
+                "no targets are configured".to_string()
+            } else {
+                route.config.unavailable.join("; ")
+            };
+            return Err(ProxyError::NoTargets {
+                route: route.name.clone(),
+                reason,
+            });
+        }
+        let retry = &route.config.retry;
+        let timeouts = &route.config.timeouts;
+        let deadline = ctx.start + Duration::from_millis(timeouts.request_ms);
+        let max_attempts = retry.attempts.max(1);
+        let mut plan = AttemptPlan::new(&route, &mut rand::rng());
+        let mut failures: Vec<String> = Vec::new();
+        let mut last: Option<AttemptError> = None;
+        while ctx.attempts < max_attempts {
+            let Some(next) = plan.next(&route, retry, &mut rand::rng()) else {
+                break;
+            };
+            if !next.backoff.is_zero() {
+                if Instant::now() + next.backoff >= deadline {
+                    break;
+                }
+                tokio::time::sleep(next.backoff).await;
+            }
+            let Some(target) = route.target(next.target) else {
+                break;
+            };
+            let Some(provider) = snapshot.providers.get(&target.provider) else {
+                // render() never emits such a target; if it did, the target is skipped, not fatal.
+                failures.push(format!("{}: provider not configured", target.provider));
+                continue;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            ctx.attempts += 1;
+            json.insert("model".to_string(), Value::String(target.model.clone()));
+            let payload = match serde_json::to_vec(&json) {
+                Ok(v) => Bytes::from(v),
+                Err(e) => {
+                    return Err(ProxyError::InvalidRequest(format!(
+                        "failed to encode request: {e}"
+                    )));
+                }
+            };
+            let limit_ms = if ctx.stream {
+                timeouts.first_token_ms.unwrap_or(timeouts.attempt_ms)
+            } else {
+                timeouts.attempt_ms
+            };
+            let limit = Duration::from_millis(limit_ms).min(remaining);
+            let sent = Instant::now();
+            let result =
+                tokio::time::timeout(limit, self.attempt(provider, op, payload, ctx.stream)).await;
+            ctx.upstream_wait += sent.elapsed();
+            let outcome = match result {
+                Ok(Ok(answer)) => {
+                    self.count_attempt(&provider.name, "success");
+                    ctx.provider = Some(provider.name.clone());
+                    ctx.model = Some(target.model.clone());
+                    return Ok(self.answer(answer, provider, &target.model, ctx, deadline));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => AttemptError::Timeout(limit.as_millis() as u64),
+            };
+            self.count_attempt(&provider.name, outcome.metric_label());
+            tracing::debug!(request_id = %ctx.request_id, provider = %provider.name, error = %outcome, "attempt failed");
+            failures.push(format!("{}/{}: {}", provider.name, target.model, outcome));
+            last = Some(outcome);
+        }
+        let (status, retry_after) = match &last {
+            Some(AttemptError::Status {
+                status,
+                retry_after,
+            }) if *status == StatusCode::TOO_MANY_REQUESTS => {
+                (StatusCode::TOO_MANY_REQUESTS, retry_after.clone())
+            }
+            Some(AttemptError::Timeout(_)) if failures.len() == 1 || Instant::now() >= deadline => {
+                (StatusCode::GATEWAY_TIMEOUT, None)
+            }
+            _ => (StatusCode::BAD_GATEWAY, None),
+        };
+        if failures.is_empty() {
+            failures.push("the request timeout expired before the first attempt".to_string());
+        }
+        Err(ProxyError::Exhausted {
+            route: route.name.clone(),
+            attempts: ctx.attempts,
+            summary: failures.join("; "),
+            status,
+            retry_after,
+        })
+    }
+
+    /// One upstream call, until the whole body (buffered) or the first chunk (stream) arrived.
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        op: Operation,
+        payload: Bytes,
+        stream: bool,
+    ) -> Result<Answer, AttemptError> {
+        let url = match op {
+            Operation::Chat => provider.chat_url.clone(),
+            Operation::Embeddings => provider.embeddings_url.clone(),
+        };
+        let mut builder = Request::post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        if let Some(auth) = &provider.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        let request = builder
+            .body(Full::new(payload))
+            .map_err(|e| AttemptError::Connect(format!("failed to build request: {e}")))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| AttemptError::Connect(error_chain(&e)))?;
+        let status = response.status();
+        if status.is_success() {
+            if stream {
+                return first_chunk(response).await;
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| {
+                    AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
+                })?
+                .to_bytes();
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                return Err(AttemptError::Invalid(
+                    "response body is not valid JSON".to_string(),
+                ));
+            }
+            return Ok(Answer::Complete { body });
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Err(AttemptError::Status {
+                status,
+                retry_after,
+            });
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The body may echo part of the key; it is dropped, never relayed or logged.
+            return Err(AttemptError::Auth(status));
+        }
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
+            })?
+            .to_bytes();
+        Ok(Answer::Refused {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// Turn the winning attempt's answer into the client's response.
+    fn answer(
+        &self,
+        answer: Answer,
+        provider: &Provider,
+        model: &str,
+        ctx: &mut Context,
+        deadline: Instant,
+    ) -> Response<ProxyBody> {
+        match answer {
+            Answer::Complete { body } => {
+                ctx.cost_usd = cost_of(&body, provider, model);
+                json_response(StatusCode::OK, body)
+            }
+            Answer::Stream { first, rest } => {
+                let metrics = self.metrics.clone();
+                let route = ctx.route.clone().unwrap_or_default();
+                let request_id = ctx.request_id.clone();
+                let on_end = Box::new(move |end: StreamEnd| {
+                    if end == StreamEnd::Broken {
+                        metrics
+                            .streams_broken
+                            .get_or_create(&RouteLabels {
+                                route: route.clone(),
+                            })
+                            .inc();
+                    }
+                    tracing::info!(target: "gatehouse::access", request_id = %request_id, route = %route, stream_end = ?end, "stream finished");
+                });
+                let relay = SseRelay::new(rest, first, deadline, on_end);
+                let mut response = Response::new(ProxyBody::Stream(Box::pin(relay)));
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                response
+            }
+            Answer::Refused {
+                status,
+                content_type,
+                body,
+            } => {
+                let is_openai_error = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .is_some_and(|v| v.get("error").is_some_and(Value::is_object));
+                if is_openai_error {
+                    let mut response = Response::new(ProxyBody::full(body));
+                    *response.status_mut() = status;
+                    if let Some(ct) = content_type {
+                        response.headers_mut().insert(CONTENT_TYPE, ct);
+                    }
+                    response
+                } else {
+                    let message = format!(
+                        "provider '{}' refused the request with status {}",
+                        provider.name,
+                        status.as_u16()
+                    );
+                    json_response(
+                        status,
+                        error_body(&message, "invalid_request_error", "upstream_refused"),
+                    )
+                }
+            }
+        }
+    }
+
+    fn count_attempt(&self, provider: &str, outcome: &'static str) {
+        self.metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                provider: provider.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Add the `x-gatehouse-*` headers, record metrics and the access log.
+    fn finish(
+        &self,
+        ctx: Context,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Response<ProxyBody> {
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics
+                    .errors
+                    .get_or_create(&ErrorLabels { reason: e.code() })
+                    .inc();
+                if e.status().is_server_error() {
+                    tracing::warn!(request_id = %ctx.request_id, code = e.code(), error = %e, "request failed");
+                }
+                let mut r = json_response(e.status(), e.body());
+                if let ProxyError::Exhausted {
+                    retry_after: Some(ra),
+                    ..
+                } = &e
+                    && let Ok(v) = HeaderValue::from_str(ra)
+                {
+                    r.headers_mut().insert(RETRY_AFTER, v);
+                }
+                r
+            }
+        };
+        let status = response.status();
+        let headers = response.headers_mut();
+        insert_header(headers, "x-gatehouse-request-id", &ctx.request_id);
+        if let Some(route) = &ctx.route {
+            insert_header(headers, "x-gatehouse-route", route);
+        }
+        if let Some(provider) = &ctx.provider {
+            insert_header(headers, "x-gatehouse-provider", provider);
+        }
+        if let Some(model) = &ctx.model {
+            insert_header(headers, "x-gatehouse-model", model);
+        }
+        if ctx.attempts > 0 {
+            insert_header(headers, "x-gatehouse-attempts", &ctx.attempts.to_string());
+        }
+        if let Some(cost) = ctx.cost_usd {
+            insert_header(headers, "x-gatehouse-cost-usd", &format!("{cost:.8}"));
+        }
+        headers.insert("x-gatehouse-cache", HeaderValue::from_static("bypass"));
+
+        let elapsed = ctx.start.elapsed();
+        let route = ctx.route.clone().unwrap_or_default();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                provider: ctx.provider.clone().unwrap_or_default(),
+                model: ctx.model.clone().unwrap_or_default(),
+                status: status.as_u16(),
+            })
+            .inc();
+        if !route.is_empty() {
+            self.metrics
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .observe(elapsed.as_secs_f64());
+        }
+        if ctx.attempts > 0 {
+            self.metrics
+                .overhead
+                .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
+        }
+        tracing::info!(
+            target: "gatehouse::access",
+            request_id = %ctx.request_id,
+            route = %route,
+            provider = ctx.provider.as_deref().unwrap_or(""),
+            model = ctx.model.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            attempts = ctx.attempts,
+            stream = ctx.stream,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            cost_usd = ctx.cost_usd,
+            "request"
+        );
+        response
+    }
+}
+
+fn insert_header(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Read the request body, refusing more than `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::InvalidRequest(format!(
+            "failed to read request body: {e}"
+        ))),
+    }
+}
+
+/// Parse and check the parts of the request the gateway relies on; the rest passes through.
+/// Returns the body and the requested model.
+fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, String), ProxyError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ProxyError::InvalidRequest(
+            "request body must be a JSON object".to_string(),
+        ));
+    };
+    let model = match map.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => {
+            return Err(ProxyError::InvalidRequest(
+                "'model' must be a non-empty string".to_string(),
+            ));
+        }
+        None => {
+            return Err(ProxyError::InvalidRequest(
+                "missing required parameter: 'model'".to_string(),
+            ));
+        }
+    };
+    match op {
+        Operation::Chat => match map.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => {}
+            Some(Value::Array(_)) => {
+                return Err(ProxyError::InvalidRequest(
+                    "'messages' must contain at least one message".to_string(),
+                ));
+            }
+            Some(_) => {
+                return Err(ProxyError::InvalidRequest(
+                    "'messages' must be an array".to_string(),
+                ));
+            }
+            None => {
+                return Err(ProxyError::InvalidRequest(
+                    "missing required parameter: 'messages'".to_string(),
+                ));
+            }
+        },
+        Operation::Embeddings => {
+            if !map.contains_key("input") {
+                return Err(ProxyError::InvalidRequest(
+                    "missing required parameter: 'input'".to_string(),
+                ));
+            }
+        }
+    }
+    if let Some(stream) = map.get("stream")
+        && !stream.is_boolean()
+        && !stream.is_null()
+    {
+        return Err(ProxyError::InvalidRequest(
+            "'stream' must be a boolean".to_string(),
+        ));
+    }
+    Ok((map, model))
+}
+
+/// Wait for the first non-empty chunk of a 2xx event stream.
+async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptError> {
+    let is_sse = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if !is_sse {
+        return Err(AttemptError::Invalid(
+            "expected an event stream (text/event-stream)".to_string(),
+        ));
+    }
+    let mut body = response.into_body();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    return Ok(Answer::Stream {
+                        first: data,
+                        rest: body,
+                    });
+                }
+            }
+            Some(Err(e)) => {
+                return Err(AttemptError::Connect(format!(
+                    "stream broke before the first chunk: {}",
+                    error_chain(&e)
+                )));
+            }
+            None => {
+                return Err(AttemptError::Invalid(
+                    "stream ended before the first chunk".to_string(),
+                ));
+            }
+        }
+    }
+}
+
+/// USD cost of a buffered OpenAI-shaped response, when the model's pricing is known.
+fn cost_of(body: &[u8], provider: &Provider, model: &str) -> Option<f64> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+        #[serde(default)]
+        prompt_tokens_details: Option<PromptDetails>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PromptDetails {
+        #[serde(default)]
+        cached_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    let pricing = provider.models.get(model)?;
+    let usage = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
+    let cached = usage
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .unwrap_or(0)
+        .min(usage.prompt_tokens);
+    let uncached = usage.prompt_tokens - cached;
+    let cached_price = pricing
+        .cached_input_per_million
+        .unwrap_or(pricing.input_per_million);
+    Some(
+        (uncached as f64 * pricing.input_per_million
+            + cached as f64 * cached_price
+            + usage.completion_tokens as f64 * pricing.output_per_million)
+            / 1_000_000.0,
+    )
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_request_reports_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "not valid JSON"),
+            ("[1]", "must be a JSON object"),
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "'model'"),
+            (r#"{"model":7,"messages":[]}"#, "'model' must be"),
+            (r#"{"model":"m"}"#, "'messages'"),
+            (r#"{"model":"m","messages":[]}"#, "at least one"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "'stream'",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = parse_request(body.as_bytes(), Operation::Chat).unwrap_err();
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+        assert!(parse_request(br#"{"model":"m"}"#, Operation::Embeddings).is_err());
+        assert!(parse_request(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
+    }
+}

@@ -1,0 +1,196 @@
+//! The live configuration: an immutable [`Snapshot`] built from a rendered config plus keys, swapped
+//! atomically on reload. A request loads the snapshot once when it starts, so a reload never changes
+//! the rules under a request already in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use gatehouse_crds::config::{Pricing, ProviderKind, RouteConfig, SidecarConfig, TargetConfig};
+use http::{HeaderValue, Uri};
+
+/// Why a config could not become a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The rendered config is of a version this sidecar does not read.
+    #[error("unsupported config apiVersion '{0}'")]
+    Version(String),
+    /// A provider endpoint is not a usable URL.
+    #[error("provider '{provider}' has an invalid endpoint: {reason}")]
+    Endpoint {
+        /// Provider name.
+        provider: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A provider ready to be called.
+#[derive(Debug)]
+pub struct Provider {
+    /// ModelProvider name.
+    pub name: String,
+    /// Protocol family.
+    pub kind: ProviderKind,
+    /// Full URL of the chat completions endpoint.
+    pub chat_url: Uri,
+    /// Full URL of the embeddings endpoint.
+    pub embeddings_url: Uri,
+    /// `authorization` header value, marked sensitive; `None` when no key is configured.
+    pub auth: Option<HeaderValue>,
+    /// Pricing by upstream model name.
+    pub models: BTreeMap<String, Pricing>,
+}
+
+/// A route with its targets grouped by priority.
+#[derive(Debug)]
+pub struct Route {
+    /// Route name.
+    pub name: String,
+    /// The rendered route.
+    pub config: RouteConfig,
+    /// Indices into `config.targets`, one group per priority, lowest priority first.
+    pub groups: Vec<Vec<usize>>,
+}
+
+impl Route {
+    fn new(name: String, config: RouteConfig) -> Self {
+        let mut priorities: Vec<i32> = config.targets.iter().map(|t| t.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let groups = priorities
+            .iter()
+            .map(|p| {
+                config
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.priority == *p)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        Self {
+            name,
+            config,
+            groups,
+        }
+    }
+
+    /// Target by index.
+    pub fn target(&self, index: usize) -> Option<&TargetConfig> {
+        self.config.targets.get(index)
+    }
+}
+
+/// Everything a request needs, immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config this snapshot was built from.
+    pub config: SidecarConfig,
+    /// Route by alias.
+    pub aliases: HashMap<String, Arc<Route>>,
+    /// Provider by name.
+    pub providers: HashMap<String, Arc<Provider>>,
+}
+
+impl Snapshot {
+    /// Build from a rendered config and the provider keys (by key name).
+    pub fn build(
+        config: SidecarConfig,
+        keys: &BTreeMap<String, String>,
+    ) -> Result<Self, SnapshotError> {
+        if config.api_version != gatehouse_crds::config::CONFIG_API_VERSION {
+            return Err(SnapshotError::Version(config.api_version.clone()));
+        }
+        let mut providers = HashMap::new();
+        for (name, p) in &config.providers {
+            let base = p.endpoint.trim_end_matches('/');
+            let url = |path: &str| -> Result<Uri, SnapshotError> {
+                format!("{base}/{path}")
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| SnapshotError::Endpoint {
+                        provider: name.clone(),
+                        reason: e.to_string(),
+                    })
+            };
+            let chat_url = url("chat/completions")?;
+            let embeddings_url = url("embeddings")?;
+            match chat_url.scheme_str() {
+                Some("http" | "https") => {}
+                _ => {
+                    return Err(SnapshotError::Endpoint {
+                        provider: name.clone(),
+                        reason: "scheme must be http or https".to_string(),
+                    });
+                }
+            }
+            // A provider whose key file is missing is still built: the upstream answers 401 and the
+            // client gets a clear "credentials rejected" error instead of the gateway guessing.
+            let auth = p
+                .key
+                .as_ref()
+                .and_then(|k| keys.get(k))
+                .and_then(|key| HeaderValue::try_from(format!("Bearer {key}")).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                });
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider {
+                    name: name.clone(),
+                    kind: p.kind,
+                    chat_url,
+                    embeddings_url,
+                    auth,
+                    models: p.models.clone(),
+                }),
+            );
+        }
+        let mut aliases = HashMap::new();
+        for (name, r) in &config.routes {
+            let route = Arc::new(Route::new(name.clone(), r.clone()));
+            for alias in &r.aliases {
+                aliases.insert(alias.clone(), route.clone());
+            }
+        }
+        Ok(Self {
+            config,
+            aliases,
+            providers,
+        })
+    }
+}
+
+/// Holds the current snapshot; readers never block writers.
+#[derive(Debug, Default)]
+pub struct Store {
+    current: ArcSwapOption<Snapshot>,
+}
+
+impl Store {
+    /// The current snapshot, if one has been loaded.
+    pub fn load(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// Replace the snapshot atomically.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Some(Arc::new(snapshot)));
+    }
+
+    /// Whether a config has been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn route(name: &str, config: RouteConfig) -> Route {
+        Route::new(name.to_string(), config)
+    }
+}
