@@ -93,6 +93,12 @@ pub struct ProviderConfig {
     /// Known models with their pricing, by upstream model name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, Pricing>,
+    /// Azure OpenAI only: the `api-version` query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Bedrock only: the AWS region (for request signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Prices in USD per million tokens.
@@ -205,4 +211,17 @@ pub struct BudgetConfig {
     /// Route names the budget covers; empty means every route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// ServiceAccount names the budget covers; empty means every ServiceAccount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Pod label selector the budget covers; `None` means every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// `open` (serve when the budget ledger is unreachable) or `closed` (reject). Default `open`.
+    #[serde(default = "default_fail_mode")]
+    pub fail_mode: String,
+}
+
+fn default_fail_mode() -> String {
+    "open".to_string()
 }

@@ -10,7 +10,9 @@ pub mod route;
 
 pub use budget::{Budget, BudgetSpec, BudgetStatus};
 pub use provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
-pub use render::{Inputs, ObjectKind, Problem, Rendered, SecretData, render};
+pub use render::{
+    DurationError, Inputs, ObjectKind, Problem, Rendered, SecretData, parse_duration_ms, render,
+};
 pub use route::{Route, RouteSpec, RouteStatus};
 
 use kube::CustomResourceExt;

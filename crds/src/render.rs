@@ -5,7 +5,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::SidecarConfig;
+use kube::ResourceExt;
+
+use crate::budget::BudgetSpec;
+use crate::config::{
+    BudgetConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig, SidecarConfig,
+    TargetConfig, TimeoutConfig,
+};
+use crate::provider::{
+    ANTHROPIC_ENDPOINT, AZURE_DEFAULT_API_VERSION, GEMINI_ENDPOINT, ModelProviderSpec,
+    OPENAI_ENDPOINT, ProviderType,
+};
+use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
 
 /// Secret data by Secret name, then key, as raw bytes (already base64-decoded).
@@ -61,12 +72,546 @@ pub struct Rendered {
     pub problems: Vec<Problem>,
 }
 
+/// Why a duration string could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// The string was empty.
+    #[error("duration is empty")]
+    Empty,
+    /// The string is not a sequence of `<digits><unit>` with unit ms, s, m or h.
+    #[error("invalid duration {0:?}: expected e.g. 100ms, 2s, 1m or 1m30s")]
+    Invalid(String),
+    /// The value does not fit in 64-bit milliseconds.
+    #[error("duration {0:?} is too long")]
+    Overflow(String),
+}
+
+/// Parse a duration such as `100ms`, `2s`, `1m`, `1h` or `1m30s` into milliseconds.
+///
+/// Accepts exactly what the CRD pattern accepts: one or more `<digits><unit>` parts, unit one of
+/// `ms`, `s`, `m`, `h`, summed.
+pub fn parse_duration_ms(s: &str) -> Result<u64, DurationError> {
+    if s.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let invalid = || DurationError::Invalid(s.to_string());
+    let overflow = || DurationError::Overflow(s.to_string());
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| overflow())?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return Err(invalid());
+        };
+        rest = &rest[len..];
+        let part = number.checked_mul(unit_ms).ok_or_else(overflow)?;
+        total = total.checked_add(part).ok_or_else(overflow)?;
+    }
+    Ok(total)
+}
+
+/// Parse a non-negative decimal string (`"2.50"`) as the CRD pattern allows it.
+fn parse_decimal(s: &str) -> Option<f64> {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Problems of one render pass, collected then sorted.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, kind: ObjectKind, name: &str, reason: &str, message: String) {
+        self.0.push(Problem {
+            kind,
+            name: name.to_string(),
+            reason: reason.to_string(),
+            message,
+        });
+    }
+}
+
 /// Render one namespace.
 pub fn render(inputs: &Inputs<'_>) -> Rendered {
-    let _ = inputs;
-    Rendered {
-        config: SidecarConfig::empty(inputs.namespace),
-        keys: BTreeMap::new(),
-        problems: Vec::new(),
+    let mut config = SidecarConfig::empty(inputs.namespace);
+    let mut keys = BTreeMap::new();
+    let mut problems = Problems::default();
+
+    let mut providers: Vec<(String, &ModelProvider)> =
+        inputs.providers.iter().map(|p| (p.name_any(), p)).collect();
+    providers.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, provider) in &providers {
+        if let Some((cfg, key)) =
+            render_provider(name, &provider.spec, inputs.secrets, &mut problems)
+        {
+            if let Some(key) = key {
+                keys.insert(name.clone(), key);
+            }
+            config.providers.insert(name.clone(), cfg);
+        }
     }
+
+    let mut routes: Vec<(String, &Route)> =
+        inputs.routes.iter().map(|r| (r.name_any(), r)).collect();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut alias_owner: BTreeMap<String, String> = BTreeMap::new();
+    for (name, route) in &routes {
+        let known = |p: &str| providers.iter().any(|(n, _)| n == p);
+        let cfg = render_route(
+            name,
+            &route.spec,
+            &config.providers,
+            known,
+            &mut alias_owner,
+            &mut problems,
+        );
+        config.routes.insert(name.clone(), cfg);
+    }
+
+    let mut budgets: Vec<(String, &Budget)> =
+        inputs.budgets.iter().map(|b| (b.name_any(), b)).collect();
+    budgets.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, budget) in &budgets {
+        if let Some(cfg) = render_budget(name, &budget.spec, &mut problems) {
+            config.budgets.insert(name.clone(), cfg);
+        }
+    }
+
+    let mut problems = problems.0;
+    problems.sort();
+    problems.dedup();
+    Rendered {
+        config,
+        keys,
+        problems,
+    }
+}
+
+fn default_endpoint(spec: &ModelProviderSpec) -> Option<String> {
+    match spec.kind {
+        ProviderType::Openai => Some(OPENAI_ENDPOINT.to_string()),
+        ProviderType::Anthropic => Some(ANTHROPIC_ENDPOINT.to_string()),
+        ProviderType::Gemini => Some(GEMINI_ENDPOINT.to_string()),
+        ProviderType::Bedrock => spec
+            .bedrock
+            .as_ref()
+            .map(|b| format!("https://bedrock-runtime.{}.amazonaws.com", b.region)),
+        ProviderType::AzureOpenAI | ProviderType::OpenaiCompatible => None,
+    }
+}
+
+fn render_provider(
+    name: &str,
+    spec: &ModelProviderSpec,
+    secrets: &SecretData,
+    problems: &mut Problems,
+) -> Option<(ProviderConfig, Option<String>)> {
+    let kind = ObjectKind::ModelProvider;
+    let type_name = ProviderKind::from(spec.kind).as_str();
+    let Some(endpoint) = spec.endpoint.clone().or_else(|| default_endpoint(spec)) else {
+        let message = match spec.kind {
+            ProviderType::Bedrock => {
+                "spec.bedrock.region or spec.endpoint is required for type bedrock".to_string()
+            }
+            _ => format!("spec.endpoint is required for type {type_name}"),
+        };
+        problems.push(kind, name, "InvalidSpec", message);
+        return None;
+    };
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        problems.push(
+            kind,
+            name,
+            "InvalidSpec",
+            format!("spec.endpoint {endpoint:?} must be an http:// or https:// URL"),
+        );
+        return None;
+    }
+
+    let mut models = BTreeMap::new();
+    let mut bad_price = false;
+    for model in &spec.models {
+        let p = &model.pricing;
+        let field = |f: &str, v: &str| {
+            format!(
+                "spec.models[{}].pricing.{f}: {v:?} is not a non-negative decimal such as \"2.50\"",
+                model.name
+            )
+        };
+        let input = parse_decimal(&p.input_per_million);
+        let output = parse_decimal(&p.output_per_million);
+        let cached = p
+            .cached_input_per_million
+            .as_deref()
+            .map(|c| (c, parse_decimal(c)));
+        if input.is_none() {
+            problems.push(
+                kind,
+                name,
+                "InvalidSpec",
+                field("inputPerMillion", &p.input_per_million),
+            );
+        }
+        if output.is_none() {
+            problems.push(
+                kind,
+                name,
+                "InvalidSpec",
+                field("outputPerMillion", &p.output_per_million),
+            );
+        }
+        if let Some((raw, None)) = cached {
+            problems.push(
+                kind,
+                name,
+                "InvalidSpec",
+                field("cachedInputPerMillion", raw),
+            );
+        }
+        match (input, output, cached) {
+            (Some(i), Some(o), None) => {
+                models.insert(
+                    model.name.clone(),
+                    Pricing {
+                        input_per_million: i,
+                        output_per_million: o,
+                        cached_input_per_million: None,
+                    },
+                );
+            }
+            (Some(i), Some(o), Some((_, Some(c)))) => {
+                models.insert(
+                    model.name.clone(),
+                    Pricing {
+                        input_per_million: i,
+                        output_per_million: o,
+                        cached_input_per_million: Some(c),
+                    },
+                );
+            }
+            _ => bad_price = true,
+        }
+    }
+    if bad_price {
+        // Serving a model at a wrong price would misreport cost and break budgets: leave the
+        // provider out until the spec is fixed.
+        return None;
+    }
+
+    let key = match &spec.api_key_secret_ref {
+        Some(r) => Some(resolve_key(name, &r.name, &r.key, secrets, problems)?),
+        None if spec.kind == ProviderType::OpenaiCompatible => None,
+        None => {
+            problems.push(
+                kind,
+                name,
+                "InvalidSpec",
+                format!("spec.apiKeySecretRef is required for type {type_name}"),
+            );
+            return None;
+        }
+    };
+
+    let api_version = (spec.kind == ProviderType::AzureOpenAI).then(|| {
+        spec.azure
+            .as_ref()
+            .and_then(|a| a.api_version.clone())
+            .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_string())
+    });
+    let region = match spec.kind {
+        ProviderType::Bedrock => spec.bedrock.as_ref().map(|b| b.region.clone()),
+        _ => None,
+    };
+    let cfg = ProviderConfig {
+        kind: spec.kind.into(),
+        endpoint,
+        key: key.as_ref().map(|_| name.to_string()),
+        models,
+        api_version,
+        region,
+    };
+    Some((cfg, key))
+}
+
+/// Look up and check an API key. Messages name the Secret and key, never the value.
+fn resolve_key(
+    provider: &str,
+    secret: &str,
+    key: &str,
+    secrets: &SecretData,
+    problems: &mut Problems,
+) -> Option<String> {
+    let kind = ObjectKind::ModelProvider;
+    let Some(data) = secrets.get(secret) else {
+        problems.push(
+            kind,
+            provider,
+            "SecretNotFound",
+            format!("secret {secret:?} not found"),
+        );
+        return None;
+    };
+    let Some(bytes) = data.get(key) else {
+        problems.push(
+            kind,
+            provider,
+            "KeyNotFound",
+            format!("secret {secret:?} has no key {key:?}"),
+        );
+        return None;
+    };
+    let invalid = |why: &str| format!("key {key:?} of secret {secret:?} {why}");
+    let Ok(value) = std::str::from_utf8(bytes) else {
+        problems.push(kind, provider, "InvalidKey", invalid("is not valid UTF-8"));
+        return None;
+    };
+    // `echo key > file` and editors add a final newline; tolerate exactly that.
+    let value = value
+        .strip_suffix("\r\n")
+        .or_else(|| value.strip_suffix('\n'))
+        .unwrap_or(value);
+    if value.is_empty() {
+        problems.push(kind, provider, "InvalidKey", invalid("is empty"));
+        return None;
+    }
+    if value.trim() != value || value.contains(['\n', '\r']) {
+        problems.push(
+            kind,
+            provider,
+            "InvalidKey",
+            invalid("has leading or trailing whitespace or a line break"),
+        );
+        return None;
+    }
+    Some(value.to_string())
+}
+
+fn render_route(
+    name: &str,
+    spec: &RouteSpec,
+    ready: &BTreeMap<String, ProviderConfig>,
+    known: impl Fn(&str) -> bool,
+    alias_owner: &mut BTreeMap<String, String>,
+    problems: &mut Problems,
+) -> RouteConfig {
+    let kind = ObjectKind::Route;
+    let wanted: Vec<String> = if spec.models.is_empty() {
+        vec![name.to_string()]
+    } else {
+        spec.models.clone()
+    };
+    let mut aliases = Vec::new();
+    for alias in wanted {
+        if alias.is_empty() || aliases.contains(&alias) {
+            continue;
+        }
+        match alias_owner.get(&alias) {
+            Some(owner) if owner != name => problems.push(
+                kind,
+                name,
+                "DuplicateAlias",
+                format!("model alias {alias:?} is already served by route {owner:?}"),
+            ),
+            _ => {
+                alias_owner.insert(alias.clone(), name.to_string());
+                aliases.push(alias);
+            }
+        }
+    }
+
+    let mut targets = Vec::new();
+    let mut unavailable = Vec::new();
+    for (i, t) in spec.targets.iter().enumerate() {
+        let drop = |reason: &str,
+                    message: String,
+                    problems: &mut Problems,
+                    unavailable: &mut Vec<String>| {
+            problems.push(kind, name, reason, message.clone());
+            unavailable.push(message);
+        };
+        if !ready.contains_key(&t.provider) {
+            if known(&t.provider) {
+                drop(
+                    "ProviderNotReady",
+                    format!("provider {:?} is not ready", t.provider),
+                    problems,
+                    &mut unavailable,
+                );
+            } else {
+                drop(
+                    "ProviderNotFound",
+                    format!("provider {:?} not found", t.provider),
+                    problems,
+                    &mut unavailable,
+                );
+            }
+            continue;
+        }
+        let Ok(weight) = u32::try_from(t.weight) else {
+            drop(
+                "InvalidSpec",
+                format!("spec.targets[{i}].weight must not be negative"),
+                problems,
+                &mut unavailable,
+            );
+            continue;
+        };
+        targets.push(TargetConfig {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            priority: t.priority,
+            weight,
+        });
+    }
+
+    let mut duration = |field: &str, value: Option<&String>, default: u64| -> u64 {
+        let Some(value) = value else { return default };
+        match parse_duration_ms(value) {
+            Ok(ms) => ms,
+            Err(e) => {
+                problems.push(kind, name, "InvalidDuration", format!("{field}: {e}"));
+                default
+            }
+        }
+    };
+    let retry_defaults = RetryConfig::default();
+    let backoff = spec.retry.as_ref().and_then(|r| r.backoff.as_ref());
+    let backoff_base_ms = duration(
+        "spec.retry.backoff.base",
+        backoff.and_then(|b| b.base.as_ref()),
+        retry_defaults.backoff_base_ms,
+    );
+    let backoff_max_ms = duration(
+        "spec.retry.backoff.max",
+        backoff.and_then(|b| b.max.as_ref()),
+        retry_defaults.backoff_max_ms,
+    );
+    let timeout_defaults = TimeoutConfig::default();
+    let timeouts = spec.timeouts.as_ref();
+    let request_ms = duration(
+        "spec.timeouts.request",
+        timeouts.and_then(|t| t.request.as_ref()),
+        timeout_defaults.request_ms,
+    );
+    let attempt_ms = duration(
+        "spec.timeouts.attempt",
+        timeouts.and_then(|t| t.attempt.as_ref()),
+        timeout_defaults.attempt_ms,
+    );
+    let first_token_ms = timeouts
+        .and_then(|t| t.first_token.as_ref())
+        .map(|v| duration("spec.timeouts.firstToken", Some(v), attempt_ms));
+
+    let attempts = match spec.retry.as_ref().map(|r| r.attempts) {
+        None => retry_defaults.attempts,
+        Some(a) => match u32::try_from(a) {
+            Ok(a @ 1..=10) => a,
+            _ => {
+                problems.push(
+                    kind,
+                    name,
+                    "InvalidSpec",
+                    format!("spec.retry.attempts must be between 1 and 10, got {a}"),
+                );
+                retry_defaults.attempts
+            }
+        },
+    };
+
+    RouteConfig {
+        aliases,
+        targets,
+        unavailable,
+        retry: RetryConfig {
+            attempts,
+            backoff_base_ms,
+            backoff_max_ms,
+        },
+        timeouts: TimeoutConfig {
+            request_ms,
+            attempt_ms,
+            first_token_ms,
+        },
+    }
+}
+
+fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Option<BudgetConfig> {
+    let kind = ObjectKind::Budget;
+    let limit_usd = match spec.limit.usd.as_deref() {
+        None => None,
+        Some(raw) => match parse_decimal(raw) {
+            Some(v) if v > 0.0 => Some(v),
+            _ => {
+                problems.push(
+                    kind,
+                    name,
+                    "InvalidSpec",
+                    format!("spec.limit.usd: {raw:?} is not a decimal greater than 0"),
+                );
+                return None;
+            }
+        },
+    };
+    let limit_tokens = match spec.limit.tokens {
+        None => None,
+        Some(t) => match u64::try_from(t) {
+            Ok(t) if t > 0 => Some(t),
+            _ => {
+                problems.push(
+                    kind,
+                    name,
+                    "InvalidSpec",
+                    format!("spec.limit.tokens must be greater than 0, got {t}"),
+                );
+                return None;
+            }
+        },
+    };
+    if limit_usd.is_some() == limit_tokens.is_some() {
+        problems.push(
+            kind,
+            name,
+            "InvalidSpec",
+            "exactly one of spec.limit.usd and spec.limit.tokens must be set".to_string(),
+        );
+        return None;
+    }
+    let scope = spec.scope.clone().unwrap_or_default();
+    let mut routes = scope.routes;
+    routes.sort();
+    routes.dedup();
+    let mut service_accounts = scope.service_accounts;
+    service_accounts.sort();
+    service_accounts.dedup();
+    Some(BudgetConfig {
+        limit_usd,
+        limit_tokens,
+        period: spec.period.as_str().to_string(),
+        enforcement: spec.enforcement.as_str().to_string(),
+        routes,
+        service_accounts,
+        workload_selector: scope.workload_selector,
+        fail_mode: spec.fail_mode.as_str().to_string(),
+    })
 }
