@@ -1,6 +1,11 @@
 //! Offline admission checks: every object is validated the way the apiserver would, against the
 //! OpenAPI schema (types, enums, patterns, bounds, required and unknown fields, list uniqueness) and
 //! the CEL rules (`x-kubernetes-validations`, evaluated with kube-cel).
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] fns: a failure should abort the test loudly"
+)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
