@@ -27,3 +27,22 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// CI guard: the committed CRD YAML must be exactly what the types generate.
+    #[test]
+    fn committed_crd_yaml_matches_the_types() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, generated) in super::crd_files().unwrap() {
+            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "crds/{file} is out of date with the Rust types; regenerate it with \
+                 `cargo run -p gatehouse-crds --bin crdgen` and commit the result"
+            );
+        }
+    }
+}

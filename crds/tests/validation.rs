@@ -82,12 +82,12 @@ fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         err(format!("expected {ty}, got {value}"));
         return;
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            err(format!(
-                "unsupported value {value}: must be one of {allowed:?}"
-            ));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        err(format!(
+            "unsupported value {value}: must be one of {allowed:?}"
+        ));
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
@@ -97,10 +97,10 @@ fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         if let Some(max) = schema["maxLength"].as_u64().filter(|m| len > *m) {
             err(format!("must be at most {max} characters"));
         }
-        if let Some(p) = schema["pattern"].as_str() {
-            if !regex::Regex::new(p).unwrap().is_match(s) {
-                err(format!("{s:?} does not match {p}"));
-            }
+        if let Some(p) = schema["pattern"].as_str()
+            && !regex::Regex::new(p).unwrap().is_match(s)
+        {
+            err(format!("{s:?} does not match {p}"));
         }
     }
     if let Some(n) = value.as_f64() {

@@ -1,0 +1,414 @@
+//! `render()`: one test per problem, plus a golden snapshot of a realistic namespace.
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use gatehouse_crds::{
+    Budget, Inputs, ModelProvider, ObjectKind, Problem, Rendered, Route, SecretData,
+    parse_duration_ms, render,
+};
+use serde_json::{Value, json};
+
+fn obj<T: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> T {
+    serde_json::from_value(json!({
+        "apiVersion": "gatehouse.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+fn provider(name: &str, spec: Value) -> ModelProvider {
+    obj("ModelProvider", name, spec)
+}
+fn route(name: &str, spec: Value) -> Route {
+    obj("Route", name, spec)
+}
+fn budget(name: &str, spec: Value) -> Budget {
+    obj("Budget", name, spec)
+}
+
+fn secrets(entries: &[(&str, &str, &[u8])]) -> SecretData {
+    let mut out = SecretData::new();
+    for (secret, key, value) in entries {
+        out.entry(secret.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_vec());
+    }
+    out
+}
+
+fn run(
+    providers: &[ModelProvider],
+    routes: &[Route],
+    budgets: &[Budget],
+    secrets: &SecretData,
+) -> Rendered {
+    render(&Inputs {
+        namespace: "team-a",
+        providers,
+        routes,
+        budgets,
+        secrets,
+    })
+}
+
+fn openai(secret: &str) -> ModelProvider {
+    provider(
+        "openai",
+        json!({"type": "openai", "apiKeySecretRef": {"name": secret, "key": "api-key"}}),
+    )
+}
+
+fn reasons(r: &Rendered) -> Vec<(ObjectKind, &str, &str)> {
+    r.problems
+        .iter()
+        .map(|p| (p.kind, p.name.as_str(), p.reason.as_str()))
+        .collect()
+}
+
+const KEY: &str = "sk-test-0123456789";
+
+fn assert_no_key_material(r: &Rendered) {
+    for p in &r.problems {
+        assert!(
+            !p.message.contains(KEY) && !p.message.contains("sk-"),
+            "{p:?}"
+        );
+    }
+    let config = serde_json::to_string(&r.config).unwrap();
+    assert!(!config.contains(KEY), "config leaks a key: {config}");
+}
+
+#[test]
+fn provider_defaults_and_key() {
+    let s = secrets(&[("openai-key", "api-key", b"sk-test-0123456789\n")]);
+    let r = run(&[openai("openai-key")], &[], &[], &s);
+    assert_eq!(r.problems, vec![]);
+    let p = &r.config.providers["openai"];
+    assert_eq!(p.endpoint, "https://api.openai.com/v1");
+    assert_eq!(p.key.as_deref(), Some("openai"));
+    assert_eq!(r.keys["openai"], KEY);
+    assert_no_key_material(&r);
+}
+
+#[test]
+fn endpoint_trailing_slash_is_stripped() {
+    let p = provider(
+        "local",
+        json!({"type": "openaiCompatible", "endpoint": "http://127.0.0.1:9100/v1/"}),
+    );
+    let r = run(&[p], &[], &[], &SecretData::new());
+    assert_eq!(
+        r.config.providers["local"].endpoint,
+        "http://127.0.0.1:9100/v1"
+    );
+    assert_eq!(r.config.providers["local"].key, None);
+}
+
+#[test]
+fn secret_not_found() {
+    let r = run(&[openai("missing")], &[], &[], &SecretData::new());
+    assert_eq!(
+        r.problems,
+        vec![Problem {
+            kind: ObjectKind::ModelProvider,
+            name: "openai".into(),
+            reason: "SecretNotFound".into(),
+            message: "secret \"missing\" not found".into(),
+        }]
+    );
+    assert!(r.config.providers.is_empty() && r.keys.is_empty());
+}
+
+#[test]
+fn key_not_found() {
+    let s = secrets(&[("openai-key", "other", KEY.as_bytes())]);
+    let r = run(&[openai("openai-key")], &[], &[], &s);
+    assert_eq!(
+        reasons(&r),
+        [(ObjectKind::ModelProvider, "openai", "KeyNotFound")]
+    );
+    assert!(r.problems[0].message.contains("\"api-key\""));
+}
+
+#[test]
+fn invalid_keys_are_rejected_without_leaking_them() {
+    let cases: [&[u8]; 6] = [
+        b"",
+        b"\n",
+        b"\xff\xfe",
+        b" sk-test-0123456789",
+        b"sk-test-0123456789 \n",
+        b"sk-test-0123456789\n\n",
+    ];
+    for value in cases {
+        let s = secrets(&[("openai-key", "api-key", value)]);
+        let r = run(&[openai("openai-key")], &[], &[], &s);
+        assert_eq!(
+            reasons(&r),
+            [(ObjectKind::ModelProvider, "openai", "InvalidKey")],
+            "{value:?}"
+        );
+        assert!(r.keys.is_empty());
+        assert_no_key_material(&r);
+    }
+}
+
+#[test]
+fn invalid_price_is_an_invalid_spec() {
+    let p = provider(
+        "local",
+        json!({"type": "openaiCompatible", "endpoint": "http://x/v1",
+               "models": [{"name": "m", "pricing": {"inputPerMillion": "1,5", "outputPerMillion": "2"}}]}),
+    );
+    let r = run(&[p], &[], &[], &SecretData::new());
+    assert_eq!(
+        reasons(&r),
+        [(ObjectKind::ModelProvider, "local", "InvalidSpec")]
+    );
+    assert!(r.problems[0].message.contains("inputPerMillion"));
+    assert!(r.config.providers.is_empty());
+}
+
+#[test]
+fn missing_required_endpoint_is_an_invalid_spec() {
+    let p = provider(
+        "az",
+        json!({"type": "azureOpenAI", "apiKeySecretRef": {"name": "s", "key": "k"}}),
+    );
+    let r = run(&[p], &[], &[], &secrets(&[("s", "k", KEY.as_bytes())]));
+    assert_eq!(
+        reasons(&r),
+        [(ObjectKind::ModelProvider, "az", "InvalidSpec")]
+    );
+}
+
+#[test]
+fn targets_with_missing_or_unready_providers_are_dropped_but_the_route_stays() {
+    let rt = route(
+        "chat",
+        json!({"targets": [
+            {"provider": "openai", "model": "gpt-4o-mini"},
+            {"provider": "nope", "model": "m", "priority": 1},
+        ]}),
+    );
+    // openai exists but its Secret is missing: not ready.
+    let r = run(&[openai("missing")], &[rt], &[], &SecretData::new());
+    assert_eq!(
+        reasons(&r),
+        [
+            (ObjectKind::ModelProvider, "openai", "SecretNotFound"),
+            (ObjectKind::Route, "chat", "ProviderNotFound"),
+            (ObjectKind::Route, "chat", "ProviderNotReady"),
+        ]
+    );
+    let chat = &r.config.routes["chat"];
+    assert!(chat.targets.is_empty());
+    assert_eq!(
+        chat.aliases,
+        ["chat"],
+        "aliases default to the Route's name"
+    );
+    assert_eq!(
+        chat.unavailable,
+        [
+            "provider \"openai\" is not ready",
+            "provider \"nope\" not found"
+        ]
+    );
+}
+
+#[test]
+fn duplicate_alias_goes_to_the_route_whose_name_sorts_first() {
+    let local = provider(
+        "local",
+        json!({"type": "openaiCompatible", "endpoint": "http://x/v1"}),
+    );
+    let target = json!([{"provider": "local", "model": "m"}]);
+    let routes = [
+        route(
+            "zeta",
+            json!({"models": ["chat", "zeta-only"], "targets": target}),
+        ),
+        route("alpha", json!({"models": ["chat"], "targets": target})),
+    ];
+    let r = run(&[local], &routes, &[], &SecretData::new());
+    assert_eq!(reasons(&r), [(ObjectKind::Route, "zeta", "DuplicateAlias")]);
+    assert!(r.problems[0].message.contains("\"alpha\""));
+    assert_eq!(r.config.routes["alpha"].aliases, ["chat"]);
+    assert_eq!(r.config.routes["zeta"].aliases, ["zeta-only"]);
+}
+
+#[test]
+fn invalid_duration_falls_back_to_the_default() {
+    let local = provider(
+        "local",
+        json!({"type": "openaiCompatible", "endpoint": "http://x/v1"}),
+    );
+    let rt = route(
+        "chat",
+        json!({"targets": [{"provider": "local", "model": "m"}],
+               "timeouts": {"request": "5 minutes", "attempt": "20s"}}),
+    );
+    let r = run(&[local], &[rt], &[], &SecretData::new());
+    assert_eq!(
+        reasons(&r),
+        [(ObjectKind::Route, "chat", "InvalidDuration")]
+    );
+    assert!(r.problems[0].message.starts_with("spec.timeouts.request"));
+    let t = &r.config.routes["chat"].timeouts;
+    assert_eq!(
+        (t.request_ms, t.attempt_ms, t.first_token_ms),
+        (600_000, 20_000, None)
+    );
+}
+
+#[test]
+fn invalid_budget_limit_is_an_invalid_spec() {
+    let budgets = [
+        budget(
+            "both",
+            json!({"limit": {"usd": "5", "tokens": 5}, "period": "daily"}),
+        ),
+        budget("zero", json!({"limit": {"usd": "0"}, "period": "daily"})),
+        budget("ok", json!({"limit": {"tokens": 1000}, "period": "none"})),
+    ];
+    let r = run(&[], &[], &budgets, &SecretData::new());
+    assert_eq!(
+        reasons(&r),
+        [
+            (ObjectKind::Budget, "both", "InvalidSpec"),
+            (ObjectKind::Budget, "zero", "InvalidSpec")
+        ]
+    );
+    let ok = &r.config.budgets["ok"];
+    assert_eq!(
+        (
+            ok.limit_tokens,
+            ok.enforcement.as_str(),
+            ok.fail_mode.as_str()
+        ),
+        (Some(1000), "hard", "open")
+    );
+}
+
+#[test]
+fn durations() {
+    for (s, ms) in [
+        ("100ms", 100),
+        ("2s", 2_000),
+        ("1m", 60_000),
+        ("1h", 3_600_000),
+        ("1m30s", 90_000),
+        ("0s", 0),
+    ] {
+        assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
+    }
+    for s in [
+        "",
+        "10",
+        "1d",
+        "s",
+        "1.5s",
+        "-1s",
+        "1m 30s",
+        "99999999999999999999h",
+    ] {
+        assert!(parse_duration_ms(s).is_err(), "{s}");
+    }
+}
+
+#[test]
+fn output_is_deterministic_regardless_of_input_order() {
+    let (providers, routes, budgets, s) = namespace();
+    let a = run(&providers, &routes, &budgets, &s);
+    let mut providers = providers;
+    let mut routes = routes;
+    let mut budgets = budgets;
+    providers.reverse();
+    routes.reverse();
+    budgets.reverse();
+    assert_eq!(a, run(&providers, &routes, &budgets, &s));
+}
+
+/// A realistic namespace: three hosted providers, one self-hosted, failover and balancing routes,
+/// budgets, and one broken provider.
+fn namespace() -> (Vec<ModelProvider>, Vec<Route>, Vec<Budget>, SecretData) {
+    let providers = vec![
+        provider(
+            "openai",
+            json!({"type": "openai", "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+                   "models": [
+                       {"name": "gpt-4o", "pricing": {"inputPerMillion": "2.50", "outputPerMillion": "10.00", "cachedInputPerMillion": "1.25"}},
+                       {"name": "gpt-4o-mini", "pricing": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"}}]}),
+        ),
+        provider(
+            "anthropic",
+            json!({"type": "anthropic", "apiKeySecretRef": {"name": "llm-keys", "key": "anthropic"}}),
+        ),
+        provider(
+            "azure",
+            json!({"type": "azureOpenAI", "endpoint": "https://acme.openai.azure.com/",
+                   "apiKeySecretRef": {"name": "llm-keys", "key": "azure"}}),
+        ),
+        provider(
+            "bedrock",
+            json!({"type": "bedrock", "bedrock": {"region": "eu-west-1"},
+                   "apiKeySecretRef": {"name": "bedrock-key", "key": "token"}}),
+        ),
+        provider(
+            "vllm",
+            json!({"type": "openaiCompatible", "endpoint": "http://vllm.models.svc:8000/v1"}),
+        ),
+    ];
+    let routes = vec![
+        route(
+            "chat",
+            json!({"models": ["gpt-4o-mini", "chat"],
+                   "targets": [
+                       {"provider": "vllm", "model": "llama-3.1-8b-instruct"},
+                       {"provider": "openai", "model": "gpt-4o-mini", "priority": 1, "weight": 3},
+                       {"provider": "azure", "model": "gpt-4o-mini", "priority": 1}],
+                   "retry": {"attempts": 4, "backoff": {"base": "200ms", "max": "5s"}},
+                   "timeouts": {"request": "2m", "attempt": "30s", "firstToken": "1m30s"}}),
+        ),
+        route(
+            "claude",
+            json!({"targets": [
+                       {"provider": "anthropic", "model": "claude-sonnet-4-5"},
+                       {"provider": "bedrock", "model": "anthropic.claude-sonnet-4-5", "priority": 1}]}),
+        ),
+    ];
+    let budgets = vec![
+        budget(
+            "team-monthly",
+            json!({"limit": {"usd": "500"}, "period": "monthly"}),
+        ),
+        budget(
+            "search-daily-tokens",
+            json!({"limit": {"tokens": 2000000}, "period": "daily", "enforcement": "soft", "failMode": "closed",
+                   "scope": {"routes": ["chat"], "serviceAccounts": ["search-api"],
+                             "workloadSelector": {"matchLabels": {"app": "search"}}}}),
+        ),
+    ];
+    let s = secrets(&[
+        ("llm-keys", "openai", b"sk-test-openai\n"),
+        ("llm-keys", "anthropic", b"sk-ant-test"),
+        ("llm-keys", "azure", b"azure-test-key"),
+    ]);
+    (providers, routes, budgets, s)
+}
+
+#[test]
+fn golden_multi_provider_namespace() {
+    let (providers, routes, budgets, s) = namespace();
+    let r = run(&providers, &routes, &budgets, &s);
+    insta::assert_yaml_snapshot!("config", r.config);
+    let problems: Vec<String> = r
+        .problems
+        .iter()
+        .map(|p| format!("{:?}/{} {}: {}", p.kind, p.name, p.reason, p.message))
+        .collect();
+    insta::assert_yaml_snapshot!("problems", problems);
+    let key_names: Vec<&String> = r.keys.keys().collect();
+    assert_eq!(key_names, ["anthropic", "azure", "openai"]);
+}
