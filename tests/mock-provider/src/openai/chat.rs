@@ -1,0 +1,454 @@
+//! `POST /v1/chat/completions`: the `chat.completion` object and the `chat.completion.chunk`
+//! SSE stream.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ApiError, SYSTEM_FINGERPRINT, Usage, count_words, next_id, now_secs, parse_error, success_json,
+};
+use crate::behaviour::{Behaviour, Fault};
+use crate::body::{self, Body, Pacing};
+
+/// Words of the built-in answer; `{model}` stands for the requested model.
+const SENTENCE: [&str; 5] = ["This", "is", "{model}", "mock", "speaking."];
+
+/// The words the mock answers for `model` under `behaviour`: `behaviour.content` split on
+/// whitespace, or `behaviour.chunks` words of the built-in sentence (which names the model).
+pub fn answer_words<'a>(behaviour: &'a Behaviour, model: &'a str) -> Vec<&'a str> {
+    match &behaviour.content {
+        Some(content) => content.split_whitespace().collect(),
+        None => (0..behaviour.chunks)
+            .map(|i| match SENTENCE[i % SENTENCE.len()] {
+                "{model}" => model,
+                word => word,
+            })
+            .collect(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    messages: Option<Messages>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// `messages`, reduced while parsing to what the mock needs: how many, and how many words of
+/// text they hold. Nothing is allocated for message content.
+struct Messages {
+    count: usize,
+    words: u64,
+}
+
+impl<'de> Deserialize<'de> for Messages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Messages;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of messages")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+                let mut out = Messages { count: 0, words: 0 };
+                while let Some(m) = seq.next_element::<MessageWords>()? {
+                    out.count += 1;
+                    out.words += m.0;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// Words in one message's `content`.
+struct MessageWords(u64);
+
+impl<'de> Deserialize<'de> for MessageWords {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MessageWords;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageWords, A::Error> {
+                let mut words = 0;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "content" {
+                        words = map.next_value::<ContentWords>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(MessageWords(words))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Words in a `content`: a string, null, or an array of parts whose `text` fields count.
+struct ContentWords(u64);
+
+impl<'de> Deserialize<'de> for ContentWords {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContentWords;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, null, or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentWords, E> {
+                Ok(ContentWords(count_words(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ContentWords, E> {
+                Ok(ContentWords(0))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<ContentWords, E> {
+                Ok(ContentWords(0))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ContentWords, A::Error> {
+                let mut words = 0;
+                while let Some(part) = seq.next_element::<PartWords>()? {
+                    words += part.0;
+                }
+                Ok(ContentWords(words))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ContentWords, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(ContentWords(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Words in the `text` field of one content part.
+struct PartWords(u64);
+
+impl<'de> Deserialize<'de> for PartWords {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PartWords;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a content part object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PartWords, A::Error> {
+                let mut words = 0;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "text" {
+                        words = map.next_value::<ContentWords>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(PartWords(words))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [CompletionChoice<'a>; 1],
+    usage: Usage,
+    service_tier: &'static str,
+    system_fingerprint: &'static str,
+}
+
+#[derive(Serialize)]
+struct CompletionChoice<'a> {
+    index: u32,
+    message: AssistantMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct AssistantMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: Option<()>,
+    annotations: [(); 0],
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    service_tier: &'static str,
+    system_fingerprint: &'static str,
+    choices: &'a [ChunkChoice<'a>],
+    /// Absent without `include_usage`; `null` on every chunk but the last with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<Usage>>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<()>>,
+}
+
+fn sse_event(value: &impl Serialize) -> Bytes {
+    let mut buf = Vec::with_capacity(384);
+    buf.extend_from_slice(b"data: ");
+    // Serializing these plain structs into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buf, value);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// `POST /v1/chat/completions`.
+pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<Body> {
+    let request: ChatRequest<'_> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return parse_error(&e).into_response(),
+    };
+    let Some(model) = request.model.as_deref() else {
+        return ApiError::missing("model").into_response();
+    };
+    let Some(messages) = request.messages else {
+        return ApiError::missing("messages").into_response();
+    };
+    if messages.count == 0 {
+        return ApiError::invalid_request(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got \
+             an empty array instead.",
+        )
+        .param("messages")
+        .code("empty_array")
+        .into_response();
+    }
+
+    let mut words = answer_words(behaviour, model);
+    let mut finish_reason = "stop";
+    if let Some(limit) = request.max_completion_tokens.or(request.max_tokens)
+        && (words.len() as u64) > limit
+    {
+        words.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        finish_reason = "length";
+    }
+    let usage = Usage::new(messages.words, words.len() as u64, behaviour);
+    let id = next_id("chatcmpl-");
+    let created = now_secs();
+
+    if request.stream == Some(true) {
+        let include_usage = request
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let stream = StreamAnswer {
+            id: &id,
+            created,
+            model,
+            words: &words,
+            finish_reason,
+            usage: include_usage.then_some(usage),
+        };
+        return stream.into_response(behaviour);
+    }
+
+    let content = words.join(" ");
+    let completion = Completion {
+        id: &id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: &content,
+                refusal: None,
+                annotations: [],
+            },
+            logprobs: None,
+            finish_reason,
+        }],
+        usage,
+        service_tier: "default",
+        system_fingerprint: SYSTEM_FINGERPRINT,
+    };
+    let json = Bytes::from(serde_json::to_vec(&completion).unwrap_or_default());
+    success_json(json, &behaviour.fault)
+}
+
+struct StreamAnswer<'a> {
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+    words: &'a [&'a str],
+    finish_reason: &'static str,
+    /// `Some` when the client asked for `include_usage`.
+    usage: Option<Usage>,
+}
+
+impl StreamAnswer<'_> {
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }];
+        sse_event(&Chunk {
+            id: self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model,
+            service_tier: "default",
+            system_fingerprint: SYSTEM_FINGERPRINT,
+            choices: &choices,
+            usage: self.usage.map(|_| None),
+        })
+    }
+
+    fn into_response(self, behaviour: &Behaviour) -> Response<Body> {
+        let mut events = Vec::with_capacity(self.words.len() + 4);
+        events.push(self.chunk(
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                refusal: Some(None),
+            },
+            None,
+        ));
+        let mut cut = false;
+        match behaviour.fault {
+            Fault::Garbage => {
+                events.push(Bytes::from_static(
+                    b"data: {\"id\": \"chatcmpl-garbage\", <<not json\n\n",
+                ));
+                events.push(Bytes::from_static(DONE));
+            }
+            _ => {
+                let limit = match behaviour.fault {
+                    Fault::CutAfter { chunks } => {
+                        cut = true;
+                        chunks.min(self.words.len())
+                    }
+                    _ => self.words.len(),
+                };
+                let mut text = String::with_capacity(32);
+                for (i, word) in self.words[..limit].iter().enumerate() {
+                    text.clear();
+                    if i > 0 {
+                        text.push(' ');
+                    }
+                    text.push_str(word);
+                    events.push(self.chunk(
+                        Delta {
+                            content: Some(&text),
+                            ..Delta::default()
+                        },
+                        None,
+                    ));
+                }
+                if !cut {
+                    events.push(self.chunk(Delta::default(), Some(self.finish_reason)));
+                    if let Some(usage) = self.usage {
+                        events.push(sse_event(&Chunk {
+                            id: self.id,
+                            object: "chat.completion.chunk",
+                            created: self.created,
+                            model: self.model,
+                            service_tier: "default",
+                            system_fingerprint: SYSTEM_FINGERPRINT,
+                            choices: &[],
+                            usage: Some(Some(usage)),
+                        }));
+                    }
+                    events.push(Bytes::from_static(DONE));
+                }
+            }
+        }
+        let pacing = Pacing {
+            delay: behaviour.chunk_delay,
+            gate: behaviour.gate.clone(),
+            // The role chunk and the first content chunk pass; the gate holds the rest.
+            gate_from: 2,
+            cut,
+        };
+        let mut response = Response::new(body::events(events, pacing));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn counts_words_in_string_and_part_contents() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"system","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"one two three"},{"type":"image_url","image_url":{"url":"x"}}]},
+            {"role":"assistant","content":null,"tool_calls":[]}
+        ]}"#;
+        let request: ChatRequest<'_> = serde_json::from_slice(body).unwrap();
+        let messages = request.messages.unwrap();
+        assert_eq!(messages.count, 3);
+        assert_eq!(messages.words, 5);
+    }
+
+    #[test]
+    fn answer_names_the_model_and_cycles() {
+        let b = Behaviour::normal().chunks(7);
+        assert_eq!(
+            answer_words(&b, "gpt-x").join(" "),
+            "This is gpt-x mock speaking. This is"
+        );
+        let b = Behaviour::normal().content("fixed  answer text");
+        assert_eq!(answer_words(&b, "m"), ["fixed", "answer", "text"]);
+    }
+}
