@@ -5,37 +5,141 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
+use crate::usage::Usage;
 
 /// What happened to a relayed stream, reported once when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// The upstream finished with `[DONE]`.
     Complete,
-    /// The upstream broke, ended early or timed out; the client got an error event.
+    /// The upstream broke, ended early, sent an invalid event or timed out; the client got an
+    /// error event.
     Broken,
     /// The client went away before the end.
     ClientGone,
 }
 
-/// Called once with how the stream ended.
-pub type OnEnd = Box<dyn FnOnce(StreamEnd) + Send + Sync>;
+/// Called once when the stream ends, with how it ended and the usage it reported.
+pub type OnEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>) + Send + Sync>;
+
+/// Result of reading the first event of a stream, before it is committed to the client.
+#[derive(Debug)]
+pub enum FirstEvent {
+    /// Not a complete event yet: read more.
+    Incomplete,
+    /// A valid first event.
+    Valid,
+    /// Not what an OpenAI stream starts with.
+    Invalid(&'static str),
+}
+
+/// Check the first complete event in `buf` (used before committing: a bad start may still fail
+/// over to another target).
+pub fn first_event(buf: &[u8]) -> FirstEvent {
+    let Some(end) = event_end(buf) else {
+        return FirstEvent::Incomplete;
+    };
+    match inspect(&buf[..end]) {
+        Ok(Event::Error) => FirstEvent::Invalid("the stream started with an error event"),
+        Ok(_) => FirstEvent::Valid,
+        Err(reason) => FirstEvent::Invalid(reason),
+    }
+}
+
+/// Index just past the first event's terminating blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+enum Event {
+    /// Comment or empty event (keep-alive).
+    Empty,
+    Done,
+    Data(Option<Usage>),
+    /// An in-band error event from the upstream, relayed as-is.
+    Error,
+}
+
+/// Validate one complete event: its data must be `[DONE]` or a JSON object.
+fn inspect(event: &[u8]) -> Result<Event, &'static str> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        usage: Option<Usage>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    let mut data: Option<Vec<u8>> = None;
+    let mut single: Option<&[u8]> = None;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(rest) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        // Multi-line data is joined with newlines, as the SSE spec says; the common case is one line.
+        match (single.take(), data.as_mut()) {
+            (None, None) => single = Some(rest),
+            (Some(first), None) => {
+                let mut joined = first.to_vec();
+                joined.push(b'\n');
+                joined.extend_from_slice(rest);
+                data = Some(joined);
+            }
+            (_, Some(joined)) => {
+                joined.push(b'\n');
+                joined.extend_from_slice(rest);
+            }
+        }
+    }
+    let payload: &[u8] = match (&data, single) {
+        (Some(joined), _) => joined,
+        (None, Some(one)) => one,
+        (None, None) => return Ok(Event::Empty),
+    };
+    if payload.trim_ascii() == b"[DONE]" {
+        return Ok(Event::Done);
+    }
+    match serde_json::from_slice::<Probe>(payload) {
+        Ok(probe) if probe.error.is_some() => Ok(Event::Error),
+        Ok(probe) => Ok(Event::Data(probe.usage)),
+        Err(_) => Err("the upstream sent an event that is not a JSON object"),
+    }
+}
 
 pin_project! {
-    /// Relays an upstream SSE body.
+    /// Relays an upstream SSE body event by event: complete events are checked and forwarded as
+    /// soon as they arrive; anything that would let a client mistake a failure for a finished
+    /// answer becomes an error event.
+    #[project = SseRelayProj]
     pub struct SseRelay {
         #[pin]
         upstream: Incoming,
-        first: Option<Bytes>,
-        tail: Vec<u8>,
+        buf: BytesMut,
         saw_done: bool,
         finished: bool,
+        pending_error: Option<Bytes>,
+        usage: Option<Usage>,
         #[pin]
         deadline: Sleep,
         on_end: Option<OnEnd>,
@@ -45,7 +149,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
-                on_end(StreamEnd::ClientGone);
+                on_end(StreamEnd::ClientGone, *this.usage);
             }
         }
     }
@@ -60,35 +164,21 @@ impl std::fmt::Debug for SseRelay {
     }
 }
 
-const DONE_MARKER: &[u8] = b"[DONE]";
-
 impl SseRelay {
-    /// Relay `upstream`, starting with the already received `first` chunk, ending with an error event
+    /// Relay `upstream`, starting with the bytes already read (`first`), ending with an error event
     /// if the whole stream is not done by `deadline`.
     pub fn new(upstream: Incoming, first: Bytes, deadline: Instant, on_end: OnEnd) -> Self {
-        let mut relay = Self {
+        Self {
             upstream,
-            first: None,
-            tail: Vec::with_capacity(16),
+            buf: BytesMut::from(&first[..]),
             saw_done: false,
             finished: false,
+            pending_error: None,
+            usage: None,
             deadline: tokio::time::sleep_until(deadline),
             on_end: Some(on_end),
-        };
-        relay.saw_done = scan_done(&mut relay.tail, &first);
-        relay.first = Some(first);
-        relay
+        }
     }
-}
-
-/// Whether `[DONE]` appears in the stream so far, looking across chunk boundaries via `tail`.
-fn scan_done(tail: &mut Vec<u8>, chunk: &[u8]) -> bool {
-    let mut window = std::mem::take(tail);
-    window.extend_from_slice(chunk);
-    let found = window.windows(DONE_MARKER.len()).any(|w| w == DONE_MARKER);
-    let keep = window.len().min(DONE_MARKER.len() - 1);
-    tail.extend_from_slice(&window[window.len() - keep..]);
-    found
 }
 
 fn error_event(message: &str, code: &str) -> Bytes {
@@ -100,18 +190,46 @@ fn error_event(message: &str, code: &str) -> Bytes {
     Bytes::from(event)
 }
 
-/// End the stream with an error event: the client must never mistake a cut stream for a finished one.
-fn fail(
-    finished: &mut bool,
-    on_end: &mut Option<OnEnd>,
-    message: &str,
-    code: &str,
-) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
-    *finished = true;
-    if let Some(on_end) = on_end.take() {
-        on_end(StreamEnd::Broken);
+impl SseRelayProj<'_> {
+    /// Take the complete, valid events from the buffer. On an invalid one, stop there and queue
+    /// the error event that ends the stream.
+    fn take_events(&mut self) -> Option<Bytes> {
+        let mut valid = 0;
+        while let Some(len) = event_end(&self.buf[valid..]) {
+            match inspect(&self.buf[valid..valid + len]) {
+                Ok(Event::Done) => *self.saw_done = true,
+                Ok(Event::Data(Some(usage))) => *self.usage = Some(usage),
+                Ok(Event::Data(None) | Event::Empty) => {}
+                Ok(Event::Error) => {
+                    // Relay the upstream's own error event and end there.
+                    valid += len;
+                    self.end(StreamEnd::Broken, None);
+                    break;
+                }
+                Err(reason) => {
+                    self.end(StreamEnd::Broken, Some((reason, "upstream_invalid_event")));
+                    break;
+                }
+            }
+            valid += len;
+        }
+        let events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        if *self.finished {
+            // Whatever follows an invalid or error event is never relayed.
+            self.buf.clear();
+        }
+        events
     }
-    Poll::Ready(Some(Ok(Frame::data(error_event(message, code)))))
+
+    fn end(&mut self, end: StreamEnd, error: Option<(&str, &str)>) {
+        *self.finished = true;
+        if let Some((message, code)) = error {
+            *self.pending_error = Some(error_event(message, code));
+        }
+        if let Some(on_end) = self.on_end.take() {
+            on_end(end, *self.usage);
+        }
+    }
 }
 
 impl Body for SseRelay {
@@ -123,54 +241,55 @@ impl Body for SseRelay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        if *this.finished {
-            return Poll::Ready(None);
-        }
         loop {
+            if *this.finished {
+                return Poll::Ready(this.pending_error.take().map(|e| Ok(Frame::data(e))));
+            }
+            if let Some(events) = this.take_events() {
+                return Poll::Ready(Some(Ok(Frame::data(events))));
+            }
+            if *this.finished {
+                continue;
+            }
             if this.deadline.as_mut().poll(cx).is_ready() {
-                return fail(
-                    this.finished,
-                    this.on_end,
-                    "the upstream stream did not finish within the request timeout",
-                    "upstream_timeout",
+                this.end(
+                    StreamEnd::Broken,
+                    Some((
+                        "the upstream stream did not finish within the request timeout",
+                        "upstream_timeout",
+                    )),
                 );
+                continue;
             }
             match ready!(this.upstream.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if !*this.saw_done && scan_done(this.tail, &data) {
-                            *this.saw_done = true;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                Some(Ok(frame)) => {
+                    // Trailers are not part of the SSE contract; only data is kept.
+                    if let Ok(data) = frame.into_data() {
+                        this.buf.extend_from_slice(&data);
                     }
-                    // Trailers from upstream are not part of the SSE contract; skip them.
-                    Err(_) => continue,
-                },
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "upstream stream broke");
-                    return fail(
-                        this.finished,
-                        this.on_end,
-                        "the upstream stream broke before it completed",
-                        "upstream_stream_broken",
+                    this.end(
+                        StreamEnd::Broken,
+                        Some((
+                            "the upstream stream broke before it completed",
+                            "upstream_stream_broken",
+                        )),
                     );
                 }
+                None if *this.saw_done => {
+                    this.buf.clear();
+                    this.end(StreamEnd::Complete, None);
+                }
                 None => {
-                    if *this.saw_done {
-                        *this.finished = true;
-                        if let Some(on_end) = this.on_end.take() {
-                            on_end(StreamEnd::Complete);
-                        }
-                        return Poll::Ready(None);
-                    }
-                    return fail(
-                        this.finished,
-                        this.on_end,
-                        "the upstream stream ended before it completed",
-                        "upstream_stream_broken",
+                    this.buf.clear();
+                    this.end(
+                        StreamEnd::Broken,
+                        Some((
+                            "the upstream stream ended before it completed",
+                            "upstream_stream_broken",
+                        )),
                     );
                 }
             }
@@ -178,7 +297,7 @@ impl Body for SseRelay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.first.is_none()
+        self.finished && self.pending_error.is_none() && self.buf.is_empty()
     }
 }
 
@@ -240,19 +359,52 @@ pub fn deadline_in(ms: u64) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::scan_done;
+    use super::*;
 
     #[test]
-    fn done_marker_found_across_chunk_boundaries() {
-        let mut tail = Vec::new();
-        assert!(!scan_done(&mut tail, b"data: {\"x\":1}\n\ndata: [DO"));
-        assert!(scan_done(&mut tail, b"NE]\n\n"));
+    fn event_end_finds_lf_and_crlf_terminators() {
+        assert_eq!(event_end(b"data: {}\n\nrest"), Some(10));
+        assert_eq!(event_end(b"data: {}\r\n\r\n"), Some(12));
+        assert_eq!(event_end(b"data: {}\n"), None);
     }
 
     #[test]
-    fn done_marker_absent() {
-        let mut tail = Vec::new();
-        assert!(!scan_done(&mut tail, b"data: {}\n\n"));
-        assert!(!scan_done(&mut tail, b""));
+    fn first_event_judges_only_a_complete_event() {
+        assert!(matches!(
+            first_event(b"data: {\"id\":"),
+            FirstEvent::Incomplete
+        ));
+        assert!(matches!(
+            first_event(b"data: {\"id\":1}\n\ndata: garbage"),
+            FirstEvent::Valid
+        ));
+        assert!(matches!(
+            first_event(b"data: <html>\n\n"),
+            FirstEvent::Invalid(_)
+        ));
+        assert!(matches!(
+            first_event(b"data: {\"error\":{\"message\":\"x\"}}\n\n"),
+            FirstEvent::Invalid(_)
+        ));
+        assert!(matches!(
+            first_event(b": keep-alive\n\n"),
+            FirstEvent::Valid
+        ));
+    }
+
+    #[test]
+    fn inspect_reads_usage_done_and_multiline_data() {
+        assert!(matches!(inspect(b"data: [DONE]\n\n"), Ok(Event::Done)));
+        match inspect(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        ) {
+            Ok(Event::Data(Some(u))) => assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4)),
+            _ => panic!("usage not read"),
+        }
+        assert!(matches!(
+            inspect(b"data: {\"a\":\ndata: 1}\n\n"),
+            Ok(Event::Data(None))
+        ));
+        assert!(inspect(b"data: {\"a\":\n\n").is_err());
     }
 }

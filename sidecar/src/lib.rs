@@ -14,6 +14,7 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{
     ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
@@ -26,12 +26,13 @@ use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::body::{ProxyBody, SseRelay, StreamEnd};
+use crate::body::{FirstEvent, ProxyBody, SseRelay, StreamEnd, first_event};
 use crate::error::{AttemptError, ProxyError, error_body};
 use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
 use crate::routing::AttemptPlan;
 use crate::state::{Provider, Store};
 use crate::upstream::UpstreamClient;
+use crate::usage;
 
 const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
 
@@ -373,7 +374,8 @@ impl Gateway {
                 let metrics = self.metrics.clone();
                 let route = ctx.route.clone().unwrap_or_default();
                 let request_id = ctx.request_id.clone();
-                let on_end = Box::new(move |end: StreamEnd| {
+                let pricing = provider.models.get(model).copied();
+                let on_end: crate::body::OnEnd = Box::new(move |end, usage| {
                     if end == StreamEnd::Broken {
                         metrics
                             .streams_broken
@@ -382,7 +384,17 @@ impl Gateway {
                             })
                             .inc();
                     }
-                    tracing::info!(target: "gatehouse::access", request_id = %request_id, route = %route, stream_end = ?end, "stream finished");
+                    let cost_usd = usage.zip(pricing).map(|(u, p)| u.cost(&p));
+                    tracing::info!(
+                        target: "gatehouse::access",
+                        request_id = %request_id,
+                        route = %route,
+                        stream_end = ?end,
+                        prompt_tokens = usage.map(|u| u.prompt_tokens),
+                        completion_tokens = usage.map(|u| u.completion_tokens),
+                        cost_usd,
+                        "stream finished"
+                    );
                 });
                 let relay = SseRelay::new(rest, first, deadline, on_end);
                 let mut response = Response::new(ProxyBody::Stream(Box::pin(relay)));
@@ -630,16 +642,24 @@ async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptErro
         ));
     }
     let mut body = response.into_body();
+    let mut buf = BytesMut::new();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data()
-                    && !data.is_empty()
-                {
-                    return Ok(Answer::Stream {
-                        first: data,
-                        rest: body,
-                    });
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    match first_event(&buf) {
+                        FirstEvent::Incomplete => {}
+                        FirstEvent::Valid => {
+                            return Ok(Answer::Stream {
+                                first: buf.freeze(),
+                                rest: body,
+                            });
+                        }
+                        FirstEvent::Invalid(reason) => {
+                            return Err(AttemptError::Invalid(reason.to_string()));
+                        }
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -659,41 +679,8 @@ async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptErro
 
 /// USD cost of a buffered OpenAI-shaped response, when the model's pricing is known.
 fn cost_of(body: &[u8], provider: &Provider, model: &str) -> Option<f64> {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-        #[serde(default)]
-        prompt_tokens_details: Option<PromptDetails>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PromptDetails {
-        #[serde(default)]
-        cached_tokens: Option<u64>,
-    }
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
-    }
     let pricing = provider.models.get(model)?;
-    let usage = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
-    let cached = usage
-        .prompt_tokens_details
-        .and_then(|d| d.cached_tokens)
-        .unwrap_or(0)
-        .min(usage.prompt_tokens);
-    let uncached = usage.prompt_tokens - cached;
-    let cached_price = pricing
-        .cached_input_per_million
-        .unwrap_or(pricing.input_per_million);
-    Some(
-        (uncached as f64 * pricing.input_per_million
-            + cached as f64 * cached_price
-            + usage.completion_tokens as f64 * pricing.output_per_million)
-            / 1_000_000.0,
-    )
+    Some(usage::of_body(body)?.cost(pricing))
 }
 
 /// An error with its sources, on one line.

@@ -1,0 +1,135 @@
+//! Shared fixtures: a sidecar started in-process on ephemeral ports over manifests in a temp dir.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_sidecar::telemetry::LogFormat;
+use gatehouse_sidecar::{Args, Running};
+
+pub struct Sidecar {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Sidecar {
+    pub async fn start(manifests: &str) -> Self {
+        Self::start_with(manifests, |_| {}).await
+    }
+
+    pub async fn start_with(manifests: &str, tweak: impl FnOnce(&mut Args)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gatehouse.yaml"), manifests).unwrap();
+        let mut args = Args {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            manifests: vec![dir.path().to_path_buf()],
+            namespace: "default".into(),
+            max_body_bytes: 1024 * 1024,
+            connect_timeout_ms: 2_000,
+            log_format: LogFormat::Text,
+        };
+        tweak(&mut args);
+        let running = gatehouse_sidecar::start(&args).await.unwrap();
+        assert!(
+            running.wait_ready(Duration::from_secs(5)).await,
+            "sidecar never became ready"
+        );
+        Self {
+            running,
+            dir,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.yaml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.proxy_addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.admin_addr, path)
+    }
+
+    pub async fn chat(&self, model: &str, stream: bool) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hello"}],
+                "stream": stream,
+                "stream_options": if stream { serde_json::json!({"include_usage": true}) } else { serde_json::Value::Null },
+            }))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A provider, its key Secret and nothing else.
+pub fn provider(name: &str, base_url: &str, key: Option<&str>) -> String {
+    match key {
+        Some(key) => format!(
+            r#"---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}-key
+stringData:
+  apiKey: "{key}"
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: ModelProvider
+metadata:
+  name: {name}
+spec:
+  type: openaiCompatible
+  endpoint: {base_url}
+  apiKeySecretRef:
+    name: {name}-key
+    key: apiKey
+  models:
+    - name: gpt-4o-mini
+      pricing:
+        inputPerMillion: "0.15"
+        outputPerMillion: "0.60"
+"#
+        ),
+        None => format!(
+            r#"---
+apiVersion: gatehouse.dev/v1alpha1
+kind: ModelProvider
+metadata:
+  name: {name}
+spec:
+  type: openaiCompatible
+  endpoint: {base_url}
+"#
+        ),
+    }
+}
+
+/// A base URL whose port refuses connections.
+pub fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+/// Read an SSE response to the end, returning the `data:` payloads.
+pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
+    let text = resp.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
