@@ -1,5 +1,12 @@
 //! The sidecar in-process against mock providers: routing, failover, streaming, errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
 mod support;
 
 use std::time::Duration;

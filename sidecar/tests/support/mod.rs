@@ -1,6 +1,9 @@
 //! Shared fixtures: a sidecar started in-process on ephemeral ports over manifests in a temp dir.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the fixtures"
+)]
 
 use std::path::PathBuf;
 use std::time::Duration;
