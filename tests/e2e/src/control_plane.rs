@@ -135,12 +135,13 @@ impl ControlPlane {
         // The watchdog holds the read end of a pipe whose write end only this process holds.
         // When this process exits for any reason the read hits EOF, and the watchdog kills
         // the process group and removes the temp dir: the shared instance is never dropped.
+        // (No wait loop on `kill -0`: the orphaned servers linger as zombies until reaped.)
         let watchdog = Command::new("bash")
             .arg("-c")
             .arg(
                 r#"read -r _ || true
                 kill -TERM -- "-$1" 2>/dev/null
-                for _ in $(seq 50); do kill -0 -- "-$1" 2>/dev/null || break; sleep 0.1; done
+                sleep 1
                 kill -KILL -- "-$1" 2>/dev/null
                 rm -rf -- "$2""#,
             )

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use gatehouse_e2e::ControlPlane;
+use serde::Deserialize;
 
 const CRDS: &[&str] = &[
     "modelproviders.gatehouse.dev",
@@ -146,32 +147,38 @@ fn examples_apply() -> Result<()> {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
-    ensure!(
-        !files.is_empty(),
-        "no manifests in {}: nothing was tested",
-        dir.display()
-    );
-    for file in files {
-        let ns = namespace(
-            cp,
-            &format!(
-                "example-{}",
-                file.file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("x")
-                    .to_lowercase()
-                    .replace(['_', '.'], "-")
-            ),
-        )?;
-        let out = cp
-            .kubectl_ok(["apply", "-n", &ns, "-f", &file.to_string_lossy()])
-            .with_context(|| format!("example {} was rejected", file.display()))?;
-        ensure!(
-            !out.trim().is_empty(),
-            "{}: applied nothing",
-            file.display()
-        );
+    ensure!(!files.is_empty(), "no manifests in {}: nothing was tested", dir.display());
+
+    // Every document of every file, as `kind/name`, to check each one really exists afterwards.
+    let mut objects = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)
+                .with_context(|| format!("{} is not YAML", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"].as_str().context("document without kind")?;
+            let name = value["metadata"]["name"].as_str().context("document without name")?;
+            objects.push(format!("{}/{name}", kind.to_lowercase()));
+        }
     }
+
+    // As a user would: the whole folder into one namespace.
+    let ns = namespace(cp, "examples")?;
+    cp.kubectl_ok(["apply", "-n", &ns, "-f", &dir.to_string_lossy()])
+        .context("kubectl apply -f examples/ was rejected")?;
+    for object in &objects {
+        cp.kubectl_ok(["get", "-n", &ns, object])
+            .with_context(|| format!("{object} from examples/ does not exist after apply"))?;
+    }
+    ensure!(
+        objects.iter().any(|o| o.starts_with("modelprovider/"))
+            && objects.iter().any(|o| o.starts_with("route/"))
+            && objects.iter().any(|o| o.starts_with("budget/")),
+        "examples/ should show every kind: {objects:?}"
+    );
     Ok(())
 }
 
