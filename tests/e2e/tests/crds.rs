@@ -147,7 +147,11 @@ fn examples_apply() -> Result<()> {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
-    ensure!(!files.is_empty(), "no manifests in {}: nothing was tested", dir.display());
+    ensure!(
+        !files.is_empty(),
+        "no manifests in {}: nothing was tested",
+        dir.display()
+    );
 
     // Every document of every file, as `kind/name`, to check each one really exists afterwards.
     let mut objects = Vec::new();
@@ -160,7 +164,9 @@ fn examples_apply() -> Result<()> {
                 continue;
             }
             let kind = value["kind"].as_str().context("document without kind")?;
-            let name = value["metadata"]["name"].as_str().context("document without name")?;
+            let name = value["metadata"]["name"]
+                .as_str()
+                .context("document without name")?;
             objects.push(format!("{}/{name}", kind.to_lowercase()));
         }
     }
