@@ -42,9 +42,23 @@ pub struct Args {
     #[arg(long, env = "GATEHOUSE_ADMIN_LISTEN", default_value = "127.0.0.1:4001")]
     pub admin_listen: SocketAddr,
     /// Standalone mode: YAML files or folders with ModelProvider, Route, Budget and Secret documents.
-    /// Watched; changes apply live.
-    #[arg(long, env = "GATEHOUSE_MANIFESTS", value_delimiter = ',', num_args = 1.., required = true)]
+    /// Watched; changes apply live. Without it the sidecar runs in kube mode (as with `--kube`).
+    #[arg(long, env = "GATEHOUSE_MANIFESTS", value_delimiter = ',', num_args = 1.., conflicts_with = "kube")]
     pub manifests: Vec<PathBuf>,
+    /// Kube mode: watch the namespace's `gatehouse-config` ConfigMap through the API (in-cluster
+    /// config or KUBECONFIG) and read provider keys from `--keys-dir`.
+    #[arg(long, env = "GATEHOUSE_KUBE")]
+    pub kube: bool,
+    /// Kube mode: authenticate with the bearer token in this file (re-read when it changes).
+    #[arg(long, env = "GATEHOUSE_KUBE_TOKEN_FILE")]
+    pub kube_token_file: Option<PathBuf>,
+    /// Kube mode: where the keys Secret is mounted (one file per key).
+    #[arg(
+        long,
+        env = "GATEHOUSE_KEYS_DIR",
+        default_value = "/var/run/gatehouse/keys"
+    )]
+    pub keys_dir: PathBuf,
     /// Namespace the sidecar serves; manifests in other namespaces are ignored.
     #[arg(long, env = "GATEHOUSE_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -70,9 +84,12 @@ pub enum StartError {
         /// I/O error.
         source: std::io::Error,
     },
-    /// The manifest watcher could not start.
+    /// The manifest or keys watcher could not start.
     #[error("failed to watch manifests: {0}")]
     Watch(#[from] notify::Error),
+    /// Kube mode: the API client could not be configured.
+    #[error(transparent)]
+    Kube(#[from] source::kube::ClientError),
 }
 
 /// A running sidecar.
@@ -86,7 +103,8 @@ pub struct Running {
     pub store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
+    _kube: Option<source::kube::Watching>,
 }
 
 impl Running {
@@ -140,10 +158,19 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         })?;
     let store = Arc::new(Store::default());
     let metrics = Arc::new(Metrics::new());
-    let watcher = Manifests::new(args.manifests.clone(), args.namespace.clone()).watch(Sink {
+    let sink = Sink {
         store: store.clone(),
         metrics: metrics.clone(),
-    })?;
+    };
+    let (watcher, kube) = if args.kube || args.manifests.is_empty() {
+        let client = source::kube::client(args.kube_token_file.as_deref()).await?;
+        let keys = source::keys::KeysDir::new(args.keys_dir.clone());
+        let watching = source::kube::watch(client, &args.namespace, keys, sink)?;
+        (None, Some(watching))
+    } else {
+        let watcher = Manifests::new(args.manifests.clone(), args.namespace.clone()).watch(sink)?;
+        (Some(watcher), None)
+    };
     let gateway = Arc::new(Gateway::new(
         store.clone(),
         metrics.clone(),
@@ -173,6 +200,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         shutdown,
         tasks,
         _watcher: watcher,
+        _kube: kube,
     })
 }
 

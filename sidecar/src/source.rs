@@ -1,6 +1,8 @@
 //! Where the config comes from. Standalone mode reads the manifests a user would `kubectl apply`;
-//! kube mode (later) watches the rendered config object.
+//! kube mode watches the rendered config object and the mounted keys directory.
 
+pub mod keys;
+pub mod kube;
 pub mod manifests;
 
 use std::sync::Arc;

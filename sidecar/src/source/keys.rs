@@ -1,0 +1,114 @@
+//! Provider keys from a directory where the keys Secret is mounted (kube mode).
+//!
+//! The kubelet writes a Secret volume as `..<timestamp>/` folders plus a `..data` symlink to the
+//! current one, and one symlink per key (`name -> ..data/name`). An update writes a new folder and
+//! swaps `..data` atomically by rename, so a reader that opens `name` sees either all old or all new
+//! keys. We watch the directory itself (not the files, whose inodes change on every swap) and re-read
+//! everything on any event.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Where the keys Secret is mounted.
+#[derive(Debug, Clone)]
+pub struct KeysDir {
+    path: PathBuf,
+}
+
+impl KeysDir {
+    /// Keys mounted at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every key, by file name. Names starting with `.` (the kubelet's `..data` and timestamped
+    /// folders) are skipped, as are sub-folders. A missing directory is no keys: providers without a
+    /// key still work and the others get a clear 401 from upstream.
+    pub fn read(&self) -> std::io::Result<BTreeMap<String, String>> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e),
+        };
+        let mut keys = BTreeMap::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            // `metadata` follows the symlink to the file in `..data/`.
+            match std::fs::metadata(entry.path()) {
+                Ok(m) if m.is_file() => {}
+                _ => continue,
+            }
+            let value = std::fs::read_to_string(entry.path())?;
+            // Keys never contain whitespace; files made with `--from-file` often end in a newline.
+            keys.insert(name, value.trim().to_string());
+        }
+        Ok(keys)
+    }
+
+    /// Send `()` on `tx` whenever something in the directory changes. Watches the parent too when
+    /// the directory does not exist yet, so a late mount is noticed.
+    pub fn watch(&self, tx: UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })?;
+        if self.path.is_dir() {
+            watcher.watch(&self.path, RecursiveMode::NonRecursive)?;
+        } else if let Some(parent) = self.path.parent().filter(|p| p.is_dir()) {
+            watcher.watch(parent, RecursiveMode::NonRecursive)?;
+        }
+        Ok(watcher)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lay out `keys` the way the kubelet does and swap `..data` atomically.
+    pub(crate) fn kubelet_write(dir: &Path, generation: u32, keys: &[(&str, &str)]) {
+        let folder = format!("..2025_01_01_00_00_0{generation}");
+        std::fs::create_dir_all(dir.join(&folder)).unwrap();
+        for (name, value) in keys {
+            std::fs::write(dir.join(&folder).join(name), value).unwrap();
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&folder, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    }
+
+    #[test]
+    fn reads_kubelet_layout_and_sees_the_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        kubelet_write(dir.path(), 1, &[("openai", "sk-old\n")]);
+        let keys = KeysDir::new(dir.path());
+        assert_eq!(keys.read().unwrap()["openai"], "sk-old");
+        kubelet_write(dir.path(), 2, &[("openai", "sk-new")]);
+        assert_eq!(keys.read().unwrap().len(), 1);
+        assert_eq!(keys.read().unwrap()["openai"], "sk-new");
+    }
+
+    #[test]
+    fn missing_directory_is_no_keys() {
+        let keys = KeysDir::new("/nonexistent/gatehouse/keys");
+        assert!(keys.read().unwrap().is_empty());
+    }
+}
