@@ -40,9 +40,53 @@ pub struct Behaviour {
     pub cached_tokens: u64,
     /// Reported `usage.completion_tokens_details.reasoning_tokens` (added to `completion_tokens`).
     pub reasoning_tokens: u64,
+    /// Answer with this tool call (whatever the request says, unless its last message is a tool
+    /// result). Without it the mock calls a declared tool on its own when the last user message
+    /// mentions "weather" (see [`ToolCall::auto`]).
+    pub tool_call: Option<ToolCall>,
     /// Holds a stream after its first content chunk until the test releases it.
     #[serde(skip)]
     pub gate: Option<StreamGate>,
+}
+
+/// A tool call the mock answers with, in each flavour's shape (OpenAI `tool_calls`, Anthropic
+/// `tool_use`, Gemini `functionCall`, Bedrock `toolUse`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    /// The function (tool) name.
+    pub name: String,
+    /// The arguments as a JSON object.
+    #[serde(default = "empty_object")]
+    pub arguments: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl ToolCall {
+    /// A call of `name` with `arguments`.
+    pub fn new(name: impl Into<String>, arguments: serde_json::Value) -> Self {
+        Self {
+            name: name.into(),
+            arguments,
+        }
+    }
+
+    /// The call the mock makes by itself for a prompt that asks about the weather: the first
+    /// declared tool whose name contains "weather" (else the first declared tool) with
+    /// `{"location": "Paris"}`.
+    pub fn auto(declared: &[String]) -> Option<Self> {
+        let name = declared
+            .iter()
+            .find(|n| n.contains("weather"))
+            .or_else(|| declared.first())?;
+        Some(Self::new(
+            name.clone(),
+            serde_json::json!({"location": "Paris"}),
+        ))
+    }
 }
 
 impl Default for Behaviour {
@@ -55,6 +99,7 @@ impl Default for Behaviour {
             content: None,
             cached_tokens: 0,
             reasoning_tokens: 0,
+            tool_call: None,
             gate: None,
         }
     }
@@ -80,6 +125,22 @@ impl Behaviour {
     /// without the final chunks or `data: [DONE]`.
     pub fn cut_after(chunks: usize) -> Self {
         Self::default().with_fault(Fault::CutAfter { chunks })
+    }
+
+    /// Send the headers and `chunks` content chunks, then the provider's in-stream error event
+    /// for `status` (OpenAI `data: {"error": …}`, Anthropic `event: error`, Gemini an error
+    /// object, Bedrock an exception frame) and end the stream cleanly. A non-streamed request
+    /// gets the plain `status` error.
+    pub fn stream_error(chunks: usize, status: u16) -> Self {
+        Self::default().with_fault(Fault::StreamError { chunks, status })
+    }
+
+    /// Answer with a call of tool `name` with `arguments` (a JSON object).
+    pub fn tool_call(name: impl Into<String>, arguments: serde_json::Value) -> Self {
+        Self {
+            tool_call: Some(ToolCall::new(name, arguments)),
+            ..Self::default()
+        }
     }
 
     /// Never answer; the request stays open until the client gives up or the mock stops.
@@ -177,8 +238,10 @@ pub enum Fault {
     /// Answer normally.
     #[default]
     None,
-    /// Answer `status` with an OpenAI error body. Unset fields take OpenAI's values for the
-    /// status: 400 `invalid_request_error`; 401 `invalid_request_error`/`invalid_api_key`;
+    /// Answer `status` with the error body of the request's flavour (OpenAI, Azure, Anthropic,
+    /// Gemini, Bedrock; see each module). `type` overrides the flavour's error type (Anthropic
+    /// `error.type`, Gemini `error.status`, Bedrock `x-amzn-errortype`). For OpenAI, unset
+    /// fields take OpenAI's values for the status: 400 `invalid_request_error`; 401 `invalid_request_error`/`invalid_api_key`;
     /// 403 `permission_denied`; 404 `model_not_found`; 429 `requests`/`rate_limit_exceeded`;
     /// 500 `server_error`; 503 `server_error` (overloaded); others `server_error` or
     /// `invalid_request_error` by class.
@@ -207,6 +270,14 @@ pub enum Fault {
         /// Content chunks sent before the cut.
         chunks: usize,
     },
+    /// Send `chunks` content chunks, then the flavour's in-stream error for `status`.
+    StreamError {
+        /// Content chunks sent before the error.
+        chunks: usize,
+        /// The status whose error type the event carries (e.g. 529/503 overloaded, 500).
+        #[serde(default = "default_stream_error_status")]
+        status: u16,
+    },
     /// Never answer.
     Hang,
     /// 200 with an unparseable body.
@@ -215,6 +286,10 @@ pub enum Fault {
     WrongContentType,
     /// Close the connection without a response.
     DropConnection,
+}
+
+fn default_stream_error_status() -> u16 {
+    500
 }
 
 impl Fault {

@@ -95,3 +95,72 @@ pub(crate) fn truncated(bytes: Bytes) -> Body {
         },
     )
 }
+
+/// One SSE event `data: JSON\n\n`.
+pub(crate) fn sse_data(value: &impl serde::Serialize) -> Bytes {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"data: ");
+    // Serializing plain values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buf, value);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+/// One SSE event with a name: `event: NAME\ndata: JSON\n\n`.
+pub(crate) fn sse_named(event: &str, value: &impl serde::Serialize) -> Bytes {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(event.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    let _ = serde_json::to_writer(&mut buf, value);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+/// A `text/event-stream` response sending `events` paced by `pacing`.
+pub(crate) fn sse_response(events: Vec<Bytes>, pacing: Pacing) -> http::Response<Body> {
+    let mut response = http::Response::new(self::events(events, pacing));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json_response(
+    status: http::StatusCode,
+    value: &impl serde::Serialize,
+) -> http::Response<Body> {
+    let mut response = http::Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A 200 JSON answer, damaged as `fault` asks (garbage: not JSON; cut: half the body, then an
+/// aborted connection).
+pub(crate) fn success_json(
+    value: &impl serde::Serialize,
+    fault: &crate::behaviour::Fault,
+) -> http::Response<Body> {
+    use crate::behaviour::Fault;
+    let mut response = json_response(http::StatusCode::OK, &());
+    let bytes = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+    *response.body_mut() = match fault {
+        Fault::Garbage => full(Bytes::from_static(
+            b"{\"id\": \"garbage\", \"content\": [<<not json",
+        )),
+        Fault::CutAfter { .. } => truncated(bytes),
+        _ => full(bytes),
+    };
+    response
+}

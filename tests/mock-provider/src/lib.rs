@@ -16,9 +16,12 @@
 //! # Ok(()) }
 //! ```
 
+mod answer;
+mod anthropic;
 mod behaviour;
 mod body;
 mod control;
+mod flavor;
 mod log;
 pub mod openai;
 mod server;
@@ -31,7 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use behaviour::{Behaviour, DEFAULT_CHUNKS, Fault, StreamGate};
+pub use behaviour::{Behaviour, DEFAULT_CHUNKS, Fault, StreamGate, ToolCall};
+pub use flavor::Flavor;
 pub use log::RecordedRequest;
 
 use server::{Behaviours, Config, Shared};

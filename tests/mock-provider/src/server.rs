@@ -9,8 +9,10 @@
 //!    holds.
 //! 4. Connection faults (drop, hang) before anything else: they model a dead upstream.
 //! 5. Latency: time before response headers.
-//! 6. API key check, like OpenAI does before looking at the body.
-//! 7. Status faults, then the endpoint itself (which applies garbage/cut/stream knobs).
+//! 6. The flavour (OpenAI, Azure, Anthropic, Gemini, Bedrock) from the path, then its
+//!    credential check, like each provider does before looking at the body.
+//! 7. Status faults in the flavour's error shape, then the endpoint itself (which applies
+//!    garbage/cut/stream knobs).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,9 +29,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::anthropic;
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body};
 use crate::control;
+use crate::flavor::Flavor;
 use crate::log::{RecordedRequest, RequestLog};
 use crate::openai::{self, ApiError};
 
@@ -231,17 +235,15 @@ fn api_response(
     body: &Bytes,
     behaviour: &Behaviour,
 ) -> Response<Body> {
-    if let Some(expected) = &shared.config.api_key {
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => return ApiError::missing_api_key().into_response(),
-            Some(key) if key != expected => return ApiError::invalid_api_key(key).into_response(),
-            Some(_) => {}
-        }
+    let flavor = Flavor::of_path(parts.uri.path());
+    let key = shared.config.api_key.as_deref();
+    let rejected = match flavor {
+        Flavor::OpenAi => openai_authenticate(key, &parts.headers),
+        Flavor::Anthropic => anthropic::authenticate(key, &parts.headers),
+        _ => None,
+    };
+    if let Some(response) = rejected {
+        return response;
     }
     match &behaviour.fault {
         Fault::Status {
@@ -252,15 +254,23 @@ fn api_response(
             param,
             retry_after_secs,
         } => {
-            return ApiError::from_fault(
-                *status,
-                message.as_deref(),
-                error_type.as_deref(),
-                code.as_deref(),
-                param.as_deref(),
-                *retry_after_secs,
-            )
-            .into_response();
+            return match flavor {
+                Flavor::Anthropic => anthropic::error(
+                    *status,
+                    error_type.as_deref(),
+                    message.as_deref(),
+                    *retry_after_secs,
+                ),
+                _ => ApiError::from_fault(
+                    *status,
+                    message.as_deref(),
+                    error_type.as_deref(),
+                    code.as_deref(),
+                    param.as_deref(),
+                    *retry_after_secs,
+                )
+                .into_response(),
+            };
         }
         Fault::WrongContentType => {
             let mut response = Response::new(body::full(Bytes::from_static(
@@ -276,7 +286,41 @@ fn api_response(
         _ => {}
     }
     let path = parts.uri.path();
-    match (&parts.method, path) {
+    match flavor {
+        Flavor::Anthropic => anthropic::handle(&parts.method, path, body, behaviour),
+        _ => openai_endpoint(shared, &parts.method, path, body, behaviour),
+    }
+}
+
+fn openai_authenticate(
+    expected: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Option<Response<Body>> {
+    let expected = expected?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Some(ApiError::missing_api_key().into_response()),
+        Some(key) if key != expected => Some(ApiError::invalid_api_key(key).into_response()),
+        Some(_) => None,
+    }
+}
+
+fn openai_endpoint(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+    behaviour: &Behaviour,
+) -> Response<Body> {
+    if let Fault::StreamError { status, .. } = behaviour.fault
+        && !path.ends_with("/chat/completions")
+    {
+        return ApiError::from_fault(status, None, None, None, None, None).into_response();
+    }
+    match (method, path) {
         (&Method::POST, "/v1/chat/completions") => openai::chat_completions(body, behaviour),
         (&Method::POST, "/v1/embeddings") => openai::embeddings(body, behaviour),
         (&Method::GET, "/v1/models") => openai::list_models(&shared.config.models, behaviour),

@@ -794,3 +794,74 @@ fn behaviour_json_round_trips() {
     assert_eq!(parsed.fault, Fault::Hang);
     assert!(serde_json::from_value::<Behaviour>(json!({"latncy_ms": 1})).is_err());
 }
+
+#[tokio::test]
+async fn tool_calls_json_and_stream_and_stream_error() {
+    let mock = MockProvider::start().await.unwrap();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]);
+    let body = json!({"model": "m", "tools": tools,
+        "messages": [{"role": "user", "content": "weather in Paris?"}]});
+    let v: Value = post(&mock, "/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"location":"Paris"}"#);
+
+    // The tool result goes back: the answer is text.
+    let follow = json!({"model": "m", "tools": tools, "messages": [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]});
+    let v: Value = post(&mock, "/chat/completions", &follow)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let data = sse_data(
+        &post(&mock, "/chat/completions", &streamed)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let first = &chunks[1]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["function"]["name"], "get_weather");
+    let args: String = chunks[1..]
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"location":"Paris"}"#);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    mock.push(Behaviour::stream_error(1, 500));
+    let data = sse_data(
+        &post(&mock, "/chat/completions", &chat_body("m", true))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "server_error");
+}

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiError, SYSTEM_FINGERPRINT, Usage, count_words, next_id, now_secs, parse_error, success_json,
 };
+use crate::answer::{Answer, Finish, Prompt};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing};
 
@@ -46,6 +47,19 @@ struct ChatRequest<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    tools: Option<Vec<ToolDef>>,
+}
+
+#[derive(Deserialize)]
+struct ToolDef {
+    #[serde(default)]
+    function: Option<FunctionDef>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDef {
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -54,11 +68,13 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// `messages`, reduced while parsing to what the mock needs: how many, and how many words of
-/// text they hold. Nothing is allocated for message content.
+/// `messages`, reduced while parsing to what the mock needs: how many, how many words of text
+/// they hold, and the role and text of the last one (to decide on a tool call).
 struct Messages {
     count: usize,
     words: u64,
+    last_role: String,
+    last_text: String,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -70,10 +86,17 @@ impl<'de> Deserialize<'de> for Messages {
                 f.write_str("an array of messages")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
-                let mut out = Messages { count: 0, words: 0 };
+                let mut out = Messages {
+                    count: 0,
+                    words: 0,
+                    last_role: String::new(),
+                    last_text: String::new(),
+                };
                 while let Some(m) = seq.next_element::<MessageWords>()? {
                     out.count += 1;
-                    out.words += m.0;
+                    out.words += m.words;
+                    out.last_role = m.role;
+                    out.last_text = m.text;
                 }
                 Ok(out)
             }
@@ -82,8 +105,12 @@ impl<'de> Deserialize<'de> for Messages {
     }
 }
 
-/// Words in one message's `content`.
-struct MessageWords(u64);
+/// Words in one message's `content`, its role and its text.
+struct MessageWords {
+    words: u64,
+    role: String,
+    text: String,
+}
 
 impl<'de> Deserialize<'de> for MessageWords {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -94,23 +121,32 @@ impl<'de> Deserialize<'de> for MessageWords {
                 f.write_str("a message object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageWords, A::Error> {
-                let mut words = 0;
+                let mut out = MessageWords {
+                    words: 0,
+                    role: String::new(),
+                    text: String::new(),
+                };
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "content" {
-                        words = map.next_value::<ContentWords>()?.0;
+                        let content = map.next_value::<ContentWords>()?;
+                        out.words = content.0;
+                        out.text = content.1;
+                    } else if key == "role" {
+                        out.role = map.next_value::<Cow<'de, str>>()?.into_owned();
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(MessageWords(words))
+                Ok(out)
             }
         }
         d.deserialize_map(V)
     }
 }
 
-/// Words in a `content`: a string, null, or an array of parts whose `text` fields count.
-struct ContentWords(u64);
+/// Words and text of a `content`: a string, null, or an array of parts whose `text` fields
+/// count.
+struct ContentWords(u64, String);
 
 impl<'de> Deserialize<'de> for ContentWords {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -121,32 +157,39 @@ impl<'de> Deserialize<'de> for ContentWords {
                 f.write_str("a string, null, or an array of content parts")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ContentWords, E> {
-                Ok(ContentWords(count_words(v)))
+                Ok(ContentWords(count_words(v), v.to_owned()))
             }
             fn visit_unit<E: de::Error>(self) -> Result<ContentWords, E> {
-                Ok(ContentWords(0))
+                Ok(ContentWords(0, String::new()))
             }
             fn visit_none<E: de::Error>(self) -> Result<ContentWords, E> {
-                Ok(ContentWords(0))
+                Ok(ContentWords(0, String::new()))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ContentWords, A::Error> {
                 let mut words = 0;
+                let mut text = String::new();
                 while let Some(part) = seq.next_element::<PartWords>()? {
                     words += part.0;
+                    if !part.1.is_empty() {
+                        if !text.is_empty() {
+                            text.push(' ');
+                        }
+                        text.push_str(&part.1);
+                    }
                 }
-                Ok(ContentWords(words))
+                Ok(ContentWords(words, text))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ContentWords, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(ContentWords(0))
+                Ok(ContentWords(0, String::new()))
             }
         }
         d.deserialize_any(V)
     }
 }
 
-/// Words in the `text` field of one content part.
-struct PartWords(u64);
+/// Words and text of the `text` field of one content part.
+struct PartWords(u64, String);
 
 impl<'de> Deserialize<'de> for PartWords {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -157,15 +200,16 @@ impl<'de> Deserialize<'de> for PartWords {
                 f.write_str("a content part object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PartWords, A::Error> {
-                let mut words = 0;
+                let mut out = PartWords(0, String::new());
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "text" {
-                        words = map.next_value::<ContentWords>()?.0;
+                        let text = map.next_value::<ContentWords>()?;
+                        out = PartWords(text.0, text.1);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(PartWords(words))
+                Ok(out)
             }
         }
         d.deserialize_map(V)
@@ -195,9 +239,29 @@ struct CompletionChoice<'a> {
 #[derive(Serialize)]
 struct AssistantMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Option<&'a str>,
     refusal: Option<()>,
     annotations: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 #[derive(Serialize)]
@@ -230,15 +294,12 @@ struct Delta<'a> {
     content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<()>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallOut<'a>; 1]>,
 }
 
 fn sse_event(value: &impl Serialize) -> Bytes {
-    let mut buf = Vec::with_capacity(384);
-    buf.extend_from_slice(b"data: ");
-    // Serializing these plain structs into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut buf, value);
-    buf.extend_from_slice(b"\n\n");
-    Bytes::from(buf)
+    body::sse_data(value)
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -265,15 +326,38 @@ pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<B
         .into_response();
     }
 
-    let mut words = answer_words(behaviour, model);
-    let mut finish_reason = "stop";
-    if let Some(limit) = request.max_completion_tokens.or(request.max_tokens)
-        && (words.len() as u64) > limit
+    if let Fault::StreamError { status, .. } = behaviour.fault
+        && request.stream != Some(true)
     {
-        words.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        finish_reason = "length";
+        return ApiError::from_fault(status, None, None, None, None, None).into_response();
     }
-    let usage = Usage::new(messages.words, words.len() as u64, behaviour);
+    let prompt = Prompt {
+        words: messages.words,
+        tools: request
+            .tools
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| t.function.map(|f| f.name))
+            .collect(),
+        ends_with_tool_result: messages.last_role == "tool",
+        last_user_text: if messages.last_role == "user" {
+            messages.last_text
+        } else {
+            String::new()
+        },
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+    };
+    let answer = Answer::plan(behaviour, model, &prompt, "call_");
+    let finish_reason = match answer.finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::ToolUse => "tool_calls",
+    };
+    let answered = match &answer.tool_call {
+        Some(call) => call.pieces.len() as u64,
+        None => answer.words.len() as u64,
+    };
+    let usage = Usage::new(messages.words, answered, behaviour);
     let id = next_id("chatcmpl-");
     let created = now_secs();
 
@@ -286,14 +370,14 @@ pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<B
             id: &id,
             created,
             model,
-            words: &words,
+            answer: &answer,
             finish_reason,
             usage: include_usage.then_some(usage),
         };
         return stream.into_response(behaviour);
     }
 
-    let content = words.join(" ");
+    let content = answer.text();
     let completion = Completion {
         id: &id,
         object: "chat.completion",
@@ -303,9 +387,20 @@ pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<B
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: &content,
+                content: answer.tool_call.is_none().then_some(content.as_str()),
                 refusal: None,
                 annotations: [],
+                tool_calls: answer.tool_call.as_ref().map(|call| {
+                    [ToolCallOut {
+                        index: None,
+                        id: Some(&call.id),
+                        kind: Some("function"),
+                        function: FunctionOut {
+                            name: Some(&call.name),
+                            arguments: &call.arguments_json,
+                        },
+                    }]
+                }),
             },
             logprobs: None,
             finish_reason,
@@ -322,7 +417,7 @@ struct StreamAnswer<'a> {
     id: &'a str,
     created: u64,
     model: &'a str,
-    words: &'a [&'a str],
+    answer: &'a Answer<'a>,
     finish_reason: &'static str,
     /// `Some` when the client asked for `include_usage`.
     usage: Option<Usage>,
@@ -348,63 +443,91 @@ impl StreamAnswer<'_> {
         })
     }
 
+    /// A tool-call delta: the first names the call (`call` given), the rest add argument text.
+    fn tool_delta(&self, call: Option<&crate::answer::PlannedCall>, arguments: &str) -> Bytes {
+        self.chunk(
+            Delta {
+                tool_calls: Some([ToolCallOut {
+                    index: Some(0),
+                    id: call.map(|c| c.id.as_str()),
+                    kind: call.map(|_| "function"),
+                    function: FunctionOut {
+                        name: call.map(|c| c.name.as_str()),
+                        arguments,
+                    },
+                }]),
+                ..Delta::default()
+            },
+            None,
+        )
+    }
+
     fn into_response(self, behaviour: &Behaviour) -> Response<Body> {
-        let mut events = Vec::with_capacity(self.words.len() + 4);
+        let mut events = Vec::with_capacity(self.answer.words.len() + 4);
         events.push(self.chunk(
             Delta {
                 role: Some("assistant"),
                 content: Some(""),
                 refusal: Some(None),
+                ..Delta::default()
             },
             None,
         ));
         let mut cut = false;
-        match behaviour.fault {
-            Fault::Garbage => {
-                events.push(Bytes::from_static(
-                    b"data: {\"id\": \"chatcmpl-garbage\", <<not json\n\n",
-                ));
+        if behaviour.fault == Fault::Garbage {
+            events.push(Bytes::from_static(
+                b"data: {\"id\": \"chatcmpl-garbage\", <<not json\n\n",
+            ));
+            events.push(Bytes::from_static(DONE));
+        } else {
+            let deltas: Vec<Bytes> = match &self.answer.tool_call {
+                Some(call) => std::iter::once(self.tool_delta(Some(call), ""))
+                    .chain(call.pieces.iter().map(|p| self.tool_delta(None, p)))
+                    .collect(),
+                None => (0..self.answer.words.len())
+                    .map(|i| {
+                        let text = self.answer.chunk_text(i);
+                        self.chunk(
+                            Delta {
+                                content: Some(&text),
+                                ..Delta::default()
+                            },
+                            None,
+                        )
+                    })
+                    .collect(),
+            };
+            let (limit, error_status) = match behaviour.fault {
+                Fault::CutAfter { chunks } => {
+                    cut = true;
+                    (chunks.min(deltas.len()), None)
+                }
+                Fault::StreamError { chunks, status } => (chunks.min(deltas.len()), Some(status)),
+                _ => (deltas.len(), None),
+            };
+            events.extend(deltas.into_iter().take(limit));
+            if let Some(status) = error_status {
+                // OpenAI ends a failing stream with an error object instead of a chunk.
+                let error = ApiError::from_fault(status, None, None, None, None, None);
+                let mut event = b"data: ".to_vec();
+                event.extend_from_slice(&error.body());
+                event.extend_from_slice(b"\n\n");
+                events.push(Bytes::from(event));
+            } else if !cut {
+                events.push(self.chunk(Delta::default(), Some(self.finish_reason)));
+                if let Some(usage) = self.usage {
+                    events.push(sse_event(&Chunk {
+                        id: self.id,
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: self.model,
+                        service_tier: "default",
+                        system_fingerprint: SYSTEM_FINGERPRINT,
+                        choices: &[],
+                        usage: Some(Some(usage)),
+                    }));
+                }
                 events.push(Bytes::from_static(DONE));
-            }
-            _ => {
-                let limit = match behaviour.fault {
-                    Fault::CutAfter { chunks } => {
-                        cut = true;
-                        chunks.min(self.words.len())
-                    }
-                    _ => self.words.len(),
-                };
-                let mut text = String::with_capacity(32);
-                for (i, word) in self.words[..limit].iter().enumerate() {
-                    text.clear();
-                    if i > 0 {
-                        text.push(' ');
-                    }
-                    text.push_str(word);
-                    events.push(self.chunk(
-                        Delta {
-                            content: Some(&text),
-                            ..Delta::default()
-                        },
-                        None,
-                    ));
-                }
-                if !cut {
-                    events.push(self.chunk(Delta::default(), Some(self.finish_reason)));
-                    if let Some(usage) = self.usage {
-                        events.push(sse_event(&Chunk {
-                            id: self.id,
-                            object: "chat.completion.chunk",
-                            created: self.created,
-                            model: self.model,
-                            service_tier: "default",
-                            system_fingerprint: SYSTEM_FINGERPRINT,
-                            choices: &[],
-                            usage: Some(Some(usage)),
-                        }));
-                    }
-                    events.push(Bytes::from_static(DONE));
-                }
             }
         }
         let pacing = Pacing {

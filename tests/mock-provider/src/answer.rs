@@ -1,0 +1,231 @@
+//! What the mock answers, decided once for every flavour: the words, or a tool call, why it
+//! stopped, and the token counts. Each flavour reads its request into a [`Prompt`] and renders
+//! the [`Answer`] in its own shape.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::behaviour::{Behaviour, ToolCall};
+use crate::openai::answer_words;
+
+/// What the mock needs to know about a request, whatever its flavour.
+#[derive(Debug, Default)]
+pub(crate) struct Prompt {
+    /// Whitespace-separated words of every text in the request (system, messages, tool
+    /// results): the input token count.
+    pub(crate) words: u64,
+    /// Names of the declared tools.
+    pub(crate) tools: Vec<String>,
+    /// Text of the last message when a user wrote it (not a tool result).
+    pub(crate) last_user_text: String,
+    /// The last message carries a tool result: answer it with text, never call again.
+    pub(crate) ends_with_tool_result: bool,
+    /// The output limit, if the request sets one.
+    pub(crate) max_tokens: Option<u64>,
+}
+
+/// Why the answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// Natural end.
+    Stop,
+    /// Hit the request's output limit.
+    Length,
+    /// Stopped to call a tool.
+    ToolUse,
+}
+
+/// A tool call in the answer, with its arguments cut into the pieces a stream sends.
+#[derive(Debug)]
+pub(crate) struct PlannedCall {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) arguments: serde_json::Value,
+    /// The compact JSON of `arguments`.
+    pub(crate) arguments_json: String,
+    /// `arguments_json` in up to three pieces, for partial-JSON deltas.
+    pub(crate) pieces: Vec<String>,
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub(crate) struct Answer<'a> {
+    /// Text words (empty when the answer is a tool call).
+    pub(crate) words: Vec<&'a str>,
+    pub(crate) tool_call: Option<PlannedCall>,
+    pub(crate) finish: Finish,
+    /// Words in the prompt.
+    pub(crate) input_tokens: u64,
+    /// Words answered (or argument pieces for a tool call) plus reasoning tokens.
+    pub(crate) output_tokens: u64,
+    /// Prompt tokens reported as served from a cache (capped at the prompt).
+    pub(crate) cached_tokens: u64,
+}
+
+impl<'a> Answer<'a> {
+    /// Plan the answer to `prompt` for `model` under `behaviour`; tool call ids start with
+    /// `id_prefix`.
+    pub(crate) fn plan(
+        behaviour: &'a Behaviour,
+        model: &'a str,
+        prompt: &Prompt,
+        id_prefix: &str,
+    ) -> Self {
+        let call = if prompt.ends_with_tool_result {
+            None
+        } else if let Some(call) = &behaviour.tool_call {
+            Some(call.clone())
+        } else if prompt.last_user_text.to_lowercase().contains("weather") {
+            ToolCall::auto(&prompt.tools)
+        } else {
+            None
+        };
+        let cached_tokens = behaviour.cached_tokens.min(prompt.words);
+        if let Some(call) = call {
+            let arguments_json = serde_json::to_string(&call.arguments).unwrap_or_default();
+            let pieces = split_in_three(&arguments_json);
+            return Self {
+                words: Vec::new(),
+                output_tokens: pieces.len() as u64 + behaviour.reasoning_tokens,
+                tool_call: Some(PlannedCall {
+                    id: next_id(id_prefix),
+                    name: call.name,
+                    arguments: call.arguments,
+                    arguments_json,
+                    pieces,
+                }),
+                finish: Finish::ToolUse,
+                input_tokens: prompt.words,
+                cached_tokens,
+            };
+        }
+        let mut words = answer_words(behaviour, model);
+        let mut finish = Finish::Stop;
+        if let Some(limit) = prompt.max_tokens
+            && (words.len() as u64) > limit
+        {
+            words.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            finish = Finish::Length;
+        }
+        Self {
+            output_tokens: words.len() as u64 + behaviour.reasoning_tokens,
+            words,
+            tool_call: None,
+            finish,
+            input_tokens: prompt.words,
+            cached_tokens,
+        }
+    }
+
+    /// The whole text, words joined by spaces.
+    pub(crate) fn text(&self) -> String {
+        self.words.join(" ")
+    }
+
+    /// The text of stream chunk `i`: the word, with a leading space after the first.
+    pub(crate) fn chunk_text(&self, i: usize) -> String {
+        match self.words.get(i) {
+            Some(word) if i > 0 => format!(" {word}"),
+            Some(word) => (*word).to_owned(),
+            None => String::new(),
+        }
+    }
+}
+
+fn split_in_three(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    let size = chars.len().div_ceil(3);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A unique id: `prefix` and 24 digits.
+pub(crate) fn next_id(prefix: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{n:024}")
+}
+
+/// Whitespace-separated words of `text`.
+pub(crate) fn count_words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// Words of every string found under `value` (for content blocks of any shape: text, tool
+/// results, nested parts). Object keys that are not text (ids, names, types, urls, data) do not
+/// count.
+pub(crate) fn words_in(value: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => count_words(s),
+        Value::Array(items) => items.iter().map(words_in).sum(),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "text"
+                        | "content"
+                        | "parts"
+                        | "output"
+                        | "result"
+                        | "response"
+                        | "toolResult"
+                        | "functionResponse"
+                        | "json"
+                )
+            })
+            .map(|(_, v)| words_in(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Concatenated `text` fields of a content value (a string or an array of blocks/parts).
+pub(crate) fn text_of(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_rejoin_to_the_json() {
+        let pieces = split_in_three(r#"{"location":"Paris"}"#);
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces.concat(), r#"{"location":"Paris"}"#);
+        assert_eq!(split_in_three("{}"), ["{", "}"]);
+    }
+
+    #[test]
+    fn weather_prompt_calls_the_declared_tool_once() {
+        let b = Behaviour::normal();
+        let mut prompt = Prompt {
+            words: 4,
+            tools: vec!["lookup".into(), "get_weather".into()],
+            last_user_text: "What's the Weather in Paris?".into(),
+            ..Prompt::default()
+        };
+        let a = Answer::plan(&b, "m", &prompt, "call_");
+        assert_eq!(a.finish, Finish::ToolUse);
+        let call = a.tool_call.unwrap();
+        assert_eq!(call.name, "get_weather");
+        assert!(call.id.starts_with("call_"));
+        prompt.ends_with_tool_result = true;
+        let a = Answer::plan(&b, "m", &prompt, "call_");
+        assert_eq!(a.finish, Finish::Stop);
+        assert_eq!(a.text(), "This is m mock speaking.");
+    }
+}

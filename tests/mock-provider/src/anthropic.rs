@@ -1,0 +1,304 @@
+//! Anthropic's Messages API: `POST /v1/messages`, JSON and SSE, and its error bodies.
+//!
+//! Shapes follow the API reference and anthropic-sdk-python's types (`Message`, `Usage`,
+//! `RawMessageStreamEvent`): a stream is `message_start`, then per content block
+//! `content_block_start`, (`ping` after the first), `content_block_delta`s (`text_delta` or
+//! `input_json_delta`), `content_block_stop`, then `message_delta` (stop reason, output tokens)
+//! and `message_stop`. Errors are `{"type": "error", "error": {"type", "message"},
+//! "request_id"}`. Input tokens exclude cache reads, as Anthropic reports them.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::behaviour::{Behaviour, Fault};
+use crate::body::{self, Body, Pacing, sse_named};
+
+/// An Anthropic error response: `status` with `{"type": "error", "error": {"type", "message"}}`.
+pub(crate) fn error(
+    status: u16,
+    error_type: Option<&str>,
+    message: Option<&str>,
+    retry_after_secs: Option<u64>,
+) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (d_type, d_message) = defaults(status.as_u16());
+    let mut response = body::json_response(
+        status,
+        &json!({
+            "type": "error",
+            "error": {
+                "type": error_type.unwrap_or(d_type),
+                "message": message.unwrap_or(d_message),
+            },
+            "request_id": next_id("req_"),
+        }),
+    );
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Anthropic's error type and a message for `status`.
+fn defaults(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => (
+            "invalid_request_error",
+            "The mock provider rejected this request.",
+        ),
+        401 => ("authentication_error", "invalid x-api-key"),
+        402 => ("billing_error", "Your credit balance is too low."),
+        403 => (
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        404 => ("not_found_error", "Not found"),
+        413 => (
+            "request_too_large",
+            "Request exceeds the maximum allowed number of bytes.",
+        ),
+        429 => (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit.",
+        ),
+        529 | 503 => ("overloaded_error", "Overloaded"),
+        504 => ("timeout_error", "Request timed out."),
+        s if s >= 500 => ("api_error", "Internal server error"),
+        _ => (
+            "invalid_request_error",
+            "The mock provider rejected this request.",
+        ),
+    }
+}
+
+fn invalid(message: &str) -> Response<Body> {
+    error(400, None, Some(message), None)
+}
+
+/// Checks `x-api-key` (when the mock has a key) and `anthropic-version`, as the API does
+/// before reading the body; the error response when they fail.
+pub(crate) fn authenticate(
+    expected_key: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Option<Response<Body>> {
+    if let Some(expected) = expected_key {
+        match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            None => {
+                return Some(error(401, None, Some("x-api-key header is required"), None));
+            }
+            Some(key) if key != expected => return Some(error(401, None, None, None)),
+            Some(_) => {}
+        }
+    }
+    if !headers.contains_key("anthropic-version") {
+        return Some(invalid("anthropic-version: header is required"));
+    }
+    None
+}
+
+/// Reads what the mock needs from a Messages request.
+fn prompt(request: &Value) -> Prompt {
+    let mut prompt = Prompt {
+        words: request.get("system").map(words_in).unwrap_or(0),
+        max_tokens: request.get("max_tokens").and_then(Value::as_u64),
+        ..Prompt::default()
+    };
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        prompt.tools = tools
+            .iter()
+            .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+    }
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for m in messages {
+        prompt.words += m.get("content").map(words_in).unwrap_or(0);
+    }
+    if let Some(last) = messages.last()
+        && last.get("role").and_then(Value::as_str) == Some("user")
+    {
+        let content = last.get("content").unwrap_or(&Value::Null);
+        prompt.ends_with_tool_result = content.as_array().is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+        if !prompt.ends_with_tool_result {
+            prompt.last_user_text = text_of(content);
+        }
+    }
+    prompt
+}
+
+fn stop_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Stop => "end_turn",
+        Finish::Length => "max_tokens",
+        Finish::ToolUse => "tool_use",
+    }
+}
+
+fn usage(answer: &Answer<'_>, output_tokens: u64) -> Value {
+    json!({
+        "input_tokens": answer.input_tokens - answer.cached_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": answer.cached_tokens,
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    })
+}
+
+/// `POST /v1/messages` (other methods and paths under it: 404).
+pub(crate) fn handle(
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    behaviour: &Behaviour,
+) -> Response<Body> {
+    if method != Method::POST || path != "/v1/messages" {
+        return error(
+            404,
+            None,
+            Some(&format!("Not found: {method} {path}")),
+            None,
+        );
+    }
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return invalid("Input should be a valid dictionary or object"),
+        Err(e) => return invalid(&format!("There was an error parsing the body: {e}")),
+    };
+    let Some(model) = request.get("model").and_then(Value::as_str) else {
+        return invalid("model: Field required");
+    };
+    let Some(messages) = request.get("messages") else {
+        return invalid("messages: Field required");
+    };
+    if request.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return invalid("max_tokens: Field required");
+    }
+    if messages.as_array().is_none_or(Vec::is_empty) {
+        return invalid("messages: at least one message is required");
+    }
+    if let Fault::StreamError { status, .. } = behaviour.fault
+        && request.get("stream").and_then(Value::as_bool) != Some(true)
+    {
+        return error(status, None, None, None);
+    }
+
+    let prompt = prompt(&request);
+    let answer = Answer::plan(behaviour, model, &prompt, "toolu_");
+    let id = next_id("msg_");
+    let mut response = if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        stream(&id, model, &answer, behaviour)
+    } else {
+        let content = match &answer.tool_call {
+            Some(call) => json!([{
+                "type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments,
+            }]),
+            None => json!([{"type": "text", "text": answer.text()}]),
+        };
+        body::success_json(
+            &json!({
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": stop_reason(answer.finish),
+                "stop_sequence": null,
+                "usage": usage(&answer, answer.output_tokens),
+            }),
+            &behaviour.fault,
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&next_id("req_")) {
+        response.headers_mut().insert("request-id", v);
+    }
+    response
+}
+
+fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body> {
+    let mut events: Vec<Bytes> = Vec::with_capacity(answer.words.len() + 8);
+    events.push(sse_named(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": usage(answer, 1),
+        }}),
+    ));
+    let (block, deltas): (Value, Vec<Value>) = match &answer.tool_call {
+        Some(call) => (
+            json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
+            call.pieces
+                .iter()
+                .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
+                .collect(),
+        ),
+        None => (
+            json!({"type": "text", "text": ""}),
+            (0..answer.words.len())
+                .map(|i| json!({"type": "text_delta", "text": answer.chunk_text(i)}))
+                .collect(),
+        ),
+    };
+    events.push(sse_named(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0, "content_block": block}),
+    ));
+    events.push(sse_named("ping", &json!({"type": "ping"})));
+    let gate_from = events.len() + 1;
+
+    let (limit, cut, error_status) = match behaviour.fault {
+        Fault::CutAfter { chunks } => (chunks.min(deltas.len()), true, None),
+        Fault::StreamError { chunks, status } => (chunks.min(deltas.len()), false, Some(status)),
+        _ => (deltas.len(), false, None),
+    };
+    if behaviour.fault == Fault::Garbage {
+        events.push(Bytes::from_static(
+            b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", <<not json\n\n",
+        ));
+    } else {
+        for delta in &deltas[..limit] {
+            events.push(sse_named(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            ));
+        }
+        if let Some(status) = error_status {
+            let (error_type, message) = defaults(status);
+            events.push(sse_named(
+                "error",
+                &json!({"type": "error", "error": {"type": error_type, "message": message}}),
+            ));
+        } else if !cut {
+            events.push(sse_named(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ));
+            events.push(sse_named(
+                "message_delta",
+                &json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(answer.finish), "stop_sequence": null},
+                    "usage": {"output_tokens": answer.output_tokens}}),
+            ));
+            events.push(sse_named("message_stop", &json!({"type": "message_stop"})));
+        }
+    }
+    body::sse_response(
+        events,
+        Pacing {
+            delay: behaviour.chunk_delay,
+            gate: behaviour.gate.clone(),
+            gate_from,
+            cut,
+        },
+    )
+}
