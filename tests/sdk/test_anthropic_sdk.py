@@ -1,0 +1,125 @@
+"""The official `anthropic` package against the sidecar's `POST /v1/messages`, routed to each
+provider type (translated when the target is not Anthropic)."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from conftest import ALL, LANDED, MESSAGES_LANDED, route_params
+
+# Inbound Messages needs the endpoint itself and the target's adapter.
+ROUTES = route_params(ALL, landed=LANDED if MESSAGES_LANDED else set())
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
+}
+
+
+@pytest.fixture
+def client(stack):
+    return anthropic.Anthropic(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def expected_text(provider) -> str:
+    return f"This is {provider.model} mock speaking."
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_message(client, provider):
+    msg = client.messages.create(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        system="You are terse.",
+        messages=[{"role": "user", "content": "Say hello to the gateway"}],
+    )
+    assert isinstance(msg, anthropic.types.Message)
+    assert msg.type == "message"
+    assert msg.role == "assistant"
+    assert msg.id
+    (block,) = msg.content
+    assert isinstance(block, anthropic.types.TextBlock)
+    assert block.text == expected_text(provider)
+    assert msg.stop_reason == "end_turn"
+    assert msg.usage.input_tokens == 8
+    assert msg.usage.output_tokens == 5
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_stream(client, provider):
+    with client.messages.stream(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "Say hello to the gateway"}],
+    ) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(pieces) >= 2, "streamed in pieces"
+    assert "".join(pieces) == expected_text(provider)
+    assert final.content[0].text == expected_text(provider)
+    assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == 5
+    assert final.usage.output_tokens == 5
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_tool_use_round_trip(client, provider):
+    model = f"via-{provider.name}"
+    question = {"role": "user", "content": "What's the weather in Paris?"}
+    msg = client.messages.create(model=model, max_tokens=256, tools=[WEATHER_TOOL], messages=[question])
+    assert msg.stop_reason == "tool_use"
+    (use,) = [b for b in msg.content if b.type == "tool_use"]
+    assert isinstance(use, anthropic.types.ToolUseBlock)
+    assert use.id
+    assert use.name == "get_weather"
+    assert use.input == {"location": "Paris"}
+
+    msg = client.messages.create(
+        model=model,
+        max_tokens=256,
+        tools=[WEATHER_TOOL],
+        messages=[
+            question,
+            {"role": "assistant", "content": [use.model_dump()]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21C"}
+            ]},
+        ],
+    )
+    assert msg.stop_reason == "end_turn"
+    assert msg.content[0].text == expected_text(provider)
+    assert "sunny, 21C" in provider.requests()[-1]["body_text"]
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_tool_use_stream(client, provider):
+    with client.messages.stream(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    (use,) = [b for b in final.content if b.type == "tool_use"]
+    assert use.name == "get_weather"
+    assert use.input == {"location": "Paris"}
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_errors(client, provider):
+    provider.push({"fault": {"kind": "status", "status": 400, "message": "mock says no"}})
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(
+            model=f"via-{provider.name}", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    provider.push(*[{"fault": {"kind": "status", "status": 429, "retry_after_secs": 1}}] * 4)
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(
+            model=f"via-{provider.name}", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )

@@ -1,0 +1,210 @@
+"""The official `openai` package against the sidecar, one parametrized run per provider type:
+chat (JSON and stream), tool calls there and back, embeddings, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from conftest import ALL, WITH_EMBEDDINGS, route_params
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the gateway"},
+]
+PROMPT_WORDS = 8  # the mocks count whitespace-separated words of every text sent
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
+    },
+}
+
+
+@pytest.fixture
+def client(stack):
+    return openai.OpenAI(base_url=stack.openai_base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def expected_text(provider) -> str:
+    return f"This is {provider.model} mock speaking."
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_chat(client, provider):
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"via-{provider.name}", messages=MESSAGES
+    )
+    assert raw.headers["x-gatehouse-provider"] == provider.name
+    assert raw.headers["x-gatehouse-route"] == f"via-{provider.name}"
+    resp = raw.parse()
+    assert isinstance(resp, openai.types.chat.ChatCompletion)
+    assert resp.object == "chat.completion"
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == expected_text(provider)
+    assert choice.finish_reason == "stop"
+    assert resp.usage.prompt_tokens == PROMPT_WORDS
+    assert resp.usage.completion_tokens == 5
+    assert resp.usage.total_tokens == PROMPT_WORDS + 5
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_cached_tokens_reach_usage(client, provider):
+    provider.push({"cached_tokens": 3})
+    resp = client.chat.completions.create(model=f"via-{provider.name}", messages=MESSAGES)
+    assert resp.usage.prompt_tokens == PROMPT_WORDS
+    assert resp.usage.prompt_tokens_details.cached_tokens == 3
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_max_tokens_finishes_with_length(client, provider):
+    resp = client.chat.completions.create(
+        model=f"via-{provider.name}", messages=MESSAGES, max_tokens=2
+    )
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.choices[0].message.content == "This is"
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_chat_stream_with_usage(client, provider):
+    chunks = list(
+        client.chat.completions.create(
+            model=f"via-{provider.name}",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(isinstance(c, openai.types.chat.ChatCompletionChunk) for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert text == expected_text(provider)
+    assert len([c for c in with_choices if c.choices[0].delta.content]) >= 2, "streamed in pieces"
+    assert with_choices[-1].choices[0].finish_reason == "stop"
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert usage is not None
+    assert usage.prompt_tokens == PROMPT_WORDS
+    assert usage.completion_tokens == 5
+    assert usage.total_tokens == PROMPT_WORDS + 5
+
+
+def weather_messages():
+    return [{"role": "user", "content": "What's the weather in Paris?"}]
+
+
+def follow_up(call_id: str, name: str, arguments: str):
+    return weather_messages() + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny, 21C"},
+    ]
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_tool_call_round_trip(client, provider):
+    model = f"via-{provider.name}"
+    resp = client.chat.completions.create(model=model, messages=weather_messages(), tools=[WEATHER_TOOL])
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"location": "Paris"}
+
+    resp = client.chat.completions.create(
+        model=model,
+        messages=follow_up(call.id, call.function.name, call.function.arguments),
+        tools=[WEATHER_TOOL],
+    )
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].message.content == expected_text(provider)
+    assert not resp.choices[0].message.tool_calls
+    # The tool result reached the provider, in its own format.
+    sent = provider.requests()[-1]
+    assert "sunny, 21C" in sent["body_text"]
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_tool_call_stream(client, provider):
+    stream = client.chat.completions.create(
+        model=f"via-{provider.name}",
+        messages=weather_messages(),
+        tools=[WEATHER_TOOL],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = entry["id"] or tc.id
+                if tc.function and tc.function.name:
+                    entry["name"] += tc.function.name
+                if tc.function and tc.function.arguments:
+                    entry["arguments"] += tc.function.arguments
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert list(calls) == [0]
+    assert calls[0]["id"]
+    assert calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"]) == {"location": "Paris"}
+
+
+@pytest.mark.parametrize("provider", route_params(WITH_EMBEDDINGS))
+def test_embeddings(client, provider):
+    resp = client.embeddings.create(model=f"embed-{provider.name}", input=["first text", "second one here"])
+    assert isinstance(resp, openai.types.CreateEmbeddingResponse)
+    assert [d.index for d in resp.data] == [0, 1]
+    dims = {len(d.embedding) for d in resp.data}
+    assert len(dims) == 1 and dims.pop() > 0
+    assert resp.data[0].embedding != resp.data[1].embedding
+    assert resp.usage.prompt_tokens == 5
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_bad_request_is_bad_request_error(client, provider):
+    provider.push({"fault": {"kind": "status", "status": 400, "message": "mock says no"}})
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=f"via-{provider.name}", messages=MESSAGES)
+    assert err.value.status_code == 400
+    assert len(provider.requests()) == 1, "a 400 is not retried"
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_rate_limit_exhausted_is_rate_limit_error(client, provider):
+    provider.push(*[{"fault": {"kind": "status", "status": 429, "retry_after_secs": 1}}] * 4)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model=f"via-{provider.name}", messages=MESSAGES)
+    assert err.value.status_code == 429
+    assert err.value.response.headers.get("retry-after")
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_cut_stream_raises(client, provider):
+    provider.push(*[{"fault": {"kind": "cut_after", "chunks": 2}}] * 3)
+    stream = client.chat.completions.create(
+        model=f"via-{provider.name}", messages=MESSAGES, stream=True
+    )
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
