@@ -1,0 +1,675 @@
+//! The operator and a kube-mode sidecar, both as processes, against the real control plane:
+//! CRs in → rendered config → the sidecar (authenticated as a ServiceAccount bound only to the
+//! sidecar RBAC, keys in a kubelet-style mounted dir) serves through a mock provider. Then route
+//! changes (propagation p50/p99), key rotation without failed requests, provider deletion, an
+//! operator restart without writes, and RBAC for a ServiceAccount without the binding.
+//!
+//! The binaries are built with `cargo build -p gatehouse-operator -p gatehouse-sidecar` by the test
+//! itself (a no-op when up to date), so `cargo test -p gatehouse-e2e --test operator` is enough.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use gatehouse_crds::{ModelProvider, Route};
+use gatehouse_e2e::ControlPlane;
+use gatehouse_mock_provider::MockProvider;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// CRDs installed and both binaries built, once per test binary.
+fn setup() -> Result<&'static ControlPlane> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let cp = ControlPlane::shared()?;
+    DONE.get_or_init(|| {
+        let run = || -> Result<()> {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(repo_root())
+                .args([
+                    "build",
+                    "-p",
+                    "gatehouse-operator",
+                    "-p",
+                    "gatehouse-sidecar",
+                ])
+                .status()
+                .context("failed to run cargo build")?;
+            ensure!(
+                status.success(),
+                "cargo build of the operator and sidecar failed"
+            );
+            cp.kubectl_ok(["apply", "-f", &repo_root().join("crds").to_string_lossy()])?;
+            cp.kubectl_ok([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/modelproviders.gatehouse.dev",
+                "crd/routes.gatehouse.dev",
+                "crd/budgets.gatehouse.dev",
+            ])?;
+            Ok(())
+        };
+        run().map_err(|e| format!("{e:#}"))
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("setup failed: {e}"))?;
+    Ok(cp)
+}
+
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(name)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed on drop, its stderr copied to a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("failed to spawn {cmd:?}"))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let file = std::fs::File::create(&log)?;
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = file;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Ok(Self { child, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// SIGTERM and wait (graceful shutdown), SIGKILL after 10 s.
+    fn stop(mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "exited with {status}; log {}",
+                    self.log.display()
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("did not stop within 10 s after SIGTERM")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Operator {
+    proc: Proc,
+    admin: String,
+}
+
+impl Operator {
+    fn start(cp: &ControlPlane, ns: &str, dir: &Path, n: u32) -> Result<Self> {
+        let port = free_port()?;
+        let mut cmd = Command::new(binary("gatehouse-operator"));
+        cmd.env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "info")
+            .args([
+                &format!("--admin-listen=127.0.0.1:{port}"),
+                &format!("--watch-namespace={ns}"),
+                &format!("--lease-namespace={ns}"),
+                &format!("--identity=operator-{n}"),
+            ]);
+        let proc = Proc::spawn(cmd, dir.join(format!("operator-{n}.log")))?;
+        Ok(Self {
+            proc,
+            admin: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// Sum of a counter family from `/metrics`.
+    async fn counter(&self, http: &reqwest::Client, name: &str) -> Result<u64> {
+        let text = http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+}
+
+/// Write `keys` into `dir` exactly as the kubelet updates a Secret volume: a fresh timestamped
+/// folder, then `..data` swapped to it by an atomic rename, with one `name -> ..data/name` link per key.
+fn kubelet_write_keys(dir: &Path, keys: &[(String, Vec<u8>)]) -> Result<()> {
+    static GEN: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let folder = format!(
+        "..2025_01_01_00_00_00.{}",
+        GEN.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::create_dir(dir.join(&folder))?;
+    for (name, value) in keys {
+        std::fs::write(dir.join(&folder).join(name), value)?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&folder, &tmp)?;
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    for (name, _) in keys {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link)?;
+        }
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+async fn mount_keys(client: &Client, ns: &str, dir: &Path) -> Result<()> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("gatehouse-keys")
+        .await?;
+    let keys: Vec<(String, Vec<u8>)> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    kubelet_write_keys(dir, &keys)
+}
+
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn route_json(model: &str) -> serde_json::Value {
+    json!({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "Route",
+           "metadata": {"name": "chat"},
+           "spec": {"models": ["chat"], "targets": [{"provider": "llm", "model": model}],
+                    "retry": {"attempts": 1}}})
+}
+
+async fn chat(http: &reqwest::Client, base: &str) -> Result<reqwest::Response> {
+    Ok(http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?)
+}
+
+fn forbidden<T>(r: Result<T, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ready(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn resource_versions(client: &Client, ns: &str) -> Result<Vec<(String, Option<String>)>> {
+    let rv =
+        |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.resource_version.clone();
+    Ok(vec![
+        (
+            "configmap".into(),
+            rv(&Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get("gatehouse-config")
+                .await?
+                .metadata),
+        ),
+        (
+            "secret".into(),
+            rv(&Api::<Secret>::namespaced(client.clone(), ns)
+                .get("gatehouse-keys")
+                .await?
+                .metadata),
+        ),
+        (
+            "role".into(),
+            rv(&Api::<Role>::namespaced(client.clone(), ns)
+                .get("gatehouse-sidecar")
+                .await?
+                .metadata),
+        ),
+        (
+            "rolebinding".into(),
+            rv(&Api::<RoleBinding>::namespaced(client.clone(), ns)
+                .get("gatehouse-sidecar")
+                .await?
+                .metadata),
+        ),
+        (
+            "route".into(),
+            rv(&Api::<Route>::namespaced(client.clone(), ns)
+                .get("chat")
+                .await?
+                .metadata),
+        ),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_to_sidecar_end_to_end() -> Result<()> {
+    let cp = setup()?;
+    let dir = tempfile::tempdir()?;
+    let ns = cp.create_namespace("op").await?;
+    let admin = cp.admin_client().await?;
+    let http = reqwest::Client::new();
+    let mock = MockProvider::start().await?;
+
+    // The user's objects.
+    let pp = PatchParams::apply("e2e").force();
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    let key_secret = |key: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-key"},
+               "stringData": {"api-key": key}})
+    };
+    secrets
+        .patch("llm-key", &pp, &Patch::Apply(key_secret("sk-one")))
+        .await?;
+    let providers = Api::<ModelProvider>::namespaced(admin.clone(), &ns);
+    providers
+        .patch(
+            "llm",
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "ModelProvider",
+                "metadata": {"name": "llm"},
+                "spec": {"type": "openaiCompatible", "endpoint": mock.base_url(),
+                         "apiKeySecretRef": {"name": "llm-key", "key": "api-key"}}}),
+            ),
+        )
+        .await?;
+    let routes = Api::<Route>::namespaced(admin.clone(), &ns);
+    routes
+        .patch("chat", &pp, &Patch::Apply(route_json("model-0")))
+        .await?;
+
+    // The operator renders.
+    let operator = Operator::start(cp, &ns, dir.path(), 1)?;
+    let configs = Api::<ConfigMap>::namespaced(admin.clone(), &ns);
+    eventually("gatehouse-config", Duration::from_secs(30), || {
+        let configs = configs.clone();
+        async move { Ok(configs.get_opt("gatehouse-config").await?.map(|_| ())) }
+    })
+    .await?;
+
+    // The pod: a ServiceAccount (bound by the operator's RoleBinding), its token, the keys mount.
+    cp.create_service_account(&ns, "app").await?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, cp.mint_token(&ns, "app").await?)?;
+    let keys_dir = dir.path().join("keys");
+    mount_keys(&admin, &ns, &keys_dir).await?;
+    let (proxy_port, admin_port) = (free_port()?, free_port()?);
+    let mut cmd = Command::new(binary("gatehouse-sidecar"));
+    cmd.env("KUBECONFIG", cp.kubeconfig()).args([
+        "--kube",
+        &format!("--namespace={ns}"),
+        &format!("--kube-token-file={}", token_file.display()),
+        &format!("--keys-dir={}", keys_dir.display()),
+        &format!("--listen=127.0.0.1:{proxy_port}"),
+        &format!("--admin-listen=127.0.0.1:{admin_port}"),
+    ]);
+    let _sidecar = Proc::spawn(cmd, dir.path().join("sidecar.log"))?;
+    let base = format!("http://127.0.0.1:{proxy_port}");
+    eventually("sidecar ready", Duration::from_secs(30), || {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+                .send()
+                .await?;
+            Ok(r.status().is_success().then_some(()))
+        }
+    })
+    .await?;
+    let r = chat(&http, &base).await?;
+    ensure!(
+        r.status() == 200,
+        "first request: {} {}",
+        r.status(),
+        r.text().await?
+    );
+    let seen = mock.last_request().context("mock saw nothing")?;
+    ensure!(
+        seen.bearer() == Some("sk-one"),
+        "upstream key {:?}",
+        seen.bearer()
+    );
+    ensure!(
+        seen.model() == Some("model-0"),
+        "upstream model {:?}",
+        seen.model()
+    );
+
+    // Propagation: route change applied → first request served with the new rule.
+    let mut samples = Vec::new();
+    for i in 1..=25 {
+        let model = format!("model-{i}");
+        let started = Instant::now();
+        routes
+            .patch("chat", &pp, &Patch::Apply(route_json(&model)))
+            .await?;
+        eventually("new route served", Duration::from_secs(10), || {
+            let http = http.clone();
+            let base = base.clone();
+            let model = model.clone();
+            async move {
+                let r = chat(&http, &base).await?;
+                let served = r
+                    .headers()
+                    .get("x-gatehouse-model")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Ok((served.as_deref() == Some(model.as_str())).then_some(()))
+            }
+        })
+        .await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+    println!(
+        "route propagation over {} changes (apply -> first request served with it): p50 {:?}, p99 {:?}, max {:?}",
+        samples.len(),
+        p50,
+        p99,
+        samples[samples.len() - 1]
+    );
+    ensure!(p99 < Duration::from_secs(2), "p99 propagation {p99:?}");
+
+    // Key rotation under load: none may fail, and the new key takes over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (http, base, stop, failures, sent) = (
+            http.clone(),
+            base.clone(),
+            stop.clone(),
+            failures.clone(),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match chat(&http, &base).await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    secrets
+        .patch("llm-key", &pp, &Patch::Apply(key_secret("sk-two")))
+        .await?;
+    eventually(
+        "operator rotates gatehouse-keys",
+        Duration::from_secs(10),
+        || {
+            let secrets = secrets.clone();
+            async move {
+                let s = secrets.get("gatehouse-keys").await?;
+                let v = s.data.unwrap_or_default().get("llm").map(|v| v.0.clone());
+                Ok((v.as_deref() == Some(b"sk-two".as_slice())).then_some(()))
+            }
+        },
+    )
+    .await?;
+    mount_keys(&admin, &ns, &keys_dir).await?; // what the kubelet does next
+    mock.clear();
+    eventually("new key upstream", Duration::from_secs(10), || {
+        let seen = mock.last_request();
+        async move { Ok((seen.as_ref().and_then(|r| r.bearer()) == Some("sk-two")).then_some(())) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
+    ensure!(
+        failures.load(Ordering::Relaxed) == 0,
+        "{} of {} requests failed during rotation",
+        failures.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed)
+    );
+    mock.clear();
+    chat(&http, &base).await?;
+    ensure!(
+        mock.last_request()
+            .and_then(|r| r.bearer().map(str::to_string))
+            .as_deref()
+            == Some("sk-two"),
+        "after rotation the new key is used"
+    );
+    println!(
+        "key rotation: {} requests during rotation, 0 failed",
+        sent.load(Ordering::Relaxed)
+    );
+
+    // Delete the provider: the Route turns Ready=False with a reason, the alias gets a clear error.
+    providers.delete("llm", &DeleteParams::default()).await?;
+    let reason = eventually("Route Ready=False", Duration::from_secs(10), || {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get("chat").await?;
+            let c = r.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(ready(&c)
+                .filter(|(s, _)| s == "False")
+                .map(|(_, reason)| reason))
+        }
+    })
+    .await?;
+    ensure!(reason == "ProviderNotFound", "reason {reason}");
+    let (status, body) = eventually("sidecar refuses the alias", Duration::from_secs(10), || {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = chat(&http, &base).await?;
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            Ok((status != 200).then_some((status, body)))
+        }
+    })
+    .await?;
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(status == 503, "status {status}, body {body}");
+    ensure!(
+        message.contains("llm"),
+        "error should name the missing provider: {body}"
+    );
+    println!("after provider deletion: {status} {message}");
+
+    // Restart the operator: nothing is written and nothing changes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = resource_versions(&admin, &ns).await?;
+    let rss = operator.proc.rss_kib().unwrap_or_default();
+    let writes_first = operator
+        .counter(&http, "gatehouse_operator_api_writes_total")
+        .await?;
+    let reconciles_first = operator
+        .counter(&http, "gatehouse_operator_reconciles_total")
+        .await?;
+    println!(
+        "operator 1: RSS {} MiB, {} reconciles, {} API writes ({:.2} per reconcile)",
+        rss / 1024,
+        reconciles_first,
+        writes_first,
+        writes_first as f64 / reconciles_first.max(1) as f64
+    );
+    operator.proc.stop()?;
+    let operator = Operator::start(cp, &ns, dir.path(), 2)?;
+    eventually(
+        "restarted operator reconciled",
+        Duration::from_secs(30),
+        || {
+            let op = &operator;
+            let http = http.clone();
+            async move {
+                Ok((op
+                    .counter(&http, "gatehouse_operator_reconciles_total")
+                    .await
+                    .unwrap_or(0)
+                    >= 1)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = operator
+        .counter(&http, "gatehouse_operator_api_writes_total")
+        .await?;
+    let skipped = operator
+        .counter(&http, "gatehouse_operator_api_writes_skipped_total")
+        .await?;
+    ensure!(
+        writes == 0,
+        "restart wrote {writes} times (log: {})",
+        operator.proc.log.display()
+    );
+    ensure!(
+        skipped >= 4,
+        "restart should have checked the rendered objects ({skipped})"
+    );
+    let after = resource_versions(&admin, &ns).await?;
+    ensure!(
+        before == after,
+        "objects changed on restart: {before:?} -> {after:?}"
+    );
+    println!(
+        "operator restart: 0 writes, {skipped} no-op writes skipped, resourceVersions unchanged"
+    );
+
+    // A ServiceAccount without the binding (another namespace) reads nothing; the bound one reads
+    // only the config (not the keys, not other ConfigMaps).
+    let other = cp.create_namespace("op-other").await?;
+    cp.create_service_account(&other, "stranger").await?;
+    let stranger = cp
+        .client_for_token(&cp.mint_token(&other, "stranger").await?)
+        .await?;
+    ensure!(forbidden(
+        Api::<ConfigMap>::namespaced(stranger.clone(), &ns)
+            .get("gatehouse-config")
+            .await
+    ));
+    ensure!(forbidden(
+        Api::<Secret>::namespaced(stranger.clone(), &ns)
+            .get("gatehouse-keys")
+            .await
+    ));
+    ensure!(forbidden(
+        Api::<ConfigMap>::namespaced(stranger.clone(), &other)
+            .list(&ListParams::default())
+            .await
+    ));
+    ensure!(forbidden(
+        Api::<Secret>::namespaced(stranger, &other)
+            .list(&ListParams::default())
+            .await
+    ));
+    let app = cp
+        .client_for_token(&std::fs::read_to_string(&token_file)?)
+        .await?;
+    Api::<ConfigMap>::namespaced(app.clone(), &ns)
+        .get("gatehouse-config")
+        .await?;
+    ensure!(forbidden(
+        Api::<Secret>::namespaced(app.clone(), &ns)
+            .get("gatehouse-keys")
+            .await
+    ));
+    ensure!(forbidden(
+        Api::<ConfigMap>::namespaced(app, &ns)
+            .list(&ListParams::default())
+            .await
+    ));
+
+    operator.proc.stop()?;
+    Ok(())
+}
