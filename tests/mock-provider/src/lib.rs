@@ -18,6 +18,7 @@
 
 mod answer;
 mod anthropic;
+mod azure;
 mod behaviour;
 mod body;
 mod control;

@@ -21,7 +21,7 @@ use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body};
 
 pub use chat::answer_words;
-pub(crate) use chat::chat_completions;
+pub(crate) use chat::{azure_chat_completions, chat_completions};
 pub(crate) use embeddings::embeddings;
 pub use error::ApiError;
 

@@ -29,13 +29,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::anthropic;
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body};
 use crate::control;
 use crate::flavor::Flavor;
 use crate::log::{RecordedRequest, RequestLog};
 use crate::openai::{self, ApiError};
+use crate::{anthropic, azure};
 
 /// Configuration fixed at start.
 #[derive(Debug, Clone)]
@@ -240,6 +240,7 @@ fn api_response(
     let rejected = match flavor {
         Flavor::OpenAi => openai_authenticate(key, &parts.headers),
         Flavor::Anthropic => anthropic::authenticate(key, &parts.headers),
+        Flavor::AzureOpenAi => azure::authenticate(key, &parts.headers),
         _ => None,
     };
     if let Some(response) = rejected {
@@ -288,6 +289,14 @@ fn api_response(
     let path = parts.uri.path();
     match flavor {
         Flavor::Anthropic => anthropic::handle(&parts.method, path, body, behaviour),
+        Flavor::AzureOpenAi => {
+            if let Fault::StreamError { status, .. } = behaviour.fault
+                && !path.ends_with("/chat/completions")
+            {
+                return ApiError::from_fault(status, None, None, None, None, None).into_response();
+            }
+            azure::handle(&parts.method, path, parts.uri.query(), body, behaviour)
+        }
         _ => openai_endpoint(shared, &parts.method, path, body, behaviour),
     }
 }

@@ -226,6 +226,9 @@ struct Completion<'a> {
     usage: Usage,
     service_tier: &'static str,
     system_fingerprint: &'static str,
+    /// Azure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_filter_results: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -234,6 +237,9 @@ struct CompletionChoice<'a> {
     message: AssistantMessage<'a>,
     logprobs: Option<()>,
     finish_reason: &'static str,
+    /// Azure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -276,6 +282,9 @@ struct Chunk<'a> {
     /// Absent without `include_usage`; `null` on every chunk but the last with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Option<Usage>>,
+    /// Azure only, on its first chunk (which has no choices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_filter_results: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -284,6 +293,9 @@ struct ChunkChoice<'a> {
     delta: Delta<'a>,
     logprobs: Option<()>,
     finish_reason: Option<&'static str>,
+    /// Azure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Default)]
@@ -304,8 +316,30 @@ fn sse_event(value: &impl Serialize) -> Bytes {
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Azure's content filter verdicts: nothing filtered.
+fn content_filter_results() -> serde_json::Value {
+    let safe = serde_json::json!({"filtered": false, "severity": "safe"});
+    serde_json::json!({
+        "hate": safe, "self_harm": safe, "sexual": safe, "violence": safe,
+    })
+}
+
+fn prompt_filter_results() -> serde_json::Value {
+    serde_json::json!([{"prompt_index": 0, "content_filter_results": content_filter_results()}])
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<Body> {
+    chat(body, behaviour, false)
+}
+
+/// Azure OpenAI's chat completions: OpenAI's, plus `prompt_filter_results` (a first stream
+/// chunk without choices) and `content_filter_results` on every choice.
+pub(crate) fn azure_chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<Body> {
+    chat(body, behaviour, true)
+}
+
+fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
     let request: ChatRequest<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return parse_error(&e).into_response(),
@@ -373,6 +407,7 @@ pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<B
             answer: &answer,
             finish_reason,
             usage: include_usage.then_some(usage),
+            azure,
         };
         return stream.into_response(behaviour);
     }
@@ -404,10 +439,12 @@ pub(crate) fn chat_completions(body: &[u8], behaviour: &Behaviour) -> Response<B
             },
             logprobs: None,
             finish_reason,
+            content_filter_results: azure.then(content_filter_results),
         }],
         usage,
         service_tier: "default",
         system_fingerprint: SYSTEM_FINGERPRINT,
+        prompt_filter_results: azure.then(prompt_filter_results),
     };
     let json = Bytes::from(serde_json::to_vec(&completion).unwrap_or_default());
     success_json(json, &behaviour.fault)
@@ -421,6 +458,7 @@ struct StreamAnswer<'a> {
     finish_reason: &'static str,
     /// `Some` when the client asked for `include_usage`.
     usage: Option<Usage>,
+    azure: bool,
 }
 
 impl StreamAnswer<'_> {
@@ -430,6 +468,7 @@ impl StreamAnswer<'_> {
             delta,
             logprobs: None,
             finish_reason,
+            content_filter_results: self.azure.then(content_filter_results),
         }];
         sse_event(&Chunk {
             id: self.id,
@@ -440,6 +479,7 @@ impl StreamAnswer<'_> {
             system_fingerprint: SYSTEM_FINGERPRINT,
             choices: &choices,
             usage: self.usage.map(|_| None),
+            prompt_filter_results: None,
         })
     }
 
@@ -463,7 +503,20 @@ impl StreamAnswer<'_> {
     }
 
     fn into_response(self, behaviour: &Behaviour) -> Response<Body> {
-        let mut events = Vec::with_capacity(self.answer.words.len() + 4);
+        let mut events = Vec::with_capacity(self.answer.words.len() + 5);
+        if self.azure {
+            events.push(sse_event(&Chunk {
+                id: "",
+                object: "",
+                created: 0,
+                model: "",
+                service_tier: "default",
+                system_fingerprint: SYSTEM_FINGERPRINT,
+                choices: &[],
+                usage: None,
+                prompt_filter_results: Some(prompt_filter_results()),
+            }));
+        }
         events.push(self.chunk(
             Delta {
                 role: Some("assistant"),
@@ -525,6 +578,7 @@ impl StreamAnswer<'_> {
                         system_fingerprint: SYSTEM_FINGERPRINT,
                         choices: &[],
                         usage: Some(Some(usage)),
+                        prompt_filter_results: None,
                     }));
                 }
                 events.push(Bytes::from_static(DONE));
@@ -534,7 +588,7 @@ impl StreamAnswer<'_> {
             delay: behaviour.chunk_delay,
             gate: behaviour.gate.clone(),
             // The role chunk and the first content chunk pass; the gate holds the rest.
-            gate_from: 2,
+            gate_from: if self.azure { 3 } else { 2 },
             cut,
         };
         let mut response = Response::new(body::events(events, pacing));
