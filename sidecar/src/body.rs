@@ -1,5 +1,10 @@
 //! Response bodies: a buffered body, or a server-sent-events relay that forwards upstream chunks as
 //! they arrive and turns an upstream failure after the first byte into an SSE error event.
+//!
+//! The relay speaks the client's dialect (OpenAI or Anthropic SSE). When the provider speaks another
+//! protocol a [`Translate`] sits between the upstream bytes and the relay's buffer; everything the
+//! relay checks (complete events, JSON, a proper end, the deadline) it checks on the translated
+//! output, so a translated stream has the same guarantees as a pass-through one.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,6 +18,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
+use crate::providers::{Dialect, Translate, messages};
 use crate::usage::Usage;
 
 /// What happened to a relayed stream, reported once when it ends.
@@ -43,11 +49,11 @@ pub enum FirstEvent {
 
 /// Check the first complete event in `buf` (used before committing: a bad start may still fail
 /// over to another target).
-pub fn first_event(buf: &[u8]) -> FirstEvent {
+pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
     let Some(end) = event_end(buf) else {
         return FirstEvent::Incomplete;
     };
-    match inspect(&buf[..end]) {
+    match inspect(&buf[..end], dialect) {
         Ok(Event::Error) => FirstEvent::Invalid("the stream started with an error event"),
         Ok(_) => FirstEvent::Valid,
         Err(reason) => FirstEvent::Invalid(reason),
@@ -81,7 +87,7 @@ enum Event {
 }
 
 /// Validate one complete event: its data must be `[DONE]` or a JSON object.
-fn inspect(event: &[u8]) -> Result<Event, &'static str> {
+fn inspect(event: &[u8], dialect: Dialect) -> Result<Event, &'static str> {
     #[derive(Deserialize)]
     struct Probe {
         #[serde(default)]
@@ -117,6 +123,9 @@ fn inspect(event: &[u8]) -> Result<Event, &'static str> {
         (None, Some(one)) => one,
         (None, None) => return Ok(Event::Empty),
     };
+    if dialect == Dialect::Anthropic {
+        return inspect_anthropic(payload);
+    }
     if payload.trim_ascii() == b"[DONE]" {
         return Ok(Event::Done);
     }
@@ -124,6 +133,66 @@ fn inspect(event: &[u8]) -> Result<Event, &'static str> {
         Ok(probe) if probe.error.is_some() => Ok(Event::Error),
         Ok(probe) => Ok(Event::Data(probe.usage)),
         Err(_) => Err("the upstream sent an event that is not a JSON object"),
+    }
+}
+
+/// Anthropic events: `message_stop` ends a complete stream, `error` is an error event, usage comes in
+/// `message_start.message.usage` (prompt) and `message_delta.usage` (completion).
+fn inspect_anthropic(payload: &[u8]) -> Result<Event, &'static str> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        message: Option<MessageProbe>,
+        #[serde(default)]
+        usage: Option<UsageProbe>,
+    }
+    #[derive(Deserialize)]
+    struct MessageProbe {
+        #[serde(default)]
+        usage: Option<UsageProbe>,
+    }
+    #[derive(Deserialize, Default)]
+    struct UsageProbe {
+        #[serde(default)]
+        input_tokens: Option<u64>,
+        #[serde(default)]
+        output_tokens: Option<u64>,
+        #[serde(default)]
+        cache_read_input_tokens: Option<u64>,
+        #[serde(default)]
+        cache_creation_input_tokens: Option<u64>,
+    }
+    let probe: Probe = serde_json::from_slice(payload)
+        .map_err(|_| "the upstream sent an event that is not a JSON object with a type")?;
+    let usage = probe.usage.or(probe.message.and_then(|m| m.usage));
+    Ok(match probe.kind.as_str() {
+        "message_stop" => Event::Done,
+        "error" => Event::Error,
+        _ => Event::Data(usage.map(|u| {
+            let cached = u.cache_read_input_tokens.unwrap_or(0);
+            let prompt = u
+                .input_tokens
+                .map(|i| i + cached + u.cache_creation_input_tokens.unwrap_or(0));
+            Usage {
+                prompt_tokens: prompt.unwrap_or(0),
+                completion_tokens: u.output_tokens.unwrap_or(0),
+                prompt_tokens_details: (cached > 0).then_some(crate::usage::PromptDetails {
+                    cached_tokens: Some(cached),
+                }),
+            }
+        })),
+    })
+}
+
+/// Merge usage reported in pieces (Anthropic: prompt first, completion at the end).
+fn merge_usage(old: Option<Usage>, new: Usage) -> Usage {
+    let Some(old) = old else { return new };
+    Usage {
+        prompt_tokens: old.prompt_tokens.max(new.prompt_tokens),
+        completion_tokens: old.completion_tokens.max(new.completion_tokens),
+        prompt_tokens_details: new.prompt_tokens_details.or(old.prompt_tokens_details),
     }
 }
 
@@ -136,6 +205,10 @@ pin_project! {
         #[pin]
         upstream: Incoming,
         buf: BytesMut,
+        dialect: Dialect,
+        translate: Option<Translate>,
+        upstream_done: bool,
+        failure: Option<String>,
         saw_done: bool,
         finished: bool,
         pending_error: Option<Bytes>,
@@ -167,10 +240,22 @@ impl std::fmt::Debug for SseRelay {
 impl SseRelay {
     /// Relay `upstream`, starting with the bytes already read (`first`), ending with an error event
     /// if the whole stream is not done by `deadline`.
-    pub fn new(upstream: Incoming, first: Bytes, deadline: Instant, on_end: OnEnd) -> Self {
+    /// `first` is already in the client's dialect (translated when `translate` is set).
+    pub fn new(
+        upstream: Incoming,
+        first: Bytes,
+        deadline: Instant,
+        on_end: OnEnd,
+        dialect: Dialect,
+        translate: Option<Translate>,
+    ) -> Self {
         Self {
             upstream,
             buf: BytesMut::from(&first[..]),
+            dialect,
+            translate,
+            upstream_done: false,
+            failure: None,
             saw_done: false,
             finished: false,
             pending_error: None,
@@ -181,7 +266,10 @@ impl SseRelay {
     }
 }
 
-fn error_event(message: &str, code: &str) -> Bytes {
+fn error_event(message: &str, code: &str, dialect: Dialect) -> Bytes {
+    if dialect == Dialect::Anthropic {
+        return messages::error_event(message);
+    }
     let body = error_body(message, "api_error", code);
     let mut event = Vec::with_capacity(body.len() + 8);
     event.extend_from_slice(b"data: ");
@@ -196,9 +284,9 @@ impl SseRelayProj<'_> {
     fn take_events(&mut self) -> Option<Bytes> {
         let mut valid = 0;
         while let Some(len) = event_end(&self.buf[valid..]) {
-            match inspect(&self.buf[valid..valid + len]) {
+            match inspect(&self.buf[valid..valid + len], *self.dialect) {
                 Ok(Event::Done) => *self.saw_done = true,
-                Ok(Event::Data(Some(usage))) => *self.usage = Some(usage),
+                Ok(Event::Data(Some(usage))) => *self.usage = Some(merge_usage(*self.usage, usage)),
                 Ok(Event::Data(None) | Event::Empty) => {}
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
@@ -224,7 +312,12 @@ impl SseRelayProj<'_> {
     fn end(&mut self, end: StreamEnd, error: Option<(&str, &str)>) {
         *self.finished = true;
         if let Some((message, code)) = error {
-            *self.pending_error = Some(error_event(message, code));
+            *self.pending_error = Some(error_event(message, code, *self.dialect));
+        }
+        // A translated stream's usage comes from the provider's own report, even when the client
+        // did not ask to see it.
+        if let Some(u) = self.translate.as_ref().and_then(Translate::usage) {
+            *self.usage = Some(u);
         }
         if let Some(on_end) = self.on_end.take() {
             on_end(end, *self.usage);
@@ -251,6 +344,23 @@ impl Body for SseRelay {
             if *this.finished {
                 continue;
             }
+            if *this.upstream_done {
+                this.buf.clear();
+                if let Some(reason) = this.failure.take() {
+                    this.end(StreamEnd::Broken, Some((&reason, "upstream_invalid_event")));
+                } else if *this.saw_done {
+                    this.end(StreamEnd::Complete, None);
+                } else {
+                    this.end(
+                        StreamEnd::Broken,
+                        Some((
+                            "the upstream stream ended before it completed",
+                            "upstream_stream_broken",
+                        )),
+                    );
+                }
+                continue;
+            }
             if this.deadline.as_mut().poll(cx).is_ready() {
                 this.end(
                     StreamEnd::Broken,
@@ -265,7 +375,16 @@ impl Body for SseRelay {
                 Some(Ok(frame)) => {
                     // Trailers are not part of the SSE contract; only data is kept.
                     if let Ok(data) = frame.into_data() {
-                        this.buf.extend_from_slice(&data);
+                        match this.translate.as_mut() {
+                            None => this.buf.extend_from_slice(&data),
+                            Some(t) => {
+                                if let Err(reason) = t.feed(&data, this.buf) {
+                                    // Relay what was translated before the garbage, then fail.
+                                    *this.failure = Some(reason);
+                                    *this.upstream_done = true;
+                                }
+                            }
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -278,19 +397,13 @@ impl Body for SseRelay {
                         )),
                     );
                 }
-                None if *this.saw_done => {
-                    this.buf.clear();
-                    this.end(StreamEnd::Complete, None);
-                }
                 None => {
-                    this.buf.clear();
-                    this.end(
-                        StreamEnd::Broken,
-                        Some((
-                            "the upstream stream ended before it completed",
-                            "upstream_stream_broken",
-                        )),
-                    );
+                    if let Some(t) = this.translate.as_mut()
+                        && let Err(reason) = t.finish(this.buf)
+                    {
+                        *this.failure = Some(reason);
+                    }
+                    *this.upstream_done = true;
                 }
             }
         }
@@ -371,40 +484,47 @@ mod tests {
     #[test]
     fn first_event_judges_only_a_complete_event() {
         assert!(matches!(
-            first_event(b"data: {\"id\":"),
+            first_event(b"data: {\"id\":", Dialect::OpenAi),
             FirstEvent::Incomplete
         ));
         assert!(matches!(
-            first_event(b"data: {\"id\":1}\n\ndata: garbage"),
+            first_event(b"data: {\"id\":1}\n\ndata: garbage", Dialect::OpenAi),
             FirstEvent::Valid
         ));
         assert!(matches!(
-            first_event(b"data: <html>\n\n"),
+            first_event(b"data: <html>\n\n", Dialect::OpenAi),
             FirstEvent::Invalid(_)
         ));
         assert!(matches!(
-            first_event(b"data: {\"error\":{\"message\":\"x\"}}\n\n"),
+            first_event(
+                b"data: {\"error\":{\"message\":\"x\"}}\n\n",
+                Dialect::OpenAi
+            ),
             FirstEvent::Invalid(_)
         ));
         assert!(matches!(
-            first_event(b": keep-alive\n\n"),
+            first_event(b": keep-alive\n\n", Dialect::OpenAi),
             FirstEvent::Valid
         ));
     }
 
     #[test]
     fn inspect_reads_usage_done_and_multiline_data() {
-        assert!(matches!(inspect(b"data: [DONE]\n\n"), Ok(Event::Done)));
+        assert!(matches!(
+            inspect(b"data: [DONE]\n\n", Dialect::OpenAi),
+            Ok(Event::Done)
+        ));
         match inspect(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+            Dialect::OpenAi,
         ) {
             Ok(Event::Data(Some(u))) => assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4)),
             _ => panic!("usage not read"),
         }
         assert!(matches!(
-            inspect(b"data: {\"a\":\ndata: 1}\n\n"),
+            inspect(b"data: {\"a\":\ndata: 1}\n\n", Dialect::OpenAi),
             Ok(Event::Data(None))
         ));
-        assert!(inspect(b"data: {\"a\":\n\n").is_err());
+        assert!(inspect(b"data: {\"a\":\n\n", Dialect::OpenAi).is_err());
     }
 }

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod metrics;
+pub mod providers;
 pub mod proxy;
 pub mod routing;
 pub mod server;

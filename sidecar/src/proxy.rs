@@ -8,17 +8,18 @@
 //! 4. attempt targets in the route's order (priority, then weight), each attempt bounded by the
 //!    per-attempt or first-token timeout and all of them by the request timeout; connect errors,
 //!    timeouts, 401/403, 429 and 5xx move on to the next attempt, other 4xx go back to the client;
+//!    Each attempt goes through the target provider's adapter (`providers`): OpenAI-wire providers
+//!    get the body with `model` rewritten, the others a translated request;
 //! 5. answer: buffered JSON with its cost, or a relayed stream once its first chunk arrived — from
-//!    then on no retry, and an upstream failure becomes an SSE error event;
+//!    then on no retry, and an upstream failure becomes an SSE error event. Answers of translated
+//!    providers come back in the client's dialect (OpenAI, or Anthropic on `/v1/messages`);
 //! 6. add the `x-gatehouse-*` headers, record metrics and one access-log line.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{
-    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
-};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -29,10 +30,11 @@ use tokio::time::Instant;
 use crate::body::{FirstEvent, ProxyBody, SseRelay, StreamEnd, first_event};
 use crate::error::{AttemptError, ProxyError, error_body};
 use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
+use crate::providers::{self, Dialect, Inbound, Operation, StreamFraming, Translate, messages};
 use crate::routing::AttemptPlan;
-use crate::state::{Provider, Store};
+use crate::state::{Credentials, Provider, Store};
 use crate::upstream::UpstreamClient;
-use crate::usage;
+use crate::usage::{self, Usage};
 
 const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
 
@@ -60,13 +62,6 @@ pub struct Gateway {
     settings: Settings,
 }
 
-/// Which OpenAI operation a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operation {
-    Chat,
-    Embeddings,
-}
-
 /// What is known about a request as it goes, for headers, metrics and the access log.
 #[derive(Debug)]
 struct Context {
@@ -79,14 +74,20 @@ struct Context {
     upstream_wait: Duration,
     cost_usd: Option<f64>,
     stream: bool,
+    dialect: Dialect,
+    warnings: Vec<String>,
 }
 
 /// A successful or final upstream answer.
 enum Answer {
-    /// A complete 2xx body.
-    Complete { body: Bytes },
-    /// A 2xx event stream whose first chunk arrived.
-    Stream { first: Bytes, rest: Incoming },
+    /// A complete 2xx body, in the client's dialect, and its usage.
+    Complete { body: Bytes, usage: Option<Usage> },
+    /// A 2xx event stream whose first event arrived (`first` in the client's dialect).
+    Stream {
+        first: Bytes,
+        rest: Incoming,
+        translate: Option<Translate>,
+    },
     /// A 4xx other than 401/403/429: the request itself was refused; passed back, not retried.
     Refused {
         status: StatusCode,
@@ -123,14 +124,20 @@ impl Gateway {
             upstream_wait: Duration::ZERO,
             cost_usd: None,
             stream: false,
+            dialect: Dialect::OpenAi,
+            warnings: Vec::new(),
         };
         let path = req.uri().path();
         let path = path.strip_prefix("/v1").unwrap_or(path);
         let result = match (req.method(), path) {
             (&Method::POST, "/chat/completions") => self.call(req, Operation::Chat, &mut ctx).await,
             (&Method::POST, "/embeddings") => self.call(req, Operation::Embeddings, &mut ctx).await,
+            (&Method::POST, "/messages") => {
+                ctx.dialect = Dialect::Anthropic;
+                self.call(req, Operation::Chat, &mut ctx).await
+            }
             (&Method::GET, "/models") => self.models(),
-            (_, "/chat/completions" | "/embeddings" | "/models") => {
+            (_, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
                 Err(ProxyError::MethodNotAllowed {
                     method: req.method().to_string(),
                     path: req.uri().path().to_string(),
@@ -161,8 +168,9 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
         let body = read_body(req, self.settings.max_body_bytes).await?;
-        let (mut json, alias) = parse_request(&body, op)?;
-        ctx.stream = op == Operation::Chat && matches!(json.get("stream"), Some(Value::Bool(true)));
+        let (inbound, alias) = parse_inbound(&body, op, ctx.dialect)?;
+        ctx.stream = inbound.stream;
+        ctx.warnings.extend(inbound.warnings.iter().cloned());
         let route = snapshot
             .aliases
             .get(&alias)
@@ -209,16 +217,9 @@ impl Gateway {
             if remaining.is_zero() {
                 break;
             }
+            // A request the target cannot express is the client's error: 400, not another attempt.
+            let outgoing = providers::outgoing(provider, &target.model, &inbound)?;
             ctx.attempts += 1;
-            json.insert("model".to_string(), Value::String(target.model.clone()));
-            let payload = match serde_json::to_vec(&json) {
-                Ok(v) => Bytes::from(v),
-                Err(e) => {
-                    return Err(ProxyError::InvalidRequest(format!(
-                        "failed to encode request: {e}"
-                    )));
-                }
-            };
             let limit_ms = if ctx.stream {
                 timeouts.first_token_ms.unwrap_or(timeouts.attempt_ms)
             } else {
@@ -226,14 +227,19 @@ impl Gateway {
             };
             let limit = Duration::from_millis(limit_ms).min(remaining);
             let sent = Instant::now();
-            let result =
-                tokio::time::timeout(limit, self.attempt(provider, op, payload, ctx.stream)).await;
+            let warnings = outgoing.warnings.clone();
+            let result = tokio::time::timeout(
+                limit,
+                self.attempt(provider, &target.model, &inbound, outgoing),
+            )
+            .await;
             ctx.upstream_wait += sent.elapsed();
             let outcome = match result {
                 Ok(Ok(answer)) => {
                     self.count_attempt(&provider.name, "success");
                     ctx.provider = Some(provider.name.clone());
                     ctx.model = Some(target.model.clone());
+                    ctx.warnings.extend(warnings);
                     return Ok(self.answer(answer, provider, &target.model, ctx, deadline));
                 }
                 Ok(Err(e)) => e,
@@ -268,35 +274,45 @@ impl Gateway {
         })
     }
 
-    /// One upstream call, until the whole body (buffered) or the first chunk (stream) arrived.
+    /// One upstream call, until the whole body (buffered) or the first event (stream) arrived.
     async fn attempt(
         &self,
         provider: &Provider,
-        op: Operation,
-        payload: Bytes,
-        stream: bool,
+        model: &str,
+        inbound: &Inbound,
+        outgoing: providers::Outgoing,
     ) -> Result<Answer, AttemptError> {
-        let url = match op {
-            Operation::Chat => provider.chat_url.clone(),
-            Operation::Embeddings => provider.embeddings_url.clone(),
-        };
-        let mut builder = Request::post(url)
+        let stream = inbound.stream;
+        let mut builder = Request::post(outgoing.uri)
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(
                 ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
+                match (stream, providers::framing(provider.kind)) {
+                    (false, _) => "application/json",
+                    (true, StreamFraming::Sse) => "text/event-stream",
+                    (true, StreamFraming::AwsEventStream) => "application/vnd.amazon.eventstream",
                 },
             );
-        if let Some(auth) = &provider.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
+        if provider.kind == gatehouse_crds::config::ProviderKind::Anthropic {
+            builder = builder.header("anthropic-version", providers::anthropic::VERSION);
         }
-        let request = builder
-            .body(Full::new(payload))
+        match &provider.credentials {
+            Credentials::None | Credentials::Aws(_) => {}
+            Credentials::Header(name, value) => builder = builder.header(name, value.clone()),
+            Credentials::Invalid(reason) => {
+                return Err(AttemptError::Invalid(format!(
+                    "the provider's key cannot be used: {reason}"
+                )));
+            }
+        }
+        let mut request = builder
+            .body(Full::new(outgoing.body.clone()))
             .map_err(|e| AttemptError::Connect(format!("failed to build request: {e}")))?;
+        if let Credentials::Aws(credentials) = &provider.credentials {
+            providers::bedrock::sign(provider, credentials, &mut request, &outgoing.body)
+                .map_err(|e| AttemptError::Invalid(format!("failed to sign request: {e}")))?;
+        }
         let response = self
             .client
             .request(request)
@@ -305,7 +321,14 @@ impl Gateway {
         let status = response.status();
         if status.is_success() {
             if stream {
-                return first_chunk(response).await;
+                let translate = providers::translate(provider.kind, model, inbound);
+                return first_chunk(
+                    response,
+                    providers::framing(provider.kind),
+                    inbound.dialect,
+                    translate,
+                )
+                .await;
             }
             let body = response
                 .into_body()
@@ -315,12 +338,7 @@ impl Gateway {
                     AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
                 })?
                 .to_bytes();
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-                return Err(AttemptError::Invalid(
-                    "response body is not valid JSON".to_string(),
-                ));
-            }
-            return Ok(Answer::Complete { body });
+            return complete(provider, model, inbound, body);
         }
         if status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
@@ -366,11 +384,17 @@ impl Gateway {
         deadline: Instant,
     ) -> Response<ProxyBody> {
         match answer {
-            Answer::Complete { body } => {
-                ctx.cost_usd = cost_of(&body, provider, model);
+            Answer::Complete { body, usage } => {
+                ctx.cost_usd = usage
+                    .zip(provider.models.get(model))
+                    .map(|(u, p)| u.cost(p));
                 json_response(StatusCode::OK, body)
             }
-            Answer::Stream { first, rest } => {
+            Answer::Stream {
+                first,
+                rest,
+                translate,
+            } => {
                 let metrics = self.metrics.clone();
                 let route = ctx.route.clone().unwrap_or_default();
                 let request_id = ctx.request_id.clone();
@@ -396,7 +420,7 @@ impl Gateway {
                         "stream finished"
                     );
                 });
-                let relay = SseRelay::new(rest, first, deadline, on_end);
+                let relay = SseRelay::new(rest, first, deadline, on_end, ctx.dialect, translate);
                 let mut response = Response::new(ProxyBody::Stream(Box::pin(relay)));
                 let headers = response.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -408,10 +432,24 @@ impl Gateway {
                 content_type,
                 body,
             } => {
-                let is_openai_error = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .is_some_and(|v| v.get("error").is_some_and(Value::is_object));
-                if is_openai_error {
+                // The provider's own error body passes through when it is already in the
+                // client's dialect; otherwise its message is carried over into that shape.
+                let parsed = serde_json::from_slice::<Value>(&body).ok();
+                let same_shape = match ctx.dialect {
+                    Dialect::OpenAi => {
+                        providers::is_openai_wire(provider.kind)
+                            && parsed
+                                .as_ref()
+                                .is_some_and(|v| v.get("error").is_some_and(Value::is_object))
+                    }
+                    Dialect::Anthropic => {
+                        provider.kind == gatehouse_crds::config::ProviderKind::Anthropic
+                            && parsed.as_ref().is_some_and(|v| {
+                                v.get("type").and_then(Value::as_str) == Some("error")
+                            })
+                    }
+                };
+                if same_shape {
                     let mut response = Response::new(ProxyBody::full(body));
                     *response.status_mut() = status;
                     if let Some(ct) = content_type {
@@ -419,15 +457,25 @@ impl Gateway {
                     }
                     response
                 } else {
-                    let message = format!(
-                        "provider '{}' refused the request with status {}",
-                        provider.name,
-                        status.as_u16()
-                    );
-                    json_response(
-                        status,
-                        error_body(&message, "invalid_request_error", "upstream_refused"),
-                    )
+                    let message = match providers::error_message(&body) {
+                        Some(m) => format!(
+                            "provider '{}' refused the request ({}): {m}",
+                            provider.name,
+                            status.as_u16()
+                        ),
+                        None => format!(
+                            "provider '{}' refused the request with status {}",
+                            provider.name,
+                            status.as_u16()
+                        ),
+                    };
+                    let body = match ctx.dialect {
+                        Dialect::OpenAi => {
+                            error_body(&message, "invalid_request_error", "upstream_refused")
+                        }
+                        Dialect::Anthropic => messages::error_body(status, &message),
+                    };
+                    json_response(status, body)
                 }
             }
         }
@@ -459,7 +507,11 @@ impl Gateway {
                 if e.status().is_server_error() {
                     tracing::warn!(request_id = %ctx.request_id, code = e.code(), error = %e, "request failed");
                 }
-                let mut r = json_response(e.status(), e.body());
+                let body = match ctx.dialect {
+                    Dialect::OpenAi => e.body(),
+                    Dialect::Anthropic => messages::error_body(e.status(), &e.to_string()),
+                };
+                let mut r = json_response(e.status(), body);
                 if let ProxyError::Exhausted {
                     retry_after: Some(ra),
                     ..
@@ -490,6 +542,9 @@ impl Gateway {
             insert_header(headers, "x-gatehouse-cost-usd", &format!("{cost:.8}"));
         }
         headers.insert("x-gatehouse-cache", HeaderValue::from_static("bypass"));
+        if !ctx.warnings.is_empty() {
+            insert_header(headers, "x-gatehouse-warning", &ctx.warnings.join("; "));
+        }
 
         let elapsed = ctx.start.elapsed();
         let route = ctx.route.clone().unwrap_or_default();
@@ -568,6 +623,39 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyE
     }
 }
 
+/// Parse and check the request in the client's dialect; Anthropic bodies are also translated into
+/// the OpenAI shape (kept natively for Anthropic targets). Returns the request and the model alias.
+fn parse_inbound(
+    body: &[u8],
+    op: Operation,
+    dialect: Dialect,
+) -> Result<(Inbound, String), ProxyError> {
+    let (map, alias) = parse_request(body, op)?;
+    let stream = op == Operation::Chat && matches!(map.get("stream"), Some(Value::Bool(true)));
+    let inbound = match dialect {
+        Dialect::OpenAi => Inbound {
+            dialect,
+            op,
+            openai: map,
+            native: None,
+            stream,
+            warnings: Vec::new(),
+        },
+        Dialect::Anthropic => {
+            let (openai, warnings) = messages::to_openai(&map)?;
+            Inbound {
+                dialect,
+                op,
+                openai,
+                native: Some(map),
+                stream,
+                warnings,
+            }
+        }
+    };
+    Ok((inbound, alias))
+}
+
 /// Parse and check the parts of the request the gateway relies on; the rest passes through.
 /// Returns the body and the requested model.
 fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, String), ProxyError> {
@@ -629,17 +717,27 @@ fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, Stri
     Ok((map, model))
 }
 
-/// Wait for the first non-empty chunk of a 2xx event stream.
-async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptError> {
-    let is_sse = response
+/// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
+/// `translate` is set).
+async fn first_chunk(
+    response: Response<Incoming>,
+    framing: StreamFraming,
+    dialect: Dialect,
+    mut translate: Option<Translate>,
+) -> Result<Answer, AttemptError> {
+    let expected = match framing {
+        StreamFraming::Sse => "text/event-stream",
+        StreamFraming::AwsEventStream => "application/vnd.amazon.eventstream",
+    };
+    let content_type_ok = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if !is_sse {
-        return Err(AttemptError::Invalid(
-            "expected an event stream (text/event-stream)".to_string(),
-        ));
+        .is_some_and(|ct| ct.starts_with(expected));
+    if !content_type_ok {
+        return Err(AttemptError::Invalid(format!(
+            "expected an event stream ({expected})"
+        )));
     }
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
@@ -647,13 +745,17 @@ async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptErro
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    match first_event(&buf) {
+                    match translate.as_mut() {
+                        None => buf.extend_from_slice(&data),
+                        Some(t) => t.feed(&data, &mut buf).map_err(AttemptError::Invalid)?,
+                    }
+                    match first_event(&buf, dialect) {
                         FirstEvent::Incomplete => {}
                         FirstEvent::Valid => {
                             return Ok(Answer::Stream {
                                 first: buf.freeze(),
                                 rest: body,
+                                translate,
                             });
                         }
                         FirstEvent::Invalid(reason) => {
@@ -677,10 +779,40 @@ async fn first_chunk(response: Response<Incoming>) -> Result<Answer, AttemptErro
     }
 }
 
-/// USD cost of a buffered OpenAI-shaped response, when the model's pricing is known.
-fn cost_of(body: &[u8], provider: &Provider, model: &str) -> Option<f64> {
-    let pricing = provider.models.get(model)?;
-    Some(usage::of_body(body)?.cost(pricing))
+/// A complete 2xx body: checked, translated into the client's dialect, its usage read.
+fn complete(
+    provider: &Provider,
+    model: &str,
+    inbound: &Inbound,
+    body: Bytes,
+) -> Result<Answer, AttemptError> {
+    if inbound.is_native(provider.kind) {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(AttemptError::Invalid(
+                "response body is not valid JSON".to_string(),
+            ));
+        }
+        let usage = match inbound.dialect {
+            Dialect::OpenAi => usage::of_body(&body),
+            Dialect::Anthropic => usage::of_anthropic_body(&body),
+        };
+        return Ok(Answer::Complete { body, usage });
+    }
+    let openai = providers::response(provider.kind, inbound.op, model, &body)
+        .map_err(AttemptError::Invalid)?;
+    let usage = openai
+        .get("usage")
+        .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
+    let out = match inbound.dialect {
+        Dialect::OpenAi => openai,
+        Dialect::Anthropic => messages::response(&openai),
+    };
+    let body = serde_json::to_vec(&out)
+        .map_err(|e| AttemptError::Invalid(format!("failed to encode response: {e}")))?;
+    Ok(Answer::Complete {
+        body: Bytes::from(body),
+        usage,
+    })
 }
 
 /// An error with its sources, on one line.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use gatehouse_crds::config::{Pricing, ProviderKind, RouteConfig, SidecarConfig, TargetConfig};
-use http::{HeaderValue, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 
 /// Why a config could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +36,62 @@ pub struct Provider {
     pub chat_url: Uri,
     /// Full URL of the embeddings endpoint.
     pub embeddings_url: Uri,
-    /// `authorization` header value, marked sensitive; `None` when no key is configured.
-    pub auth: Option<HeaderValue>,
+    /// Base URL without trailing slash (adapters whose paths depend on the model build on it).
+    pub base: String,
+    /// How requests are authorized; key material only in here, never in `Debug` output.
+    pub credentials: Credentials,
+    /// Azure OpenAI: the `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Bedrock: the AWS region to sign for.
+    pub region: Option<String>,
     /// Pricing by upstream model name.
     pub models: BTreeMap<String, Pricing>,
+}
+
+/// How a provider's requests are authorized.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// No key configured: requests go out unauthenticated.
+    None,
+    /// One header (`authorization: Bearer …`, `api-key`, `x-api-key`, `x-goog-api-key`), its value
+    /// marked sensitive.
+    Header(HeaderName, HeaderValue),
+    /// AWS SigV4 (Bedrock). `Debug` of these credentials redacts the secret.
+    Aws(aws_credential_types::Credentials),
+    /// The key is present but unusable for this provider type; why (no key material).
+    Invalid(String),
+}
+
+impl Credentials {
+    /// Credentials of a provider of `kind` from its key.
+    pub fn for_key(kind: ProviderKind, key: Option<&str>) -> Self {
+        let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Self::None;
+        };
+        let (name, value) = match kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                ("authorization", format!("Bearer {key}"))
+            }
+            ProviderKind::AzureOpenAI => ("api-key", key.to_string()),
+            ProviderKind::Anthropic => ("x-api-key", key.to_string()),
+            ProviderKind::Gemini => ("x-goog-api-key", key.to_string()),
+            ProviderKind::Bedrock => {
+                return match crate::providers::bedrock::credentials(key) {
+                    Ok(c) => Self::Aws(c),
+                    Err(reason) => Self::Invalid(reason),
+                };
+            }
+        };
+        match HeaderValue::try_from(value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                Self::Header(HeaderName::from_static(name), v)
+            }
+            Err(_) => {
+                Self::Invalid("the key contains characters not allowed in a header".to_string())
+            }
+        }
+    }
 }
 
 /// A route with its targets grouped by priority.
@@ -127,15 +179,10 @@ impl Snapshot {
             }
             // A provider whose key file is missing is still built: the upstream answers 401 and the
             // client gets a clear "credentials rejected" error instead of the gateway guessing.
-            let auth = p
-                .key
-                .as_ref()
-                .and_then(|k| keys.get(k))
-                .and_then(|key| HeaderValue::try_from(format!("Bearer {key}")).ok())
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                });
+            let credentials = Credentials::for_key(
+                p.kind,
+                p.key.as_ref().and_then(|k| keys.get(k)).map(String::as_str),
+            );
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
@@ -143,7 +190,10 @@ impl Snapshot {
                     kind: p.kind,
                     chat_url,
                     embeddings_url,
-                    auth,
+                    base: base.to_string(),
+                    credentials,
+                    api_version: p.api_version.clone(),
+                    region: p.region.clone(),
                     models: p.models.clone(),
                 }),
             );

@@ -58,6 +58,35 @@ pub fn of_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<WithUsage>(body).ok()?.usage
 }
 
+/// The usage of a buffered Anthropic message (cache reads and writes count as prompt tokens, reads
+/// as cached ones).
+pub fn of_anthropic_body(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Message {
+        usage: AnthropicUsage,
+    }
+    #[derive(Deserialize)]
+    struct AnthropicUsage {
+        #[serde(default)]
+        input_tokens: u64,
+        #[serde(default)]
+        output_tokens: u64,
+        #[serde(default)]
+        cache_creation_input_tokens: Option<u64>,
+        #[serde(default)]
+        cache_read_input_tokens: Option<u64>,
+    }
+    let u = serde_json::from_slice::<Message>(body).ok()?.usage;
+    let cached = u.cache_read_input_tokens.unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: u.input_tokens + cached + u.cache_creation_input_tokens.unwrap_or(0),
+        completion_tokens: u.output_tokens,
+        prompt_tokens_details: Some(PromptDetails {
+            cached_tokens: Some(cached),
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

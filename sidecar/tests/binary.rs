@@ -112,10 +112,18 @@ spec:
     );
     std::fs::write(dir.path().join("m.yaml"), manifests).unwrap();
     let mut proc = Proc::spawn(dir.path());
-    let listening = proc.wait_line(|j| j["message"] == "gatehouse-sidecar listening");
+    // "listening" and "configuration applied" may come in either order.
+    let first = proc.wait_line(|j| {
+        j["message"] == "gatehouse-sidecar listening" || j["message"] == "configuration applied"
+    });
+    let listening = if first["message"] == "configuration applied" {
+        proc.wait_line(|j| j["message"] == "gatehouse-sidecar listening")
+    } else {
+        proc.wait_line(|j| j["message"] == "configuration applied");
+        first
+    };
     let proxy = listening["proxy_addr"].as_str().unwrap().to_string();
     let admin = listening["admin_addr"].as_str().unwrap().to_string();
-    proc.wait_line(|j| j["message"] == "configuration applied");
 
     let client = reqwest::Client::new();
     let chat = |stream: bool| {

@@ -1,0 +1,494 @@
+//! Anthropic Messages API (`POST {endpoint}/v1/messages`, `x-api-key`, `anthropic-version`).
+//!
+//! OpenAI → Anthropic: system/developer messages become `system`; `tool` messages become
+//! `tool_result` blocks in a user turn; assistant `tool_calls` become `tool_use` blocks; images
+//! become base64 or URL image blocks; `max_tokens` is required by Anthropic and defaults to
+//! [`DEFAULT_MAX_TOKENS`]. Back: content blocks, stop reasons and usage (cache reads count as
+//! cached prompt tokens, cache writes as prompt tokens) become OpenAI's.
+
+use http::Uri;
+use serde_json::{Map, Value, json};
+
+use super::{
+    ChunkDecoder, Inbound, Outgoing, SseParser, StreamItem, ToolChoice, content_text, data_url,
+    delta_chunk, function_tools, max_tokens, messages, now_secs, openai_usage, parse_arguments,
+    role, stop_list, tool_choice, usage_chunk, warn_unhandled,
+};
+use crate::error::ProxyError;
+use crate::state::Provider;
+
+/// The `anthropic-version` header every request carries.
+pub const VERSION: &str = "2023-06-01";
+/// `max_tokens` sent when the client set none (Anthropic requires it).
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+fn messages_uri(provider: &Provider) -> Result<Uri, ProxyError> {
+    let base = provider.base.trim_end_matches("/v1");
+    format!("{base}/v1/messages")
+        .parse()
+        .map_err(|_| ProxyError::InvalidRequest("invalid provider endpoint".to_string()))
+}
+
+/// An Anthropic client's own body, sent to Anthropic with only `model` rewritten.
+pub fn native(provider: &Provider, model: &str, inbound: &Inbound) -> Result<Outgoing, ProxyError> {
+    let body = inbound.native.as_ref().unwrap_or(&inbound.openai);
+    Ok(Outgoing {
+        uri: messages_uri(provider)?,
+        body: super::openai::encode_with_model(body, model)?,
+        warnings: Vec::new(),
+    })
+}
+
+/// OpenAI chat request → Anthropic Messages request.
+pub fn outgoing(
+    provider: &Provider,
+    model: &str,
+    req: &Map<String, Value>,
+    stream: bool,
+) -> Result<Outgoing, ProxyError> {
+    let mut warnings = Vec::new();
+    let body = request(model, req, stream, &mut warnings)?;
+    Ok(Outgoing {
+        uri: messages_uri(provider)?,
+        body: serde_json::to_vec(&body)
+            .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
+            .into(),
+        warnings,
+    })
+}
+
+/// The translation itself (pure; golden-tested).
+pub fn request(
+    model: &str,
+    req: &Map<String, Value>,
+    stream: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ProxyError> {
+    if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(ProxyError::InvalidRequest(
+            "'n' greater than 1 is not supported by anthropic".to_string(),
+        ));
+    }
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    for message in messages(req) {
+        let role = role(message)?;
+        let (turn_role, blocks) = match role {
+            "system" | "developer" => {
+                let text = content_text(message.get("content"));
+                if !text.is_empty() {
+                    system.push(json!({"type": "text", "text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", user_blocks(message.get("content"))?),
+            "assistant" => ("assistant", assistant_blocks(message)?),
+            "tool" => {
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ProxyError::InvalidRequest(
+                            "a tool message needs 'tool_call_id'".to_string(),
+                        )
+                    })?;
+                let block = json!({
+                    "type": "tool_result",
+                    "tool_use_id": id,
+                    "content": content_text(message.get("content")),
+                });
+                ("user", vec![block])
+            }
+            other => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "message role '{other}' is not supported by anthropic"
+                )));
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        // Consecutive turns of one role merge: tool results of parallel calls share a user turn.
+        match turns.last_mut() {
+            Some((last, existing)) if last == turn_role => existing.extend(blocks),
+            _ => turns.push((turn_role.to_string(), blocks)),
+        }
+    }
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        body.insert("system".into(), Value::Array(system));
+    }
+    body.insert(
+        "max_tokens".into(),
+        json!(max_tokens(req).unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    if let Some(t) = req.get("temperature").and_then(Value::as_f64) {
+        if t > 1.0 {
+            warnings.push("'temperature' above 1 was lowered to anthropic's maximum of 1".into());
+        }
+        body.insert("temperature".into(), json!(t.min(1.0)));
+    }
+    if let Some(p) = req.get("top_p").filter(|v| v.is_number()) {
+        body.insert("top_p".into(), p.clone());
+    }
+    if let Some(stop) = stop_list(req.get("stop"))? {
+        body.insert("stop_sequences".into(), Value::Array(stop));
+    }
+    if stream {
+        body.insert("stream".into(), json!(true));
+    }
+    let tools = function_tools(req)?;
+    let choice = tool_choice(req)?;
+    if !tools.is_empty() && choice != Some(ToolChoice::None) {
+        let tools: Vec<Value> = tools
+            .into_iter()
+            .map(|(name, description, parameters)| {
+                let mut t = json!({"name": name, "input_schema": parameters});
+                if let (Some(d), Some(obj)) = (description, t.as_object_mut()) {
+                    obj.insert("description".into(), json!(d));
+                }
+                t
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+        let mut choice = match choice {
+            Some(ToolChoice::Required) => json!({"type": "any"}),
+            Some(ToolChoice::Named(name)) => json!({"type": "tool", "name": name}),
+            _ => json!({"type": "auto"}),
+        };
+        if req.get("parallel_tool_calls") == Some(&Value::Bool(false))
+            && let Some(obj) = choice.as_object_mut()
+        {
+            obj.insert("disable_parallel_tool_use".into(), json!(true));
+        }
+        body.insert("tool_choice".into(), choice);
+    }
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if let Some(format) = req
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        && format != "text"
+    {
+        warnings.push(format!(
+            "'response_format' {format} is not enforced by anthropic; ask for JSON in the prompt"
+        ));
+    }
+    warn_unhandled(
+        req,
+        &["n", "user", "parallel_tool_calls", "response_format"],
+        "anthropic",
+        warnings,
+    );
+    Ok(Value::Object(body))
+}
+
+fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+    match content {
+        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::Array(parts)) => parts.iter().map(part_block).collect(),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(_) => Err(ProxyError::InvalidRequest(
+            "message 'content' must be a string or an array of parts".to_string(),
+        )),
+    }
+}
+
+fn part_block(part: &Value) -> Result<Value, ProxyError> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))}))
+        }
+        Some("image_url") => {
+            let url = part
+                .get("image_url")
+                .and_then(|i| i.get("url").or(Some(i)))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ProxyError::InvalidRequest("image_url part needs 'url'".to_string())
+                })?;
+            if let Some((media_type, data)) = data_url(url) {
+                Ok(
+                    json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+                )
+            } else if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+            } else {
+                Err(ProxyError::InvalidRequest(
+                    "image urls must be http(s) or base64 data: URLs".to_string(),
+                ))
+            }
+        }
+        other => Err(ProxyError::InvalidRequest(format!(
+            "content part type '{}' is not supported by anthropic",
+            other.unwrap_or("(missing)")
+        ))),
+    }
+}
+
+fn assistant_blocks(message: &Value) -> Result<Vec<Value>, ProxyError> {
+    let mut blocks = Vec::new();
+    let text = content_text(message.get("content"));
+    if !text.is_empty() {
+        blocks.push(json!({"type": "text", "text": text}));
+    }
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let f = call.get("function").unwrap_or(&Value::Null);
+            blocks.push(json!({
+                "type": "tool_use",
+                "id": call.get("id").and_then(Value::as_str).unwrap_or_default(),
+                "name": f.get("name").and_then(Value::as_str).unwrap_or_default(),
+                "input": parse_arguments(f.get("arguments"))?,
+            }));
+        }
+    }
+    Ok(blocks)
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Anthropic `usage` → OpenAI `usage` (cache reads and writes are prompt tokens; reads are cached).
+pub fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("cache_read_input_tokens");
+    let prompt = n("input_tokens") + n("cache_creation_input_tokens") + cached;
+    openai_usage(prompt, n("output_tokens"), Some(cached))
+}
+
+/// Anthropic message → OpenAI chat completion.
+pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+    let content = value
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or("anthropic response has no 'content' array")?;
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in content {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(json!("")),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(json!("")),
+                    "arguments": block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                },
+            })),
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
+    if !tool_calls.is_empty()
+        && let Some(obj) = message.as_object_mut()
+    {
+        obj.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    Ok(json!({
+        "id": value.get("id").cloned().unwrap_or(json!("")),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": value.get("model").and_then(Value::as_str).unwrap_or(model),
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason(value.get("stop_reason").and_then(Value::as_str)),
+            "logprobs": null,
+        }],
+        "usage": usage(value.get("usage").unwrap_or(&Value::Null)),
+    }))
+}
+
+/// Anthropic SSE (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `ping`,
+/// `error`) → OpenAI chunks.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    sse: SseParser,
+    id: String,
+    model: String,
+    created: u64,
+    /// Tool index by content block index.
+    tools: Vec<(u64, u64)>,
+    usage: Value,
+    done: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder; `model` until `message_start` names it.
+    pub fn new(model: &str) -> Self {
+        Self {
+            sse: SseParser::default(),
+            id: String::new(),
+            model: model.to_string(),
+            created: now_secs(),
+            tools: Vec::new(),
+            usage: json!({}),
+            done: false,
+        }
+    }
+
+    fn tool_index(&self, block: u64) -> Option<u64> {
+        self.tools
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+
+    fn event(&mut self, data: &Value, out: &mut Vec<StreamItem>) {
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "message_start" => {
+                let message = data.get("message").unwrap_or(&Value::Null);
+                if let Some(id) = message.get("id").and_then(Value::as_str) {
+                    self.id = id.to_string();
+                }
+                if let Some(m) = message.get("model").and_then(Value::as_str) {
+                    self.model = m.to_string();
+                }
+                if let Some(u) = message.get("usage") {
+                    merge(&mut self.usage, u);
+                }
+                out.push(StreamItem::Chunk(
+                    self.delta(json!({"role": "assistant", "content": ""}), None),
+                ));
+            }
+            "content_block_start" => {
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let tool = self.tools.len() as u64;
+                    self.tools.push((index, tool));
+                    out.push(StreamItem::Chunk(self.delta(
+                        json!({"tool_calls": [{
+                            "index": tool,
+                            "id": block.get("id").cloned().unwrap_or(json!("")),
+                            "type": "function",
+                            "function": {"name": block.get("name").cloned().unwrap_or(json!("")), "arguments": ""},
+                        }]}),
+                        None,
+                    )));
+                } else if let Some(text) = block.get("text").and_then(Value::as_str)
+                    && !text.is_empty()
+                {
+                    out.push(StreamItem::Chunk(
+                        self.delta(json!({"content": text}), None),
+                    ));
+                }
+            }
+            "content_block_delta" => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        let text = delta.get("text").cloned().unwrap_or(json!(""));
+                        out.push(StreamItem::Chunk(
+                            self.delta(json!({"content": text}), None),
+                        ));
+                    }
+                    Some("input_json_delta") => {
+                        if let Some(tool) = self.tool_index(index) {
+                            let partial = delta.get("partial_json").cloned().unwrap_or(json!(""));
+                            out.push(StreamItem::Chunk(self.delta(
+                                json!({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]}),
+                                None,
+                            )));
+                        }
+                    }
+                    // thinking_delta, signature_delta, citations_delta: no OpenAI equivalent.
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = data.get("usage") {
+                    merge(&mut self.usage, u);
+                }
+                let stop = data
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str);
+                if stop.is_some() {
+                    out.push(StreamItem::Chunk(
+                        self.delta(json!({}), Some(finish_reason(stop))),
+                    ));
+                }
+            }
+            "message_stop" => {
+                out.push(StreamItem::Chunk(usage_chunk(
+                    &self.id,
+                    self.created,
+                    &self.model,
+                    usage(&self.usage),
+                )));
+                out.push(StreamItem::Done);
+                self.done = true;
+            }
+            "error" => {
+                let message = data
+                    .get("error")
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("anthropic reported an error")
+                    .to_string();
+                out.push(StreamItem::Error { message });
+            }
+            // ping, content_block_stop and event types added later carry nothing to translate.
+            _ => {}
+        }
+    }
+
+    fn delta(&self, delta: Value, finish: Option<&str>) -> Value {
+        delta_chunk(&self.id, self.created, &self.model, delta, finish)
+    }
+}
+
+/// Copy the non-null numbers of `from` into `into` (usage arrives in message_start and message_delta).
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in from {
+            if v.is_number() {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+impl ChunkDecoder for StreamDecoder {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+        for event in self.sse.push(bytes)? {
+            if event.data.trim().is_empty() {
+                continue;
+            }
+            let data: Value = serde_json::from_str(&event.data)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    "the upstream sent an event that is not a JSON object".to_string()
+                })?;
+            self.event(&data, out);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
+        if !self.done {
+            return Err("the upstream stream ended before message_stop".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,581 @@
+//! The inbound Anthropic Messages API (`POST /v1/messages`): Anthropic SDK users point their base
+//! URL at the sidecar. Routed by the same Routes; an Anthropic target gets the body natively, any
+//! other target gets it translated to OpenAI Chat Completions first (then through that target's
+//! adapter), and the answer comes back as an Anthropic message or Anthropic SSE event sequence.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::{ChunkEncoder, StreamItem, new_id};
+use crate::error::ProxyError;
+
+/// Anthropic request → OpenAI chat request. Returns the request and warnings.
+pub fn to_openai(
+    req: &Map<String, Value>,
+) -> Result<(Map<String, Value>, Vec<String>), ProxyError> {
+    let mut warnings = Vec::new();
+    let mut out = Map::new();
+    let mut messages = Vec::new();
+    match req.get("system") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
+        Some(Value::Array(blocks)) => {
+            let text = blocks_text(blocks);
+            if !text.is_empty() {
+                messages.push(json!({"role": "system", "content": text}));
+            }
+        }
+        Some(_) => {
+            return Err(ProxyError::InvalidRequest(
+                "'system' must be a string or an array of text blocks".to_string(),
+            ));
+        }
+    }
+    let Some(input) = req.get("messages").and_then(Value::as_array) else {
+        return Err(ProxyError::InvalidRequest(
+            "'messages' must be a non-empty array".to_string(),
+        ));
+    };
+    for message in input {
+        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
+            ProxyError::InvalidRequest("every message needs a string 'role'".to_string())
+        })?;
+        match (role, message.get("content")) {
+            ("user" | "assistant", Some(Value::String(s))) => {
+                messages.push(json!({"role": role, "content": s}));
+            }
+            ("user", Some(Value::Array(blocks))) => user_message(blocks, &mut messages)?,
+            ("assistant", Some(Value::Array(blocks))) => {
+                messages.push(assistant_message(blocks, &mut warnings));
+            }
+            ("user" | "assistant", _) => {
+                return Err(ProxyError::InvalidRequest(
+                    "message 'content' must be a string or an array of content blocks".to_string(),
+                ));
+            }
+            (other, _) => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "message role '{other}' is not valid; use user or assistant"
+                )));
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Err(ProxyError::InvalidRequest(
+            "'messages' must contain at least one message".to_string(),
+        ));
+    }
+    out.insert(
+        "model".into(),
+        req.get("model").cloned().unwrap_or(json!("")),
+    );
+    out.insert("messages".into(), Value::Array(messages));
+    if let Some(m) = req.get("max_tokens").filter(|v| v.is_u64()) {
+        out.insert("max_tokens".into(), m.clone());
+    }
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = req.get(key).filter(|v| v.is_number()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(stop) = req.get("stop_sequences").filter(|v| v.is_array()) {
+        out.insert("stop".into(), stop.clone());
+    }
+    let stream = req.get("stream") == Some(&Value::Bool(true));
+    if stream {
+        out.insert("stream".into(), json!(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let mut functions = Vec::new();
+        for tool in tools {
+            // Server tools (web search, code execution…) have a `type` other than custom.
+            if tool
+                .get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "custom")
+            {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "tool type '{}' is only available when the route's target is anthropic",
+                    tool.get("type").and_then(Value::as_str).unwrap_or_default()
+                )));
+            }
+            let mut f = json!({
+                "name": tool.get("name").cloned().unwrap_or(json!("")),
+                "parameters": tool.get("input_schema").cloned().unwrap_or(json!({"type": "object"})),
+            });
+            if let (Some(d), Some(obj)) = (tool.get("description"), f.as_object_mut()) {
+                obj.insert("description".into(), d.clone());
+            }
+            functions.push(json!({"type": "function", "function": f}));
+        }
+        if !functions.is_empty() {
+            out.insert("tools".into(), Value::Array(functions));
+        }
+    }
+    if let Some(choice) = req.get("tool_choice").filter(|c| c.is_object()) {
+        let mapped = match choice.get("type").and_then(Value::as_str) {
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(json!(""))}})
+            }
+            _ => json!("auto"),
+        };
+        out.insert("tool_choice".into(), mapped);
+        if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+            out.insert("parallel_tool_calls".into(), json!(false));
+        }
+    }
+    if let Some(user) = req
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
+        out.insert("user".into(), json!(user));
+    }
+    for key in req.keys() {
+        if !matches!(
+            key.as_str(),
+            "model"
+                | "messages"
+                | "system"
+                | "max_tokens"
+                | "temperature"
+                | "top_p"
+                | "stop_sequences"
+                | "stream"
+                | "tools"
+                | "tool_choice"
+                | "metadata"
+        ) {
+            warnings.push(format!(
+                "'{key}' only applies when the route's target is anthropic and was dropped"
+            ));
+        }
+    }
+    Ok((out, warnings))
+}
+
+fn blocks_text(blocks: &[Value]) -> String {
+    blocks
+        .iter()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A user turn: `tool_result` blocks become `tool` messages (first, as OpenAI wants them right
+/// after the assistant's calls), the rest one user message.
+fn user_message(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), ProxyError> {
+    let mut parts = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(
+                json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))}),
+            ),
+            Some("image") => {
+                let source = block.get("source").unwrap_or(&Value::Null);
+                let url = match source.get("type").and_then(Value::as_str) {
+                    Some("base64") => format!(
+                        "data:{};base64,{}",
+                        source
+                            .get("media_type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("image/png"),
+                        source.get("data").and_then(Value::as_str).unwrap_or("")
+                    ),
+                    Some("url") => source
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    _ => {
+                        return Err(ProxyError::InvalidRequest(
+                            "image source must be base64 or url".to_string(),
+                        ));
+                    }
+                };
+                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+            }
+            Some("tool_result") => {
+                let content = match block.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(b)) => blocks_text(b),
+                    _ => String::new(),
+                };
+                let content = if block.get("is_error") == Some(&Value::Bool(true)) {
+                    format!("error: {content}")
+                } else {
+                    content
+                };
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": block.get("tool_use_id").cloned().unwrap_or(json!("")),
+                    "content": content,
+                }));
+            }
+            other => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "content block type '{}' is only available when the route's target is anthropic",
+                    other.unwrap_or("(missing)")
+                )));
+            }
+        }
+    }
+    if !parts.is_empty() {
+        let only_text = parts.len() == 1 && parts[0].get("type") == Some(&json!("text"));
+        let content = if only_text {
+            parts[0].get("text").cloned().unwrap_or(json!(""))
+        } else {
+            Value::Array(parts)
+        };
+        messages.push(json!({"role": "user", "content": content}));
+    }
+    Ok(())
+}
+
+fn assistant_message(blocks: &[Value], warnings: &mut Vec<String>) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(json!("")),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(json!("")),
+                    "arguments": block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                },
+            })),
+            Some(other) => warnings.push(format!(
+                "assistant '{other}' blocks only apply when the route's target is anthropic and were dropped"
+            )),
+            None => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+    if !calls.is_empty()
+        && let Some(obj) = message.as_object_mut()
+    {
+        obj.insert("tool_calls".into(), Value::Array(calls));
+    }
+    message
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`.
+pub fn stop_reason(finish: Option<&str>) -> &'static str {
+    match finish {
+        Some("length") => "max_tokens",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// OpenAI `usage` → Anthropic `usage` (cached prompt tokens are cache reads).
+fn usage(u: Option<&Value>) -> Value {
+    let n = |k: &str| {
+        u.and_then(|u| u.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let cached = u
+        .and_then(|u| u.get("prompt_tokens_details"))
+        .and_then(|d| d.get("cached_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let prompt = n("prompt_tokens");
+    json!({
+        "input_tokens": prompt.saturating_sub(cached),
+        "output_tokens": n("completion_tokens"),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    })
+}
+
+/// OpenAI chat completion → Anthropic message.
+pub fn response(openai: &Value) -> Value {
+    let choice = openai
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .unwrap_or(&Value::Null);
+    let message = choice.get("message").unwrap_or(&Value::Null);
+    let mut content = Vec::new();
+    let text = super::content_text(message.get("content"));
+    if !text.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let f = call.get("function").unwrap_or(&Value::Null);
+            let input = f
+                .get("arguments")
+                .and_then(Value::as_str)
+                .and_then(|a| serde_json::from_str::<Value>(a).ok())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            content.push(json!({
+                "type": "tool_use",
+                "id": call.get("id").cloned().unwrap_or(json!("")),
+                "name": f.get("name").cloned().unwrap_or(json!("")),
+                "input": input,
+            }));
+        }
+    }
+    let id = openai
+        .get("id")
+        .and_then(Value::as_str)
+        .map(|id| {
+            if id.starts_with("msg_") {
+                id.to_string()
+            } else {
+                format!("msg_{id}")
+            }
+        })
+        .unwrap_or_else(|| new_id("msg_"));
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": openai.get("model").cloned().unwrap_or(json!("")),
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
+        "stop_sequence": null,
+        "usage": usage(openai.get("usage")),
+    })
+}
+
+/// Anthropic's error `type` for a status.
+pub fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}`.
+pub fn error_body(status: StatusCode, message: &str) -> Bytes {
+    Bytes::from(
+        json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+            .to_string(),
+    )
+}
+
+/// The SSE error event that ends a broken stream.
+pub fn error_event(message: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    write_event(
+        &mut out,
+        "error",
+        &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+    );
+    out.freeze()
+}
+
+fn write_event(out: &mut BytesMut, name: &str, data: &Value) {
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(data.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+/// What block is open in the Anthropic stream being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    None,
+    Text,
+    Tool(u64),
+}
+
+/// OpenAI chunks → Anthropic SSE (`message_start`, `content_block_start/delta/stop`,
+/// `message_delta`, `message_stop`).
+#[derive(Debug)]
+pub struct StreamEncoder {
+    started: bool,
+    open: Open,
+    next_index: u64,
+    stop_reason: Option<&'static str>,
+    usage: Option<Value>,
+    finished: bool,
+}
+
+impl Default for StreamEncoder {
+    fn default() -> Self {
+        Self {
+            started: false,
+            open: Open::None,
+            next_index: 0,
+            stop_reason: None,
+            usage: None,
+            finished: false,
+        }
+    }
+}
+
+impl StreamEncoder {
+    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let id = chunk
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|id| {
+                if id.starts_with("msg_") {
+                    id.to_string()
+                } else {
+                    format!("msg_{id}")
+                }
+            })
+            .unwrap_or_else(|| new_id("msg_"));
+        write_event(
+            out,
+            "message_start",
+            &json!({
+                "type": "message_start",
+                "message": {
+                    "id": id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": chunk.get("model").cloned().unwrap_or(json!("")),
+                    "content": [],
+                    "stop_reason": null,
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            }),
+        );
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        if self.open != Open::None {
+            write_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": self.next_index - 1}),
+            );
+            self.open = Open::None;
+        }
+    }
+
+    fn open(&mut self, open: Open, block: Value, out: &mut BytesMut) {
+        self.close(out);
+        write_event(
+            out,
+            "content_block_start",
+            &json!({
+                "type": "content_block_start",
+                "index": self.next_index,
+                "content_block": block,
+            }),
+        );
+        self.next_index += 1;
+        self.open = open;
+    }
+
+    fn delta(&self, delta: Value, out: &mut BytesMut) {
+        write_event(
+            out,
+            "content_block_delta",
+            &json!({
+                "type": "content_block_delta",
+                "index": self.next_index.saturating_sub(1),
+                "delta": delta,
+            }),
+        );
+    }
+
+    fn chunk(&mut self, chunk: &Value, out: &mut BytesMut) {
+        self.start(chunk, out);
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+            return;
+        };
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(text) = delta.get("content").and_then(Value::as_str)
+            && !text.is_empty()
+        {
+            if self.open != Open::Text {
+                self.open(Open::Text, json!({"type": "text", "text": ""}), out);
+            }
+            self.delta(json!({"type": "text_delta", "text": text}), out);
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for call in calls {
+                let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let f = call.get("function").unwrap_or(&Value::Null);
+                if self.open != Open::Tool(index) {
+                    let id = call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| new_id("toolu_"));
+                    self.open(
+                        Open::Tool(index),
+                        json!({"type": "tool_use", "id": id, "name": f.get("name").cloned().unwrap_or(json!("")), "input": {}}),
+                        out,
+                    );
+                }
+                if let Some(args) = f.get("arguments").and_then(Value::as_str)
+                    && !args.is_empty()
+                {
+                    self.delta(
+                        json!({"type": "input_json_delta", "partial_json": args}),
+                        out,
+                    );
+                }
+            }
+        }
+        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(stop_reason(Some(finish)));
+        }
+    }
+
+    fn done(&mut self, out: &mut BytesMut) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.start(&Value::Null, out);
+        self.close(out);
+        let u = usage(self.usage.as_ref());
+        write_event(
+            out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
+                "usage": {
+                    "output_tokens": u.get("output_tokens").cloned().unwrap_or(json!(0)),
+                    "input_tokens": u.get("input_tokens").cloned().unwrap_or(json!(0)),
+                    "cache_read_input_tokens": u.get("cache_read_input_tokens").cloned().unwrap_or(json!(0)),
+                },
+            }),
+        );
+        write_event(out, "message_stop", &json!({"type": "message_stop"}));
+    }
+}
+
+impl ChunkEncoder for StreamEncoder {
+    fn encode(&mut self, item: StreamItem, out: &mut BytesMut) {
+        match item {
+            StreamItem::Chunk(chunk) => self.chunk(&chunk, out),
+            StreamItem::Done => self.done(out),
+            StreamItem::Error { message } => out.put_slice(&error_event(&message)),
+        }
+    }
+}
