@@ -23,6 +23,7 @@ mod behaviour;
 mod body;
 mod control;
 mod flavor;
+mod gemini;
 mod log;
 pub mod openai;
 mod server;

@@ -22,7 +22,7 @@ use crate::body::{self, Body};
 
 pub use chat::answer_words;
 pub(crate) use chat::{azure_chat_completions, chat_completions};
-pub(crate) use embeddings::embeddings;
+pub(crate) use embeddings::{embeddings, text_vector};
 pub use error::ApiError;
 
 /// Sent as `system_fingerprint` on every completion and chunk.

@@ -35,7 +35,7 @@ use crate::control;
 use crate::flavor::Flavor;
 use crate::log::{RecordedRequest, RequestLog};
 use crate::openai::{self, ApiError};
-use crate::{anthropic, azure};
+use crate::{anthropic, azure, gemini};
 
 /// Configuration fixed at start.
 #[derive(Debug, Clone)]
@@ -241,6 +241,7 @@ fn api_response(
         Flavor::OpenAi => openai_authenticate(key, &parts.headers),
         Flavor::Anthropic => anthropic::authenticate(key, &parts.headers),
         Flavor::AzureOpenAi => azure::authenticate(key, &parts.headers),
+        Flavor::Gemini => gemini::authenticate(key, &parts.headers, parts.uri.query()),
         _ => None,
     };
     if let Some(response) = rejected {
@@ -256,6 +257,12 @@ fn api_response(
             retry_after_secs,
         } => {
             return match flavor {
+                Flavor::Gemini => gemini::error(
+                    *status,
+                    error_type.as_deref(),
+                    message.as_deref(),
+                    *retry_after_secs,
+                ),
                 Flavor::Anthropic => anthropic::error(
                     *status,
                     error_type.as_deref(),
@@ -289,6 +296,7 @@ fn api_response(
     let path = parts.uri.path();
     match flavor {
         Flavor::Anthropic => anthropic::handle(&parts.method, path, body, behaviour),
+        Flavor::Gemini => gemini::handle(&parts.method, path, parts.uri.query(), body, behaviour),
         Flavor::AzureOpenAi => {
             if let Fault::StreamError { status, .. } = behaviour.fault
                 && !path.ends_with("/chat/completions")

@@ -115,6 +115,11 @@ fn embedding_vector(input: &EmbeddingInput<'_>, dimensions: usize) -> Vec<f32> {
     v
 }
 
+/// The deterministic unit vector the mock gives `text` (shared by every flavour).
+pub(crate) fn text_vector(text: &str, dimensions: usize) -> Vec<f32> {
+    embedding_vector(&EmbeddingInput::Text(text), dimensions)
+}
+
 /// `POST /v1/embeddings`.
 pub(crate) fn embeddings(body: &[u8], behaviour: &Behaviour) -> Response<Body> {
     let request: EmbeddingsRequest<'_> = match serde_json::from_slice(body) {
