@@ -1,0 +1,517 @@
+//! `gatehouse-bench`: what the sidecar adds over calling the provider directly.
+//!
+//! One command builds the release binaries, starts a fast mock upstream and the sidecar as separate
+//! processes, and drives both with the same closed-loop load generator, interleaving direct and
+//! through-the-sidecar rounds so machine noise hits both alike. `--peers` adds LiteLLM and
+//! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
+
+mod load;
+#[allow(dead_code, reason = "peers land next")]
+mod peers;
+#[allow(dead_code, reason = "used by peers")]
+mod procs;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+
+use load::{Outcome, Target};
+use procs::{Proc, free_port, release_bin, wait_http_ok};
+
+/// Benchmark the Gatehouse sidecar against direct calls (and peers).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    concurrency: Vec<usize>,
+    /// Requests per round at concurrency 32 and above (a quarter of it at concurrency 1).
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Interleaved rounds per path (direct, sidecar, direct, sidecar…).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Content chunks per streamed answer.
+    #[arg(long, default_value_t = 20)]
+    stream_chunks: usize,
+    /// Also measure LiteLLM proxy and Portkey's gateway (installed into the cache on first use).
+    #[arg(long)]
+    peers: bool,
+    /// Skip `cargo build --release` of the sidecar and mock.
+    #[arg(long)]
+    no_build: bool,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
+
+fn chat_body(model: &str, stream: bool) -> Bytes {
+    let stream = if stream {
+        r#","stream":true,"stream_options":{"include_usage":true}"#
+    } else {
+        ""
+    };
+    Bytes::from(CHAT_BODY.replace("MODEL", model).replace("STREAM", stream))
+}
+
+/// A path under test: where requests go and which model name they use.
+#[derive(Debug, Clone)]
+struct Path_ {
+    name: String,
+    addr: SocketAddr,
+    model: String,
+    prefix: &'static str,
+}
+
+impl Path_ {
+    fn target(&self, stream: bool) -> Target {
+        Target {
+            addr: self.addr,
+            path: if self.prefix.is_empty() {
+                "/v1/chat/completions"
+            } else {
+                self.prefix
+            },
+            body: chat_body(&self.model, stream),
+            stream,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.no_build && std::env::var_os("GATEHOUSE_BENCH_BIN_DIR").is_none() {
+        let status = std::process::Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "gatehouse-sidecar",
+                "-p",
+                "gatehouse-mock-provider",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .context("failed to run cargo build")?;
+        anyhow::ensure!(status.success(), "cargo build failed");
+    }
+    // One thread: the load generator must leave the cores to the processes it measures.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(bench(&args))?;
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(())
+}
+
+fn manifests(mock: SocketAddr, failing: SocketAddr) -> String {
+    format!(
+        r#"apiVersion: gatehouse.dev/v1alpha1
+kind: ModelProvider
+metadata: {{name: mock}}
+spec:
+  type: openaiCompatible
+  endpoint: http://{mock}/v1
+  models:
+    - name: gpt-4o-mini
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: ModelProvider
+metadata: {{name: failing}}
+spec:
+  type: openaiCompatible
+  endpoint: http://{failing}/v1
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Route
+metadata: {{name: bench}}
+spec:
+  models: [bench]
+  targets: [{{provider: mock, model: gpt-4o-mini}}]
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Route
+metadata: {{name: failover}}
+spec:
+  models: [failover]
+  targets:
+    - {{provider: failing, model: gpt-4o-mini, priority: 0}}
+    - {{provider: mock, model: gpt-4o-mini, priority: 1}}
+  retry: {{attempts: 2}}
+"#
+    )
+}
+
+struct Sidecar {
+    proc: Proc,
+    addr: SocketAddr,
+    ready_after: Duration,
+}
+
+async fn start_sidecar(manifests: &Path, log: Option<&Path>) -> anyhow::Result<Sidecar> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let args = vec![
+        "--manifests".to_string(),
+        manifests.display().to_string(),
+        "--listen".to_string(),
+        addr.to_string(),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    let proc = Proc::spawn("gatehouse", &release_bin("gatehouse-sidecar")?, &args, log)?;
+    let ready_after = wait_http_ok(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(Sidecar {
+        proc,
+        addr,
+        ready_after,
+    })
+}
+
+async fn start_mock(chunks: usize) -> anyhow::Result<(Proc, SocketAddr)> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let args = vec![
+        "--listen".to_string(),
+        addr.to_string(),
+        "--chunks".to_string(),
+        chunks.to_string(),
+        "--no-record".to_string(),
+        "--quiet".to_string(),
+    ];
+    let proc = Proc::spawn(
+        "mock",
+        &release_bin("gatehouse-mock-provider")?,
+        &args,
+        None,
+    )?;
+    wait_http_ok(&format!("http://{addr}/v1/models"), Duration::from_secs(10)).await?;
+    Ok((proc, addr))
+}
+
+/// Make a mock answer every request with `status`, through its control API.
+async fn set_mock_status(addr: SocketAddr, status: u16) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let body = serde_json::json!({"fault": {"kind": "status", "status": status}}).to_string();
+    let req = http::Request::put("/__mock/default")
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "mock control API answered {}",
+        resp.status()
+    );
+    Ok(())
+}
+
+fn requests_for(args: &Args, concurrency: usize) -> u64 {
+    if concurrency == 1 {
+        args.requests / 4
+    } else {
+        args.requests
+    }
+}
+
+/// Run `paths` interleaved for `rounds`, returning one merged outcome per path.
+async fn interleaved(
+    paths: &[Path_],
+    stream: bool,
+    concurrency: usize,
+    requests: u64,
+    rounds: u32,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut merged = Vec::new();
+    for path in paths {
+        // Warm-up: connections, pools, caches.
+        load::run(&path.target(stream), concurrency, (requests / 10).max(200)).await?;
+        merged.push(Outcome::empty()?);
+    }
+    for _ in 0..rounds {
+        for (path, total) in paths.iter().zip(merged.iter_mut()) {
+            let outcome = load::run(&path.target(stream), concurrency, requests).await?;
+            load::check(&path.name, &outcome)?;
+            total.merge(&outcome)?;
+        }
+    }
+    Ok(merged)
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn added(us_with: u64, us_without: u64) -> String {
+    format!("{:+.3}", (us_with as f64 - us_without as f64) / 1000.0)
+}
+
+async fn bench(args: &Args) -> anyhow::Result<String> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (_mock, mock_addr) = start_mock(args.stream_chunks).await?;
+    let (_failing, failing_addr) = start_mock(args.stream_chunks).await?;
+    set_mock_status(failing_addr, 503).await?;
+    let manifest_path = dir.join("bench.yaml");
+    std::fs::write(&manifest_path, manifests(mock_addr, failing_addr))?;
+
+    let mut report = String::new();
+    writeln!(report, "## Results\n")?;
+    writeln!(
+        report,
+        "Machine: {} cores, load generator (1 thread), mock upstream and gateway on the same cores. \
+         Requests per round: {} ({} at concurrency 1), {} interleaved rounds per path, streams of {} chunks. \
+         Latencies in milliseconds.\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        args.requests,
+        args.requests / 4,
+        args.rounds,
+        args.stream_chunks
+    )?;
+
+    // Start-to-ready, five fresh processes.
+    let mut ready = Vec::new();
+    for _ in 0..5 {
+        let s = start_sidecar(&manifest_path, None).await?;
+        ready.push(s.ready_after);
+    }
+    ready.sort();
+    let ready_median = ready[ready.len() / 2];
+
+    let sidecar = start_sidecar(&manifest_path, None).await?;
+    let (idle_rss, _) = sidecar.proc.memory_kib()?;
+
+    let mut paths = vec![
+        Path_ {
+            name: "direct".into(),
+            addr: mock_addr,
+            model: "gpt-4o-mini".into(),
+            prefix: "",
+        },
+        Path_ {
+            name: "gatehouse".into(),
+            addr: sidecar.addr,
+            model: "bench".into(),
+            prefix: "",
+        },
+    ];
+    let mut peer_procs = Vec::new();
+    if args.peers {
+        for peer in peers::start_all(&dir, mock_addr).await? {
+            paths.push(Path_ {
+                name: peer.name.clone(),
+                addr: peer.addr,
+                model: peer.model.clone(),
+                prefix: peer.path,
+            });
+            peer_procs.push(peer);
+        }
+    }
+
+    let mut cpu_per_request = Vec::new();
+    for stream in [false, true] {
+        if stream {
+            writeln!(
+                report,
+                "### Streaming ({} chunks, `include_usage`)\n",
+                args.stream_chunks
+            )?;
+            writeln!(
+                report,
+                "| concurrency | path | req/s | TTFB p50 | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 | added TTFT p99 |"
+            )?;
+            writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
+        } else {
+            writeln!(report, "### Non-streaming\n")?;
+            writeln!(
+                report,
+                "| concurrency | path | req/s | p50 | p90 | p99 | added p50 | added p99 |"
+            )?;
+            writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+        }
+        for &c in &args.concurrency {
+            let n = requests_for(args, c);
+            let cpu_before = sidecar.proc.cpu_time()?;
+            let outcomes = interleaved(&paths, stream, c, n, args.rounds).await?;
+            let cpu = sidecar.proc.cpu_time()?.saturating_sub(cpu_before);
+            // Warm-up requests count too: they used CPU.
+            let sidecar_requests = outcomes[1].requests + (n / 10).max(200);
+            cpu_per_request.push((stream, c, cpu.as_secs_f64() * 1e6 / sidecar_requests as f64));
+            let direct = &outcomes[0];
+            for (path, o) in paths.iter().zip(&outcomes) {
+                let is_direct = path.name == "direct";
+                if stream {
+                    let (d_ttft50, d_ttft99) = (
+                        direct.ttft.value_at_quantile(0.5),
+                        direct.ttft.value_at_quantile(0.99),
+                    );
+                    let (ttft50, ttft99) = (
+                        o.ttft.value_at_quantile(0.5),
+                        o.ttft.value_at_quantile(0.99),
+                    );
+                    writeln!(
+                        report,
+                        "| {c} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                        path.name,
+                        o.rps(),
+                        ms(o.ttfb.value_at_quantile(0.5)),
+                        ms(ttft50),
+                        ms(ttft99),
+                        ms(o.latency.value_at_quantile(0.5)),
+                        ms(o.latency.value_at_quantile(0.99)),
+                        if is_direct {
+                            "—".into()
+                        } else {
+                            added(ttft50, d_ttft50)
+                        },
+                        if is_direct {
+                            "—".into()
+                        } else {
+                            added(ttft99, d_ttft99)
+                        },
+                    )?;
+                } else {
+                    let (d50, d99) = (
+                        direct.latency.value_at_quantile(0.5),
+                        direct.latency.value_at_quantile(0.99),
+                    );
+                    let (p50, p99) = (
+                        o.latency.value_at_quantile(0.5),
+                        o.latency.value_at_quantile(0.99),
+                    );
+                    writeln!(
+                        report,
+                        "| {c} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                        path.name,
+                        o.rps(),
+                        ms(p50),
+                        ms(o.latency.value_at_quantile(0.9)),
+                        ms(p99),
+                        if is_direct {
+                            "—".into()
+                        } else {
+                            added(p50, d50)
+                        },
+                        if is_direct {
+                            "—".into()
+                        } else {
+                            added(p99, d99)
+                        },
+                    )?;
+                }
+            }
+        }
+        writeln!(report)?;
+    }
+
+    // Failover: the primary answers 503, the secondary serves.
+    writeln!(
+        report,
+        "### Failover (primary answers 503, secondary serves)\n"
+    )?;
+    writeln!(
+        report,
+        "| concurrency | path | req/s | p50 | p99 | added p50 vs direct |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    let failover_paths = [
+        paths[0].clone(),
+        Path_ {
+            name: "gatehouse failover".into(),
+            addr: sidecar.addr,
+            model: "failover".into(),
+            prefix: "",
+        },
+    ];
+    for c in [1usize, 32] {
+        let outcomes = interleaved(
+            &failover_paths,
+            false,
+            c,
+            requests_for(args, c) / 2,
+            args.rounds,
+        )
+        .await?;
+        let d50 = outcomes[0].latency.value_at_quantile(0.5);
+        for (path, o) in failover_paths.iter().zip(&outcomes) {
+            let p50 = o.latency.value_at_quantile(0.5);
+            writeln!(
+                report,
+                "| {c} | {} | {:.0} | {} | {} | {} |",
+                path.name,
+                o.rps(),
+                ms(p50),
+                ms(o.latency.value_at_quantile(0.99)),
+                if path.name == "direct" {
+                    "—".into()
+                } else {
+                    added(p50, d50)
+                },
+            )?;
+        }
+    }
+    writeln!(report)?;
+
+    let (_, peak_rss) = sidecar.proc.memory_kib()?;
+    writeln!(report, "### Gateway resources\n")?;
+    writeln!(
+        report,
+        "| gateway | idle RSS | peak RSS under load | start to ready |"
+    )?;
+    writeln!(report, "|---|---|---|---|")?;
+    writeln!(
+        report,
+        "| gatehouse | {:.1} MiB | {:.1} MiB | {:.1} ms (median of 5) |",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        ready_median.as_secs_f64() * 1000.0
+    )?;
+    for peer in &peer_procs {
+        let (rss, hwm) = peer.proc.memory_kib()?;
+        writeln!(
+            report,
+            "| {} | {:.1} MiB (after load) | {:.1} MiB (sum of per-process peaks) | {:.1} s |",
+            peer.name,
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            peer.ready_after.as_secs_f64()
+        )?;
+    }
+    writeln!(report)?;
+    writeln!(
+        report,
+        "Gatehouse CPU time per request (user + system, warm-up included):\n"
+    )?;
+    writeln!(report, "| mode | concurrency | CPU µs / request |")?;
+    writeln!(report, "|---|---|---|")?;
+    for (stream, c, us) in cpu_per_request {
+        writeln!(
+            report,
+            "| {} | {c} | {us:.1} |",
+            if stream { "stream" } else { "non-stream" }
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
