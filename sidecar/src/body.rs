@@ -7,7 +7,7 @@
 //! output, so a translated stream has the same guarantees as a pass-through one.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -338,13 +338,13 @@ impl Body for SseRelay {
             if *this.finished {
                 return Poll::Ready(this.pending_error.take().map(|e| Ok(Frame::data(e))));
             }
-            if let Some(events) = this.take_events() {
-                return Poll::Ready(Some(Ok(Frame::data(events))));
-            }
-            if *this.finished {
-                continue;
-            }
             if *this.upstream_done {
+                if let Some(events) = this.take_events() {
+                    return Poll::Ready(Some(Ok(Frame::data(events))));
+                }
+                if *this.finished {
+                    continue;
+                }
                 this.buf.clear();
                 if let Some(reason) = this.failure.take() {
                     this.end(StreamEnd::Broken, Some((&reason, "upstream_invalid_event")));
@@ -362,17 +362,35 @@ impl Body for SseRelay {
                 continue;
             }
             if this.deadline.as_mut().poll(cx).is_ready() {
-                this.end(
-                    StreamEnd::Broken,
-                    Some((
-                        "the upstream stream did not finish within the request timeout",
-                        "upstream_timeout",
-                    )),
-                );
+                let events = this.take_events();
+                if !*this.finished {
+                    this.end(
+                        StreamEnd::Broken,
+                        Some((
+                            "the upstream stream did not finish within the request timeout",
+                            "upstream_timeout",
+                        )),
+                    );
+                }
+                if let Some(events) = events {
+                    return Poll::Ready(Some(Ok(Frame::data(events))));
+                }
                 continue;
             }
-            match ready!(this.upstream.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => {
+            // Drain every frame the upstream already has before answering: events that arrived
+            // together leave together, in one write, instead of one syscall per event. Nothing
+            // waits for data that is not there yet, so this adds no latency.
+            match this.upstream.as_mut().poll_frame(cx) {
+                Poll::Pending => {
+                    if let Some(events) = this.take_events() {
+                        return Poll::Ready(Some(Ok(Frame::data(events))));
+                    }
+                    if *this.finished {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are not part of the SSE contract; only data is kept.
                     if let Ok(data) = frame.into_data() {
                         match this.translate.as_mut() {
@@ -386,18 +404,29 @@ impl Body for SseRelay {
                             }
                         }
                     }
+                    if this.buf.len() >= COALESCE_LIMIT
+                        && let Some(events) = this.take_events()
+                    {
+                        return Poll::Ready(Some(Ok(Frame::data(events))));
+                    }
                 }
-                Some(Err(e)) => {
+                Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream broke");
-                    this.end(
-                        StreamEnd::Broken,
-                        Some((
-                            "the upstream stream broke before it completed",
-                            "upstream_stream_broken",
-                        )),
-                    );
+                    let events = this.take_events();
+                    if !*this.finished {
+                        this.end(
+                            StreamEnd::Broken,
+                            Some((
+                                "the upstream stream broke before it completed",
+                                "upstream_stream_broken",
+                            )),
+                        );
+                    }
+                    if let Some(events) = events {
+                        return Poll::Ready(Some(Ok(Frame::data(events))));
+                    }
                 }
-                None => {
+                Poll::Ready(None) => {
                     if let Some(t) = this.translate.as_mut()
                         && let Err(reason) = t.finish(this.buf)
                     {
@@ -413,6 +442,9 @@ impl Body for SseRelay {
         self.finished && self.pending_error.is_none() && self.buf.is_empty()
     }
 }
+
+/// Forward buffered events once this much is waiting, even if the upstream has more ready.
+const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// The body of every response the proxy sends.
 #[derive(Debug)]
