@@ -804,7 +804,19 @@ fn complete(
         .get("usage")
         .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
     let out = match inbound.dialect {
-        Dialect::OpenAi => openai,
+        Dialect::OpenAi => {
+            let mut openai = openai;
+            if inbound.op == Operation::Embeddings
+                && inbound
+                    .openai
+                    .get("encoding_format")
+                    .and_then(Value::as_str)
+                    == Some("base64")
+            {
+                providers::gemini::base64_embeddings(&mut openai);
+            }
+            openai
+        }
         Dialect::Anthropic => messages::response(&openai),
     };
     let body = serde_json::to_vec(&out)

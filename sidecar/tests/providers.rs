@@ -96,11 +96,10 @@ async fn anthropic_chat_is_translated_both_ways() {
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     assert!(
-        body["choices"][0]["message"]["content"]
+        !body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
-            .len()
-            > 0
+            .is_empty()
     );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);

@@ -23,9 +23,9 @@ BIN_DIR = Path(os.environ.get("GATEHOUSE_BIN_DIR", Path(__file__).parents[2] / "
 
 # Provider types whose sidecar adapter has landed. Tests of the others are strict xfails until
 # then: once one passes, strict mode fails the run, which says to add the type here.
-LANDED = {"openai", "compatible"}
+LANDED = {"openai", "compatible", "anthropic"}
 # Whether the sidecar serves the inbound Anthropic Messages API (`POST /v1/messages`).
-MESSAGES_LANDED = False
+MESSAGES_LANDED = True
 
 
 @dataclass

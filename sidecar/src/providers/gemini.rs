@@ -1,62 +1,574 @@
-//! gemini adapter (in progress).
+//! Google Gemini API: `POST {endpoint}/v1beta/models/{model}:generateContent`,
+//! `:streamGenerateContent?alt=sse` and `:batchEmbedContents`, key in `x-goog-api-key`.
+//!
+//! OpenAI → Gemini: system messages become `systemInstruction`; `assistant` is role `model`;
+//! tool calls become `functionCall` parts and tool results `functionResponse` parts (named after
+//! the call they answer); sampling parameters go to `generationConfig`; `response_format` json
+//! becomes `responseMimeType` (+ `responseJsonSchema`). Back: parts, `finishReason` and
+//! `usageMetadata` (cached content tokens are cached prompt tokens, thoughts are completion tokens).
 
-use serde_json::{Map, Value};
+use base64::Engine;
+use http::Uri;
+use serde_json::{Map, Value, json};
 
-use super::{ChunkDecoder, Outgoing, StreamItem};
+use super::{
+    ChunkDecoder, Outgoing, SseParser, StreamItem, ToolChoice, data_url, delta_chunk,
+    function_tools, max_tokens, messages, new_id, now_secs, openai_usage, path_segment, role,
+    stop_list, tool_choice, usage_chunk, warn_unhandled,
+};
 use crate::error::ProxyError;
 use crate::state::Provider;
 
-/// Chat request.
+fn uri(provider: &Provider, model: &str, method: &str) -> Result<Uri, ProxyError> {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    format!(
+        "{}/v1beta/models/{}:{method}",
+        provider.base,
+        path_segment(model)
+    )
+    .parse()
+    .map_err(|_| ProxyError::InvalidRequest(format!("model '{model}' does not make a valid URL")))
+}
+
+fn encode(body: &Value) -> Result<bytes::Bytes, ProxyError> {
+    serde_json::to_vec(body)
+        .map(bytes::Bytes::from)
+        .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))
+}
+
+/// OpenAI chat request → Gemini `generateContent` / `streamGenerateContent`.
 pub fn outgoing(
     provider: &Provider,
-    _model: &str,
-    _req: &Map<String, Value>,
-    _stream: bool,
+    model: &str,
+    req: &Map<String, Value>,
+    stream: bool,
 ) -> Result<Outgoing, ProxyError> {
-    Err(ProxyError::InvalidRequest(format!(
-        "provider '{}' (gemini) is not supported yet",
-        provider.name
-    )))
+    let mut warnings = Vec::new();
+    let body = request(req, &mut warnings)?;
+    let method = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    Ok(Outgoing {
+        uri: uri(provider, model, method)?,
+        body: encode(&body)?,
+        warnings,
+    })
 }
 
-/// Chat response.
-pub fn response(_value: &Value, _model: &str) -> Result<Value, String> {
-    Err("not supported yet".to_string())
+/// The translation itself (pure; golden-tested).
+pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
+    let mut system = Vec::new();
+    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
+    // Gemini answers a call by function name; OpenAI by call id.
+    let mut call_names: Vec<(String, String)> = Vec::new();
+    for message in messages(req) {
+        let (turn, parts) = match role(message)? {
+            "system" | "developer" => {
+                let text = super::content_text(message.get("content"));
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", user_parts(message.get("content"))?),
+            "assistant" => {
+                let mut parts = Vec::new();
+                let text = super::content_text(message.get("content"));
+                if !text.is_empty() {
+                    parts.push(json!({"text": text}));
+                }
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let f = call.get("function").unwrap_or(&Value::Null);
+                    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        call_names.push((id.to_string(), name.to_string()));
+                    }
+                    parts.push(json!({"functionCall": {
+                        "name": name,
+                        "args": super::parse_arguments(f.get("arguments"))?,
+                    }}));
+                }
+                ("model", parts)
+            }
+            "tool" => {
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let name = call_names
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, n)| n.clone())
+                    .ok_or_else(|| {
+                        ProxyError::InvalidRequest(format!(
+                            "tool message '{id}' answers no earlier assistant tool call"
+                        ))
+                    })?;
+                let text = super::content_text(message.get("content"));
+                let response = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({"content": text}));
+                (
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                )
+            }
+            other => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "message role '{other}' is not supported by gemini"
+                )));
+            }
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match contents.last_mut() {
+            Some((last, existing)) if last == turn => existing.extend(parts),
+            _ => contents.push((turn.to_string(), parts)),
+        }
+    }
+    let mut body = Map::new();
+    body.insert(
+        "contents".into(),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        body.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+    let mut config = Map::new();
+    if let Some(m) = max_tokens(req) {
+        config.insert("maxOutputTokens".into(), json!(m));
+    }
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("n", "candidateCount"),
+    ] {
+        if let Some(v) = req.get(from).filter(|v| v.is_number()) {
+            config.insert(to.into(), v.clone());
+        }
+    }
+    if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(ProxyError::InvalidRequest(
+            "'n' greater than 1 is not supported through gatehouse for gemini".to_string(),
+        ));
+    }
+    if let Some(stop) = stop_list(req.get("stop"))? {
+        config.insert("stopSequences".into(), Value::Array(stop));
+    }
+    if let Some(format) = req.get("response_format") {
+        match format.get("type").and_then(Value::as_str) {
+            Some("json_object") => {
+                config.insert("responseMimeType".into(), json!("application/json"));
+            }
+            Some("json_schema") => {
+                config.insert("responseMimeType".into(), json!("application/json"));
+                if let Some(schema) = format.get("json_schema").and_then(|s| s.get("schema")) {
+                    config.insert("responseJsonSchema".into(), schema.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !config.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(config));
+    }
+    let tools = function_tools(req)?;
+    if !tools.is_empty() {
+        let declarations: Vec<Value> = tools
+            .into_iter()
+            .map(|(name, description, parameters)| {
+                let mut d = json!({"name": name, "parametersJsonSchema": parameters});
+                if let (Some(desc), Some(obj)) = (description, d.as_object_mut()) {
+                    obj.insert("description".into(), json!(desc));
+                }
+                d
+            })
+            .collect();
+        body.insert(
+            "tools".into(),
+            json!([{"functionDeclarations": declarations}]),
+        );
+        let config = match tool_choice(req)? {
+            None | Some(ToolChoice::Auto) => None,
+            Some(ToolChoice::None) => Some(json!({"mode": "NONE"})),
+            Some(ToolChoice::Required) => Some(json!({"mode": "ANY"})),
+            Some(ToolChoice::Named(name)) => {
+                Some(json!({"mode": "ANY", "allowedFunctionNames": [name]}))
+            }
+        };
+        if let Some(config) = config {
+            body.insert(
+                "toolConfig".into(),
+                json!({"functionCallingConfig": config}),
+            );
+        }
+    }
+    warn_unhandled(
+        req,
+        &[
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "n",
+            "response_format",
+        ],
+        "gemini",
+        warnings,
+    );
+    Ok(Value::Object(body))
 }
 
-/// Stream decoder.
+fn user_parts(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+    match content {
+        Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or(json!(""))})),
+                Some("image_url") => {
+                    let url = part
+                        .get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    match data_url(url) {
+                        Some((mime, data)) => {
+                            Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
+                        }
+                        None => Err(ProxyError::InvalidRequest(
+                            "gemini takes images as base64 data: URLs only (http image URLs are not fetched)"
+                                .to_string(),
+                        )),
+                    }
+                }
+                other => Err(ProxyError::InvalidRequest(format!(
+                    "content part type '{}' is not supported by gemini",
+                    other.unwrap_or("(missing)")
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(ProxyError::InvalidRequest(
+            "message 'content' must be a string or an array of parts".to_string(),
+        )),
+    }
+}
+
+/// Gemini `finishReason` → OpenAI `finish_reason`.
+pub fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        _ if has_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// `usageMetadata` → OpenAI usage.
+pub fn usage(meta: &Value) -> Value {
+    let n = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
+    openai_usage(
+        n("promptTokenCount"),
+        n("candidatesTokenCount") + n("thoughtsTokenCount"),
+        Some(n("cachedContentTokenCount")),
+    )
+}
+
+/// Text and function calls of the first candidate.
+fn candidate_parts(value: &Value) -> (String, Vec<(String, Value)>, Option<&str>) {
+    let candidate = value.get("candidates").and_then(|c| c.get(0));
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in candidate
+        .and_then(|c| c.get("content"))
+        .and_then(|c| c.get("parts"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if part.get("thought") == Some(&Value::Bool(true)) {
+            continue;
+        }
+        if let Some(t) = part.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(call) = part.get("functionCall") {
+            calls.push((
+                call.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                call.get("args").cloned().unwrap_or_else(|| json!({})),
+            ));
+        }
+    }
+    let finish = candidate
+        .and_then(|c| c.get("finishReason"))
+        .and_then(Value::as_str)
+        .or_else(|| {
+            value
+                .get("promptFeedback")
+                .and_then(|f| f.get("blockReason"))
+                .map(|_| "SAFETY")
+        });
+    (text, calls, finish)
+}
+
+/// Gemini `GenerateContentResponse` → OpenAI chat completion.
+pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+    if value.get("candidates").is_none() && value.get("promptFeedback").is_none() {
+        return Err("gemini response has neither 'candidates' nor 'promptFeedback'".to_string());
+    }
+    let (text, calls, finish) = candidate_parts(value);
+    let tool_calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (name, args))| {
+            json!({"id": format!("call_{i}_{}", new_id("")), "type": "function",
+                   "function": {"name": name, "arguments": args.to_string()}})
+        })
+        .collect();
+    let mut message = json!({"role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
+    if !tool_calls.is_empty()
+        && let Some(obj) = message.as_object_mut()
+    {
+        obj.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    Ok(json!({
+        "id": value.get("responseId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| new_id("chatcmpl-")),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": value.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "choices": [{"index": 0, "message": message,
+            "finish_reason": finish_reason(finish.unwrap_or("STOP"), !calls.is_empty()),
+            "logprobs": null}],
+        "usage": usage(value.get("usageMetadata").unwrap_or(&Value::Null)),
+    }))
+}
+
+/// Gemini SSE (one `GenerateContentResponse` per event, no end marker: the stream is complete
+/// when a candidate carried a `finishReason` and the connection closed) → OpenAI chunks.
 #[derive(Debug)]
-pub struct StreamDecoder;
+pub struct StreamDecoder {
+    sse: SseParser,
+    id: String,
+    model: String,
+    created: u64,
+    started: bool,
+    tools: u64,
+    finished: bool,
+    usage: Option<Value>,
+}
 
 impl StreamDecoder {
-    /// New.
-    pub fn new(_model: &str) -> Self {
-        Self
+    /// A decoder for `model`.
+    pub fn new(model: &str) -> Self {
+        Self {
+            sse: SseParser::default(),
+            id: new_id("chatcmpl-"),
+            model: model.to_string(),
+            created: now_secs(),
+            started: false,
+            tools: 0,
+            finished: false,
+            usage: None,
+        }
+    }
+
+    fn delta(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+        StreamItem::Chunk(delta_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+        ))
+    }
+
+    fn event(&mut self, value: &Value, out: &mut Vec<StreamItem>) {
+        if let Some(error) = value.get("error") {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("gemini reported an error")
+                .to_string();
+            out.push(StreamItem::Error { message });
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            if let Some(id) = value.get("responseId").and_then(Value::as_str) {
+                self.id = id.to_string();
+            }
+            out.push(self.delta(json!({"role": "assistant", "content": ""}), None));
+        }
+        if let Some(meta) = value.get("usageMetadata") {
+            self.usage = Some(usage(meta));
+        }
+        let (text, calls, finish) = candidate_parts(value);
+        if !text.is_empty() {
+            out.push(self.delta(json!({"content": text}), None));
+        }
+        let had_calls = self.tools > 0 || !calls.is_empty();
+        for (name, args) in calls {
+            let index = self.tools;
+            self.tools += 1;
+            out.push(self.delta(
+                json!({"tool_calls": [{"index": index, "id": format!("call_{index}_{}", new_id("")),
+                    "type": "function", "function": {"name": name, "arguments": args.to_string()}}]}),
+                None,
+            ));
+        }
+        if let Some(finish) = finish
+            && !self.finished
+        {
+            self.finished = true;
+            out.push(self.delta(json!({}), Some(finish_reason(finish, had_calls))));
+        }
     }
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, _bytes: &[u8], _out: &mut Vec<StreamItem>) -> Result<(), String> {
-        Err("not supported yet".to_string())
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+        for event in self.sse.push(bytes)? {
+            if event.data.trim().is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&event.data)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    "the upstream sent an event that is not a JSON object".to_string()
+                })?;
+            self.event(&value, out);
+        }
+        Ok(())
     }
-    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
-        Err("not supported yet".to_string())
+
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
+        if self.sse.has_partial() {
+            return Err("the upstream stream ended inside an event".to_string());
+        }
+        if !self.finished {
+            return Err("the upstream stream ended without a finishReason".to_string());
+        }
+        if let Some(u) = self.usage.take() {
+            out.push(StreamItem::Chunk(usage_chunk(
+                &self.id,
+                self.created,
+                &self.model,
+                u,
+            )));
+        }
+        out.push(StreamItem::Done);
+        Ok(())
     }
 }
 
-/// Embeddings request.
+/// OpenAI embeddings request → `batchEmbedContents`.
 pub fn embeddings(
     provider: &Provider,
-    _model: &str,
-    _req: &Map<String, Value>,
+    model: &str,
+    req: &Map<String, Value>,
 ) -> Result<Outgoing, ProxyError> {
-    Err(ProxyError::InvalidRequest(format!(
-        "provider '{}' (gemini) is not supported yet",
-        provider.name
-    )))
+    Ok(Outgoing {
+        uri: uri(provider, model, "batchEmbedContents")?,
+        body: encode(&embeddings_request(model, req)?)?,
+        warnings: Vec::new(),
+    })
 }
 
-/// Embeddings response.
-pub fn embeddings_response(_value: &Value, _model: &str) -> Result<Value, String> {
-    Err("not supported yet".to_string())
+/// The embeddings translation (pure; golden-tested). The requested `encoding_format` is kept in
+/// the body under a private key so the answer can honour it.
+pub fn embeddings_request(model: &str, req: &Map<String, Value>) -> Result<Value, ProxyError> {
+    let inputs: Vec<&str> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(Value::as_str).collect()
+        }
+        _ => {
+            return Err(ProxyError::InvalidRequest(
+                "gemini embeddings take 'input' as a string or an array of strings (not tokens)"
+                    .to_string(),
+            ));
+        }
+    };
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let requests: Vec<Value> = inputs
+        .into_iter()
+        .map(|text| {
+            let mut r =
+                json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
+            if let (Some(d), Some(obj)) = (req.get("dimensions"), r.as_object_mut()) {
+                obj.insert("outputDimensionality".into(), d.clone());
+            }
+            r
+        })
+        .collect();
+    Ok(json!({"requests": requests}))
+}
+
+/// `{"embeddings":[{"values":[…]}]}` → OpenAI embeddings list (floats; see
+/// [`base64_embeddings`] for `encoding_format: base64`).
+pub fn embeddings_response(value: &Value, model: &str) -> Result<Value, String> {
+    let list = value
+        .get("embeddings")
+        .and_then(Value::as_array)
+        .ok_or("gemini embeddings response has no 'embeddings' array")?;
+    let data: Vec<Value> = list
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"object": "embedding", "index": i,
+                   "embedding": e.get("values").cloned().unwrap_or(json!([]))})
+        })
+        .collect();
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }))
+}
+
+/// Re-encode float embeddings as base64 little-endian f32, as OpenAI does for
+/// `encoding_format: base64` (the OpenAI SDKs ask for it by default).
+pub fn base64_embeddings(response: &mut Value) {
+    for item in response
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(values) = item.get("embedding").and_then(Value::as_array) {
+            let mut bytes = Vec::with_capacity(values.len() * 4);
+            for v in values {
+                bytes.extend_from_slice(&(v.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+            }
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("embedding".into(), json!(encoded));
+            }
+        }
+    }
 }
