@@ -1,9 +1,10 @@
 //! Mock LLM providers for Gatehouse's tests and benchmarks.
 //!
-//! [`MockProvider`] serves OpenAI's wire format exactly (chat completions, JSON and SSE,
-//! embeddings, models, error bodies) on a loopback port, records what it receives, and misbehaves
-//! on request: a default [`Behaviour`] plus a FIFO queue of one-shot behaviours for the next
-//! requests.
+//! [`MockProvider`] serves every provider's wire format on one loopback port, picked by path
+//! ([`Flavor`]): OpenAI (and compatible), Azure OpenAI, Anthropic Messages, Gemini and Bedrock
+//! Converse, JSON and streaming (SSE, event-stream frames), with each one's error bodies. It
+//! records what it receives and misbehaves on request: a default [`Behaviour`] plus a FIFO queue
+//! of one-shot behaviours for the next requests, applied to whatever flavour the request speaks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gatehouse_mock_provider::Error> {
@@ -19,6 +20,7 @@
 mod answer;
 mod anthropic;
 mod azure;
+mod bedrock;
 mod behaviour;
 mod body;
 mod control;
@@ -36,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use bedrock::AwsCredentials;
 pub use behaviour::{Behaviour, DEFAULT_CHUNKS, Fault, StreamGate, ToolCall};
 pub use flavor::Flavor;
 pub use log::RecordedRequest;
@@ -73,6 +76,7 @@ pub struct MockProviderBuilder {
     record: bool,
     default: Behaviour,
     models: Vec<String>,
+    aws: Option<AwsCredentials>,
 }
 
 impl Default for MockProviderBuilder {
@@ -82,6 +86,7 @@ impl Default for MockProviderBuilder {
             record: true,
             default: Behaviour::default(),
             models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
+            aws: None,
         }
     }
 }
@@ -90,6 +95,31 @@ impl MockProviderBuilder {
     /// Require `authorization: Bearer <key>` on every API request (401 otherwise).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
+        self
+    }
+
+    /// Bedrock: require SigV4 signatures made with `access_key_id` (403
+    /// `UnrecognizedClientException` otherwise). Without it any well-formed signature passes.
+    pub fn aws_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        let region = self.aws.take().and_then(|a| a.region);
+        self.aws = Some(AwsCredentials {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            region,
+        });
+        self
+    }
+
+    /// Bedrock: require the SigV4 credential scope's region to be `region` (needs
+    /// [`aws_credentials`](Self::aws_credentials) first).
+    pub fn aws_region(mut self, region: impl Into<String>) -> Self {
+        if let Some(aws) = &mut self.aws {
+            aws.region = Some(region.into());
+        }
         self
     }
 
@@ -128,6 +158,7 @@ impl MockProviderBuilder {
                 api_key: self.api_key,
                 record: self.record,
                 models: self.models,
+                aws: self.aws,
             },
             behaviours: Behaviours::new(self.default),
             log: log::RequestLog::default(),
@@ -167,7 +198,7 @@ impl Generation {
     }
 }
 
-/// A mock OpenAI-compatible provider on a local port. Stops when dropped.
+/// A mock provider (every flavour) on a local port. Stops when dropped.
 #[derive(Debug)]
 pub struct MockProvider {
     addr: SocketAddr,

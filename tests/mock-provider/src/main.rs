@@ -1,4 +1,4 @@
-//! `gatehouse-mock-provider`: the mock OpenAI provider as a process, driven through
+//! `gatehouse-mock-provider`: the mock providers (every flavour on one port) as a process, driven through
 //! `/__mock/` on the same port.
 
 use std::net::SocketAddr;
@@ -19,6 +19,15 @@ struct Args {
     /// Require `authorization: Bearer KEY`.
     #[arg(long, env = "GATEHOUSE_MOCK_API_KEY")]
     api_key: Option<String>,
+    /// Bedrock: the access key id SigV4 signatures must use.
+    #[arg(long, env = "GATEHOUSE_MOCK_AWS_ACCESS_KEY_ID")]
+    aws_access_key_id: Option<String>,
+    /// Bedrock: the matching secret access key.
+    #[arg(long, env = "GATEHOUSE_MOCK_AWS_SECRET_ACCESS_KEY", default_value = "")]
+    aws_secret_access_key: String,
+    /// Bedrock: the region signatures must be scoped to.
+    #[arg(long, env = "GATEHOUSE_MOCK_AWS_REGION")]
+    aws_region: Option<String>,
     /// Content chunks (words) per answer.
     #[arg(long, env = "GATEHOUSE_MOCK_CHUNKS", default_value_t = DEFAULT_CHUNKS)]
     chunks: usize,
@@ -56,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
         .default_behaviour(default);
     if let Some(key) = args.api_key {
         builder = builder.api_key(key);
+    }
+    if let Some(akid) = args.aws_access_key_id {
+        builder = builder.aws_credentials(akid, args.aws_secret_access_key);
+        if let Some(region) = args.aws_region {
+            builder = builder.aws_region(region);
+        }
     }
     let mock = builder
         .start_on(args.listen)

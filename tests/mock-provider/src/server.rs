@@ -35,7 +35,7 @@ use crate::control;
 use crate::flavor::Flavor;
 use crate::log::{RecordedRequest, RequestLog};
 use crate::openai::{self, ApiError};
-use crate::{anthropic, azure, gemini};
+use crate::{anthropic, azure, bedrock, gemini};
 
 /// Configuration fixed at start.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) api_key: Option<String>,
     pub(crate) record: bool,
     pub(crate) models: Vec<String>,
+    pub(crate) aws: Option<bedrock::AwsCredentials>,
 }
 
 /// The default behaviour and the queue of one-shot behaviours.
@@ -242,7 +243,7 @@ fn api_response(
         Flavor::Anthropic => anthropic::authenticate(key, &parts.headers),
         Flavor::AzureOpenAi => azure::authenticate(key, &parts.headers),
         Flavor::Gemini => gemini::authenticate(key, &parts.headers, parts.uri.query()),
-        _ => None,
+        Flavor::Bedrock => bedrock::authenticate(shared.config.aws.as_ref(), &parts.headers),
     };
     if let Some(response) = rejected {
         return response;
@@ -257,6 +258,12 @@ fn api_response(
             retry_after_secs,
         } => {
             return match flavor {
+                Flavor::Bedrock => bedrock::error(
+                    *status,
+                    error_type.as_deref(),
+                    message.as_deref(),
+                    *retry_after_secs,
+                ),
                 Flavor::Gemini => gemini::error(
                     *status,
                     error_type.as_deref(),
@@ -297,6 +304,7 @@ fn api_response(
     match flavor {
         Flavor::Anthropic => anthropic::handle(&parts.method, path, body, behaviour),
         Flavor::Gemini => gemini::handle(&parts.method, path, parts.uri.query(), body, behaviour),
+        Flavor::Bedrock => bedrock::handle(&parts.method, path, body, behaviour),
         Flavor::AzureOpenAi => {
             if let Fault::StreamError { status, .. } = behaviour.fault
                 && !path.ends_with("/chat/completions")
