@@ -1,52 +1,492 @@
-//! bedrock adapter (in progress).
+//! Amazon Bedrock Converse API: `POST {endpoint}/model/{modelId}/converse` and
+//! `/converse-stream` (AWS event stream), signed with SigV4 for service `bedrock`.
+//!
+//! Credentials come from the provider's key in the keys Secret, either
+//! `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]` or a JSON object
+//! `{"accessKeyId", "secretAccessKey", "sessionToken"?}`.
+//!
+//! OpenAI → Converse: system messages become `system`; content parts become `text` / `image`
+//! blocks (base64 data URLs only); tool calls and results become `toolUse` / `toolResult`;
+//! sampling parameters go to `inferenceConfig`; tools to `toolConfig`. Back: content blocks,
+//! `stopReason` and `usage` (cache reads are cached prompt tokens, cache writes prompt tokens).
 
-use serde_json::{Map, Value};
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use bytes::BytesMut;
+use http::Uri;
+use serde_json::{Map, Value, json};
 
-use super::{ChunkDecoder, Outgoing, StreamItem};
+use super::{
+    ChunkDecoder, Outgoing, StreamItem, ToolChoice, content_text, data_url, delta_chunk,
+    function_tools, max_tokens, messages, new_id, now_secs, openai_usage, parse_arguments,
+    path_segment, role, stop_list, tool_choice, usage_chunk, warn_unhandled,
+};
 use crate::error::ProxyError;
 use crate::state::Provider;
 
-/// Chat request.
+/// Parse the key into AWS credentials (see the module docs for the two accepted formats).
+pub fn credentials(key: &str) -> Result<aws_credential_types::Credentials, String> {
+    let key = key.trim();
+    let (id, secret, token) = if key.starts_with('{') {
+        let v: Value = serde_json::from_str(key)
+            .map_err(|_| "the bedrock key is not valid JSON".to_string())?;
+        let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        (
+            get("accessKeyId"),
+            get("secretAccessKey"),
+            get("sessionToken"),
+        )
+    } else {
+        let mut parts = key.splitn(3, ':');
+        (
+            parts.next().map(str::to_string),
+            parts.next().map(str::to_string),
+            parts.next().map(str::to_string),
+        )
+    };
+    match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Ok(
+            aws_credential_types::Credentials::new(id, secret, token, None, "gatehouse-keys"),
+        ),
+        _ => Err(
+            "a bedrock key must be ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] or a JSON object with accessKeyId and secretAccessKey"
+                .to_string(),
+        ),
+    }
+}
+
+/// OpenAI chat request → Converse / ConverseStream.
 pub fn outgoing(
     provider: &Provider,
-    _model: &str,
-    _req: &Map<String, Value>,
-    _stream: bool,
+    model: &str,
+    req: &Map<String, Value>,
+    stream: bool,
 ) -> Result<Outgoing, ProxyError> {
-    Err(ProxyError::InvalidRequest(format!(
-        "provider '{}' (bedrock) is not supported yet",
-        provider.name
-    )))
+    let mut warnings = Vec::new();
+    let body = request(req, &mut warnings)?;
+    let action = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    let uri: Uri = format!("{}/model/{}/{action}", provider.base, path_segment(model))
+        .parse()
+        .map_err(|_| {
+            ProxyError::InvalidRequest(format!("model id '{model}' does not make a valid URL"))
+        })?;
+    Ok(Outgoing {
+        uri,
+        body: serde_json::to_vec(&body)
+            .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
+            .into(),
+        warnings,
+    })
 }
 
-/// Chat response.
-pub fn response(_value: &Value, _model: &str) -> Result<Value, String> {
-    Err("not supported yet".to_string())
+/// The translation itself (pure; golden-tested).
+pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
+    if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(ProxyError::InvalidRequest(
+            "'n' greater than 1 is not supported by bedrock".to_string(),
+        ));
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    for message in messages(req) {
+        let (turn, blocks) = match role(message)? {
+            "system" | "developer" => {
+                let text = content_text(message.get("content"));
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+                continue;
+            }
+            "user" => ("user", user_blocks(message.get("content"))?),
+            "assistant" => {
+                let mut blocks = Vec::new();
+                let text = content_text(message.get("content"));
+                if !text.is_empty() {
+                    blocks.push(json!({"text": text}));
+                }
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let f = call.get("function").unwrap_or(&Value::Null);
+                    blocks.push(json!({"toolUse": {
+                        "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or_default(),
+                        "name": f.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        "input": parse_arguments(f.get("arguments"))?,
+                    }}));
+                }
+                ("assistant", blocks)
+            }
+            "tool" => {
+                let id = message
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ProxyError::InvalidRequest(
+                            "a tool message needs 'tool_call_id'".to_string(),
+                        )
+                    })?;
+                let text = content_text(message.get("content"));
+                (
+                    "user",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})],
+                )
+            }
+            other => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "message role '{other}' is not supported by bedrock"
+                )));
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if last == turn => existing.extend(blocks),
+            _ => turns.push((turn.to_string(), blocks)),
+        }
+    }
+    let mut body = Map::new();
+    body.insert(
+        "messages".into(),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        body.insert("system".into(), Value::Array(system));
+    }
+    let mut config = Map::new();
+    if let Some(m) = max_tokens(req) {
+        config.insert("maxTokens".into(), json!(m));
+    }
+    if let Some(t) = req.get("temperature").filter(|v| v.is_number()) {
+        config.insert("temperature".into(), t.clone());
+    }
+    if let Some(p) = req.get("top_p").filter(|v| v.is_number()) {
+        config.insert("topP".into(), p.clone());
+    }
+    if let Some(stop) = stop_list(req.get("stop"))? {
+        config.insert("stopSequences".into(), Value::Array(stop));
+    }
+    if !config.is_empty() {
+        body.insert("inferenceConfig".into(), Value::Object(config));
+    }
+    let tools = function_tools(req)?;
+    let choice = tool_choice(req)?;
+    if !tools.is_empty() && choice != Some(ToolChoice::None) {
+        let specs: Vec<Value> = tools
+            .into_iter()
+            .map(|(name, description, parameters)| {
+                let mut spec = json!({"name": name, "inputSchema": {"json": parameters}});
+                if let (Some(d), Some(obj)) = (description, spec.as_object_mut()) {
+                    obj.insert("description".into(), json!(d));
+                }
+                json!({"toolSpec": spec})
+            })
+            .collect();
+        let mut tool_config = json!({"tools": specs});
+        let mapped = match choice {
+            Some(ToolChoice::Required) => Some(json!({"any": {}})),
+            Some(ToolChoice::Named(name)) => Some(json!({"tool": {"name": name}})),
+            Some(ToolChoice::Auto) => Some(json!({"auto": {}})),
+            _ => None,
+        };
+        if let (Some(c), Some(obj)) = (mapped, tool_config.as_object_mut()) {
+            obj.insert("toolChoice".into(), c);
+        }
+        body.insert("toolConfig".into(), tool_config);
+    }
+    if let Some(format) = req
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        && format != "text"
+    {
+        warnings.push(format!(
+            "'response_format' {format} is not enforced by bedrock converse; ask for JSON in the prompt"
+        ));
+    }
+    warn_unhandled(req, &["n", "response_format"], "bedrock", warnings);
+    Ok(Value::Object(body))
 }
 
-/// Stream decoder.
+fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+    match content {
+        Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"text": part.get("text").cloned().unwrap_or(json!(""))})),
+                Some("image_url") => {
+                    let url = part
+                        .get("image_url")
+                        .and_then(|i| i.get("url").or(Some(i)))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let Some((media, data)) = data_url(url) else {
+                        return Err(ProxyError::InvalidRequest(
+                            "bedrock takes images as base64 data: URLs only (http image URLs are not fetched)"
+                                .to_string(),
+                        ));
+                    };
+                    let format = media.strip_prefix("image/").unwrap_or(media);
+                    let format = if format == "jpg" { "jpeg" } else { format };
+                    if !matches!(format, "png" | "jpeg" | "gif" | "webp") {
+                        return Err(ProxyError::InvalidRequest(format!(
+                            "bedrock takes png, jpeg, gif or webp images, not {media}"
+                        )));
+                    }
+                    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+                }
+                other => Err(ProxyError::InvalidRequest(format!(
+                    "content part type '{}' is not supported by bedrock",
+                    other.unwrap_or("(missing)")
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(ProxyError::InvalidRequest(
+            "message 'content' must be a string or an array of parts".to_string(),
+        )),
+    }
+}
+
+/// Converse `stopReason` → OpenAI `finish_reason`.
+pub fn finish_reason(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("guardrail_intervened" | "content_filtered") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Converse `usage` → OpenAI usage.
+pub fn usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("cacheReadInputTokens");
+    openai_usage(
+        n("inputTokens") + cached + n("cacheWriteInputTokens"),
+        n("outputTokens"),
+        Some(cached),
+    )
+}
+
+/// Converse response → OpenAI chat completion.
+pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+    let content = value
+        .get("output")
+        .and_then(|o| o.get("message"))
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .ok_or("bedrock response has no output.message.content")?;
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in content {
+        if let Some(t) = block.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(tool) = block.get("toolUse") {
+            calls.push(json!({
+                "id": tool.get("toolUseId").cloned().unwrap_or(json!("")),
+                "type": "function",
+                "function": {
+                    "name": tool.get("name").cloned().unwrap_or(json!("")),
+                    "arguments": tool.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                },
+            }));
+        }
+    }
+    let mut message = json!({"role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
+    if !calls.is_empty()
+        && let Some(obj) = message.as_object_mut()
+    {
+        obj.insert("tool_calls".into(), Value::Array(calls));
+    }
+    Ok(json!({
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": model,
+        "choices": [{"index": 0, "message": message,
+            "finish_reason": finish_reason(value.get("stopReason").and_then(Value::as_str)),
+            "logprobs": null}],
+        "usage": usage(value.get("usage").unwrap_or(&Value::Null)),
+    }))
+}
+
+/// ConverseStream (AWS event stream frames, CRC-checked by `aws-smithy-eventstream`; events
+/// `messageStart`, `contentBlockStart`, `contentBlockDelta`, `contentBlockStop`, `messageStop`,
+/// `metadata`, or an exception) → OpenAI chunks.
 #[derive(Debug)]
-pub struct StreamDecoder;
+pub struct StreamDecoder {
+    buf: BytesMut,
+    frames: MessageFrameDecoder,
+    id: String,
+    model: String,
+    created: u64,
+    /// Tool index by content block index.
+    tools: Vec<(u64, u64)>,
+    stopped: bool,
+    done: bool,
+}
 
 impl StreamDecoder {
-    /// New.
-    pub fn new(_model: &str) -> Self {
-        Self
+    /// A decoder for `model`.
+    pub fn new(model: &str) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            frames: MessageFrameDecoder::new(),
+            id: new_id("chatcmpl-"),
+            model: model.to_string(),
+            created: now_secs(),
+            tools: Vec::new(),
+            stopped: false,
+            done: false,
+        }
+    }
+
+    fn delta(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+        StreamItem::Chunk(delta_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+        ))
+    }
+
+    fn event(&mut self, name: &str, data: &Value, out: &mut Vec<StreamItem>) {
+        let index = data
+            .get("contentBlockIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        match name {
+            "messageStart" => {
+                out.push(self.delta(json!({"role": "assistant", "content": ""}), None));
+            }
+            "contentBlockStart" => {
+                if let Some(tool) = data.get("start").and_then(|s| s.get("toolUse")) {
+                    let t = self.tools.len() as u64;
+                    self.tools.push((index, t));
+                    out.push(self.delta(
+                        json!({"tool_calls": [{"index": t,
+                            "id": tool.get("toolUseId").cloned().unwrap_or(json!("")),
+                            "type": "function",
+                            "function": {"name": tool.get("name").cloned().unwrap_or(json!("")), "arguments": ""}}]}),
+                        None,
+                    ));
+                }
+            }
+            "contentBlockDelta" => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    out.push(self.delta(json!({"content": text}), None));
+                } else if let Some(input) = delta
+                    .get("toolUse")
+                    .and_then(|t| t.get("input"))
+                    .and_then(Value::as_str)
+                    && let Some((_, t)) = self.tools.iter().find(|(b, _)| *b == index)
+                {
+                    out.push(self.delta(
+                        json!({"tool_calls": [{"index": t, "function": {"arguments": input}}]}),
+                        None,
+                    ));
+                }
+            }
+            "messageStop" => {
+                self.stopped = true;
+                let reason = data.get("stopReason").and_then(Value::as_str);
+                out.push(self.delta(json!({}), Some(finish_reason(reason))));
+            }
+            "metadata" => {
+                if let Some(u) = data.get("usage") {
+                    out.push(StreamItem::Chunk(usage_chunk(
+                        &self.id,
+                        self.created,
+                        &self.model,
+                        usage(u),
+                    )));
+                }
+                if self.stopped && !self.done {
+                    self.done = true;
+                    out.push(StreamItem::Done);
+                }
+            }
+            // contentBlockStop and event types added later carry nothing to translate.
+            _ => {}
+        }
     }
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, _bytes: &[u8], _out: &mut Vec<StreamItem>) -> Result<(), String> {
-        Err("not supported yet".to_string())
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let message = match self.frames.decode_frame(&mut self.buf) {
+                Ok(DecodedFrame::Complete(m)) => m,
+                Ok(DecodedFrame::Incomplete) => return Ok(()),
+                Err(_) => return Err("the upstream sent an invalid event-stream frame".to_string()),
+            };
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .iter()
+                    .find(|h| h.name().as_str() == name)
+                    .and_then(|h| h.value().as_string().ok())
+                    .map(|s| s.as_str().to_string())
+            };
+            let payload: Value = serde_json::from_slice(message.payload())
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    "the upstream sent an event whose payload is not a JSON object".to_string()
+                })?;
+            match header(":message-type").as_deref() {
+                Some("event") | None => {
+                    let name = header(":event-type").unwrap_or_default();
+                    self.event(&name, &payload, out);
+                }
+                Some(_) => {
+                    let kind = header(":exception-type")
+                        .or_else(|| header(":error-code"))
+                        .unwrap_or_else(|| "exception".to_string());
+                    let message = payload
+                        .get("message")
+                        .or_else(|| payload.get("Message"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("bedrock reported an error");
+                    out.push(StreamItem::Error {
+                        message: format!("{kind}: {message}"),
+                    });
+                }
+            }
+        }
     }
-    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
-        Err("not supported yet".to_string())
-    }
-}
 
-/// Credentials from the key.
-pub fn credentials(_key: &str) -> Result<aws_credential_types::Credentials, String> {
-    Err("not supported yet".to_string())
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
+        if !self.buf.is_empty() {
+            return Err("the upstream stream ended inside an event-stream frame".to_string());
+        }
+        if !self.stopped {
+            return Err("the upstream stream ended before messageStop".to_string());
+        }
+        if !self.done {
+            self.done = true;
+            out.push(StreamItem::Done);
+        }
+        Ok(())
+    }
 }
 
 /// Sign `request` with SigV4 for the `bedrock` service.
