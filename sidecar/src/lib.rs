@@ -72,6 +72,11 @@ pub struct Args {
     /// Log format: json or text.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", default_value = "json")]
     pub log_format: telemetry::LogFormat,
+    /// Threads serving requests. 1 (the default) runs everything on one thread: a sidecar usually
+    /// gets a fraction of a core, and one thread avoids cross-thread wake-ups on every hop
+    /// (docs/benchmarks.md has the numbers). Raise it for a sidecar with several cores of its own.
+    #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 /// Why the sidecar could not start.

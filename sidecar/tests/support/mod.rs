@@ -36,6 +36,7 @@ impl Sidecar {
             max_body_bytes: 1024 * 1024,
             connect_timeout_ms: 2_000,
             log_format: LogFormat::Text,
+            worker_threads: 1,
         };
         tweak(&mut args);
         let running = gatehouse_sidecar::start(&args).await.unwrap();
