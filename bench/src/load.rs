@@ -26,6 +26,8 @@ pub struct Target {
     pub body: Bytes,
     /// Streamed answer expected.
     pub stream: bool,
+    /// Extra request headers (peers want a key or routing headers).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// Results of one load run.
@@ -133,10 +135,13 @@ async fn worker(target: Target, remaining: Arc<AtomicU64>) -> anyhow::Result<Out
         if sender.ready().await.is_err() {
             sender = connect(target.addr).await?;
         }
-        let request = http::Request::post(target.path)
+        let mut request = http::Request::post(target.path)
             .header(http::header::HOST, authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(target.body.clone()))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        for (name, value) in &target.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(target.body.clone()))?;
         let sent = Instant::now();
         let response = match sender.send_request(request).await {
             Ok(r) => r,

@@ -67,6 +67,7 @@ struct Path_ {
     addr: SocketAddr,
     model: String,
     prefix: &'static str,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Path_ {
@@ -80,6 +81,7 @@ impl Path_ {
             },
             body: chat_body(&self.model, stream),
             stream,
+            headers: self.headers.clone(),
         }
     }
 }
@@ -308,12 +310,14 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             addr: mock_addr,
             model: "gpt-4o-mini".into(),
             prefix: "",
+            headers: Vec::new(),
         },
         Path_ {
             name: "gatehouse".into(),
             addr: sidecar.addr,
             model: "bench".into(),
             prefix: "",
+            headers: Vec::new(),
         },
     ];
     let mut peer_procs = Vec::new();
@@ -324,6 +328,7 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
                 addr: peer.addr,
                 model: peer.model.clone(),
                 prefix: peer.path,
+                headers: peer.headers.clone(),
             });
             peer_procs.push(peer);
         }
@@ -442,6 +447,7 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             addr: sidecar.addr,
             model: "failover".into(),
             prefix: "",
+            headers: Vec::new(),
         },
     ];
     for c in [1usize, 32] {

@@ -18,6 +18,8 @@ pub struct Peer {
     pub model: String,
     /// Chat completions path.
     pub path: &'static str,
+    /// Extra request headers (key, routing).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Start to ready.
     pub ready_after: Duration,
     /// The process.
