@@ -422,29 +422,36 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
         seen.model()
     );
 
-    // Propagation: route change applied → first request served with the new rule.
+    // Propagation: route change applied → first request served with the new rule. Polled every
+    // 2 ms so the poll interval does not dominate the measurement; the sample count can be raised
+    // for the benchmark (docs/benchmarks.md).
+    let wanted: usize = std::env::var("GATEHOUSE_PROPAGATION_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
     let mut samples = Vec::new();
-    for i in 1..=25 {
+    for i in 1..=wanted {
         let model = format!("model-{i}");
         let started = Instant::now();
         routes
             .patch("chat", &pp, &Patch::Apply(route_json(&model)))
             .await?;
-        eventually("new route served", Duration::from_secs(10), || {
-            let http = http.clone();
-            let base = base.clone();
-            let model = model.clone();
-            async move {
-                let r = chat(&http, &base).await?;
-                let served = r
-                    .headers()
-                    .get("x-gatehouse-model")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                Ok((served.as_deref() == Some(model.as_str())).then_some(()))
+        loop {
+            let r = chat(&http, &base).await?;
+            let served = r
+                .headers()
+                .get("x-gatehouse-model")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if served.as_deref() == Some(model.as_str()) {
+                break;
             }
-        })
-        .await?;
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "route change {i} was not served within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         samples.push(started.elapsed());
     }
     samples.sort();
