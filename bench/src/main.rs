@@ -6,7 +6,6 @@
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
 mod load;
-#[allow(dead_code, reason = "peers land next")]
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
@@ -321,8 +320,11 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
         },
     ];
     let mut peer_procs = Vec::new();
+    let mut peers_unavailable = Vec::new();
     if args.peers {
-        for peer in peers::start_all(&dir, mock_addr).await? {
+        let (running, unavailable) = peers::start_all(&dir, mock_addr).await?;
+        peers_unavailable = unavailable;
+        for peer in running {
             paths.push(Path_ {
                 name: peer.name.clone(),
                 addr: peer.addr,
@@ -502,6 +504,13 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0,
             peer.ready_after.as_secs_f64()
+        )?;
+    }
+    for peer in &peers_unavailable {
+        writeln!(
+            report,
+            "| {} | not available: {} | | |",
+            peer.name, peer.reason
         )?;
     }
     writeln!(report)?;
