@@ -362,10 +362,11 @@ async fn start(
 ) -> anyhow::Result<Peer> {
     let log = dir.join(format!("{name}.log"));
     let started = Instant::now();
-    let mut proc = Proc::spawn_cmd(name, cmd, &log)?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut proc = Proc::spawn_cmd(name, cmd, &log).with_context(|| format!("`{program}`"))?;
     let log_tail = || {
         let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
-        tail(&err, 3)
+        error_lines(&err)
     };
     loop {
         if wait_http_ok(ready_url, Duration::ZERO).await.is_ok() {
@@ -460,6 +461,21 @@ fn tail(text: &str, n: usize) -> String {
         .collect();
     let start = lines.len().saturating_sub(n);
     lines[start..].join(" / ")
+}
+
+/// What a failed start said: its error lines if it printed any (a traceback's last line, Node's
+/// `Error: …`), else its last lines.
+fn error_lines(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("Error") || l.contains("error:"))
+        .collect();
+    if errors.is_empty() {
+        tail(log, 3)
+    } else {
+        tail(&errors.join("\n"), 2)
+    }
 }
 
 /// One table-safe line.
@@ -600,11 +616,15 @@ zipp==4.1.2
 
 #[cfg(test)]
 mod tests {
-    use super::{one_line, tail};
+    use super::{error_lines, one_line, tail};
 
     #[test]
     fn reasons_fit_one_table_cell() {
         assert_eq!(one_line("a |b\n  c"), "a /b c");
         assert_eq!(tail("x\n\ny\nz\n", 2), "y / z");
+        assert_eq!(
+            error_lines("at x\nError: Cannot find module 'y'\n  requireStack: []\n}\n"),
+            "Error: Cannot find module 'y'"
+        );
     }
 }
