@@ -17,6 +17,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::time::timeout;
 
 use crate::error::Error;
 use crate::metrics::{ErrorLabels, Metrics, ReconcileLabels};
@@ -26,6 +27,9 @@ use crate::status;
 /// How often a namespace is reconciled without any event, to repair drift nobody announced
 /// (e.g. a hand-edited Role, which is not watched).
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// How long a reconcile waits for the caches' first list before giving up and requeueing.
+const CACHE_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything a reconcile reads and writes with.
 #[derive(Clone)]
@@ -99,14 +103,26 @@ pub fn error_policy(namespace: Arc<Namespace>, error: &Error, ctx: Arc<Context>)
 }
 
 async fn reconcile_inner(ns: &str, ctx: &Context) -> Result<Action, Error> {
-    // Reconciling on a cache that has not listed yet would delete everything it cannot see.
-    for (ready, what) in [
-        (ctx.providers.wait_until_ready().await, "modelprovider"),
-        (ctx.routes.wait_until_ready().await, "route"),
-        (ctx.budgets.wait_until_ready().await, "budget"),
-    ] {
-        ready.map_err(|_| Error::CacheNotReady(what))?;
-    }
+    // Reconciling on a cache that has not listed yet would delete everything it cannot see. The
+    // wait is bounded: the stores fill only while the controller polls their watchers, which it
+    // stops doing on shutdown while it waits for this reconcile, so an unbounded wait could
+    // deadlock a shutdown that comes before the first lists.
+    let ready = |r: Result<Result<(), _>, _>, what| match r {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Error::CacheNotReady(what)),
+    };
+    ready(
+        timeout(CACHE_WAIT, ctx.providers.wait_until_ready()).await,
+        "modelprovider",
+    )?;
+    ready(
+        timeout(CACHE_WAIT, ctx.routes.wait_until_ready()).await,
+        "route",
+    )?;
+    ready(
+        timeout(CACHE_WAIT, ctx.budgets.wait_until_ready()).await,
+        "budget",
+    )?;
     let providers = in_namespace(&ctx.providers, ns);
     let routes = in_namespace(&ctx.routes, ns);
     let budgets = in_namespace(&ctx.budgets, ns);
@@ -178,17 +194,18 @@ async fn reconcile_inner(ns: &str, ctx: &Context) -> Result<Action, Error> {
     .await?;
 
     let problems = &rendered.problems;
+    let config = &rendered.config;
     let provider_api = Api::<ModelProvider>::namespaced(client.clone(), ns);
     for p in &providers {
-        status::update(&provider_api, p, problems, &ctx.recorder, m).await?;
+        status::update(&provider_api, p, problems, config, &ctx.recorder, m).await?;
     }
     let route_api = Api::<Route>::namespaced(client.clone(), ns);
     for r in &routes {
-        status::update(&route_api, r, problems, &ctx.recorder, m).await?;
+        status::update(&route_api, r, problems, config, &ctx.recorder, m).await?;
     }
     let budget_api = Api::<Budget>::namespaced(client, ns);
     for b in &budgets {
-        status::update(&budget_api, b, problems, &ctx.recorder, m).await?;
+        status::update(&budget_api, b, problems, config, &ctx.recorder, m).await?;
     }
     Ok(Action::requeue(RESYNC))
 }
