@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod conditions;
 pub mod config;
+pub mod observed;
 pub mod provider;
 pub mod render;
 pub mod route;

@@ -42,8 +42,14 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
     printcolumn(
         name = "Endpoint",
         type_ = "string",
-        json_path = ".spec.endpoint",
-        description = "Base URL (empty: the type's default)"
+        json_path = ".status.endpoint",
+        description = "Base URL in use (spec.endpoint or the type's default)"
+    ),
+    printcolumn(
+        name = "Models",
+        type_ = "integer",
+        json_path = ".status.models",
+        description = "Number of models with prices in spec.models"
     ),
     printcolumn(
         name = "Ready",
@@ -210,4 +216,12 @@ pub struct ModelProviderStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Base URL requests go to: `spec.endpoint` or the type's default, without a trailing slash.
+    /// Unset while the provider is not usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Number of models listed (with prices) in `spec.models`. Unset while the provider is not
+    /// usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<i32>,
 }

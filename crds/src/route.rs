@@ -29,10 +29,16 @@ use serde::{Deserialize, Serialize};
         description = "Aliases apps send as model (empty: the Route's name)"
     ),
     printcolumn(
-        name = "Targets",
+        name = "Providers",
         type_ = "string",
         json_path = ".spec.targets[*].provider",
         description = "Providers of the targets"
+    ),
+    printcolumn(
+        name = "Targets",
+        type_ = "string",
+        json_path = ".status.targets",
+        description = "Usable targets / all targets"
     ),
     printcolumn(
         name = "Ready",
@@ -166,4 +172,17 @@ pub struct RouteStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Model names this Route actually serves: `spec.models` (or the Route's name) minus aliases
+    /// another Route already claims.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Number of targets requests can go to (their provider exists and is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usable_targets: Option<i32>,
+    /// Number of targets in `spec.targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_targets: Option<i32>,
+    /// `usableTargets/totalTargets`, e.g. `1/2`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<String>,
 }

@@ -412,3 +412,42 @@ fn golden_multi_provider_namespace() {
     let key_names: Vec<&String> = r.keys.keys().collect();
     assert_eq!(key_names, ["anthropic", "azure", "openai"]);
 }
+
+/// What the operator reports in status besides conditions: bedrock has no key (not usable), so
+/// `claude` has 1 of 2 usable targets; endpoints are resolved defaults.
+#[test]
+fn golden_observed_status() {
+    use gatehouse_crds::observed;
+    let (providers, routes, budgets, s) = namespace();
+    let r = run(&providers, &routes, &budgets, &s);
+    let routes: std::collections::BTreeMap<String, _> = routes
+        .iter()
+        .map(|route| {
+            let name = route.metadata.name.clone().unwrap_or_default();
+            let status = observed::route_status(&name, &route.spec, &r.config);
+            (name, status)
+        })
+        .collect();
+    insta::assert_yaml_snapshot!("observed_routes", routes);
+    let providers: std::collections::BTreeMap<String, _> = providers
+        .iter()
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let status = observed::provider_status(&name, &r.config);
+            (name, status)
+        })
+        .collect();
+    insta::assert_yaml_snapshot!("observed_providers", providers);
+    assert_eq!(
+        observed::route_status("missing", &routes_spec_for_missing(), &r.config).targets,
+        Some("0/1".to_string())
+    );
+}
+
+fn routes_spec_for_missing() -> gatehouse_crds::RouteSpec {
+    route(
+        "missing",
+        json!({"targets": [{"provider": "openai", "model": "m"}]}),
+    )
+    .spec
+}

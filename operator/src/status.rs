@@ -1,13 +1,18 @@
-//! Status of the custom resources: the `Ready` condition and `observedGeneration`, written with
-//! server-side apply only when they change, and an Event whenever `Ready` changes.
+//! Status of the custom resources: the `Ready` condition, `observedGeneration` and the observed
+//! fields of [`gatehouse_crds::observed`] (Route: aliases and usable/total targets; ModelProvider:
+//! endpoint and model count), written with server-side apply only when they change, and an Event
+//! whenever `Ready` changes.
 //!
-//! Only `conditions[type=Ready]` and `observedGeneration` are owned by this field manager, so the
-//! budget ledger can own the rest of `Budget.status` without the two fighting.
+//! Only those fields are owned by this field manager, so the budget ledger can own the rest of
+//! `Budget.status` (spent, remaining, period) without the two fighting.
 
 use std::fmt::Debug;
 
 use gatehouse_crds::conditions::{READY, ready_condition, set_condition};
-use gatehouse_crds::{Budget, ModelProvider, ObjectKind, Problem, Route};
+use gatehouse_crds::config::SidecarConfig;
+use gatehouse_crds::{
+    Budget, ModelProvider, ModelProviderStatus, ObjectKind, Problem, Route, RouteStatus, observed,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -34,10 +39,15 @@ pub trait Conditioned:
     fn conditions(&self) -> &[Condition];
     /// Current `status.observedGeneration`.
     fn observed_generation(&self) -> Option<i64>;
+    /// The other status fields this field manager owns, as `config` says they should be: a JSON
+    /// object (empty for kinds without any).
+    fn desired_fields(&self, config: &SidecarConfig) -> serde_json::Value;
+    /// The same fields as they are now, in the same shape.
+    fn current_fields(&self) -> serde_json::Value;
 }
 
 macro_rules! conditioned {
-    ($ty:ty, $kind:expr) => {
+    ($ty:ty, $kind:expr, |$obj:ident, $config:ident| $desired:expr, |$status:ident| $current:expr) => {
         impl Conditioned for $ty {
             const KIND: ObjectKind = $kind;
             fn conditions(&self) -> &[Condition] {
@@ -49,13 +59,51 @@ macro_rules! conditioned {
             fn observed_generation(&self) -> Option<i64> {
                 self.status.as_ref().and_then(|s| s.observed_generation)
             }
+            fn desired_fields(&self, $config: &SidecarConfig) -> serde_json::Value {
+                let $obj = self;
+                $desired
+            }
+            fn current_fields(&self) -> serde_json::Value {
+                match &self.status {
+                    Some($status) => $current,
+                    None => json!({}),
+                }
+            }
         }
     };
 }
 
-conditioned!(ModelProvider, ObjectKind::ModelProvider);
-conditioned!(Route, ObjectKind::Route);
-conditioned!(Budget, ObjectKind::Budget);
+// Serializing a status whose conditions are empty and observedGeneration unset yields exactly
+// the observed fields (both are skipped when empty), so desired and current compare as JSON.
+conditioned!(
+    ModelProvider,
+    ObjectKind::ModelProvider,
+    |p, config| json!(observed::provider_status(&p.name_any(), config)),
+    |s| json!(ModelProviderStatus {
+        endpoint: s.endpoint.clone(),
+        models: s.models,
+        ..ModelProviderStatus::default()
+    })
+);
+conditioned!(
+    Route,
+    ObjectKind::Route,
+    |r, config| json!(observed::route_status(&r.name_any(), &r.spec, config)),
+    |s| json!(RouteStatus {
+        aliases: s.aliases.clone(),
+        usable_targets: s.usable_targets,
+        total_targets: s.total_targets,
+        targets: s.targets.clone(),
+        ..RouteStatus::default()
+    })
+);
+// Budget.status.spent/remaining/period belong to the ledger, not to this field manager.
+conditioned!(
+    Budget,
+    ObjectKind::Budget,
+    |_b, _config| json!({}),
+    |_s| json!({})
+);
 
 /// The `Ready` condition `object` should carry, keeping its transition time when the status
 /// did not flip.
@@ -70,21 +118,49 @@ pub fn desired_ready<K: Conditioned>(object: &K, problems: &[Problem], now: Time
         .unwrap_or(fresh)
 }
 
-/// Patch the status of `object` if its `Ready` condition or `observedGeneration` differ from what
-/// the problems say, and publish an Event when `Ready` changed. Returns whether status was written.
+/// The status patch for `object`: `Ready`, `observedGeneration` and the observed fields.
+/// `None` when the live status already says all of it.
+pub fn desired_patch<K: Conditioned>(
+    object: &K,
+    problems: &[Problem],
+    config: &SidecarConfig,
+    now: Time,
+) -> Option<(Condition, serde_json::Value)> {
+    let ready = desired_ready(object, problems, now);
+    let generation = object.meta().generation;
+    let fields = object.desired_fields(config);
+    let current = object.conditions().iter().find(|c| c.type_ == READY);
+    if current == Some(&ready)
+        && object.observed_generation() == generation
+        && object.current_fields() == fields
+    {
+        return None;
+    }
+    let mut status = match fields {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    status.insert("conditions".into(), json!([ready]));
+    status.insert("observedGeneration".into(), json!(generation));
+    Some((ready, serde_json::Value::Object(status)))
+}
+
+/// Patch the status of `object` if its `Ready` condition, `observedGeneration` or observed fields
+/// differ from what the render says, and publish an Event when `Ready` changed. Returns whether
+/// status was written.
 pub async fn update<K: Conditioned>(
     api: &Api<K>,
     object: &K,
     problems: &[Problem],
+    config: &SidecarConfig,
     recorder: &Recorder,
     metrics: &Metrics,
 ) -> Result<bool, Error> {
-    let ready = desired_ready(object, problems, Time(k8s_openapi::jiff::Timestamp::now()));
-    let generation = object.meta().generation;
-    let current = object.conditions().iter().find(|c| c.type_ == READY);
-    if current == Some(&ready) && object.observed_generation() == generation {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let Some((ready, status)) = desired_patch(object, problems, config, now) else {
         return Ok(false);
-    }
+    };
+    let current = object.conditions().iter().find(|c| c.type_ == READY);
     let name = object.name_any();
     let what = || {
         format!(
@@ -97,10 +173,7 @@ pub async fn update<K: Conditioned>(
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": {
-            "conditions": [ready],
-            "observedGeneration": generation,
-        },
+        "status": status,
     });
     api.patch_status(
         &name,
@@ -189,5 +262,63 @@ mod tests {
             ("False", "ProviderNotFound")
         );
         assert_eq!(c.observed_generation, Some(2));
+    }
+
+    fn config(usable: bool) -> SidecarConfig {
+        serde_json::from_value(json!({
+            "apiVersion": "gatehouse.dev/config-v1alpha1", "namespace": "ns",
+            "providers": {"p": {"type": "openaiCompatible", "endpoint": "http://x/v1", "models": {}}},
+            "routes": {"chat": {
+                "aliases": ["chat"],
+                "targets": if usable { json!([{"provider": "p", "model": "m", "priority": 0, "weight": 1}]) } else { json!([]) },
+                "retry": {"attempts": 1, "backoffBaseMs": 100, "backoffMaxMs": 2000},
+                "timeouts": {"requestMs": 1000, "attemptMs": 1000}}},
+            "budgets": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn observed_fields_are_written_only_when_they_change() {
+        let mut r = route();
+        let (ready, patch) = desired_patch(&r, &[], &config(true), time(1)).unwrap();
+        assert_eq!(patch["targets"], "1/1");
+        assert_eq!(patch["usableTargets"], 1);
+        assert_eq!(patch["totalTargets"], 1);
+        assert_eq!(patch["aliases"], json!(["chat"]));
+        assert_eq!(patch["observedGeneration"], 2);
+
+        // The live status now says exactly that: nothing to write.
+        let mut live: RouteStatus = serde_json::from_value(patch).unwrap();
+        live.conditions = vec![ready];
+        r.status = Some(live);
+        assert!(desired_patch(&r, &[], &config(true), time(9)).is_none());
+
+        // The provider's target became unusable: only the observed fields changed, still a write.
+        let (_, patch) = desired_patch(&r, &[], &config(false), time(9)).unwrap();
+        assert_eq!(patch["targets"], "0/1");
+    }
+
+    #[test]
+    fn provider_fields_and_budget_owns_none() {
+        let p: ModelProvider = serde_json::from_value(json!({
+            "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ModelProvider",
+            "metadata": {"name": "p", "namespace": "ns", "generation": 1},
+            "spec": {"type": "openaiCompatible", "endpoint": "http://x/v1/"}
+        }))
+        .unwrap();
+        let (_, patch) = desired_patch(&p, &[], &config(true), time(1)).unwrap();
+        assert_eq!(patch["endpoint"], "http://x/v1");
+        assert_eq!(patch["models"], 0);
+        let b: Budget = serde_json::from_value(json!({
+            "apiVersion": "gatehouse.dev/v1alpha1", "kind": "Budget",
+            "metadata": {"name": "b", "namespace": "ns", "generation": 1},
+            "spec": {"limit": {"usd": "1"}, "period": "daily"},
+            "status": {"spent": "0.5"}
+        }))
+        .unwrap();
+        let (_, patch) = desired_patch(&b, &[], &config(true), time(1)).unwrap();
+        let keys: Vec<&String> = patch.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["conditions", "observedGeneration"]);
     }
 }

@@ -225,6 +225,33 @@ async fn renders_config_keys_rbac_and_status_then_cleans_up() -> Result<()> {
         }
     })
     .await?;
+    // The observed fields: aliases served and usable/total targets; the provider's endpoint.
+    let status = routes.get("chat").await?.status.context("route status")?;
+    ensure!(status.aliases == ["chat"], "{status:?}");
+    ensure!(
+        (
+            status.usable_targets,
+            status.total_targets,
+            status.targets.as_deref()
+        ) == (Some(1), Some(1), Some("1/1")),
+        "{status:?}"
+    );
+    let providers = Api::<ModelProvider>::namespaced(client.clone(), &ns);
+    let p_status = eventually("provider status", Duration::from_secs(10), || {
+        let providers = providers.clone();
+        async move {
+            Ok(providers
+                .get("llm")
+                .await?
+                .status
+                .filter(|s| s.endpoint.is_some()))
+        }
+    })
+    .await?;
+    ensure!(
+        (p_status.endpoint.as_deref(), p_status.models) == (Some("http://127.0.0.1:9/v1"), Some(0)),
+        "{p_status:?}"
+    );
 
     // Steady state: a burst of reconciles triggered by our own writes settles, then nothing is
     // written however often the namespace is reconciled.
@@ -262,6 +289,16 @@ async fn renders_config_keys_rbac_and_status_then_cleans_up() -> Result<()> {
     })
     .await?;
     ensure!(reason == "ProviderNotFound", "reason {reason}");
+    let status = routes
+        .get("broken")
+        .await?
+        .status
+        .context("broken status")?;
+    ensure!(
+        (status.targets.as_deref(), status.aliases.as_slice())
+            == (Some("0/1"), ["broken".to_string()].as_slice()),
+        "{status:?}"
+    );
     eventually(
         "a Warning event for the broken route",
         Duration::from_secs(10),

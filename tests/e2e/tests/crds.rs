@@ -455,6 +455,28 @@ spec:
 ";
     cp.kubectl_stdin(["apply", "-n", &ns, "-f", "-"], objects)?
         .ok("kubectl apply")?;
+    // Some columns show status the operator writes (no operator here): write it as it would.
+    for (object, status) in [
+        (
+            "modelprovider/openai",
+            r#"{"status":{"endpoint":"https://api.openai.com/v1","models":2}}"#,
+        ),
+        (
+            "route/chat",
+            r#"{"status":{"aliases":["chat","fast"],"usableTargets":1,"totalTargets":2,"targets":"1/2"}}"#,
+        ),
+    ] {
+        cp.kubectl_ok([
+            "patch",
+            object,
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ])?;
+    }
     let out = cp.kubectl_ok(["get", "gatehouse", "-n", &ns])?;
     for needle in [
         "modelprovider.gatehouse.dev/openai",
@@ -464,6 +486,7 @@ spec:
         "TYPE",
         "ENDPOINT",
         "MODELS",
+        "PROVIDERS",
         "TARGETS",
         "USD",
         "PERIOD",
@@ -471,6 +494,7 @@ spec:
         "READY",
         // and their values
         "https://api.openai.com/v1",
+        "1/2",
         "250.00",
         "monthly",
     ] {
