@@ -74,6 +74,15 @@ impl Proc {
         Ok((rss, hwm))
     }
 
+    /// Reset the peak RSS (`VmHWM`) of the process so the next reading covers only what follows.
+    pub fn reset_peak(&self) -> anyhow::Result<()> {
+        for pid in tree(self.pid()) {
+            // "5" resets the peak resident set size (proc(5), clear_refs).
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+        Ok(())
+    }
+
     /// CPU time (user + system) consumed so far by the process tree.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         let ticks_per_sec = 100.0; // USER_HZ on Linux x86_64
