@@ -183,7 +183,9 @@ pub fn framing(kind: ProviderKind) -> StreamFraming {
 /// The translator for a stream from `kind` to a client speaking `inbound.dialect`, or `None` when
 /// the stream passes through untouched.
 pub fn translate(kind: ProviderKind, model: &str, inbound: &Inbound) -> Option<Translate> {
-    if inbound.is_native(kind) {
+    // Azure's streams are OpenAI's plus a leading prompt-filter chunk with no choices, which
+    // clients that read `choices[0]` trip over: they go through the OpenAI decoder, which drops it.
+    if inbound.is_native(kind) && kind != ProviderKind::AzureOpenAI {
         return None;
     }
     let decoder: Box<dyn ChunkDecoder> = match kind {

@@ -305,3 +305,53 @@ async fn messages_endpoint_translates_for_openai_targets() {
             .contains("bad thing")
     );
 }
+
+#[tokio::test]
+async fn azure_uses_the_deployment_url_and_drops_the_prompt_filter_chunk() {
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let sidecar = Sidecar::start(&manifests(
+        "azureOpenAI",
+        &mock.origin(),
+        "gpt-4o-mini-prod",
+        "  azure: {apiVersion: \"2024-10-21\"}\n",
+    ))
+    .await;
+    let resp = post(
+        &sidecar,
+        "/v1/chat/completions",
+        json!({"model": "chat", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(
+        seen.path,
+        "/openai/deployments/gpt-4o-mini-prod/chat/completions"
+    );
+    assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(seen.header("api-key"), Some(KEY));
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    // Azure opens with a prompt-filter chunk (empty id, no choices); the sidecar drops it.
+    for chunk in &chunks {
+        let empty = chunk["choices"].as_array().unwrap().is_empty();
+        assert!(
+            !empty || chunk["usage"].is_object(),
+            "chunk with nothing: {chunk}"
+        );
+    }
+    let ids: std::collections::BTreeSet<&str> =
+        chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one id across the stream: {ids:?}");
+    assert!(
+        chunks.last().unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}

@@ -72,6 +72,9 @@ impl ChunkDecoder for StreamDecoder {
                 out.push(StreamItem::Error { message });
                 continue;
             }
+            if carries_nothing(&value) {
+                continue;
+            }
             out.push(StreamItem::Chunk(value));
         }
         Ok(())
@@ -83,6 +86,15 @@ impl ChunkDecoder for StreamDecoder {
         }
         Ok(())
     }
+}
+
+/// A chunk with no choices and no usage, like the prompt-filter chunk Azure opens its streams with.
+fn carries_nothing(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && chunk.get("usage").is_none_or(Value::is_null)
 }
 
 /// Writes chunks as OpenAI SSE; the usage-only chunk only when the client asked for it.
