@@ -137,6 +137,24 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
     })
 }
 
+/// How long in-flight reconciles (and the lease release) may take once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run `work` (which shuts down gracefully when `stop` fires) but give it at most
+/// [`SHUTDOWN_GRACE`] after the stop signal: a reconcile stuck on the API must not keep the
+/// process, or the Lease, from being released.
+async fn bounded_after_stop(work: impl Future<Output = ()>, stop: watch::Receiver<bool>) {
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => {}
+        () = stopped(stop) => {
+            if tokio::time::timeout(SHUTDOWN_GRACE, work).await.is_err() {
+                tracing::warn!("reconciles did not finish within the shutdown grace period");
+            }
+        }
+    }
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -171,12 +189,15 @@ async fn operate(
         Some(ns) => controller::Scope::Namespace(ns.clone()),
         None => controller::Scope::Cluster,
     };
-    let controller = controller::run(
-        client,
-        scope,
-        metrics.clone(),
-        identity,
-        stopped(stop.clone()),
+    let controller = bounded_after_stop(
+        controller::run(
+            client,
+            scope,
+            metrics.clone(),
+            identity,
+            stopped(stop.clone()),
+        ),
+        stop.clone(),
     );
     let result = match &election {
         Some(election) => {
@@ -193,8 +214,11 @@ async fn operate(
     metrics.leader.set(0);
     if let Some(election) = &election
         && result.is_ok()
+        && tokio::time::timeout(SHUTDOWN_GRACE, election.release())
+            .await
+            .is_err()
     {
-        election.release().await;
+        tracing::warn!("could not release the leader lease in time; it expires on its own");
     }
     tracing::info!("stopped");
     result
