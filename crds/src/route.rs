@@ -29,12 +29,6 @@ use serde::{Deserialize, Serialize};
         description = "Aliases apps send as model (empty: the Route's name)"
     ),
     printcolumn(
-        name = "Providers",
-        type_ = "string",
-        json_path = ".spec.targets[*].provider",
-        description = "Providers of the targets"
-    ),
-    printcolumn(
         name = "Targets",
         type_ = "string",
         json_path = ".status.targets",

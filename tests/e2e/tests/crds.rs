@@ -486,7 +486,6 @@ spec:
         "TYPE",
         "ENDPOINT",
         "MODELS",
-        "PROVIDERS",
         "TARGETS",
         "USD",
         "PERIOD",
