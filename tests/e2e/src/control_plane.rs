@@ -47,6 +47,9 @@ pub struct ControlPlane {
     admin_token: String,
     kubeconfig: PathBuf,
     apiserver: Child,
+    // Kept to start the same apiserver again (same port, certificates and etcd) after a stop.
+    apiserver_args: Vec<String>,
+    pgid: i32,
     etcd: Child,
     watchdog: Child,
     // Dropped last (fields drop in order), after the processes writing into it are gone.
@@ -155,37 +158,30 @@ impl ControlPlane {
             .spawn()
             .context("failed to start the control plane watchdog")?;
 
-        let apiserver_log = log_file(root, "kube-apiserver.log")?;
-        let apiserver = Command::new(&binaries.kube_apiserver)
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={apiserver_port}"))
-            .arg(format!("--cert-dir={}", root.join("cert-dir").display()))
-            .arg(format!("--tls-cert-file={}", cert_file.display()))
-            .arg(format!("--tls-private-key-file={}", key_file.display()))
-            .arg(format!("--token-auth-file={}", tokens_file.display()))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-issuer={ISSUER}"))
-            .arg(format!(
-                "--service-account-key-file={}",
-                sa_pub_file.display()
-            ))
-            .arg(format!(
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={apiserver_port}"),
+            format!("--cert-dir={}", root.join("cert-dir").display()),
+            format!("--tls-cert-file={}", cert_file.display()),
+            format!("--tls-private-key-file={}", key_file.display()),
+            format!("--token-auth-file={}", tokens_file.display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer={ISSUER}"),
+            format!("--service-account-key-file={}", sa_pub_file.display()),
+            format!(
                 "--service-account-signing-key-file={}",
                 sa_key_file.display()
-            ))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            ),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
             // Nothing would ever clean up the endpoints of the kubernetes Service.
-            .arg("--endpoint-reconciler-type=none")
-            .arg("--profiling=false")
-            .arg("--v=1")
-            .stdin(Stdio::null())
-            .stdout(apiserver_log.try_clone()?)
-            .stderr(apiserver_log)
-            .process_group(i32::try_from(pgid).context("pid out of range")?)
-            .spawn()
-            .with_context(|| format!("failed to start {}", binaries.kube_apiserver.display()))?;
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        let pgid = i32::try_from(pgid).context("pid out of range")?;
+        let apiserver = spawn_apiserver(binaries, root, &apiserver_args, pgid)?;
 
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kubeconfig = root.join("kubeconfig");
@@ -202,6 +198,8 @@ impl ControlPlane {
             admin_token,
             kubeconfig,
             apiserver,
+            apiserver_args,
+            pgid,
             etcd,
             watchdog,
             dir,
@@ -214,6 +212,42 @@ impl ControlPlane {
             cp.kubeconfig.display()
         );
         Ok(cp)
+    }
+
+    /// Kills the kube-apiserver (SIGKILL, as a crash or a lost node would), keeping etcd and its
+    /// data: clients see connection refused until [`ControlPlane::restart_apiserver`]. Only on a
+    /// private instance ([`ControlPlane::start`]); the shared one is used by other tests.
+    pub fn stop_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.try_wait()?.is_none() {
+            self.apiserver
+                .kill()
+                .context("failed to kill kube-apiserver")?;
+        }
+        self.apiserver
+            .wait()
+            .context("failed to wait for kube-apiserver")?;
+        Ok(())
+    }
+
+    /// Starts the kube-apiserver again with the same flags (same port, certificates, tokens and
+    /// etcd, so every object and credential survives) and waits until `/readyz` answers ok.
+    pub fn restart_apiserver(&mut self) -> Result<()> {
+        if self.apiserver.try_wait()?.is_none() {
+            bail!("kube-apiserver is still running; stop it first");
+        }
+        let started = Instant::now();
+        self.apiserver = spawn_apiserver(
+            self.binaries,
+            self.dir.path(),
+            &self.apiserver_args,
+            self.pgid,
+        )?;
+        self.wait_ready()?;
+        eprintln!(
+            "gatehouse-e2e: kube-apiserver restarted in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -447,6 +481,25 @@ impl Drop for ControlPlane {
         drop(self.watchdog.stdin.take());
         let _ = self.watchdog.wait();
     }
+}
+
+/// Starts kube-apiserver in process group `pgid` (etcd's, which the watchdog kills), appending to
+/// `kube-apiserver.log` so a restart keeps the earlier log.
+fn spawn_apiserver(binaries: &Binaries, root: &Path, args: &[String], pgid: i32) -> Result<Child> {
+    let path = root.join("kube-apiserver.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    Command::new(&binaries.kube_apiserver)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(pgid)
+        .spawn()
+        .with_context(|| format!("failed to start {}", binaries.kube_apiserver.display()))
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<fs::File> {
