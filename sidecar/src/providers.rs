@@ -290,6 +290,24 @@ impl Translate {
     }
 }
 
+/// The JSON object carried by an event's data; anything else is a broken stream.
+pub fn event_object(data: &str) -> Result<Value, String> {
+    serde_json::from_str(data)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| "the upstream sent an event that is not a JSON object".to_string())
+}
+
+/// Append `blocks` as a turn of `role`, merging into the previous turn when it has the same role:
+/// providers that want alternating turns get, for example, the results of parallel tool calls in
+/// one user turn.
+pub fn push_turn<T>(turns: &mut Vec<(String, Vec<T>)>, role: &str, blocks: Vec<T>) {
+    match turns.last_mut() {
+        Some((last, existing)) if last == role => existing.extend(blocks),
+        _ => turns.push((role.to_string(), blocks)),
+    }
+}
+
 /// Splits an SSE byte stream into complete events (`event:` name and joined `data:`).
 #[derive(Debug, Default)]
 pub struct SseParser {

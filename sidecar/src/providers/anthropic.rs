@@ -108,11 +108,7 @@ pub fn request(
         if blocks.is_empty() {
             continue;
         }
-        // Consecutive turns of one role merge: tool results of parallel calls share a user turn.
-        match turns.last_mut() {
-            Some((last, existing)) if last == turn_role => existing.extend(blocks),
-            _ => turns.push((turn_role.to_string(), blocks)),
-        }
+        super::push_turn(&mut turns, turn_role, blocks);
     }
     let messages: Vec<Value> = turns
         .into_iter()
@@ -474,12 +470,7 @@ impl ChunkDecoder for StreamDecoder {
             if event.data.trim().is_empty() {
                 continue;
             }
-            let data: Value = serde_json::from_str(&event.data)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    "the upstream sent an event that is not a JSON object".to_string()
-                })?;
+            let data = super::event_object(&event.data)?;
             self.event(&data, out);
         }
         Ok(())

@@ -146,10 +146,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
         if blocks.is_empty() {
             continue;
         }
-        match turns.last_mut() {
-            Some((last, existing)) if last == turn => existing.extend(blocks),
-            _ => turns.push((turn.to_string(), blocks)),
-        }
+        super::push_turn(&mut turns, turn, blocks);
     }
     let mut body = Map::new();
     body.insert(

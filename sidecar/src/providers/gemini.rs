@@ -130,10 +130,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
         if parts.is_empty() {
             continue;
         }
-        match contents.last_mut() {
-            Some((last, existing)) if last == turn => existing.extend(parts),
-            _ => contents.push((turn.to_string(), parts)),
-        }
+        super::push_turn(&mut contents, turn, parts);
     }
     let mut body = Map::new();
     body.insert(
@@ -454,12 +451,7 @@ impl ChunkDecoder for StreamDecoder {
             if event.data.trim().is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_str(&event.data)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    "the upstream sent an event that is not a JSON object".to_string()
-                })?;
+            let value = super::event_object(&event.data)?;
             self.event(&value, out);
         }
         Ok(())

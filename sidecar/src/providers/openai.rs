@@ -57,12 +57,7 @@ impl ChunkDecoder for StreamDecoder {
                 out.push(StreamItem::Done);
                 continue;
             }
-            let value: Value = serde_json::from_str(data)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    "the upstream sent an event that is not a JSON object".to_string()
-                })?;
+            let value = super::event_object(data)?;
             if let Some(error) = value.get("error") {
                 let message = error
                     .get("message")
