@@ -40,6 +40,9 @@ struct Args {
     /// Also measure LiteLLM proxy and Portkey's gateway (installed into the cache on first use).
     #[arg(long)]
     peers: bool,
+    /// Also measure the sidecar with two worker threads instead of the default one.
+    #[arg(long)]
+    compare_threads: bool,
     /// Skip `cargo build --release` of the sidecar and mock.
     #[arg(long)]
     no_build: bool,
@@ -164,7 +167,11 @@ struct Sidecar {
     ready_after: Duration,
 }
 
-async fn start_sidecar(manifests: &Path, log: Option<&Path>) -> anyhow::Result<Sidecar> {
+async fn start_sidecar(
+    manifests: &Path,
+    log: Option<&Path>,
+    worker_threads: u16,
+) -> anyhow::Result<Sidecar> {
     let port = free_port()?;
     let admin = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -175,6 +182,8 @@ async fn start_sidecar(manifests: &Path, log: Option<&Path>) -> anyhow::Result<S
         addr.to_string(),
         "--admin-listen".to_string(),
         format!("127.0.0.1:{admin}"),
+        "--worker-threads".to_string(),
+        worker_threads.to_string(),
     ];
     let proc = Proc::spawn("gatehouse", &release_bin("gatehouse-sidecar")?, &args, log)?;
     let ready_after = wait_http_ok(
@@ -331,13 +340,13 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     // Start-to-ready, five fresh processes.
     let mut ready = Vec::new();
     for _ in 0..5 {
-        let s = start_sidecar(&manifest_path, None).await?;
+        let s = start_sidecar(&manifest_path, None, 1).await?;
         ready.push(s.ready_after);
     }
     ready.sort();
     let ready_median = ready[ready.len() / 2];
 
-    let sidecar = start_sidecar(&manifest_path, None).await?;
+    let sidecar = start_sidecar(&manifest_path, None, 1).await?;
     let (idle_rss, _) = sidecar.proc.memory_kib()?;
 
     let mut paths = vec![
@@ -356,6 +365,19 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             headers: Vec::new(),
         },
     ];
+    // The default runtime (one thread) against a two-worker one, same binary and config.
+    let mut _threaded = None;
+    if args.compare_threads {
+        let threaded = start_sidecar(&manifest_path, None, 2).await?;
+        paths.push(Path_ {
+            name: "gatehouse --worker-threads 2".into(),
+            addr: threaded.addr,
+            model: "bench".into(),
+            prefix: "",
+            headers: Vec::new(),
+        });
+        _threaded = Some(threaded);
+    }
     let mut peer_procs = Vec::new();
     let mut peers_unavailable = Vec::new();
     if args.peers {
