@@ -720,6 +720,47 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
             .await
     ));
 
+    // Neither key ever shows where an operator or an app can look: the operators' and the
+    // sidecar's logs, events, the custom resources' status, the rendered config, both /metrics.
+    let mut places: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            places.push((path.display().to_string(), std::fs::read_to_string(&path)?));
+        }
+    }
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    ensure!(!events.items.is_empty(), "the operator recorded events");
+    places.push(("events".into(), serde_json::to_string(&events.items)?));
+    let routes_now = Api::<Route>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    places.push(("routes".into(), serde_json::to_string(&routes_now.items)?));
+    let providers_now = Api::<ModelProvider>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    places.push((
+        "providers".into(),
+        serde_json::to_string(&providers_now.items)?,
+    ));
+    let config = Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+        .get_opt("gatehouse-config")
+        .await?;
+    places.push(("rendered config".into(), serde_json::to_string(&config)?));
+    for (name, url) in [
+        ("operator /metrics", format!("{}/metrics", operator.admin)),
+        ("sidecar /metrics", format!("{}/metrics", sidecar.admin)),
+    ] {
+        places.push((name.into(), http.get(url).send().await?.text().await?));
+    }
+    for (place, text) in &places {
+        for key in ["sk-one", "sk-two"] {
+            ensure!(!text.contains(key), "key {key} leaked into {place}");
+        }
+    }
+
     operator.proc.stop()?;
     Ok(())
 }
