@@ -978,11 +978,22 @@ async fn sidecar_serves_through_an_apiserver_outage_and_reconnects() -> Result<(
         "after the restart: Route change served {:?} after the patch",
         changed.elapsed()
     );
-    let route = routes_after.get("chat").await?;
-    ensure!(
-        route.status.and_then(|s| s.observed_generation) == route.metadata.generation,
-        "the operator reconciled the change"
-    );
+    // The rendered config is written before the status, so the status may trail it briefly.
+    eventually(
+        "the operator records the change in the Route's status",
+        Duration::from_secs(15),
+        || {
+            let routes = routes_after.clone();
+            async move {
+                let route = routes.get("chat").await?;
+                Ok(
+                    (route.status.and_then(|s| s.observed_generation) == route.metadata.generation)
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await?;
     operator.proc.stop()?;
     Ok(())
 }
