@@ -298,13 +298,36 @@ pub fn event_object(data: &str) -> Result<Value, String> {
         .ok_or_else(|| "the upstream sent an event that is not a JSON object".to_string())
 }
 
-/// Append `blocks` as a turn of `role`, merging into the previous turn when it has the same role:
-/// providers that want alternating turns get, for example, the results of parallel tool calls in
-/// one user turn.
-pub fn push_turn<T>(turns: &mut Vec<(String, Vec<T>)>, role: &str, blocks: Vec<T>) {
-    match turns.last_mut() {
-        Some((last, existing)) if last == role => existing.extend(blocks),
-        _ => turns.push((role.to_string(), blocks)),
+/// Conversation turns for providers that want alternating roles (Anthropic, Gemini, Bedrock).
+#[derive(Debug, Default)]
+pub struct Turns(Vec<(String, Vec<Value>)>);
+
+impl Turns {
+    /// Append `blocks` as a turn of `role`, merging into the previous turn when it has the same
+    /// role (the results of parallel tool calls end up in one user turn); empty turns are dropped.
+    pub fn push(&mut self, role: &str, blocks: Vec<Value>) {
+        if blocks.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((last, existing)) if last == role => existing.extend(blocks),
+            _ => self.0.push((role.to_string(), blocks)),
+        }
+    }
+
+    /// `[{"role": …, <key>: [blocks]}, …]`.
+    pub fn into_json(self, key: &str) -> Value {
+        Value::Array(
+            self.0
+                .into_iter()
+                .map(|(role, blocks)| {
+                    let mut turn = Map::new();
+                    turn.insert("role".into(), Value::String(role));
+                    turn.insert(key.into(), Value::Array(blocks));
+                    Value::Object(turn)
+                })
+                .collect(),
+        )
     }
 }
 

@@ -70,7 +70,7 @@ pub fn request(
         ));
     }
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut turns = super::Turns::default();
     for message in messages(req) {
         let role = role(message)?;
         let (turn_role, blocks) = match role {
@@ -105,18 +105,11 @@ pub fn request(
                 )));
             }
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        super::push_turn(&mut turns, turn_role, blocks);
+        turns.push(turn_role, blocks);
     }
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("messages".into(), Value::Array(messages));
+    body.insert("messages".into(), turns.into_json("content"));
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }

@@ -90,7 +90,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
         ));
     }
     let mut system = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut turns = super::Turns::default();
     for message in messages(req) {
         let (turn, blocks) = match role(message)? {
             "system" | "developer" => {
@@ -143,21 +143,10 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                 )));
             }
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        super::push_turn(&mut turns, turn, blocks);
+        turns.push(turn, blocks);
     }
     let mut body = Map::new();
-    body.insert(
-        "messages".into(),
-        Value::Array(
-            turns
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
+    body.insert("messages".into(), turns.into_json("content"));
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }

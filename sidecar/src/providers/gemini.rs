@@ -60,7 +60,7 @@ pub fn outgoing(
 /// The translation itself (pure; golden-tested).
 pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
     let mut system = Vec::new();
-    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut contents = super::Turns::default();
     // Gemini answers a call by function name; OpenAI by call id.
     let mut call_names: Vec<(String, String)> = Vec::new();
     for message in messages(req) {
@@ -127,21 +127,10 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                 )));
             }
         };
-        if parts.is_empty() {
-            continue;
-        }
-        super::push_turn(&mut contents, turn, parts);
+        contents.push(turn, parts);
     }
     let mut body = Map::new();
-    body.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
+    body.insert("contents".into(), contents.into_json("parts"));
     if !system.is_empty() {
         body.insert("systemInstruction".into(), json!({"parts": system}));
     }
