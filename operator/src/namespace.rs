@@ -167,19 +167,9 @@ async fn reconcile_inner(ns: &str, ctx: &Context) -> Result<Action, Error> {
         .chain(budgets.iter().filter_map(owner))
         .collect();
 
-    // Keys first: a sidecar that sees a config naming a new key should find the key mounted.
-    objects::apply(
-        &Api::<Secret>::namespaced(client.clone(), ns),
-        objects::keys_secret(ns, &rendered.keys, &owners),
-        m,
-    )
-    .await?;
-    objects::apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), ns),
-        objects::config_map(&rendered.config, &owners)?,
-        m,
-    )
-    .await?;
+    // Order matters to a sidecar watching these objects: its Role and RoleBinding first (it needs
+    // them to read anything), then the keys (a config naming a new key should find it mounted),
+    // then the config itself. Whoever sees the config can rely on the rest being in place.
     objects::apply(
         &Api::<Role>::namespaced(client.clone(), ns),
         objects::sidecar_role(ns, &owners),
@@ -189,6 +179,18 @@ async fn reconcile_inner(ns: &str, ctx: &Context) -> Result<Action, Error> {
     objects::apply(
         &Api::<RoleBinding>::namespaced(client.clone(), ns),
         objects::sidecar_role_binding(ns, &owners),
+        m,
+    )
+    .await?;
+    objects::apply(
+        &Api::<Secret>::namespaced(client.clone(), ns),
+        objects::keys_secret(ns, &rendered.keys, &owners),
+        m,
+    )
+    .await?;
+    objects::apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        objects::config_map(&rendered.config, &owners)?,
         m,
     )
     .await?;
