@@ -30,6 +30,13 @@ pub struct WriteLabels {
     pub op: &'static str,
 }
 
+/// Labels of a failed watch request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The watched resource (plural), e.g. `routes`.
+    pub watch: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -45,6 +52,8 @@ pub struct Metrics {
     pub writes_skipped: Counter,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Failed watch requests (each is retried with backoff).
+    pub watch_errors: Family<WatchLabels, Counter>,
     registry: Registry,
 }
 
@@ -90,6 +99,12 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Failed watch or list requests by watched resource (retried with backoff)",
+            watch_errors.clone(),
+        );
         Self {
             reconciles,
             errors,
@@ -97,6 +112,7 @@ impl Metrics {
             writes,
             writes_skipped,
             leader,
+            watch_errors,
             registry,
         }
     }
