@@ -1,5 +1,6 @@
 //! Amazon Bedrock runtime's Converse API: `POST /model/{modelId}/converse` (JSON) and
-//! `/converse-stream` (`application/vnd.amazon.eventstream` binary frames).
+//! `/converse-stream` (`application/vnd.amazon.eventstream` binary frames); InvokeModel
+//! (`/invoke`) for embedding models in [`embeddings`].
 //!
 //! Shapes follow botocore's `bedrock-runtime` service model: `ConverseResponse` (`output.message`,
 //! `stopReason`, `usage`, `metrics`), the `ConverseStreamOutput` events `messageStart`,
@@ -11,6 +12,8 @@
 //! Every request must carry a well-formed SigV4 `authorization` for service `bedrock` and an
 //! `x-amz-date`; with credentials configured, the access key id (and region, if set) must match.
 //! The signature itself is not recomputed.
+
+mod embeddings;
 
 use aws_smithy_types::event_stream::{Header, HeaderValue as FrameHeaderValue, Message};
 use bytes::Bytes;
@@ -279,34 +282,34 @@ fn usage(answer: &Answer<'_>) -> Value {
     })
 }
 
-/// `POST /model/{modelId}/converse` and `/converse-stream`.
+/// `POST /model/{modelId}/converse`, `/converse-stream` and `/invoke`.
 pub(crate) fn handle(
     method: &Method,
     path: &str,
     body: &[u8],
     behaviour: &Behaviour,
 ) -> Response<Body> {
+    let not_found = || {
+        error(
+            404,
+            Some("UnknownOperationException"),
+            Some("Not found"),
+            None,
+        )
+    };
+    if method != Method::POST {
+        return not_found();
+    }
     let rest = path.strip_prefix("/model/").unwrap_or_default();
     let (model, stream) = if let Some(m) = rest.strip_suffix("/converse-stream") {
         (m, true)
     } else if let Some(m) = rest.strip_suffix("/converse") {
         (m, false)
+    } else if let Some(m) = rest.strip_suffix("/invoke") {
+        return embeddings::invoke(&percent_decode(m), body, behaviour);
     } else {
-        return error(
-            404,
-            Some("UnknownOperationException"),
-            Some("Not found"),
-            None,
-        );
+        return not_found();
     };
-    if method != Method::POST {
-        return error(
-            404,
-            Some("UnknownOperationException"),
-            Some("Not found"),
-            None,
-        );
-    }
     let model = percent_decode(model);
     let request: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,

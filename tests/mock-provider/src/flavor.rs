@@ -13,7 +13,7 @@ pub enum Flavor {
     Anthropic,
     /// Gemini: `/v1beta/models/{model}:{method}`.
     Gemini,
-    /// Bedrock runtime Converse: `/model/{modelId}/converse[-stream]`.
+    /// Bedrock runtime: `/model/{modelId}/converse[-stream]` and `/invoke`.
     Bedrock,
 }
 
@@ -56,6 +56,10 @@ mod tests {
         );
         assert_eq!(
             Flavor::of_path("/model/anthropic.claude-3-haiku/converse"),
+            Flavor::Bedrock
+        );
+        assert_eq!(
+            Flavor::of_path("/model/amazon.titan-embed-text-v2%3A0/invoke"),
             Flavor::Bedrock
         );
     }

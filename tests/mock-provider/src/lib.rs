@@ -2,7 +2,8 @@
 //!
 //! [`MockProvider`] serves every provider's wire format on one loopback port, picked by path
 //! ([`Flavor`]): OpenAI (and compatible), Azure OpenAI, Anthropic Messages, Gemini and Bedrock
-//! Converse, JSON and streaming (SSE, event-stream frames), with each one's error bodies. It
+//! (Converse, and InvokeModel for embedding models), JSON and streaming (SSE, event-stream
+//! frames), with each one's error bodies. It
 //! records what it receives and misbehaves on request: a default [`Behaviour`] plus a FIFO queue
 //! of one-shot behaviours for the next requests, applied to whatever flavour the request speaks.
 //!

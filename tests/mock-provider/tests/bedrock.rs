@@ -15,8 +15,18 @@ const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1%3A0";
 const SIG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 async fn post(mock: &MockProvider, op: &str, akid: &str, body: &Value) -> reqwest::Response {
+    post_to(mock, MODEL, op, akid, body).await
+}
+
+async fn post_to(
+    mock: &MockProvider,
+    model: &str,
+    op: &str,
+    akid: &str,
+    body: &Value,
+) -> reqwest::Response {
     reqwest::Client::new()
-        .post(format!("{}/model/{MODEL}/{op}", mock.origin()))
+        .post(format!("{}/model/{model}/{op}", mock.origin()))
         .header(
             "authorization",
             format!(
@@ -276,4 +286,178 @@ async fn auth_and_errors() {
     let mut buf = &bytes[..];
     read_message_from(&mut buf).unwrap(); // messageStart
     assert!(read_message_from(&mut buf).is_err());
+}
+
+fn token_header(resp: &reqwest::Response) -> u64 {
+    resp.headers()["x-amzn-bedrock-input-token-count"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn error_type(resp: &reqwest::Response) -> &str {
+    resp.headers()["x-amzn-errortype"].to_str().unwrap()
+}
+
+fn norm(v: &Value) -> f64 {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[tokio::test]
+async fn invoke_titan_embeddings() {
+    let mock = MockProvider::builder()
+        .aws_credentials("AKIDMOCK", "secret")
+        .start()
+        .await
+        .unwrap();
+    let v2 = "amazon.titan-embed-text-v2%3A0";
+    let resp = post_to(
+        &mock,
+        v2,
+        "invoke",
+        "AKIDMOCK",
+        &json!({"inputText": "hello there world", "dimensions": 256, "normalize": true}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(token_header(&resp), 3);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["embedding"].as_array().unwrap().len(), 256);
+    assert!((norm(&v["embedding"]) - 1.0).abs() < 1e-3);
+    assert_eq!(v["inputTextTokenCount"], 3);
+    assert_eq!(v["embeddingsByType"]["float"], v["embedding"]);
+    // Default size 1024; the same text always gets the same vector.
+    let full = json!({"inputText": "hello there world"});
+    let a: Value = post_to(&mock, v2, "invoke", "AKIDMOCK", &full)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = post_to(&mock, v2, "invoke", "AKIDMOCK", &full)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["embedding"].as_array().unwrap().len(), 1024);
+    assert_eq!(a["embedding"], b["embedding"]);
+
+    let v1: Value = post_to(
+        &mock,
+        "amazon.titan-embed-text-v1",
+        "invoke",
+        "AKIDMOCK",
+        &json!({"inputText": "hi"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v1["embedding"].as_array().unwrap().len(), 1536);
+    assert!(v1.get("embeddingsByType").is_none());
+
+    for (model, body, says) in [
+        (
+            v2,
+            json!({"inputText": "x", "dimensions": 300}),
+            "#/dimensions: 300 is not a valid enum value",
+        ),
+        (v2, json!({"texts": ["x"]}), "extraneous key [texts]"),
+        (v2, json!({}), "required key [inputText] not found"),
+        (
+            "amazon.titan-embed-text-v1",
+            json!({"inputText": "x", "dimensions": 256}),
+            "extraneous key [dimensions]",
+        ),
+        (
+            "anthropic.claude-3-haiku-20240307-v1%3A0",
+            json!({"inputText": "x"}),
+            "model identifier is invalid",
+        ),
+    ] {
+        let resp = post_to(&mock, model, "invoke", "AKIDMOCK", &body).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        assert!(error_type(&resp).starts_with("ValidationException"));
+        let message = resp.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(says), "{message}");
+    }
+
+    let resp = post_to(&mock, v2, "invoke", "AKIDOTHER", &json!({"inputText": "x"})).await;
+    assert_eq!(resp.status(), 403);
+    mock.push(Behaviour::status(429));
+    let resp = post_to(&mock, v2, "invoke", "AKIDMOCK", &json!({"inputText": "x"})).await;
+    assert_eq!(resp.status(), 429);
+    assert!(error_type(&resp).starts_with("ThrottlingException"));
+    assert_eq!(
+        mock.last_request().unwrap().path,
+        "/model/amazon.titan-embed-text-v2%3A0/invoke"
+    );
+}
+
+#[tokio::test]
+async fn invoke_cohere_embeddings() {
+    let mock = MockProvider::start().await.unwrap();
+    let model = "cohere.embed-english-v3";
+    let body = json!({"texts": ["first text", "second one here"], "input_type": "search_document"});
+    let resp = post_to(&mock, model, "invoke", "A", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(token_header(&resp), 5);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["response_type"], "embeddings_floats");
+    assert_eq!(v["texts"], body["texts"]);
+    assert!(v["id"].is_string());
+    let list = v["embeddings"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].as_array().unwrap().len(), 1024);
+    assert_ne!(list[0], list[1]);
+
+    let by_type: Value = post_to(
+        &mock,
+        model,
+        "invoke",
+        "A",
+        &json!({"texts": ["a"], "input_type": "search_query", "embedding_types": ["float"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(by_type["response_type"], "embeddings_by_type");
+    assert_eq!(by_type["embeddings"]["float"].as_array().unwrap().len(), 1);
+
+    let texts: Vec<String> = (0..97).map(|i| format!("t{i}")).collect();
+    for (body, says) in [
+        (
+            json!({"texts": ["a"]}),
+            "required key [input_type] not found",
+        ),
+        (
+            json!({"texts": ["a"], "input_type": "search"}),
+            "search is not a valid enum value",
+        ),
+        (
+            json!({"texts": texts, "input_type": "clustering"}),
+            "expected maxItems: 96, actual: 97",
+        ),
+        (
+            json!({"inputText": "a", "input_type": "clustering"}),
+            "extraneous key [inputText]",
+        ),
+    ] {
+        let resp = post_to(&mock, model, "invoke", "A", &body).await;
+        assert_eq!(resp.status(), 400);
+        let message = resp.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(says), "{message}");
+    }
 }
