@@ -62,6 +62,9 @@ pub struct Outgoing {
     pub uri: Uri,
     /// JSON body.
     pub body: Bytes,
+    /// Bodies of further calls to `uri` in the same attempt, for a provider that takes fewer
+    /// inputs per call than the client sent (Bedrock embeddings). Empty for everything else.
+    pub more: Vec<Bytes>,
     /// Parameters dropped on the way, for the `x-gatehouse-warning` header.
     pub warnings: Vec<String>,
 }
@@ -138,10 +141,13 @@ pub fn outgoing(
         (ProviderKind::Bedrock, Operation::Chat) => {
             bedrock::outgoing(provider, model, req, inbound.stream)
         }
-        (ProviderKind::Anthropic | ProviderKind::Bedrock, Operation::Embeddings) => {
+        (ProviderKind::Bedrock, Operation::Embeddings) => {
+            bedrock::embeddings::outgoing(provider, model, req)
+        }
+        (ProviderKind::Anthropic, Operation::Embeddings) => {
             Err(ProxyError::InvalidRequest(format!(
-                "provider '{}' ({}) does not serve embeddings through gatehouse; route embeddings \
-                 to an openai, openaiCompatible, azureOpenAI or gemini provider",
+                "provider '{}' ({}) does not serve embeddings; route embeddings to an openai, \
+                 openaiCompatible, azureOpenAI, gemini or bedrock provider",
                 provider.name,
                 provider.kind.as_str()
             )))
@@ -167,8 +173,75 @@ pub fn response(
         (ProviderKind::Anthropic, _) => anthropic::response(&value, model),
         (ProviderKind::Gemini, Operation::Chat) => gemini::response(&value, model),
         (ProviderKind::Gemini, Operation::Embeddings) => gemini::embeddings_response(&value, model),
-        (ProviderKind::Bedrock, _) => bedrock::response(&value, model),
+        (ProviderKind::Bedrock, Operation::Embeddings) => {
+            bedrock::embeddings::response(model, &[(value, None)])
+        }
+        (ProviderKind::Bedrock, Operation::Chat) => bedrock::response(&value, model),
         _ => Ok(value),
+    }
+}
+
+/// One 2xx answer to one upstream call.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The body.
+    pub body: Bytes,
+    /// The `x-amzn-bedrock-input-token-count` response header: InvokeModel answers (Bedrock
+    /// embeddings) may carry their usage only there.
+    pub input_tokens: Option<u64>,
+}
+
+/// [`response`] for the answers of every call of an attempt ([`Outgoing::more`]), joined in order.
+pub fn responses(
+    kind: ProviderKind,
+    op: Operation,
+    model: &str,
+    replies: &[Reply],
+) -> Result<Value, String> {
+    match (kind, op, replies) {
+        (ProviderKind::Bedrock, Operation::Embeddings, _) => {
+            let answers = replies
+                .iter()
+                .map(|r| {
+                    let value: Value = serde_json::from_slice(&r.body)
+                        .map_err(|_| "response body is not valid JSON".to_string())?;
+                    if !value.is_object() {
+                        return Err("response body is not a JSON object".to_string());
+                    }
+                    Ok((value, r.input_tokens))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            bedrock::embeddings::response(model, &answers)
+        }
+        (_, _, [one]) => response(kind, op, model, &one.body),
+        _ => Err(format!(
+            "{} answers to one {} request cannot be joined",
+            replies.len(),
+            kind.as_str()
+        )),
+    }
+}
+
+/// Re-encode float embeddings as base64 little-endian f32, as OpenAI does for
+/// `encoding_format: base64` (the OpenAI SDKs ask for it by default).
+pub fn base64_embeddings(response: &mut Value) {
+    use base64::Engine;
+    for item in response
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(values) = item.get("embedding").and_then(Value::as_array) {
+            let mut bytes = Vec::with_capacity(values.len() * 4);
+            for v in values {
+                bytes.extend_from_slice(&(v.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+            }
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("embedding".into(), json!(encoded));
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -37,6 +38,14 @@ use crate::upstream::UpstreamClient;
 use crate::usage::{self, Usage};
 
 const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
+
+/// Most calls of one attempt in flight at once, when a request takes several (Bedrock Titan
+/// embeddings: one call per input). Small, so one big request does not eat the provider's
+/// rate limit or the sidecar's connections.
+const FAN_OUT: usize = 4;
+
+/// Where Bedrock's InvokeModel reports the input tokens of an answer.
+const BEDROCK_INPUT_TOKENS: &str = "x-amzn-bedrock-input-token-count";
 
 /// Settings of the request path that do not come from the custom resources.
 #[derive(Debug, Clone)]
@@ -60,6 +69,20 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     client: UpstreamClient,
     settings: Settings,
+}
+
+/// Why one buffered call of an attempt gave no 2xx body: either stops the whole attempt.
+enum Halt {
+    /// The call failed; the attempt fails with it.
+    Failed(AttemptError),
+    /// The provider refused the request; that refusal is the attempt's answer.
+    Refused(Answer),
+}
+
+impl From<AttemptError> for Halt {
+    fn from(e: AttemptError) -> Self {
+        Self::Failed(e)
+    }
 }
 
 /// What is known about a request as it goes, for headers, metrics and the access log.
@@ -274,7 +297,9 @@ impl Gateway {
         })
     }
 
-    /// One upstream call, until the whole body (buffered) or the first event (stream) arrived.
+    /// One attempt: the upstream call (or, for a provider that takes fewer inputs per call than
+    /// the client sent, the calls, at most [`FAN_OUT`] at a time), until the whole body (buffered)
+    /// or the first event (stream) arrived.
     async fn attempt(
         &self,
         provider: &Provider,
@@ -282,8 +307,78 @@ impl Gateway {
         inbound: &Inbound,
         outgoing: providers::Outgoing,
     ) -> Result<Answer, AttemptError> {
-        let stream = inbound.stream;
-        let mut builder = Request::post(outgoing.uri)
+        let providers::Outgoing {
+            uri, body, more, ..
+        } = outgoing;
+        if inbound.stream {
+            let response = match self.send(provider, uri, body, true).await? {
+                Ok(response) => response,
+                Err(refused) => return Ok(refused),
+            };
+            let translate = providers::translate(provider.kind, model, inbound);
+            return first_chunk(
+                response,
+                providers::framing(provider.kind),
+                inbound.dialect,
+                translate,
+            )
+            .await;
+        }
+        // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
+        // or refusal ends the attempt and drops the calls still in flight.
+        let calls = std::iter::once(body)
+            .chain(more)
+            .map(|body| self.buffered_call(provider, uri.clone(), body));
+        let replies: Vec<providers::Reply> = match futures::stream::iter(calls)
+            .buffered(FAN_OUT)
+            .try_collect()
+            .await
+        {
+            Ok(replies) => replies,
+            Err(Halt::Failed(e)) => return Err(e),
+            Err(Halt::Refused(refused)) => return Ok(refused),
+        };
+        complete(provider, model, inbound, replies)
+    }
+
+    /// One buffered call: its whole 2xx body, or why not.
+    async fn buffered_call(
+        &self,
+        provider: &Provider,
+        uri: http::Uri,
+        body: Bytes,
+    ) -> Result<providers::Reply, Halt> {
+        let response = self
+            .send(provider, uri, body, false)
+            .await?
+            .map_err(Halt::Refused)?;
+        let input_tokens = response
+            .headers()
+            .get(BEDROCK_INPUT_TOKENS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
+            })?
+            .to_bytes();
+        Ok(providers::Reply { body, input_tokens })
+    }
+
+    /// Authorize and send one upstream request. A 2xx comes back as the response; 401/403, 408,
+    /// 429 and 5xx as the error that moves on to the next attempt; any other status as the
+    /// [`Answer::Refused`] passed back to the client.
+    async fn send(
+        &self,
+        provider: &Provider,
+        uri: http::Uri,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<Result<Response<Incoming>, Answer>, AttemptError> {
+        let mut builder = Request::post(uri)
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, USER_AGENT_VALUE)
             .header(
@@ -307,10 +402,10 @@ impl Gateway {
             }
         }
         let mut request = builder
-            .body(Full::new(outgoing.body.clone()))
+            .body(Full::new(body.clone()))
             .map_err(|e| AttemptError::Connect(format!("failed to build request: {e}")))?;
         if let Credentials::Aws(credentials) = &provider.credentials {
-            providers::bedrock::sign(provider, credentials, &mut request, &outgoing.body)
+            providers::bedrock::sign(provider, credentials, &mut request, &body)
                 .map_err(|e| AttemptError::Invalid(format!("failed to sign request: {e}")))?;
         }
         let response = self
@@ -320,25 +415,7 @@ impl Gateway {
             .map_err(|e| AttemptError::Connect(error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
-            if stream {
-                let translate = providers::translate(provider.kind, model, inbound);
-                return first_chunk(
-                    response,
-                    providers::framing(provider.kind),
-                    inbound.dialect,
-                    translate,
-                )
-                .await;
-            }
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| {
-                    AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-                })?
-                .to_bytes();
-            return complete(provider, model, inbound, body);
+            return Ok(Ok(response));
         }
         if status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
@@ -367,11 +444,11 @@ impl Gateway {
                 AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
             })?
             .to_bytes();
-        Ok(Answer::Refused {
+        Ok(Err(Answer::Refused {
             status,
             content_type,
             body,
-        })
+        }))
     }
 
     /// Turn the winning attempt's answer into the client's response.
@@ -779,14 +856,24 @@ async fn first_chunk(
     }
 }
 
-/// A complete 2xx body: checked, translated into the client's dialect, its usage read.
+/// The complete 2xx bodies of an attempt (one, unless the adapter fanned out): checked, translated
+/// into the client's dialect, their usage read.
 fn complete(
     provider: &Provider,
     model: &str,
     inbound: &Inbound,
-    body: Bytes,
+    mut replies: Vec<providers::Reply>,
 ) -> Result<Answer, AttemptError> {
     if inbound.is_native(provider.kind) {
+        // Native requests never fan out: one call, one body.
+        let body = match (replies.pop(), replies.is_empty()) {
+            (Some(reply), true) => reply.body,
+            _ => {
+                return Err(AttemptError::Invalid(
+                    "a pass-through request got several answers".to_string(),
+                ));
+            }
+        };
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return Err(AttemptError::Invalid(
                 "response body is not valid JSON".to_string(),
@@ -798,7 +885,7 @@ fn complete(
         };
         return Ok(Answer::Complete { body, usage });
     }
-    let openai = providers::response(provider.kind, inbound.op, model, &body)
+    let openai = providers::responses(provider.kind, inbound.op, model, &replies)
         .map_err(AttemptError::Invalid)?;
     let usage = openai
         .get("usage")
@@ -813,7 +900,7 @@ fn complete(
                     .and_then(Value::as_str)
                     == Some("base64")
             {
-                providers::gemini::base64_embeddings(&mut openai);
+                providers::base64_embeddings(&mut openai);
             }
             openai
         }

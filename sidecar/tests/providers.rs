@@ -355,3 +355,258 @@ async fn azure_uses_the_deployment_url_and_drops_the_prompt_filter_chunk() {
             > 0
     );
 }
+
+const AWS_KEY: &str = "AKIDMOCKEXAMPLE:mock-secret-access-key";
+
+/// A bedrock provider signing as `AWS_KEY` in us-east-1, a mock that checks both, and a route
+/// `chat` to the embedding model `model`.
+async fn bedrock_embeddings(model: &str) -> (MockProvider, Sidecar) {
+    let mock = MockProvider::builder()
+        .aws_credentials("AKIDMOCKEXAMPLE", "mock-secret-access-key")
+        .aws_region("us-east-1")
+        .start()
+        .await
+        .unwrap();
+    let manifests = manifests(
+        "bedrock",
+        &mock.origin(),
+        model,
+        "  bedrock: {region: us-east-1}\n",
+    )
+    .replace(KEY, AWS_KEY);
+    let sidecar = Sidecar::start(&manifests).await;
+    (mock, sidecar)
+}
+
+async fn embed(sidecar: &Sidecar, body: Value) -> reqwest::Response {
+    let mut body = body;
+    body["model"] = json!("chat");
+    post(sidecar, "/v1/embeddings", body).await
+}
+
+fn vectors(body: &Value) -> Vec<Value> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["object"], "embedding");
+            assert_eq!(d["index"], i);
+            d["embedding"].clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bedrock_titan_embeddings_take_one_signed_call_per_input_in_order() {
+    let (mock, sidecar) = bedrock_embeddings("amazon.titan-embed-text-v2:0").await;
+    let inputs = [
+        "alpha",
+        "bravo charlie",
+        "delta echo foxtrot",
+        "golf",
+        "hotel india",
+    ];
+    let resp = embed(&sidecar, json!({"input": inputs, "user": "u-7"})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-gatehouse-provider"), Some("p"));
+    assert_eq!(header(&resp, "x-gatehouse-attempts"), Some("1"));
+    assert!(header(&resp, "x-gatehouse-cost-usd").is_some());
+    assert!(
+        header(&resp, "x-gatehouse-warning")
+            .unwrap()
+            .contains("'user'")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "amazon.titan-embed-text-v2:0");
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 9, "total_tokens": 9})
+    );
+    let list = vectors(&body);
+    assert_eq!(list.len(), inputs.len());
+
+    // One InvokeModel call per input, each signed for bedrock in us-east-1.
+    let seen = mock.requests();
+    assert_eq!(seen.len(), inputs.len());
+    let mut sent: Vec<&str> = Vec::new();
+    for request in &seen {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/model/amazon.titan-embed-text-v2%3A0/invoke");
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.header("accept"), Some("application/json"));
+        let auth = request.header("authorization").unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDMOCKEXAMPLE/")
+                && auth.contains("/us-east-1/bedrock/aws4_request"),
+            "{auth}"
+        );
+        assert!(!request.body_text.contains("mock-secret-access-key"));
+        let b = request.body.as_ref().unwrap();
+        assert_eq!(b["normalize"], true);
+        assert!(b.get("dimensions").is_none());
+        sent.push(b["inputText"].as_str().unwrap());
+    }
+    sent.sort_unstable();
+    let mut expected = inputs.to_vec();
+    expected.sort_unstable();
+    assert_eq!(sent, expected);
+
+    // Whatever order the calls finished in, data[i] is the vector of input i.
+    for (i, input) in inputs.iter().enumerate() {
+        let single: Value = embed(&sidecar, json!({"input": input}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(vectors(&single), [list[i].clone()], "input {i}");
+    }
+}
+
+#[tokio::test]
+async fn bedrock_titan_dimensions_and_base64() {
+    let (mock, sidecar) = bedrock_embeddings("amazon.titan-embed-text-v2:0").await;
+    let floats: Value = embed(&sidecar, json!({"input": ["a b", "c"], "dimensions": 256}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let floats = vectors(&floats);
+    assert_eq!(floats[0].as_array().unwrap().len(), 256);
+    assert_eq!(
+        mock.last_request().unwrap().body.unwrap()["dimensions"],
+        256
+    );
+
+    let resp = embed(
+        &sidecar,
+        json!({"input": ["a b", "c"], "dimensions": 256, "encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let encoded: Value = resp.json().await.unwrap();
+    use base64::Engine;
+    for (f, b) in floats.iter().zip(vectors(&encoded)) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b.as_str().unwrap())
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let expected: Vec<f32> = f
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(decoded, expected);
+    }
+
+    // A size Titan V2 does not make is refused before any call.
+    mock.clear();
+    let resp = embed(&sidecar, json!({"input": "x", "dimensions": 300})).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("256, 512, 1024"), "{message}");
+    assert_eq!(mock.request_count(), 0);
+}
+
+#[tokio::test]
+async fn bedrock_cohere_embeddings_batch_texts_and_read_usage_from_the_header() {
+    let (mock, sidecar) = bedrock_embeddings("us.cohere.embed-english-v3").await;
+    let resp = embed(
+        &sidecar,
+        json!({"input": ["first text", "second one here"], "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 5, "total_tokens": 5})
+    );
+    let list = vectors(&body);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].as_array().unwrap().len(), 1024);
+    assert_ne!(list[0], list[1]);
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1, "one call for both texts");
+    assert_eq!(seen[0].path, "/model/us.cohere.embed-english-v3/invoke");
+    assert_eq!(
+        seen[0].body,
+        Some(json!({"texts": ["first text", "second one here"], "input_type": "search_document"}))
+    );
+
+    // `input_type` from the client (the SDKs' extra_body) wins over the default.
+    let resp = embed(
+        &sidecar,
+        json!({"input": "q", "input_type": "search_query"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.last_request().unwrap().body.unwrap()["input_type"],
+        "search_query"
+    );
+}
+
+#[tokio::test]
+async fn bedrock_embedding_errors_map_like_chat() {
+    let (mock, sidecar) = bedrock_embeddings("amazon.titan-embed-text-v2:0").await;
+    // Token arrays cannot be sent to bedrock: a clear 400, no call.
+    for input in [json!([1, 2, 3]), json!([[1, 2], [3]])] {
+        let resp = embed(&sidecar, json!({"input": input})).await;
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("token arrays"),
+            "{body}"
+        );
+    }
+    assert_eq!(mock.request_count(), 0);
+
+    // ValidationException: the same status and the provider's message, not retried.
+    mock.push(Behaviour::status(400).error_message("Malformed input request: too long"));
+    let resp = embed(&sidecar, json!({"input": "x"})).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Malformed input request: too long"),
+        "{body}"
+    );
+    assert_eq!(mock.request_count(), 1);
+
+    // AccessDenied: 502 naming credentials, the upstream body dropped.
+    mock.push(Behaviour::status(403).error_message("echo AKIDMOCKEXAMPLE"));
+    let resp = embed(&sidecar, json!({"input": "x"})).await;
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("AKIDMOCKEXAMPLE") && !text.contains("mock-secret"));
+
+    // ThrottlingException: 429 with Retry-After.
+    mock.push(Behaviour::rate_limited(3));
+    let resp = embed(&sidecar, json!({"input": "x"})).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), Some("3"));
+
+    // One failing call of a fanned-out request fails the attempt: 502, never a partial list.
+    mock.clear();
+    mock.push_n(Behaviour::normal(), 2);
+    mock.push(Behaviour::status(500));
+    let resp = embed(&sidecar, json!({"input": ["a", "b", "c"]})).await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed");
+}

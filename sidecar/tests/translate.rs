@@ -152,6 +152,194 @@ fn embeddings_request_to_gemini() {
 }
 
 #[test]
+fn embeddings_requests_to_bedrock() {
+    let list = json!({"model": "e", "input": ["one", "two words", "three"], "dimensions": 512,
+        "encoding_format": "base64", "user": "u-1"});
+    let many: Vec<String> = (0..100).map(|i| format!("text {i}")).collect();
+    let cohere =
+        json!({"model": "e", "input": many, "input_type": "search_query", "truncate": "END"});
+    let mut out = Map::new();
+    for (name, model, req) in [
+        ("titan_v2", "amazon.titan-embed-text-v2:0", &list),
+        (
+            "titan_v2_profile_arn",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.amazon.titan-embed-text-v2:0",
+            &json!({"input": "x"}),
+        ),
+        (
+            "titan_v1",
+            "amazon.titan-embed-text-v1",
+            &json!({"input": ["a", "b"]}),
+        ),
+        (
+            "cohere_default_input_type",
+            "cohere.embed-english-v3",
+            &json!({"input": "hello"}),
+        ),
+        (
+            "cohere_over_96_texts",
+            "eu.cohere.embed-multilingual-v3",
+            &cohere,
+        ),
+    ] {
+        let mut warnings = Vec::new();
+        let bodies =
+            bedrock::embeddings::requests(model, req.as_object().unwrap(), &mut warnings).unwrap();
+        out.insert(name.into(), json!({"bodies": bodies, "warnings": warnings}));
+    }
+    // The 100 Cohere texts go in two calls, 96 then 4, in order.
+    let split = &out["cohere_over_96_texts"]["bodies"];
+    assert_eq!(split[0]["texts"].as_array().unwrap().len(), 96);
+    assert_eq!(
+        split[1]["texts"],
+        json!(["text 96", "text 97", "text 98", "text 99"])
+    );
+    out["cohere_over_96_texts"]["bodies"] = json!(
+        split
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(
+                |b| json!({"input_type": b["input_type"], "truncate": b["truncate"],
+            "texts": b["texts"].as_array().unwrap().len()})
+            )
+            .collect::<Vec<_>>()
+    );
+    insta::assert_json_snapshot!(Value::Object(out));
+}
+
+#[test]
+fn embeddings_requests_bedrock_cannot_express_are_400s() {
+    let cases = [
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"input": [[1, 2, 3]]}),
+            "token arrays",
+        ),
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"input": [1, 2, 3]}),
+            "token arrays",
+        ),
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"input": []}),
+            "must not be empty",
+        ),
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"input": "x", "dimensions": 300}),
+            "256, 512, 1024",
+        ),
+        (
+            "amazon.titan-embed-text-v1",
+            json!({"input": "x", "dimensions": 256}),
+            "1536 only",
+        ),
+        (
+            "cohere.embed-english-v3",
+            json!({"input": "x", "dimensions": 512}),
+            "1024 only",
+        ),
+        (
+            "cohere.embed-english-v3",
+            json!({"input": "x", "input_type": "query"}),
+            "search_document",
+        ),
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"input": "x", "encoding_format": "int8"}),
+            "'encoding_format'",
+        ),
+        (
+            "amazon.titan-embed-image-v1",
+            json!({"input": "x"}),
+            "not an embedding model gatehouse can call",
+        ),
+        (
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+            json!({"input": "x"}),
+            "last segment of an ARN",
+        ),
+    ];
+    for (model, req, says) in cases {
+        let err = bedrock::embeddings::requests(model, req.as_object().unwrap(), &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.status(), 400, "{model} {req}");
+        assert!(err.to_string().contains(says), "{model} {req}: {err}");
+    }
+    let many: Vec<String> = (0..2049).map(|i| i.to_string()).collect();
+    let err = bedrock::embeddings::requests(
+        "amazon.titan-embed-text-v2:0",
+        json!({"input": many}).as_object().unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at most 2048"), "{err}");
+}
+
+#[test]
+fn embeddings_responses_from_bedrock() {
+    let reply = |path: &str, input_tokens: Option<u64>| providers::Reply {
+        body: fixture(path).into(),
+        input_tokens,
+    };
+    // Two Titan calls (the second without the header: the body's count is what counts).
+    let titan = [
+        reply("bedrock/titan_embed_v2.json", Some(4)),
+        providers::Reply {
+            body: br#"{"embedding":[0.5,-0.5],"inputTextTokenCount":2}"#[..].into(),
+            input_tokens: None,
+        },
+    ];
+    let cohere = [reply("bedrock/cohere_embed_v3.json", Some(5))];
+    let by_type = providers::Reply {
+        body: br#"{"id":"x","response_type":"embeddings_by_type","texts":["a"],"embeddings":{"float":[[0.5,0.5]]}}"#[..].into(),
+        input_tokens: Some(1),
+    };
+    let bedrock = |model: &str, replies: &[providers::Reply]| {
+        providers::responses(ProviderKind::Bedrock, Operation::Embeddings, model, replies).unwrap()
+    };
+    let mut base64 = bedrock("amazon.titan-embed-text-v2:0", &titan[..1]);
+    providers::base64_embeddings(&mut base64);
+    let out = json!({
+        "titan_two_calls": bedrock("amazon.titan-embed-text-v2:0", &titan),
+        "cohere_header_usage": bedrock("us.cohere.embed-english-v3", &cohere),
+        "cohere_without_header": providers::response(ProviderKind::Bedrock, Operation::Embeddings,
+            "cohere.embed-english-v3", &fixture("bedrock/cohere_embed_v3.json")).unwrap()["usage"],
+        "cohere_by_type": bedrock("cohere.embed-english-v3", &[by_type])["data"],
+        "titan_base64": base64["data"][0]["embedding"],
+    });
+    insta::assert_json_snapshot!(out);
+    // The base64 form is the same floats, little-endian f32.
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, [0.0123f32, -0.5, 0.25, 0.8305]);
+    for (model, body) in [
+        (
+            "amazon.titan-embed-text-v2:0",
+            &br#"{"message":"no embedding here"}"#[..],
+        ),
+        (
+            "cohere.embed-english-v3",
+            br#"{"embeddings":[[0.1]],"texts":["a","b"]}"#,
+        ),
+        ("cohere.embed-english-v3", b"[1,2]"),
+    ] {
+        assert!(
+            providers::response(ProviderKind::Bedrock, Operation::Embeddings, model, body).is_err(),
+            "{model}"
+        );
+    }
+}
+
+#[test]
 fn unsupported_inputs_are_clear_400s() {
     let mut req = openai_request();
     req.insert(

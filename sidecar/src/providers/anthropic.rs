@@ -35,6 +35,7 @@ pub fn native(provider: &Provider, model: &str, inbound: &Inbound) -> Result<Out
     Ok(Outgoing {
         uri: messages_uri(provider)?,
         body: super::openai::encode_with_model(body, model)?,
+        more: Vec::new(),
         warnings: Vec::new(),
     })
 }
@@ -53,6 +54,7 @@ pub fn outgoing(
         body: serde_json::to_vec(&body)
             .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
             .into(),
+        more: Vec::new(),
         warnings,
     })
 }

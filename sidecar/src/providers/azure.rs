@@ -48,6 +48,7 @@ pub fn outgoing(
     Ok(Outgoing {
         uri: uri(provider, deployment, op)?,
         body: super::openai::encode_with_model(req, deployment)?,
+        more: Vec::new(),
         warnings: Vec::new(),
     })
 }

@@ -9,6 +9,10 @@
 //! blocks (base64 data URLs only); tool calls and results become `toolUse` / `toolResult`;
 //! sampling parameters go to `inferenceConfig`; tools to `toolConfig`. Back: content blocks,
 //! `stopReason` and `usage` (cache reads are cached prompt tokens, cache writes prompt tokens).
+//!
+//! Embeddings go through InvokeModel instead, see [`embeddings`].
+
+pub mod embeddings;
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use bytes::BytesMut;
@@ -78,6 +82,7 @@ pub fn outgoing(
         body: serde_json::to_vec(&body)
             .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
             .into(),
+        more: Vec::new(),
         warnings,
     })
 }

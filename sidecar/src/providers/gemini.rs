@@ -7,7 +7,6 @@
 //! becomes `responseMimeType` (+ `responseJsonSchema`). Back: parts, `finishReason` and
 //! `usageMetadata` (cached content tokens are cached prompt tokens, thoughts are completion tokens).
 
-use base64::Engine;
 use http::Uri;
 use serde_json::{Map, Value, json};
 
@@ -53,6 +52,7 @@ pub fn outgoing(
     Ok(Outgoing {
         uri: uri(provider, model, method)?,
         body: encode(&body)?,
+        more: Vec::new(),
         warnings,
     })
 }
@@ -475,6 +475,7 @@ pub fn embeddings(
     Ok(Outgoing {
         uri: uri(provider, model, "batchEmbedContents")?,
         body: encode(&embeddings_request(model, req)?)?,
+        more: Vec::new(),
         warnings: Vec::new(),
     })
 }
@@ -510,7 +511,7 @@ pub fn embeddings_request(model: &str, req: &Map<String, Value>) -> Result<Value
 }
 
 /// `{"embeddings":[{"values":[…]}]}` → OpenAI embeddings list (floats; see
-/// [`base64_embeddings`] for `encoding_format: base64`).
+/// [`super::base64_embeddings`] for `encoding_format: base64`).
 pub fn embeddings_response(value: &Value, model: &str) -> Result<Value, String> {
     let list = value
         .get("embeddings")
@@ -530,26 +531,4 @@ pub fn embeddings_response(value: &Value, model: &str) -> Result<Value, String> 
         "model": model,
         "usage": {"prompt_tokens": 0, "total_tokens": 0},
     }))
-}
-
-/// Re-encode float embeddings as base64 little-endian f32, as OpenAI does for
-/// `encoding_format: base64` (the OpenAI SDKs ask for it by default).
-pub fn base64_embeddings(response: &mut Value) {
-    for item in response
-        .get_mut("data")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(values) = item.get("embedding").and_then(Value::as_array) {
-            let mut bytes = Vec::with_capacity(values.len() * 4);
-            for v in values {
-                bytes.extend_from_slice(&(v.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
-            }
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            if let Some(obj) = item.as_object_mut() {
-                obj.insert("embedding".into(), json!(encoded));
-            }
-        }
-    }
 }

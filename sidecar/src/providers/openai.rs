@@ -24,6 +24,7 @@ pub fn outgoing(
     Ok(Outgoing {
         uri,
         body: encode_with_model(req, model)?,
+        more: Vec::new(),
         warnings: Vec::new(),
     })
 }
