@@ -37,6 +37,8 @@ class Provider:
     model: str  # upstream chat model (deployment for Azure)
     key: str | None  # the key the mock requires, also in the Secret
     embed_model: str | None = None  # upstream embeddings model, if the type has embeddings
+    # Further embeddings routes, route name -> upstream model (Bedrock: one per model family).
+    extra_embed_routes: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -76,6 +78,8 @@ PROVIDERS = [
         "bedrock",
         "anthropic.claude-3-haiku-20240307-v1:0",
         "AKIDMOCKEXAMPLE:mock-secret-access-key",
+        "amazon.titan-embed-text-v2:0",
+        {"embed-bedrock-cohere": "cohere.embed-english-v3"},
     ),
 ]
 BY_NAME = {p.name: p for p in PROVIDERS}
@@ -145,6 +149,7 @@ def manifests(work: Path) -> Path:
         routes = [(f"via-{p.name}", p.model)]
         if p.embed_model:
             routes.append((f"embed-{p.name}", p.embed_model))
+        routes.extend(p.extra_embed_routes.items())
         for route, model in routes:
             docs.append({
                 "apiVersion": "gatehouse.dev/v1alpha1",

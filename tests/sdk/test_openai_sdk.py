@@ -185,6 +185,47 @@ def test_embeddings(client, provider):
     assert resp.usage.prompt_tokens == (0 if provider.type == "gemini" else 5)
 
 
+def test_bedrock_embeddings_titan_and_cohere(client, stack):
+    """Titan takes one text per InvokeModel call, Cohere a list; both come back as one list."""
+    bedrock = stack.providers["bedrock"]
+    resp = client.embeddings.create(model="embed-bedrock", input=["first text", "second one here"],
+                                    dimensions=256)
+    assert [len(d.embedding) for d in resp.data] == [256, 256]
+    sent = bedrock.requests()
+    assert [r["path"] for r in sent] == ["/model/amazon.titan-embed-text-v2%3A0/invoke"] * 2
+    assert sorted(r["body"]["inputText"] for r in sent) == ["first text", "second one here"]
+    assert all(r["body"]["dimensions"] == 256 for r in sent)
+    # Whatever order the calls finished in, data[i] is input i's vector.
+    alone = client.embeddings.create(model="embed-bedrock", input="second one here", dimensions=256)
+    assert alone.data[0].embedding == resp.data[1].embedding
+
+    bedrock.reset()
+    resp = client.embeddings.create(model="embed-bedrock-cohere", input=["first text", "second one here"])
+    assert [d.index for d in resp.data] == [0, 1]
+    assert {len(d.embedding) for d in resp.data} == {1024}
+    assert resp.usage.prompt_tokens == 5  # from the x-amzn-bedrock-input-token-count header
+    (sent,) = bedrock.requests()
+    assert sent["path"] == "/model/cohere.embed-english-v3/invoke"
+    assert sent["body"] == {"texts": ["first text", "second one here"], "input_type": "search_document"}
+    client.embeddings.create(model="embed-bedrock-cohere", input="q", extra_body={"input_type": "search_query"})
+    assert bedrock.requests()[-1]["body"]["input_type"] == "search_query"
+
+
+def test_bedrock_embeddings_refuse_what_bedrock_cannot_do(client, stack):
+    bedrock = stack.providers["bedrock"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="embed-bedrock", input="x", dimensions=300)
+    assert "256, 512, 1024" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="embed-bedrock", input=[[1, 2, 3]])
+    assert "token arrays" in err.value.message
+    assert bedrock.requests() == []
+    bedrock.push({"fault": {"kind": "status", "status": 400, "message": "Malformed input request: bad"}})
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="embed-bedrock", input="x")
+    assert "Malformed input request: bad" in err.value.message
+
+
 @pytest.mark.parametrize("provider", route_params(ALL))
 def test_bad_request_is_bad_request_error(client, provider):
     provider.push({"fault": {"kind": "status", "status": 400, "message": "mock says no"}})
