@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "BudgetStatus",
     derive = "PartialEq",
-    doc = "A Budget limits what LLM traffic in a namespace may spend (USD or tokens) per period, for every route or only some routes, workloads or ServiceAccounts. Hard budgets reject requests past the limit with HTTP 429; soft budgets only warn.",
+    doc = "A Budget limits what LLM traffic in a namespace may spend (USD or tokens) per period, for every route or only some routes, workloads or ServiceAccounts. Hard budgets reject requests past the limit with HTTP 429; soft budgets only warn. Not enforced yet in this version: a valid Budget is reported Ready=False with reason NotEnforced.",
     printcolumn(
         name = "USD",
         type_ = "string",
@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether the budget is enforced"
+        description = "Whether the budget is enforced (False, reason NotEnforced, until budgets are metered)"
     ),
     printcolumn(
         name = "Age",

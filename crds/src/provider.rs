@@ -95,8 +95,9 @@ pub struct ModelProviderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 
-    /// Models served by this provider, with prices that override Gatehouse's built-in pricing
-    /// catalog. Names must be unique.
+    /// Models served by this provider, with their prices (for the x-gatehouse-cost-usd response
+    /// header). Models not listed are still served; their cost is not reported. Names must be
+    /// unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = 256))]

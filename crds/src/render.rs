@@ -136,6 +136,9 @@ fn parse_decimal(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// Reason of the problem every valid Budget carries until budgets are enforced.
+pub const NOT_ENFORCED: &str = "NotEnforced";
+
 /// Problems of one render pass, collected then sorted.
 #[derive(Debug, Default)]
 struct Problems(Vec<Problem>);
@@ -597,6 +600,17 @@ fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Opti
         );
         return None;
     }
+    // Valid, and carried in the config for the sidecars, but nothing meters spending against it
+    // yet: say so where a platform team looks (Ready=False, a Warning event) rather than let a
+    // hard budget look like protection it is not.
+    problems.push(
+        kind,
+        name,
+        NOT_ENFORCED,
+        "accepted, but this version of Gatehouse does not meter or enforce budgets yet: requests \
+         are not limited by it"
+            .to_string(),
+    );
     let scope = spec.scope.clone().unwrap_or_default();
     let mut routes = scope.routes;
     routes.sort();

@@ -277,6 +277,7 @@ fn invalid_budget_limit_is_an_invalid_spec() {
         reasons(&r),
         [
             (ObjectKind::Budget, "both", "InvalidSpec"),
+            (ObjectKind::Budget, "ok", "NotEnforced"),
             (ObjectKind::Budget, "zero", "InvalidSpec")
         ]
     );
