@@ -23,6 +23,16 @@ impl Sidecar {
     }
 
     pub async fn start_with(manifests: &str, tweak: impl FnOnce(&mut Args)) -> Self {
+        let sidecar = Self::launch(manifests, tweak).await;
+        assert!(
+            sidecar.running.wait_ready(Duration::from_secs(5)).await,
+            "sidecar never became ready"
+        );
+        sidecar
+    }
+
+    /// Start without waiting for the first config (which may never come).
+    pub async fn launch(manifests: &str, tweak: impl FnOnce(&mut Args)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("gatehouse.yaml"), manifests).unwrap();
         let mut args = Args {
@@ -40,10 +50,6 @@ impl Sidecar {
         };
         tweak(&mut args);
         let running = gatehouse_sidecar::start(&args).await.unwrap();
-        assert!(
-            running.wait_ready(Duration::from_secs(5)).await,
-            "sidecar never became ready"
-        );
         Self {
             running,
             dir,
@@ -139,4 +145,85 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
         .collect()
+}
+
+/// Reads an SSE response event by event as it arrives, so a test can tell what the client had
+/// before the upstream went on.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    pending: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        use futures::StreamExt;
+        Self {
+            body: resp.bytes_stream().boxed(),
+            pending: String::new(),
+        }
+    }
+
+    /// The next event's `data:` payload (`event:` lines dropped), or `None` when the body ended.
+    /// Fails the test if nothing complete arrives within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<String> {
+        use futures::StreamExt;
+        loop {
+            if let Some(pos) = self.pending.find("\n\n") {
+                let event: String = self.pending.drain(..pos + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() {
+                    return Some(data.join("\n"));
+                }
+                continue;
+            }
+            match tokio::time::timeout(wait, self.body.next()).await {
+                Err(_) => panic!(
+                    "no complete event within {wait:?}; pending: {:?}",
+                    self.pending
+                ),
+                Ok(None) => {
+                    assert!(
+                        self.pending.trim().is_empty(),
+                        "the body ended inside an event: {:?}",
+                        self.pending
+                    );
+                    return None;
+                }
+                Ok(Some(chunk)) => self
+                    .pending
+                    .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+            }
+        }
+    }
+
+    /// Every remaining payload until the body ends.
+    pub async fn rest(&mut self, wait: Duration) -> Vec<String> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next(wait).await {
+            events.push(event);
+        }
+        events
+    }
+
+    /// True when, for `wait`, no complete event is waiting, nothing arrives and the body does not
+    /// end: the stream is open but held.
+    pub async fn quiet_for(&mut self, wait: Duration) -> bool {
+        use futures::StreamExt;
+        if self.pending.contains("\n\n") {
+            return false;
+        }
+        match tokio::time::timeout(wait, self.body.next()).await {
+            Err(_) => true,
+            Ok(None) => false,
+            Ok(Some(chunk)) => {
+                self.pending
+                    .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+                false
+            }
+        }
+    }
 }
