@@ -191,12 +191,16 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The release binaries of this workspace, or of `GATEHOUSE_BENCH_BIN_DIR` when set (to measure a
-/// build from another checkout).
+/// The release binaries built beside this one (the same target directory, wherever
+/// `CARGO_TARGET_DIR` put it), or those of `GATEHOUSE_BENCH_BIN_DIR` when set (to measure a build
+/// from another checkout).
 pub fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("GATEHOUSE_BENCH_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
     };
     let path = dir.join(name);
     if !path.exists() {
