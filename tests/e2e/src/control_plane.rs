@@ -332,22 +332,31 @@ impl ControlPlane {
 
     async fn client_with_token(&self, token: &str) -> Result<Client> {
         // Kubeconfig (rather than Config fields) keeps the token type kube's own business.
-        let kubeconfig: Kubeconfig = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": {
-                "server": self.server,
-                "certificate-authority": self.dir.path().join("ca.crt"),
-            }}],
-            "users": [{"name": "e2e", "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}],
-            "current-context": "e2e",
-        }))
+        let kubeconfig: Kubeconfig = serde_json::from_value(kubeconfig_doc(
+            &self.server,
+            &self.dir.path().join("ca.crt"),
+            "e2e",
+            token,
+        ))
         .context("failed to build kubeconfig")?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .context("failed to load kubeconfig")?;
         Client::try_from(config).context("failed to build kube client")
+    }
+
+    /// Writes to `path` a kubeconfig for this control plane that authenticates with `token` only
+    /// (e.g. from [`ControlPlane::mint_token`]), for a process that must run with exactly that
+    /// identity: `KUBECONFIG=path some-binary`.
+    pub fn write_kubeconfig_for_token(&self, path: &Path, token: &str) -> Result<()> {
+        let yaml = serde_yaml::to_string(&kubeconfig_doc(
+            &self.server,
+            &self.dir.path().join("ca.crt"),
+            "e2e",
+            token,
+        ))
+        .context("failed to render kubeconfig")?;
+        fs::write(path, yaml).with_context(|| format!("failed to write {}", path.display()))
     }
 
     /// Creates a namespace `e2e-<prefix>-<n>` unique within this test binary and returns its name.
@@ -523,19 +532,24 @@ fn random_token() -> Result<String> {
 }
 
 fn kubeconfig_yaml(server: &str, ca_file: &Path, token: &str) -> Result<String> {
-    let doc = serde_json::json!({
+    serde_yaml::to_string(&kubeconfig_doc(server, ca_file, ADMIN_USER, token))
+        .context("failed to render kubeconfig")
+}
+
+/// A kubeconfig with one cluster (`server`, trusting `ca_file`) and one bearer-token user.
+fn kubeconfig_doc(server: &str, ca_file: &Path, user: &str, token: &str) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "gatehouse-e2e", "cluster": {
             "server": server,
             "certificate-authority": ca_file,
         }}],
-        "users": [{"name": ADMIN_USER, "user": {"token": token}}],
+        "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "gatehouse-e2e", "context": {
             "cluster": "gatehouse-e2e",
-            "user": ADMIN_USER,
+            "user": user,
         }}],
         "current-context": "gatehouse-e2e",
-    });
-    serde_yaml::to_string(&doc).context("failed to render kubeconfig")
+    })
 }
