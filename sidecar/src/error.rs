@@ -1,6 +1,8 @@
 //! Errors the proxy answers with, each knowing its HTTP status, its OpenAI error `type`/`code`, its
 //! metric label and whether another attempt may succeed.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
@@ -53,8 +55,8 @@ pub enum ProxyError {
         summary: String,
         /// Status to answer with (502, 429 or 504).
         status: StatusCode,
-        /// Retry-After to pass on when the last failure was a 429.
-        retry_after: Option<String>,
+        /// The `Retry-After` to answer with (set when the last failure was a 429).
+        retry_after: Option<Duration>,
     },
 }
 
@@ -134,15 +136,38 @@ pub enum AttemptError {
     Status {
         /// Upstream status.
         status: StatusCode,
-        /// Retry-After header, if any.
-        retry_after: Option<String>,
+        /// How long the provider asked to wait (429 only), if it said.
+        retry_after: Option<Duration>,
     },
-    /// The upstream rejected the gateway's credentials (401/403). Another target may still work.
-    #[error("provider rejected the gateway's credentials (upstream status {0})")]
-    Auth(StatusCode),
+    /// The upstream rejected the gateway's credentials (401/403, or the provider's own signal, see
+    /// `providers::failure`). Another target may still work.
+    #[error("provider rejected the gateway's credentials ({0})")]
+    Auth(AuthFailure),
     /// The upstream answered 2xx with a body that is not what the protocol promises.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
+}
+
+/// A provider's refusal of the gateway's credentials: the upstream status and, when the provider
+/// names it in a known way, why. The reason is one of a fixed list of provider error names, never
+/// text from the answer (which may echo the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// The provider's name for the failure (`API_KEY_INVALID`, `UnrecognizedClientException`,
+    /// `invalid_api_key`, …).
+    pub reason: Option<&'static str>,
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream status {}", self.status.as_u16())?;
+        if let Some(reason) = self.reason {
+            write!(f, ", {reason}")?;
+        }
+        Ok(())
+    }
 }
 
 impl AttemptError {

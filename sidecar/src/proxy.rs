@@ -7,7 +7,8 @@
 //! 3. resolve the model alias to a route;
 //! 4. attempt targets in the route's order (priority, then weight), each attempt bounded by the
 //!    per-attempt or first-token timeout and all of them by the request timeout; connect errors,
-//!    timeouts, 401/403, 429 and 5xx move on to the next attempt, other 4xx go back to the client;
+//!    timeouts, credential refusals (401/403 and each provider's own, `providers::failure`), 429
+//!    and 5xx move on to the next attempt, other 4xx go back to the client;
 //!    Each attempt goes through the target provider's adapter (`providers`): OpenAI-wire providers
 //!    get the body with `model` rewritten, the others a translated request;
 //! 5. answer: buffered JSON with its cost, or a relayed stream once its first chunk arrived — from
@@ -111,7 +112,8 @@ enum Answer {
         rest: Incoming,
         translate: Option<Translate>,
     },
-    /// A 4xx other than 401/403/429: the request itself was refused; passed back, not retried.
+    /// A 4xx other than 408/429 or a credential refusal: the request itself was refused; passed
+    /// back, not retried.
     Refused {
         status: StatusCode,
         content_type: Option<HeaderValue>,
@@ -218,6 +220,9 @@ impl Gateway {
         let mut plan = AttemptPlan::new(&route, &mut rand::rng());
         let mut failures: Vec<String> = Vec::new();
         let mut last: Option<AttemptError> = None;
+        // The shortest delay a rate-limited target asked for: once it passes, that target (and so
+        // the route) can serve again.
+        let mut rate_limit_delay: Option<Duration> = None;
         while ctx.attempts < max_attempts {
             let Some(next) = plan.next(&route, retry, &mut rand::rng()) else {
                 break;
@@ -271,14 +276,23 @@ impl Gateway {
             self.count_attempt(&provider.name, outcome.metric_label());
             tracing::debug!(request_id = %ctx.request_id, provider = %provider.name, error = %outcome, "attempt failed");
             failures.push(format!("{}/{}: {}", provider.name, target.model, outcome));
+            if let AttemptError::Status {
+                retry_after: Some(delay),
+                ..
+            } = &outcome
+            {
+                rate_limit_delay = Some(rate_limit_delay.map_or(*delay, |d| d.min(*delay)));
+            }
             last = Some(outcome);
         }
         let (status, retry_after) = match &last {
-            Some(AttemptError::Status {
-                status,
-                retry_after,
-            }) if *status == StatusCode::TOO_MANY_REQUESTS => {
-                (StatusCode::TOO_MANY_REQUESTS, retry_after.clone())
+            Some(AttemptError::Status { status, .. })
+                if *status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(rate_limit_delay.unwrap_or(providers::failure::DEFAULT_RETRY_AFTER)),
+                )
             }
             // The last attempt ran out of time (its own limit or the request's): a timeout, as
             // README and docs/architecture.md promise, however many attempts came before.
@@ -368,9 +382,9 @@ impl Gateway {
         Ok(providers::Reply { body, input_tokens })
     }
 
-    /// Authorize and send one upstream request. A 2xx comes back as the response; 401/403, 408,
-    /// 429 and 5xx as the error that moves on to the next attempt; any other status as the
-    /// [`Answer::Refused`] passed back to the client.
+    /// Authorize and send one upstream request. A 2xx comes back as the response; a credential
+    /// refusal, 408, 429 (with the delay the provider asked for) and 5xx as the error that moves on
+    /// to the next attempt; any other status as the [`Answer::Refused`] passed back to the client.
     async fn send(
         &self,
         provider: &Provider,
@@ -417,36 +431,38 @@ impl Gateway {
         if status.is_success() {
             return Ok(Ok(response));
         }
+        let (parts, incoming) = response.into_parts();
         if status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
         {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            // Only a 429 from a provider that puts its delay in the body is read: a 5xx that
+            // stalls after its head must not hold up the next attempt.
+            let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
+                None
+            } else if providers::failure::delay_in_body(provider.kind) {
+                let body = collect(incoming).await.unwrap_or_default();
+                providers::failure::retry_after(provider.kind, &parts.headers, &body)
+            } else {
+                providers::failure::retry_after(provider.kind, &parts.headers, &[])
+            };
             return Err(AttemptError::Status {
                 status,
                 retry_after,
             });
         }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // The body may echo part of the key; it is dropped, never relayed or logged.
-            return Err(AttemptError::Auth(status));
+        let body = collect(incoming).await?;
+        // 401/403, and what the provider says is a key refusal under another status (Gemini's
+        // 400 API_KEY_INVALID): the next target may work. The body may echo part of the key; it
+        // is dropped, never relayed or logged (only a fixed reason name is kept).
+        if let Some(auth) =
+            providers::failure::auth_failure(provider.kind, status, &parts.headers, &body)
+        {
+            return Err(AttemptError::Auth(auth));
         }
-        let content_type = response.headers().get(CONTENT_TYPE).cloned();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| {
-                AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-            })?
-            .to_bytes();
         Ok(Err(Answer::Refused {
             status,
-            content_type,
+            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
             body,
         }))
     }
@@ -590,12 +606,14 @@ impl Gateway {
                 };
                 let mut r = json_response(e.status(), body);
                 if let ProxyError::Exhausted {
-                    retry_after: Some(ra),
+                    retry_after: Some(delay),
                     ..
                 } = &e
-                    && let Ok(v) = HeaderValue::from_str(ra)
                 {
-                    r.headers_mut().insert(RETRY_AFTER, v);
+                    r.headers_mut().insert(
+                        RETRY_AFTER,
+                        HeaderValue::from(providers::failure::header_seconds(*delay)),
+                    );
                 }
                 r
             }
@@ -912,6 +930,17 @@ fn complete(
         body: Bytes::from(body),
         usage,
     })
+}
+
+/// The whole body of an upstream answer.
+async fn collect(body: Incoming) -> Result<Bytes, AttemptError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| {
+            AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
+        })?
+        .to_bytes())
 }
 
 /// An error with its sources, on one line.

@@ -10,7 +10,7 @@
 
 mod support;
 
-use gatehouse_mock_provider::{Behaviour, MockProvider};
+use gatehouse_mock_provider::{Behaviour, Fault, MockProvider};
 use serde_json::{Value, json};
 use support::{Sidecar, header, sse_events};
 
@@ -595,11 +595,12 @@ async fn bedrock_embedding_errors_map_like_chat() {
     assert!(text.contains("credentials"), "{text}");
     assert!(!text.contains("AKIDMOCKEXAMPLE") && !text.contains("mock-secret"));
 
-    // ThrottlingException: 429 with Retry-After.
+    // ThrottlingException: 429. Bedrock says no delay (the mock sends none whatever it is
+    // asked), so the sidecar's default Retry-After.
     mock.push(Behaviour::rate_limited(3));
     let resp = embed(&sidecar, json!({"input": "x"})).await;
     assert_eq!(resp.status(), 429);
-    assert_eq!(header(&resp, "retry-after"), Some("3"));
+    assert_eq!(header(&resp, "retry-after"), Some("1"));
 
     // One failing call of a fanned-out request fails the attempt: 502, never a partial list.
     mock.clear();
@@ -609,4 +610,320 @@ async fn bedrock_embedding_errors_map_like_chat() {
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_failed");
+}
+
+const BEDROCK_MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+
+/// One provider of each flavour on one mock, each under its own key.
+#[derive(Clone, Copy)]
+struct Flavour {
+    /// Provider name, and the suffix of its routes `solo-<name>` (that provider only, one
+    /// attempt) and `fo-<name>` (that provider, then `o`, an openai provider with the right key).
+    name: &'static str,
+    kind: &'static str,
+    model: &'static str,
+    /// The key in the provider's Secret.
+    key: &'static str,
+    extra: &'static str,
+}
+
+/// A mock that wants `KEY` (and the AWS key id of `AWS_KEY` for bedrock), and a sidecar with a
+/// provider per flavour plus `o`.
+async fn flavours(flavours: &[Flavour]) -> (MockProvider, Sidecar) {
+    let mock = MockProvider::with_api_key(KEY)
+        .aws_credentials("AKIDMOCKEXAMPLE", "mock-secret-access-key")
+        .aws_region("us-east-1")
+        .start()
+        .await
+        .unwrap();
+    let mut yaml =
+        String::from("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData:\n");
+    yaml.push_str(&format!("  o: \"{KEY}\"\n"));
+    for f in flavours {
+        yaml.push_str(&format!("  {}: \"{}\"\n", f.name, f.key));
+    }
+    yaml.push_str(&format!(
+        "---\napiVersion: gatehouse.dev/v1alpha1\nkind: ModelProvider\nmetadata: {{name: o}}\n\
+         spec:\n  type: openai\n  endpoint: {}\n  apiKeySecretRef: {{name: keys, key: o}}\n",
+        mock.base_url()
+    ));
+    for f in flavours {
+        let endpoint = match f.kind {
+            "openai" => mock.base_url(),
+            _ => mock.origin(),
+        };
+        yaml.push_str(&format!(
+            "---\napiVersion: gatehouse.dev/v1alpha1\nkind: ModelProvider\nmetadata: {{name: {n}}}\n\
+             spec:\n  type: {k}\n  endpoint: {endpoint}\n  apiKeySecretRef: {{name: keys, key: {n}}}\n{x}\
+             ---\napiVersion: gatehouse.dev/v1alpha1\nkind: Route\nmetadata: {{name: solo-{n}}}\n\
+             spec:\n  targets: [{{provider: {n}, model: \"{m}\"}}]\n  retry: {{attempts: 1}}\n\
+             ---\napiVersion: gatehouse.dev/v1alpha1\nkind: Route\nmetadata: {{name: fo-{n}}}\n\
+             spec:\n  targets:\n    - {{provider: {n}, model: \"{m}\", priority: 0}}\n\
+             \x20   - {{provider: o, model: gpt-4o-mini, priority: 1}}\n  retry: {{attempts: 2}}\n",
+            n = f.name,
+            k = f.kind,
+            m = f.model,
+            x = f.extra,
+        ));
+    }
+    let sidecar = Sidecar::start(&yaml).await;
+    (mock, sidecar)
+}
+
+const AZURE: &str = "  azure: {apiVersion: \"2024-10-21\"}\n";
+const BEDROCK: &str = "  bedrock: {region: us-east-1}\n";
+
+#[tokio::test]
+async fn credential_refusals_fail_over_and_end_as_a_502_naming_the_provider_reason() {
+    const WRONG: &str = "wrong-key-0123456789abcdef";
+    const WRONG_AWS: &str = "AKIDWRONGEXAMPLE:mock-secret-access-key";
+    let cases = [
+        // Gemini refuses a wrong (or expired) key with 400 INVALID_ARGUMENT + API_KEY_INVALID.
+        (
+            Flavour {
+                name: "gemini",
+                kind: "gemini",
+                model: "gemini-2.0-flash",
+                key: WRONG,
+                extra: "",
+            },
+            None,
+            Some("API_KEY_INVALID"),
+        ),
+        (
+            Flavour {
+                name: "bedrock",
+                kind: "bedrock",
+                model: BEDROCK_MODEL,
+                key: WRONG_AWS,
+                extra: BEDROCK,
+            },
+            None,
+            Some("UnrecognizedClientException"),
+        ),
+        // Bedrock documents IncompleteSignature as a 400.
+        (
+            Flavour {
+                name: "bedrock-sig",
+                kind: "bedrock",
+                model: BEDROCK_MODEL,
+                key: AWS_KEY,
+                extra: BEDROCK,
+            },
+            Some(Behaviour::normal().with_fault(Fault::Status {
+                status: 400,
+                message: Some("Authorization header requires 'Signature' parameter.".into()),
+                error_type: Some("IncompleteSignatureException".into()),
+                code: None,
+                param: None,
+                retry_after_secs: None,
+            })),
+            Some("IncompleteSignatureException"),
+        ),
+        (
+            Flavour {
+                name: "anthropic",
+                kind: "anthropic",
+                model: "claude-sonnet-4-5",
+                key: WRONG,
+                extra: "",
+            },
+            None,
+            Some("authentication_error"),
+        ),
+        (
+            Flavour {
+                name: "azure",
+                kind: "azureOpenAI",
+                model: "gpt4o-deploy",
+                key: WRONG,
+                extra: AZURE,
+            },
+            None,
+            None,
+        ),
+        (
+            Flavour {
+                name: "openai",
+                kind: "openai",
+                model: "gpt-4o-mini",
+                key: WRONG,
+                extra: "",
+            },
+            None,
+            Some("invalid_api_key"),
+        ),
+    ];
+    let all: Vec<Flavour> = cases.iter().map(|(f, _, _)| *f).collect();
+    let (mock, sidecar) = flavours(&all).await;
+    for (f, behaviour, reason) in &cases {
+        for stream in [false, true] {
+            let case = format!("{} (stream={stream})", f.name);
+            // Alone: a 502 that names the provider's refusal and no key.
+            mock.clear();
+            if let Some(b) = behaviour {
+                mock.push(b.clone());
+            }
+            let resp = sidecar.chat(&format!("solo-{}", f.name), stream).await;
+            assert_eq!(resp.status(), 502, "{case}");
+            let text = resp.text().await.unwrap();
+            let body: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["error"]["type"], "api_error", "{case}");
+            assert_eq!(body["error"]["code"], "upstream_failed", "{case}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("rejected the gateway's credentials"),
+                "{case}: {message}"
+            );
+            if let Some(reason) = reason {
+                assert!(message.contains(reason), "{case}: {message}");
+            }
+            for secret in [WRONG, KEY, "mock-secret-access-key", "AKIDWRONG"] {
+                assert!(!text.contains(secret), "{case}: {text}");
+            }
+            assert_eq!(mock.request_count(), 1, "{case}: one attempt");
+
+            // With a fallback: the next target answers.
+            mock.clear();
+            if let Some(b) = behaviour {
+                mock.push(b.clone());
+            }
+            let resp = sidecar.chat(&format!("fo-{}", f.name), stream).await;
+            assert_eq!(resp.status(), 200, "{case}");
+            assert_eq!(header(&resp, "x-gatehouse-provider"), Some("o"), "{case}");
+            assert_eq!(header(&resp, "x-gatehouse-attempts"), Some("2"), "{case}");
+            let seen = mock.requests();
+            assert_eq!(seen.len(), 2, "{case}");
+            assert_eq!(seen[1].path, "/v1/chat/completions", "{case}");
+        }
+    }
+    let metrics = sidecar
+        .client
+        .get(sidecar.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"gatehouse_upstream_attempts_total{provider="gemini",outcome="auth_failed"} 4"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_gemini_bad_request_that_is_not_about_the_key_is_still_passed_back() {
+    let (mock, sidecar) = flavours(&[Flavour {
+        name: "gemini",
+        kind: "gemini",
+        model: "gemini-2.0-flash",
+        key: KEY,
+        extra: "",
+    }])
+    .await;
+    mock.push(Behaviour::status(400).error_message("* GenerateContentRequest.contents: bad"));
+    let resp = sidecar.chat("fo-gemini", false).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("contents: bad"),
+        "{body}"
+    );
+    assert_eq!(mock.request_count(), 1, "a 400 is not retried");
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_the_delay_each_provider_gave_or_one_second() {
+    let cases = [
+        // (flavour, Retry-After when the provider was asked to say 37 s)
+        (
+            Flavour {
+                name: "openai",
+                kind: "openai",
+                model: "gpt-4o-mini",
+                key: KEY,
+                extra: "",
+            },
+            "37",
+        ),
+        (
+            Flavour {
+                name: "azure",
+                kind: "azureOpenAI",
+                model: "gpt4o-deploy",
+                key: KEY,
+                extra: AZURE,
+            },
+            "37",
+        ),
+        (
+            Flavour {
+                name: "anthropic",
+                kind: "anthropic",
+                model: "claude-sonnet-4-5",
+                key: KEY,
+                extra: "",
+            },
+            "37",
+        ),
+        // Gemini says it in the body: google.rpc.RetryInfo.retryDelay "37s".
+        (
+            Flavour {
+                name: "gemini",
+                kind: "gemini",
+                model: "gemini-2.0-flash",
+                key: KEY,
+                extra: "",
+            },
+            "37",
+        ),
+        // Bedrock's ThrottlingException says nothing: the default.
+        (
+            Flavour {
+                name: "bedrock",
+                kind: "bedrock",
+                model: BEDROCK_MODEL,
+                key: AWS_KEY,
+                extra: BEDROCK,
+            },
+            "1",
+        ),
+    ];
+    let all: Vec<Flavour> = cases.iter().map(|(f, _)| *f).collect();
+    let (mock, sidecar) = flavours(&all).await;
+    for (f, expected) in &cases {
+        for stream in [false, true] {
+            let case = format!("{} (stream={stream})", f.name);
+            mock.push(Behaviour::rate_limited(37));
+            let resp = sidecar.chat(&format!("solo-{}", f.name), stream).await;
+            assert_eq!(resp.status(), 429, "{case}");
+            assert_eq!(header(&resp, "retry-after"), Some(*expected), "{case}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "rate_limit_error", "{case}");
+
+            // A 429 that says nothing: the default, one second.
+            mock.push(Behaviour::status(429));
+            let resp = sidecar.chat(&format!("solo-{}", f.name), stream).await;
+            assert_eq!(resp.status(), 429, "{case}");
+            assert_eq!(header(&resp, "retry-after"), Some("1"), "{case}");
+        }
+    }
+    // The Anthropic dialect gets it too.
+    mock.push(Behaviour::rate_limited(37));
+    let resp = post(
+        &sidecar,
+        "/v1/messages",
+        json!({"model": "solo-gemini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), Some("37"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
 }

@@ -248,14 +248,34 @@ async fn all_targets_failing_gives_502_with_a_summary_and_no_key() {
 #[tokio::test]
 async fn rate_limited_everywhere_gives_429_with_retry_after() {
     let (primary, secondary, sidecar) = two_providers().await;
-    primary.set_default(Behaviour::rate_limited(7));
-    secondary.set_default(Behaviour::rate_limited(11));
+    // The shortest stated delay: the first target free again serves the retried request.
+    primary.set_default(Behaviour::rate_limited(11));
+    secondary.set_default(Behaviour::rate_limited(7));
     let resp = sidecar.chat("chat", false).await;
     assert_eq!(resp.status(), 429);
     let retry_after = header(&resp, "retry-after").map(str::to_string);
     let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(retry_after.as_deref(), Some("7"), "{json}");
     assert_eq!(json["error"]["type"], "rate_limit_error");
-    assert!(retry_after.is_some_and(|r| r == "7" || r == "11"));
+    assert_eq!(json["error"]["code"], "upstream_rate_limited");
+
+    // Only one target said how long: that delay.
+    primary.set_default(Behaviour::status(429));
+    let resp = sidecar.chat("chat", false).await;
+    assert_eq!(header(&resp, "retry-after"), Some("7"));
+
+    // Nobody said: one second.
+    secondary.set_default(Behaviour::status(429));
+    let resp = sidecar.chat("chat", true).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), Some("1"));
+
+    // A 429 that was not the last failure leaves the answer a 502, without Retry-After.
+    primary.set_default(Behaviour::status(503));
+    secondary.set_default(Behaviour::rate_limited(5));
+    let resp = sidecar.chat("chat", false).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(header(&resp, "retry-after"), None);
 }
 
 #[tokio::test]

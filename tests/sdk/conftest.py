@@ -229,5 +229,11 @@ def route_params(names, landed=None, gaps=None):
     return out
 
 
+# The Retry-After the sidecar answers a 429 with when the provider was asked to say 7 s: what
+# the provider really sends (a header, or Gemini's RetryInfo in the body), or the sidecar's 1 s
+# default for Bedrock, whose ThrottlingException carries no delay.
+RATE_LIMIT_SECS = 7
+EXPECTED_RETRY_AFTER = {p.name: "1" if p.type == "bedrock" else str(RATE_LIMIT_SECS) for p in PROVIDERS}
+
 ALL = [p.name for p in PROVIDERS]
 WITH_EMBEDDINGS = [p.name for p in PROVIDERS if p.embed_model]

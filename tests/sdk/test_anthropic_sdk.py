@@ -6,7 +6,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from conftest import ALL, LANDED, MESSAGES_LANDED, route_params
+from conftest import ALL, EXPECTED_RETRY_AFTER, LANDED, MESSAGES_LANDED, RATE_LIMIT_SECS, route_params
 
 # Inbound Messages needs the endpoint itself and the target's adapter.
 ROUTES = route_params(ALL, landed=LANDED if MESSAGES_LANDED else set())
@@ -118,8 +118,10 @@ def test_errors(client, provider):
         client.messages.create(
             model=f"via-{provider.name}", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
-    provider.push(*[{"fault": {"kind": "status", "status": 429, "retry_after_secs": 1}}] * 4)
-    with pytest.raises(anthropic.RateLimitError):
+    limited = {"fault": {"kind": "status", "status": 429, "retry_after_secs": RATE_LIMIT_SECS}}
+    provider.push(*[limited] * 4)
+    with pytest.raises(anthropic.RateLimitError) as err:
         client.messages.create(
             model=f"via-{provider.name}", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
+    assert err.value.response.headers.get("retry-after") == EXPECTED_RETRY_AFTER[provider.name]

@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from conftest import ALL, WITH_EMBEDDINGS, route_params
+from conftest import ALL, EXPECTED_RETRY_AFTER, RATE_LIMIT_SECS, WITH_EMBEDDINGS, route_params
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -237,11 +237,18 @@ def test_bad_request_is_bad_request_error(client, provider):
 
 @pytest.mark.parametrize("provider", route_params(ALL))
 def test_rate_limit_exhausted_is_rate_limit_error(client, provider):
-    provider.push(*[{"fault": {"kind": "status", "status": 429, "retry_after_secs": 1}}] * 4)
+    limited = {"fault": {"kind": "status", "status": 429, "retry_after_secs": RATE_LIMIT_SECS}}
+    provider.push(*[limited] * 4)
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model=f"via-{provider.name}", messages=MESSAGES)
     assert err.value.status_code == 429
-    assert err.value.response.headers.get("retry-after")
+    assert err.value.response.headers.get("retry-after") == EXPECTED_RETRY_AFTER[provider.name]
+    # A 429 that says nothing still tells the client to wait: the default second.
+    provider.reset()
+    provider.push(*[{"fault": {"kind": "status", "status": 429}}] * 4)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model=f"via-{provider.name}", messages=MESSAGES)
+    assert err.value.response.headers.get("retry-after") == "1"
 
 
 @pytest.mark.parametrize("provider", route_params(ALL))

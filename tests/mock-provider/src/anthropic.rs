@@ -256,10 +256,11 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
     events.push(sse_named("ping", &json!({"type": "ping"})));
     let gate_from = events.len() + 1;
 
-    let (limit, cut, error_status) = match behaviour.fault {
-        Fault::CutAfter { chunks } => (chunks.min(deltas.len()), true, None),
-        Fault::StreamError { chunks, status } => (chunks.min(deltas.len()), false, Some(status)),
-        _ => (deltas.len(), false, None),
+    let cut = behaviour.fault.stream_cut(deltas.len());
+    let (limit, error_status) = match (cut, &behaviour.fault) {
+        (Some(cut), _) => (cut.chunks, None),
+        (None, &Fault::StreamError { chunks, status }) => (chunks.min(deltas.len()), Some(status)),
+        (None, _) => (deltas.len(), None),
     };
     if behaviour.fault == Fault::Garbage {
         events.push(Bytes::from_static(
@@ -278,7 +279,7 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
                 "error",
                 &json!({"type": "error", "error": {"type": error_type, "message": message}}),
             ));
-        } else if !cut {
+        } else if cut.is_none() {
             events.push(sse_named(
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": 0}),
@@ -292,13 +293,5 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
             events.push(sse_named("message_stop", &json!({"type": "message_stop"})));
         }
     }
-    body::sse_response(
-        events,
-        Pacing {
-            delay: behaviour.chunk_delay,
-            gate: behaviour.gate.clone(),
-            gate_from,
-            cut,
-        },
-    )
+    body::sse_response(events, Pacing::of(behaviour, gate_from, cut))
 }

@@ -61,11 +61,12 @@ fn default_message(status: u16) -> &'static str {
 }
 
 /// A Bedrock error: `x-amzn-errortype` and `{"message"}`; `error_type` overrides the name.
+/// Bedrock sends no `retry-after`, not even with a ThrottlingException: a caller backs off on
+/// its own.
 pub(crate) fn error(
     status: u16,
     error_type: Option<&str>,
     message: Option<&str>,
-    retry_after_secs: Option<u64>,
 ) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let name = error_type.unwrap_or(exception_name(code.as_u16()));
@@ -81,9 +82,6 @@ pub(crate) fn error(
     }
     if let Ok(v) = HeaderValue::from_str(&next_id("")) {
         headers.insert("x-amzn-requestid", v);
-    }
-    if let Some(secs) = retry_after_secs {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -147,7 +145,7 @@ pub(crate) fn authenticate(
     expected: Option<&AwsCredentials>,
     headers: &HeaderMap,
 ) -> Option<Response<Body>> {
-    let deny = |name: &str, message: &str| Some(error(403, Some(name), Some(message), None));
+    let deny = |name: &str, message: &str| Some(error(403, Some(name), Some(message)));
     let Some(auth) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -289,14 +287,7 @@ pub(crate) fn handle(
     body: &[u8],
     behaviour: &Behaviour,
 ) -> Response<Body> {
-    let not_found = || {
-        error(
-            404,
-            Some("UnknownOperationException"),
-            Some("Not found"),
-            None,
-        )
-    };
+    let not_found = || error(404, Some("UnknownOperationException"), Some("Not found"));
     if method != Method::POST {
         return not_found();
     }
@@ -318,7 +309,6 @@ pub(crate) fn handle(
                 400,
                 Some("SerializationException"),
                 Some("Unexpected JSON body"),
-                None,
             );
         }
     };
@@ -329,7 +319,6 @@ pub(crate) fn handle(
             Some(
                 "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null",
             ),
-            None,
         );
     };
     if messages
@@ -344,13 +333,12 @@ pub(crate) fn handle(
             Some(
                 "A conversation must start with a user message. Try again with a conversation that starts with a user message.",
             ),
-            None,
         );
     }
     if let Fault::StreamError { status, .. } = behaviour.fault
         && !stream
     {
-        return error(status, None, None, None);
+        return error(status, None, None);
     }
     let prompt = prompt(&request);
     let answer = Answer::plan(behaviour, &model, &prompt, "tooluse_");
@@ -437,10 +425,11 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
             .collect(),
     };
     let gate_from = events.len() + 1;
-    let (limit, cut, error_status) = match behaviour.fault {
-        Fault::CutAfter { chunks } => (chunks.min(deltas.len()), true, None),
-        Fault::StreamError { chunks, status } => (chunks.min(deltas.len()), false, Some(status)),
-        _ => (deltas.len(), false, None),
+    let cut = behaviour.fault.stream_cut(deltas.len());
+    let (limit, error_status) = match (cut, &behaviour.fault) {
+        (Some(cut), _) => (cut.chunks, None),
+        (None, &Fault::StreamError { chunks, status }) => (chunks.min(deltas.len()), Some(status)),
+        (None, _) => (deltas.len(), None),
     };
     if behaviour.fault == Fault::Garbage {
         // A prelude whose CRC does not match: no decoder accepts it.
@@ -461,7 +450,7 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
                 stream_exception(status),
                 &json!({"message": default_message(status)}),
             ));
-        } else if !cut {
+        } else if cut.is_none() {
             events.push(event(
                 "contentBlockStop",
                 &json!({"contentBlockIndex": 0, "p": "abcdef"}),
@@ -476,15 +465,7 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
             ));
         }
     }
-    let mut response = Response::new(body::events(
-        events,
-        Pacing {
-            delay: behaviour.chunk_delay,
-            gate: behaviour.gate.clone(),
-            gate_from,
-            cut,
-        },
-    ));
+    let mut response = Response::new(body::events(events, Pacing::of(behaviour, gate_from, cut)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -116,7 +116,8 @@ impl Behaviour {
         Self::default().with_fault(Fault::status(status))
     }
 
-    /// 429 `rate_limit_exceeded` with a `retry-after` header of `secs` seconds.
+    /// 429 in the flavour's shape, saying to wait `retry_after_secs` where the provider can (see
+    /// [`retry_after`](Self::retry_after)).
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self::status(429).retry_after(retry_after_secs)
     }
@@ -125,6 +126,24 @@ impl Behaviour {
     /// without the final chunks or `data: [DONE]`.
     pub fn cut_after(chunks: usize) -> Self {
         Self::default().with_fault(Fault::CutAfter { chunks })
+    }
+
+    /// Like [`cut_after`](Self::cut_after), but the cut falls inside the next event (SSE) or
+    /// frame (AWS event stream): its first half is sent, then the connection is aborted.
+    pub fn cut_inside(chunks: usize) -> Self {
+        Self::default().with_fault(Fault::CutInside {
+            chunks,
+            clean_end: false,
+        })
+    }
+
+    /// Like [`cut_inside`](Self::cut_inside), but the body then ends normally, as from a proxy
+    /// that cuts a response yet closes it properly: only the framing shows the truncation.
+    pub fn truncated(chunks: usize) -> Self {
+        Self::default().with_fault(Fault::CutInside {
+            chunks,
+            clean_end: true,
+        })
     }
 
     /// Send the headers and `chunks` content chunks, then the provider's in-stream error event
@@ -211,7 +230,10 @@ impl Behaviour {
         self
     }
 
-    /// Set `retry-after` on a [`Fault::Status`]; no effect on other faults.
+    /// Say how long to wait on a [`Fault::Status`], the way the flavour's provider does: the
+    /// `retry-after` header (OpenAI, Azure OpenAI, Anthropic) or a `google.rpc.RetryInfo` in the
+    /// error body (Gemini). Bedrock has no such field and sends nothing. No effect on other
+    /// faults.
     pub fn retry_after(mut self, secs: u64) -> Self {
         if let Fault::Status {
             retry_after_secs, ..
@@ -260,7 +282,8 @@ pub enum Fault {
         /// `error.param`.
         #[serde(default)]
         param: Option<String>,
-        /// `retry-after` header, in seconds.
+        /// How long to wait, in seconds, said as the provider says it (see
+        /// [`Behaviour::retry_after`]).
         #[serde(default)]
         retry_after_secs: Option<u64>,
     },
@@ -269,6 +292,17 @@ pub enum Fault {
     CutAfter {
         /// Content chunks sent before the cut.
         chunks: usize,
+    },
+    /// Send the role chunk, `chunks` content chunks and the first half of the next one, then abort
+    /// the connection (or, with `clean_end`, end the body normally). The half is of the next
+    /// content chunk, or of the last one when there are no more. A non-streamed answer gets half
+    /// its body.
+    CutInside {
+        /// Whole content chunks sent before the cut.
+        chunks: usize,
+        /// End the body normally after the half event instead of aborting the connection.
+        #[serde(default)]
+        clean_end: bool,
     },
     /// Send `chunks` content chunks, then the flavour's in-stream error for `status`.
     StreamError {
@@ -292,7 +326,36 @@ fn default_stream_error_status() -> u16 {
     500
 }
 
+/// How a cutting fault ends a stream of content chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamCut {
+    /// Content chunks sent (the last one only half when `half_last`).
+    pub(crate) chunks: usize,
+    /// The last event sent goes out half.
+    pub(crate) half_last: bool,
+    /// Abort the connection after it instead of ending the body.
+    pub(crate) abort: bool,
+}
+
 impl Fault {
+    /// The cut this fault makes in a stream of `total` content chunks; `None` for faults that
+    /// do not cut streams.
+    pub(crate) fn stream_cut(&self, total: usize) -> Option<StreamCut> {
+        match *self {
+            Fault::CutAfter { chunks } => Some(StreamCut {
+                chunks: chunks.min(total),
+                half_last: false,
+                abort: true,
+            }),
+            Fault::CutInside { chunks, clean_end } => Some(StreamCut {
+                chunks: (chunks + 1).min(total),
+                half_last: true,
+                abort: !clean_end,
+            }),
+            _ => None,
+        }
+    }
+
     /// [`Fault::Status`] with OpenAI's defaults for `status`.
     pub fn status(status: u16) -> Self {
         Fault::Status {

@@ -32,6 +32,26 @@ pub(crate) struct Pacing {
     pub(crate) gate_from: usize,
     /// After the last event, abort the connection instead of ending the body.
     pub(crate) cut: bool,
+    /// Send only the first half of the last event (a stream truncated inside an event or frame).
+    pub(crate) half_last: bool,
+}
+
+impl Pacing {
+    /// Pacing for `behaviour`'s stream, whose gate holds events from index `gate_from` on and
+    /// which is cut as `cut` says (see [`Fault::stream_cut`](crate::behaviour::Fault)).
+    pub(crate) fn of(
+        behaviour: &crate::behaviour::Behaviour,
+        gate_from: usize,
+        cut: Option<crate::behaviour::StreamCut>,
+    ) -> Self {
+        Self {
+            delay: behaviour.chunk_delay,
+            gate: behaviour.gate.clone(),
+            gate_from,
+            cut: cut.is_some_and(|c| c.abort),
+            half_last: cut.is_some_and(|c| c.half_last),
+        }
+    }
 }
 
 struct EventsState {
@@ -79,6 +99,11 @@ pub(crate) fn events(events: Vec<Bytes>, pacing: Pacing) -> Body {
             gate.pass().await;
         }
         st.index += 1;
+        let event = if st.pacing.half_last && st.events.len() == 0 {
+            event.slice(..event.len() / 2)
+        } else {
+            event
+        };
         Some((Ok(Frame::data(event)), st))
     });
     StreamBody::new(frames).boxed()
@@ -147,7 +172,7 @@ pub(crate) fn json_response(
 }
 
 /// A 200 JSON answer, damaged as `fault` asks (garbage: not JSON; cut: half the body, then an
-/// aborted connection).
+/// aborted connection, or a normal end for a clean-ended truncation).
 pub(crate) fn success_json(
     value: &impl serde::Serialize,
     fault: &crate::behaviour::Fault,
@@ -159,7 +184,13 @@ pub(crate) fn success_json(
         Fault::Garbage => full(Bytes::from_static(
             b"{\"id\": \"garbage\", \"content\": [<<not json",
         )),
-        Fault::CutAfter { .. } => truncated(bytes),
+        Fault::CutAfter { .. }
+        | Fault::CutInside {
+            clean_end: false, ..
+        } => truncated(bytes),
+        Fault::CutInside {
+            clean_end: true, ..
+        } => full(bytes.slice(..bytes.len() / 2)),
         _ => full(bytes),
     };
     response

@@ -56,6 +56,11 @@ fn error_value(status: u16, message: Option<&str>, status_text: Option<&str>) ->
 }
 
 /// A Gemini error response for `status`; `status_text` overrides `error.status`.
+///
+/// Gemini sends no `retry-after` header. A quota 429 says how long to wait in the body instead:
+/// `details` holds a `google.rpc.QuotaFailure`, a `google.rpc.Help` and a `google.rpc.RetryInfo`
+/// whose `retryDelay` is a protobuf Duration (`"37s"`); `retry_after_secs` adds those. Without it
+/// the 429 has no details, as Gemini's "Resource has been exhausted" answers do.
 pub(crate) fn error(
     status: u16,
     status_text: Option<&str>,
@@ -63,13 +68,29 @@ pub(crate) fn error(
     retry_after_secs: Option<u64>,
 ) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = body::json_response(code, &error_value(code.as_u16(), message, status_text));
+    let mut value = error_value(code.as_u16(), message, status_text);
     if let Some(secs) = retry_after_secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        value["error"]["details"] = json!([
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                    "quotaDimensions": {"location": "global", "model": "mock"},
+                    "quotaValue": "60",
+                }],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [{
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")},
+        ]);
     }
-    response
+    body::json_response(code, &value)
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -298,10 +319,11 @@ fn stream_response(
         pieces.push((json!([{"text": ""}]), 0));
     }
     let total = pieces.len();
-    let (limit, cut, error_status) = match behaviour.fault {
-        Fault::CutAfter { chunks } => (chunks.min(total), true, None),
-        Fault::StreamError { chunks, status } => (chunks.min(total), false, Some(status)),
-        _ => (total, false, None),
+    let cut = behaviour.fault.stream_cut(total);
+    let (limit, error_status) = match (cut, &behaviour.fault) {
+        (Some(cut), _) => (cut.chunks, None),
+        (None, &Fault::StreamError { chunks, status }) => (chunks.min(total), Some(status)),
+        (None, _) => (total, None),
     };
     let mut values: Vec<Value> = pieces
         .into_iter()
@@ -337,7 +359,7 @@ fn stream_response(
             buf.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
             events.push(Bytes::from(buf));
         }
-        if !cut {
+        if cut.is_none() {
             events.push(Bytes::from_static(if values.is_empty() {
                 b"[]"
             } else {
@@ -345,12 +367,7 @@ fn stream_response(
             }));
         }
     }
-    let pacing = Pacing {
-        delay: behaviour.chunk_delay,
-        gate: behaviour.gate.clone(),
-        gate_from: 1,
-        cut,
-    };
+    let pacing = Pacing::of(behaviour, 1, cut);
     if sse {
         body::sse_response(events, pacing)
     } else {

@@ -80,11 +80,17 @@ fn success_json(json: Bytes, fault: &Fault) -> Response<Body> {
                 b"{\"id\": \"chatcmpl-garbage\", \"choices\": [{\"index\": 0, <<not json",
             ),
         ),
-        Fault::CutAfter { .. } => {
+        Fault::CutAfter { .. }
+        | Fault::CutInside {
+            clean_end: false, ..
+        } => {
             let mut response = json_response(StatusCode::OK, Bytes::new());
             *response.body_mut() = body::truncated(json);
             response
         }
+        Fault::CutInside {
+            clean_end: true, ..
+        } => json_response(StatusCode::OK, json.slice(..json.len() / 2)),
         _ => json_response(StatusCode::OK, json),
     }
 }

@@ -258,12 +258,10 @@ fn api_response(
             retry_after_secs,
         } => {
             return match flavor {
-                Flavor::Bedrock => bedrock::error(
-                    *status,
-                    error_type.as_deref(),
-                    message.as_deref(),
-                    *retry_after_secs,
-                ),
+                // Bedrock has no way to say how long to wait: `retry_after_secs` is not sent.
+                Flavor::Bedrock => {
+                    bedrock::error(*status, error_type.as_deref(), message.as_deref())
+                }
                 Flavor::Gemini => gemini::error(
                     *status,
                     error_type.as_deref(),

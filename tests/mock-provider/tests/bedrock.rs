@@ -236,6 +236,16 @@ async fn auth_and_errors() {
     );
     assert!(resp.json::<Value>().await.unwrap()["message"].is_string());
 
+    // Bedrock says no delay, whatever the behaviour asks for.
+    mock.push(Behaviour::rate_limited(5));
+    let resp = post(&mock, "converse", "AKIDMOCK", &body()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    assert_eq!(
+        error_type(&resp).split(':').next(),
+        Some("ThrottlingException")
+    );
+
     for (status, name) in [
         (429, "ThrottlingException"),
         (500, "InternalServerException"),
@@ -269,6 +279,28 @@ async fn auth_and_errors() {
     assert!(last.2["message"].is_string());
 
     mock.push(Behaviour::cut_after(1));
+    assert!(
+        post(&mock, "converse-stream", "AKIDMOCK", &body())
+            .await
+            .bytes()
+            .await
+            .is_err()
+    );
+
+    // A truncation inside a frame: whole frames, then half of one.
+    mock.push(Behaviour::truncated(1));
+    let bytes = post(&mock, "converse-stream", "AKIDMOCK", &body())
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let mut buf = &bytes[..];
+    read_message_from(&mut buf).unwrap(); // messageStart
+    read_message_from(&mut buf).unwrap(); // one contentBlockDelta
+    assert!(!buf.is_empty());
+    assert!(read_message_from(&mut buf).is_err(), "half a frame");
+
+    mock.push(Behaviour::cut_inside(1));
     assert!(
         post(&mock, "converse-stream", "AKIDMOCK", &body())
             .await

@@ -232,3 +232,52 @@ async fn keys_and_error_shapes() {
     let resp = post(&mock, "streamGenerateContent?alt=sse", Some("gm"), &body()).await;
     assert!(resp.text().await.is_err());
 }
+
+#[tokio::test]
+async fn rate_limits_say_the_delay_in_the_body_not_a_header() {
+    let mock = MockProvider::with_api_key("gm").start().await.unwrap();
+    mock.push(Behaviour::rate_limited(37));
+    let resp = post(&mock, "generateContent", Some("gm"), &body()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+    let details = v["error"]["details"].as_array().unwrap();
+    let retry = details
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+        .unwrap();
+    assert_eq!(retry["retryDelay"], "37s");
+    assert!(
+        details
+            .iter()
+            .any(|d| d["@type"] == "type.googleapis.com/google.rpc.QuotaFailure")
+    );
+
+    // Without a delay: a bare RESOURCE_EXHAUSTED.
+    mock.push(Behaviour::status(429));
+    let resp = post(&mock, "generateContent", Some("gm"), &body()).await;
+    assert!(resp.headers().get("retry-after").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].get("details").is_none(), "{v}");
+}
+
+#[tokio::test]
+async fn truncated_streams_end_inside_an_event() {
+    let mock = MockProvider::with_api_key("gm").start().await.unwrap();
+    // Clean end: the body finishes normally, half an event short.
+    mock.push(Behaviour::truncated(1));
+    let text = post(&mock, "streamGenerateContent?alt=sse", Some("gm"), &body())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (whole, partial) = text.rsplit_once("\r\n\r\n").unwrap();
+    assert_eq!(sse(&format!("{whole}\r\n\r\n")).len(), 1);
+    assert!(partial.starts_with("data: {"), "{partial:?}");
+    assert!(serde_json::from_str::<Value>(&partial[6..]).is_err());
+
+    mock.push(Behaviour::cut_inside(1));
+    let resp = post(&mock, "streamGenerateContent?alt=sse", Some("gm"), &body()).await;
+    assert!(resp.text().await.is_err());
+}

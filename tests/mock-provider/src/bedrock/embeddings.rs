@@ -60,7 +60,6 @@ fn malformed(detail: &str) -> Response<Body> {
         Some(&format!(
             "Malformed input request: {detail}, please reformat your input and try again."
         )),
-        None,
     )
 }
 
@@ -74,19 +73,14 @@ fn extraneous(request: &Map<String, Value>, allowed: &[&str]) -> Result<(), Stri
 /// `POST /model/{model}/invoke` (model already percent-decoded).
 pub(crate) fn invoke(model: &str, body: &[u8], behaviour: &Behaviour) -> Response<Body> {
     let Some(family) = Family::of(model) else {
-        return error(
-            400,
-            None,
-            Some("The provided model identifier is invalid."),
-            None,
-        );
+        return error(400, None, Some("The provided model identifier is invalid."));
     };
     let request = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         _ => return malformed("#: expected type: JSONObject"),
     };
     if let Fault::StreamError { status, .. } = behaviour.fault {
-        return error(status, None, None, None);
+        return error(status, None, None);
     }
     let answer = match family {
         Family::TitanV2 | Family::TitanV1 => titan(family, &request),

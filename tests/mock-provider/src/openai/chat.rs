@@ -526,7 +526,7 @@ impl StreamAnswer<'_> {
             },
             None,
         ));
-        let mut cut = false;
+        let mut cut = None;
         if behaviour.fault == Fault::Garbage {
             events.push(Bytes::from_static(
                 b"data: {\"id\": \"chatcmpl-garbage\", <<not json\n\n",
@@ -550,13 +550,13 @@ impl StreamAnswer<'_> {
                     })
                     .collect(),
             };
-            let (limit, error_status) = match behaviour.fault {
-                Fault::CutAfter { chunks } => {
-                    cut = true;
-                    (chunks.min(deltas.len()), None)
+            cut = behaviour.fault.stream_cut(deltas.len());
+            let (limit, error_status) = match (cut, &behaviour.fault) {
+                (Some(cut), _) => (cut.chunks, None),
+                (None, &Fault::StreamError { chunks, status }) => {
+                    (chunks.min(deltas.len()), Some(status))
                 }
-                Fault::StreamError { chunks, status } => (chunks.min(deltas.len()), Some(status)),
-                _ => (deltas.len(), None),
+                (None, _) => (deltas.len(), None),
             };
             events.extend(deltas.into_iter().take(limit));
             if let Some(status) = error_status {
@@ -566,7 +566,7 @@ impl StreamAnswer<'_> {
                 event.extend_from_slice(&error.body());
                 event.extend_from_slice(b"\n\n");
                 events.push(Bytes::from(event));
-            } else if !cut {
+            } else if cut.is_none() {
                 events.push(self.chunk(Delta::default(), Some(self.finish_reason)));
                 if let Some(usage) = self.usage {
                     events.push(sse_event(&Chunk {
@@ -584,13 +584,8 @@ impl StreamAnswer<'_> {
                 events.push(Bytes::from_static(DONE));
             }
         }
-        let pacing = Pacing {
-            delay: behaviour.chunk_delay,
-            gate: behaviour.gate.clone(),
-            // The role chunk and the first content chunk pass; the gate holds the rest.
-            gate_from: if self.azure { 3 } else { 2 },
-            cut,
-        };
+        // The role chunk and the first content chunk pass; the gate holds the rest.
+        let pacing = Pacing::of(behaviour, if self.azure { 3 } else { 2 }, cut);
         let mut response = Response::new(body::events(events, pacing));
         let headers = response.headers_mut();
         headers.insert(
