@@ -47,16 +47,24 @@ pub enum FirstEvent {
     Invalid(&'static str),
 }
 
-/// Check the first complete event in `buf` (used before committing: a bad start may still fail
-/// over to another target).
+/// Check the first complete event in `buf` that carries data (used before committing: a bad
+/// start may still fail over to another target). Comments and empty events before it (keep-alives
+/// some upstreams send while the model has not produced anything) are skipped: they are not a
+/// first token, so the stream is not committed on them and `firstToken` keeps counting.
 pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
-    let Some(end) = event_end(buf) else {
-        return FirstEvent::Incomplete;
-    };
-    match inspect(&buf[..end], dialect) {
-        Ok(Event::Error) => FirstEvent::Invalid("the stream started with an error event"),
-        Ok(_) => FirstEvent::Valid,
-        Err(reason) => FirstEvent::Invalid(reason),
+    let mut start = 0;
+    loop {
+        let Some(len) = event_end(&buf[start..]) else {
+            return FirstEvent::Incomplete;
+        };
+        match inspect(&buf[start..start + len], dialect) {
+            Ok(Event::Empty) => start += len,
+            Ok(Event::Error) => {
+                return FirstEvent::Invalid("the stream started with an error event");
+            }
+            Ok(_) => return FirstEvent::Valid,
+            Err(reason) => return FirstEvent::Invalid(reason),
+        }
     }
 }
 
@@ -514,6 +522,22 @@ mod tests {
     }
 
     #[test]
+    fn first_event_skips_keep_alive_comments() {
+        assert!(matches!(
+            first_event(b": keep-alive\n\n: still working\n\n", Dialect::OpenAi),
+            FirstEvent::Incomplete
+        ));
+        assert!(matches!(
+            first_event(b": keep-alive\n\ndata: {\"id\":1}\n\n", Dialect::OpenAi),
+            FirstEvent::Valid
+        ));
+        assert!(matches!(
+            first_event(b": keep-alive\n\ndata: <html>\n\n", Dialect::OpenAi),
+            FirstEvent::Invalid(_)
+        ));
+    }
+
+    #[test]
     fn first_event_judges_only_a_complete_event() {
         assert!(matches!(
             first_event(b"data: {\"id\":", Dialect::OpenAi),
@@ -533,10 +557,6 @@ mod tests {
                 Dialect::OpenAi
             ),
             FirstEvent::Invalid(_)
-        ));
-        assert!(matches!(
-            first_event(b": keep-alive\n\n", Dialect::OpenAi),
-            FirstEvent::Valid
         ));
     }
 

@@ -248,17 +248,18 @@ impl Gateway {
             // A request the target cannot express is the client's error: 400, not another attempt.
             let outgoing = providers::outgoing(provider, &target.model, &inbound)?;
             ctx.attempts += 1;
-            let limit_ms = if ctx.stream {
-                timeouts.first_token_ms.unwrap_or(timeouts.attempt_ms)
-            } else {
-                timeouts.attempt_ms
+            // The attempt limit covers the response headers (and a buffered body); a stream's
+            // first event must also come within firstToken (default: the attempt limit).
+            let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
+            let limit = match (ctx.stream, timeouts.first_token_ms) {
+                (true, Some(ms)) => Duration::from_millis(ms).min(remaining),
+                _ => attempt_limit,
             };
-            let limit = Duration::from_millis(limit_ms).min(remaining);
             let sent = Instant::now();
             let warnings = outgoing.warnings.clone();
             let result = tokio::time::timeout(
                 limit,
-                self.attempt(provider, &target.model, &inbound, outgoing),
+                self.attempt(provider, &target.model, &inbound, outgoing, attempt_limit),
             )
             .await;
             ctx.upstream_wait += sent.elapsed();
@@ -320,12 +321,16 @@ impl Gateway {
         model: &str,
         inbound: &Inbound,
         outgoing: providers::Outgoing,
+        headers_limit: Duration,
     ) -> Result<Answer, AttemptError> {
         let providers::Outgoing {
             uri, body, more, ..
         } = outgoing;
         if inbound.stream {
-            let response = match self.send(provider, uri, body, true).await? {
+            let sent = tokio::time::timeout(headers_limit, self.send(provider, uri, body, true))
+                .await
+                .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
+            let response = match sent? {
                 Ok(response) => response,
                 Err(refused) => return Ok(refused),
             };

@@ -104,7 +104,7 @@ async fn anthropic_timeout(resp: reqwest::Response, attempts: &str, what: &str) 
     );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["type"], "error", "{what}: {body}");
-    assert_eq!(body["error"]["type"], "api_error", "{what}: {body}");
+    assert_eq!(body["error"]["type"], "timeout_error", "{what}: {body}");
     assert!(body.get("code").is_none(), "anthropic shape: {body}");
     body["error"]["message"].as_str().unwrap().to_string()
 }
@@ -196,9 +196,10 @@ async fn first_token_timeout_fails_over_a_stream_that_has_not_started() {
 }
 
 /// An upstream that answers every request at once with the head of an event stream and then
-/// sends nothing, holding the connection until the caller drops it: headers on time, first
-/// event never. Returns its base URL and how many requests it got.
-async fn silent_stream_upstream() -> (String, Arc<AtomicUsize>) {
+/// sends no event (only, with `keep_alive`, an SSE comment every 50 ms), holding the connection
+/// until the caller drops it: headers on time, first event never. Returns its base URL and how
+/// many requests it got.
+async fn silent_stream_upstream(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
@@ -221,10 +222,26 @@ async fn silent_stream_upstream() -> (String, Arc<AtomicUsize>) {
                 if conn.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
-                // Swallow the request body; end when the caller hangs up.
-                while let Ok(n) = conn.read(&mut buf).await {
-                    if n == 0 {
-                        return;
+                // Swallow the request body (sending keep-alives meanwhile); end when the caller
+                // hangs up.
+                let comment = b": keep-alive\n\n";
+                let chunk = [
+                    format!("{:x}\r\n", comment.len()).as_bytes(),
+                    comment,
+                    b"\r\n",
+                ]
+                .concat();
+                loop {
+                    tokio::select! {
+                        read = conn.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        },
+                        () = tokio::time::sleep(Duration::from_millis(50)), if keep_alive => {
+                            if conn.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             });
@@ -235,7 +252,16 @@ async fn silent_stream_upstream() -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn first_token_counts_until_the_first_event_not_the_response_headers() {
-    let (silent, silent_count) = silent_stream_upstream().await;
+    first_token_fails_over_a_stream_without_events(false).await;
+}
+
+#[tokio::test]
+async fn keep_alive_comments_are_not_a_first_token() {
+    first_token_fails_over_a_stream_without_events(true).await;
+}
+
+async fn first_token_fails_over_a_stream_without_events(keep_alive: bool) {
+    let (silent, silent_count) = silent_stream_upstream(keep_alive).await;
     let secondary = MockProvider::start().await.unwrap();
     let manifests = [
         provider("primary", &silent, None),
@@ -421,4 +447,29 @@ async fn the_request_deadline_bounds_the_attempts_together() {
     assert_eq!(mocks[0].request_count(), 3);
     assert_eq!(mocks[1].request_count(), 3);
     assert_eq!(mocks[2].request_count(), 0, "no attempt past the deadline");
+}
+
+#[tokio::test]
+async fn the_attempt_limit_bounds_a_streams_response_headers_even_with_a_longer_first_token() {
+    let (mocks, sidecar) = setup(
+        &["primary", "secondary"],
+        2,
+        "{attempt: 300ms, firstToken: 20s, request: 30s}",
+    )
+    .await;
+    // Headers only after 5 s: the attempt limit (300 ms) ends the attempt long before firstToken
+    // (20 s) would, and the stream fails over.
+    mocks[0].push(Behaviour::normal().latency(Duration::from_secs(5)));
+    let start = Instant::now();
+    let resp = sidecar.chat("chat", true).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-gatehouse-provider"), Some("secondary"));
+    assert_eq!(header(&resp, "x-gatehouse-attempts"), Some("2"));
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }

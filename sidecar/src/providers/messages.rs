@@ -358,6 +358,7 @@ pub fn error_type(status: StatusCode) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 | 503 => "overloaded_error",
+        504 => "timeout_error",
         _ => "api_error",
     }
 }
