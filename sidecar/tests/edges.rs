@@ -29,15 +29,7 @@ spec:
 /// Poll `/metrics` until the source has rejected a config at least once.
 async fn wait_rejected(sidecar: &Sidecar) {
     for _ in 0..200 {
-        let metrics = sidecar
-            .client
-            .get(sidecar.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = sidecar.metrics().await;
         if metrics.contains(r#"gatehouse_config_reloads_total{result="error"}"#) {
             return;
         }

@@ -290,15 +290,7 @@ async fn garbage_from_every_flavour_is_a_clean_502_or_an_error_event() {
     assert_eq!(rows, FLAVOURS.len() * garbage.len() * 2 * 2);
 
     // Every broken stream was counted as such.
-    let metrics = sidecar
-        .client
-        .get(sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sidecar.metrics().await;
     for (kind, _, _) in FLAVOURS {
         let streams = garbage
             .iter()

@@ -797,15 +797,7 @@ async fn credential_refusals_fail_over_and_end_as_a_502_naming_the_provider_reas
             assert_eq!(seen[1].path, "/v1/chat/completions", "{case}");
         }
     }
-    let metrics = sidecar
-        .client
-        .get(sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sidecar.metrics().await;
     assert!(
         metrics.contains(
             r#"gatehouse_upstream_attempts_total{provider="gemini",outcome="auth_failed"} 4"#

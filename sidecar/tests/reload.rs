@@ -123,17 +123,6 @@ async fn an_invalid_edit_keeps_the_last_good_config() {
     let sidecar = Sidecar::start(&format!("{base}{}", route_to("good"))).await;
     assert_eq!(served_model(&sidecar).await.as_deref(), Some("good"));
 
-    let metrics = || async {
-        sidecar
-            .client
-            .get(sidecar.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let bad_edits = [
         "this: is: not: yaml: [".to_string(),
         format!(
@@ -148,7 +137,7 @@ async fn an_invalid_edit_keeps_the_last_good_config() {
             i + 1
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !metrics().await.contains(&expected) {
+        while !sidecar.metrics().await.contains(&expected) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "edit {i} was not rejected"

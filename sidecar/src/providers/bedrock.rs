@@ -72,11 +72,7 @@ pub fn outgoing(
     } else {
         "converse"
     };
-    let uri: Uri = format!("{}/model/{}/{action}", provider.base, path_segment(model))
-        .parse()
-        .map_err(|_| {
-            ProxyError::InvalidRequest(format!("model id '{model}' does not make a valid URL"))
-        })?;
+    let uri = model_uri(provider, model, action)?;
     Ok(Outgoing {
         uri,
         body: serde_json::to_vec(&body)
@@ -85,6 +81,16 @@ pub fn outgoing(
         more: Vec::new(),
         warnings,
     })
+}
+
+/// `{endpoint}/model/{modelId}/{action}`, the model id percent-encoded as one path segment (an
+/// ARN's `/` included).
+fn model_uri(provider: &Provider, model: &str, action: &str) -> Result<Uri, ProxyError> {
+    format!("{}/model/{}/{action}", provider.base, path_segment(model))
+        .parse()
+        .map_err(|_| {
+            ProxyError::InvalidRequest(format!("model id '{model}' does not make a valid URL"))
+        })
 }
 
 /// The translation itself (pure; golden-tested).

@@ -69,6 +69,18 @@ impl Sidecar {
         format!("http://{}{}", self.running.admin_addr, path)
     }
 
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn chat(&self, model: &str, stream: bool) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))

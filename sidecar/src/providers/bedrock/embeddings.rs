@@ -22,11 +22,10 @@
 //! attempt; the answers are joined in input order.
 
 use bytes::Bytes;
-use http::Uri;
 use serde_json::{Map, Value, json};
 
 use crate::error::ProxyError;
-use crate::providers::{Outgoing, path_segment, warn_unhandled};
+use crate::providers::{Outgoing, warn_unhandled};
 use crate::state::Provider;
 
 /// Most inputs one request may carry (OpenAI's own limit for `/v1/embeddings`).
@@ -113,11 +112,7 @@ pub fn outgoing(
             "'input' must not be empty".to_string(),
         ));
     };
-    let uri: Uri = format!("{}/model/{}/invoke", provider.base, path_segment(model))
-        .parse()
-        .map_err(|_| {
-            ProxyError::InvalidRequest(format!("model id '{model}' does not make a valid URL"))
-        })?;
+    let uri = super::model_uri(provider, model, "invoke")?;
     Ok(Outgoing {
         uri,
         body,
