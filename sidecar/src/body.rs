@@ -216,6 +216,10 @@ pin_project! {
         dialect: Dialect,
         translate: Option<Translate>,
         upstream_done: bool,
+        // Scheduler passes waited for the upstream connection's next frame since the last one.
+        idle_yields: u8,
+        // Writes of events so far (counted up to UNBATCHED_WRITES).
+        writes: u8,
         failure: Option<String>,
         saw_done: bool,
         finished: bool,
@@ -263,6 +267,8 @@ impl SseRelay {
             dialect,
             translate,
             upstream_done: false,
+            idle_yields: 0,
+            writes: 0,
             failure: None,
             saw_done: false,
             finished: false,
@@ -310,6 +316,9 @@ impl SseRelayProj<'_> {
             valid += len;
         }
         let events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        if events.is_some() && *self.writes < UNBATCHED_WRITES {
+            *self.writes += 1;
+        }
         if *self.finished {
             // Whatever follows an invalid or error event is never relayed.
             self.buf.clear();
@@ -386,10 +395,27 @@ impl Body for SseRelay {
                 continue;
             }
             // Drain every frame the upstream already has before answering: events that arrived
-            // together leave together, in one write, instead of one syscall per event. Nothing
-            // waits for data that is not there yet, so this adds no latency.
+            // together leave together, in one write, instead of one syscall per event. The
+            // upstream connection runs in a task of its own and hands its body over one frame at
+            // a time, so "nothing more yet" may only mean that task has not run since the last
+            // frame: while frames keep coming, give it a couple of scheduler passes before
+            // writing. Nothing waits long for data that is not there yet.
             match this.upstream.as_mut().poll_frame(cx) {
                 Poll::Pending => {
+                    // Wait for more only after the first writes (what a user feels is the time to
+                    // the first token: those go out at once) and while frames keep coming.
+                    if *this.writes >= UNBATCHED_WRITES
+                        && !this.buf.is_empty()
+                        && *this.idle_yields < IDLE_YIELDS
+                    {
+                        *this.idle_yields += 1;
+                        // A deferred wake (tokio's yield): the upstream connection's task runs
+                        // before this one does again. A plain self-wake would run this task first.
+                        let yielding = std::pin::pin!(tokio::task::yield_now());
+                        if yielding.poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
                     if let Some(events) = this.take_events() {
                         return Poll::Ready(Some(Ok(Frame::data(events))));
                     }
@@ -399,6 +425,7 @@ impl Body for SseRelay {
                     return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(frame))) => {
+                    *this.idle_yields = 0;
                     // Trailers are not part of the SSE contract; only data is kept.
                     if let Ok(data) = frame.into_data() {
                         match this.translate.as_mut() {
@@ -453,6 +480,16 @@ impl Body for SseRelay {
 
 /// Forward buffered events once this much is waiting, even if the upstream has more ready.
 const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// How many scheduler passes the relay waits for the upstream connection's task to hand over its
+/// next frame before writing what it has: the task needs two (measured), and a stream whose events
+/// really are spaced out pays only these passes, microseconds, per write.
+const IDLE_YIELDS: u8 = 2;
+
+/// The first writes of a stream are never held back for batching: a stream usually starts with a
+/// role (or message-start) event and then the first text, and the time to that text is what a
+/// user waits for.
+const UNBATCHED_WRITES: u8 = 2;
 
 /// The body of every response the proxy sends.
 #[derive(Debug)]
