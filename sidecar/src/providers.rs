@@ -85,9 +85,19 @@ pub struct Inbound {
     pub stream: bool,
     /// Warnings from translating the inbound request.
     pub warnings: Vec<String>,
+    /// An Anthropic client's `anthropic-beta` header, forwarded to Anthropic targets only.
+    pub anthropic_beta: Option<http::HeaderValue>,
 }
 
 impl Inbound {
+    /// The `anthropic-beta` header to send to a provider of `kind`: only an Anthropic client's,
+    /// only to Anthropic.
+    pub fn beta_for(&self, kind: ProviderKind) -> Option<&http::HeaderValue> {
+        (self.dialect == Dialect::Anthropic && kind == ProviderKind::Anthropic)
+            .then_some(self.anthropic_beta.as_ref())
+            .flatten()
+    }
+
     /// Whether the client wants the usage chunk at the end of an OpenAI stream.
     pub fn include_usage(&self) -> bool {
         self.dialect == Dialect::OpenAi
@@ -119,6 +129,22 @@ pub fn is_openai_wire(kind: ProviderKind) -> bool {
 /// Build the upstream request for one attempt at `provider` with upstream model `model`.
 /// A request the provider cannot express is a 400 naming the parameter.
 pub fn outgoing(
+    provider: &Provider,
+    model: &str,
+    inbound: &Inbound,
+) -> Result<Outgoing, ProxyError> {
+    let mut out = outgoing_body(provider, model, inbound)?;
+    if inbound.anthropic_beta.is_some() && inbound.beta_for(provider.kind).is_none() {
+        out.warnings.push(format!(
+            "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
+            provider.name,
+            provider.kind.as_str()
+        ));
+    }
+    Ok(out)
+}
+
+fn outgoing_body(
     provider: &Provider,
     model: &str,
     inbound: &Inbound,

@@ -192,8 +192,12 @@ impl Gateway {
         ctx: &mut Context,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        let anthropic_beta = req.headers().get("anthropic-beta").cloned();
         let body = read_body(req, self.settings.max_body_bytes).await?;
-        let (inbound, alias) = parse_inbound(&body, op, ctx.dialect)?;
+        let (mut inbound, alias) = parse_inbound(&body, op, ctx.dialect)?;
+        if ctx.dialect == Dialect::Anthropic {
+            inbound.anthropic_beta = anthropic_beta;
+        }
         ctx.stream = inbound.stream;
         ctx.warnings.extend(inbound.warnings.iter().cloned());
         let route = snapshot
@@ -327,9 +331,11 @@ impl Gateway {
             uri, body, more, ..
         } = outgoing;
         if inbound.stream {
-            let sent = tokio::time::timeout(headers_limit, self.send(provider, uri, body, true))
-                .await
-                .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
+            let beta = inbound.beta_for(provider.kind);
+            let sent =
+                tokio::time::timeout(headers_limit, self.send(provider, uri, body, true, beta))
+                    .await
+                    .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
             let response = match sent? {
                 Ok(response) => response,
                 Err(refused) => return Ok(refused),
@@ -345,9 +351,9 @@ impl Gateway {
         }
         // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
         // or refusal ends the attempt and drops the calls still in flight.
-        let calls = std::iter::once(body)
-            .chain(more)
-            .map(|body| self.buffered_call(provider, uri.clone(), body));
+        let calls = std::iter::once(body).chain(more).map(|body| {
+            self.buffered_call(provider, uri.clone(), body, inbound.beta_for(provider.kind))
+        });
         let replies: Vec<providers::Reply> = match futures::stream::iter(calls)
             .buffered(FAN_OUT)
             .try_collect()
@@ -366,9 +372,10 @@ impl Gateway {
         provider: &Provider,
         uri: http::Uri,
         body: Bytes,
+        anthropic_beta: Option<&HeaderValue>,
     ) -> Result<providers::Reply, Halt> {
         let response = self
-            .send(provider, uri, body, false)
+            .send(provider, uri, body, false, anthropic_beta)
             .await?
             .map_err(Halt::Refused)?;
         let input_tokens = response
@@ -396,6 +403,7 @@ impl Gateway {
         uri: http::Uri,
         body: Bytes,
         stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
     ) -> Result<Result<Response<Incoming>, Answer>, AttemptError> {
         let mut builder = Request::post(uri)
             .header(CONTENT_TYPE, "application/json")
@@ -410,6 +418,9 @@ impl Gateway {
             );
         if provider.kind == gatehouse_crds::config::ProviderKind::Anthropic {
             builder = builder.header("anthropic-version", providers::anthropic::VERSION);
+        }
+        if let Some(beta) = anthropic_beta {
+            builder = builder.header("anthropic-beta", beta.clone());
         }
         match &provider.credentials {
             Credentials::None | Credentials::Aws(_) => {}
@@ -740,6 +751,7 @@ fn parse_inbound(
             native: None,
             stream,
             warnings: Vec::new(),
+            anthropic_beta: None,
         },
         Dialect::Anthropic => {
             let (openai, warnings) = messages::to_openai(&map)?;
@@ -750,6 +762,7 @@ fn parse_inbound(
                 native: Some(map),
                 stream,
                 warnings,
+                anthropic_beta: None,
             }
         }
     };

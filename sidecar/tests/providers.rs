@@ -919,3 +919,59 @@ async fn rate_limits_answer_429_with_the_delay_each_provider_gave_or_one_second(
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
 }
+
+#[tokio::test]
+async fn anthropic_beta_reaches_anthropic_targets_only() {
+    const BETA: &str = "prompt-caching-2024-07-31,token-efficient-tools-2025-02-19";
+    let request = json!({"model": "chat", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let with_beta = |sidecar: &Sidecar, path: &str, body: Value| {
+        sidecar
+            .client
+            .post(sidecar.url(path))
+            .header("anthropic-beta", BETA)
+            .json(&body)
+            .send()
+    };
+
+    // An Anthropic client to an Anthropic target: the header goes along, buffered and streamed.
+    let (mock, sidecar) = anthropic().await;
+    for stream in [false, true] {
+        let mut body = request.clone();
+        body["stream"] = json!(stream);
+        let resp = with_beta(&sidecar, "/v1/messages", body).await.unwrap();
+        assert_eq!(resp.status(), 200, "stream {stream}");
+        assert_eq!(header(&resp, "x-gatehouse-warning"), None);
+        resp.bytes().await.unwrap();
+        let seen = mock.last_request().unwrap();
+        assert_eq!(seen.header("anthropic-beta"), Some(BETA), "stream {stream}");
+        assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+    }
+    // Without the header, none is invented.
+    post(&sidecar, "/v1/messages", request.clone()).await;
+    assert_eq!(mock.last_request().unwrap().header("anthropic-beta"), None);
+    // An OpenAI client's stray anthropic-beta header is not forwarded (it is not that API).
+    let resp = with_beta(
+        &sidecar,
+        "/v1/chat/completions",
+        json!({"model": "chat", "messages": [{"role": "user", "content": "Say hello"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.last_request().unwrap().header("anthropic-beta"), None);
+
+    // An Anthropic client routed to an OpenAI target: not forwarded, and the client is told.
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let sidecar = Sidecar::start(&manifests("openai", &mock.base_url(), "gpt-4o-mini", "")).await;
+    let resp = with_beta(&sidecar, "/v1/messages", request).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let warning = header(&resp, "x-gatehouse-warning")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        warning.contains("anthropic-beta not forwarded"),
+        "{warning}"
+    );
+    assert_eq!(mock.last_request().unwrap().header("anthropic-beta"), None);
+}

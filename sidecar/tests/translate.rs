@@ -66,6 +66,7 @@ fn inbound(dialect: Dialect, req: Map<String, Value>, stream: bool) -> Inbound {
         native: None,
         stream,
         warnings: Vec::new(),
+        anthropic_beta: None,
     }
 }
 
