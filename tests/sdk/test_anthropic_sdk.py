@@ -125,3 +125,24 @@ def test_errors(client, provider):
             model=f"via-{provider.name}", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
     assert err.value.response.headers.get("retry-after") == EXPECTED_RETRY_AFTER[provider.name]
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_beta_header(client, provider):
+    """`client.beta.messages` sends `anthropic-beta`: forwarded to Anthropic, reported elsewhere."""
+    raw = client.beta.messages.with_raw_response.create(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        betas=["token-efficient-tools-2025-02-19"],
+        messages=[{"role": "user", "content": "Say hello to the gateway"}],
+    )
+    msg = raw.parse()
+    assert msg.content[0].text == expected_text(provider)
+    sent = provider.requests()[-1]["headers"]
+    warning = raw.headers.get("x-gatehouse-warning") or ""
+    if provider.type == "anthropic":
+        assert sent.get("anthropic-beta") == "token-efficient-tools-2025-02-19"
+        assert "anthropic-beta" not in warning
+    else:
+        assert "anthropic-beta" not in sent
+        assert "anthropic-beta not forwarded" in warning
