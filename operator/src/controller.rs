@@ -27,7 +27,7 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::metrics::{Metrics, WatchLabels};
+use crate::metrics::Metrics;
 use crate::namespace::{self, Context, secret_is_referenced};
 use crate::objects::{KEYS_NAME, MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
 
@@ -112,10 +112,7 @@ fn without_errors<K: Send + 'static>(
         future::ready(match event {
             Ok(object) => Some(Ok(object)),
             Err(e) => {
-                metrics
-                    .watch_errors
-                    .get_or_create(&WatchLabels { watch: what })
-                    .inc();
+                metrics.watch_error(what);
                 tracing::warn!(watch = what, error = %e, "watch failed; reconnecting");
                 None
             }
@@ -201,12 +198,7 @@ pub async fn run(
                 Ok((ns, _)) => tracing::debug!(namespace = %ns.name, "reconciled"),
                 // The other watches' errors never get here (`without_errors`).
                 Err(controller::Error::QueueError(e)) => {
-                    metrics
-                        .watch_errors
-                        .get_or_create(&WatchLabels {
-                            watch: "namespaces",
-                        })
-                        .inc();
+                    metrics.watch_error("namespaces");
                     tracing::warn!(watch = "namespaces", error = %e, "watch failed; reconnecting");
                 }
                 Err(e) => tracing::debug!(error = %e, "reconcile not run"),

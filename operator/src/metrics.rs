@@ -122,6 +122,13 @@ impl Metrics {
         self.writes.get_or_create(&WriteLabels { kind, op }).inc();
     }
 
+    /// Count one failed watch or list request of `watch`.
+    pub fn watch_error(&self, watch: &'static str) {
+        self.watch_errors
+            .get_or_create(&WatchLabels { watch })
+            .inc();
+    }
+
     /// Text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
