@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatehouse_sidecar::telemetry::LogFormat;
 use gatehouse_sidecar::{Args, Running};
 
 pub struct Sidecar {
@@ -35,19 +34,17 @@ impl Sidecar {
     pub async fn launch(manifests: &str, tweak: impl FnOnce(&mut Args)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("gatehouse.yaml"), manifests).unwrap();
-        let mut args = Args {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            manifests: vec![dir.path().to_path_buf()],
-            kube: false,
-            kube_token_file: None,
-            keys_dir: "/var/run/gatehouse/keys".into(),
-            namespace: "default".into(),
-            max_body_bytes: 1024 * 1024,
-            connect_timeout_ms: 2_000,
-            log_format: LogFormat::Text,
-            worker_threads: 1,
-        };
+        // Parsed like the binary's flags, so every flag not named here keeps its default.
+        let mut args = <Args as clap::Parser>::parse_from([
+            "gatehouse-sidecar",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--max-body-bytes=1048576",
+            "--connect-timeout-ms=2000",
+            "--log-format=text",
+        ]);
         tweak(&mut args);
         let running = gatehouse_sidecar::start(&args).await.unwrap();
         Self {
