@@ -14,27 +14,14 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::error_body;
-use crate::providers::{Dialect, Translate, messages};
+use crate::dialect::{Dialect, Event};
+use crate::error::DecodeError;
+use crate::providers::Translate;
+use crate::sse;
+use crate::stages::{End, Exchange};
 use crate::usage::Usage;
-
-/// What happened to a relayed stream, reported once when it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The upstream finished with `[DONE]`.
-    Complete,
-    /// The upstream broke, ended early, sent an invalid event or timed out; the client got an
-    /// error event.
-    Broken,
-    /// The client went away before the end.
-    ClientGone,
-}
-
-/// Called once when the stream ends, with how it ended and the usage it reported.
-pub type OnEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>) + Send + Sync>;
 
 /// Result of reading the first event of a stream, before it is committed to the client.
 #[derive(Debug)]
@@ -43,8 +30,8 @@ pub enum FirstEvent {
     Incomplete,
     /// A valid first event.
     Valid,
-    /// Not what an OpenAI stream starts with.
-    Invalid(&'static str),
+    /// Not what a stream of the client's dialect starts with.
+    Invalid(DecodeError),
 }
 
 /// Check the first complete event in `buf` that carries data (used before committing: a bad
@@ -54,144 +41,18 @@ pub enum FirstEvent {
 pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
     let mut start = 0;
     loop {
-        let Some(len) = event_end(&buf[start..]) else {
+        let Some(len) = sse::event_end(&buf[start..]) else {
             return FirstEvent::Incomplete;
         };
-        match inspect(&buf[start..start + len], dialect) {
+        match dialect.inspect(sse::data(&buf[start..start + len]).as_deref()) {
             Ok(Event::Empty) => start += len,
             Ok(Event::Error) => {
-                return FirstEvent::Invalid("the stream started with an error event");
+                return FirstEvent::Invalid(DecodeError::ErrorFirst);
             }
             Ok(_) => return FirstEvent::Valid,
             Err(reason) => return FirstEvent::Invalid(reason),
         }
     }
-}
-
-/// Index just past the first event's terminating blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-enum Event {
-    /// Comment or empty event (keep-alive).
-    Empty,
-    Done,
-    Data(Option<Usage>),
-    /// An in-band error event from the upstream, relayed as-is.
-    Error,
-}
-
-/// Validate one complete event: its data must be `[DONE]` or a JSON object.
-fn inspect(event: &[u8], dialect: Dialect) -> Result<Event, &'static str> {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        usage: Option<Usage>,
-        #[serde(default)]
-        error: Option<serde::de::IgnoredAny>,
-    }
-    let mut data: Option<Vec<u8>> = None;
-    let mut single: Option<&[u8]> = None;
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(rest) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-        // Multi-line data is joined with newlines, as the SSE spec says; the common case is one line.
-        match (single.take(), data.as_mut()) {
-            (None, None) => single = Some(rest),
-            (Some(first), None) => {
-                let mut joined = first.to_vec();
-                joined.push(b'\n');
-                joined.extend_from_slice(rest);
-                data = Some(joined);
-            }
-            (_, Some(joined)) => {
-                joined.push(b'\n');
-                joined.extend_from_slice(rest);
-            }
-        }
-    }
-    let payload: &[u8] = match (&data, single) {
-        (Some(joined), _) => joined,
-        (None, Some(one)) => one,
-        (None, None) => return Ok(Event::Empty),
-    };
-    if dialect == Dialect::Anthropic {
-        return inspect_anthropic(payload);
-    }
-    if payload.trim_ascii() == b"[DONE]" {
-        return Ok(Event::Done);
-    }
-    match serde_json::from_slice::<Probe>(payload) {
-        Ok(probe) if probe.error.is_some() => Ok(Event::Error),
-        Ok(probe) => Ok(Event::Data(probe.usage)),
-        Err(_) => Err("the upstream sent an event that is not a JSON object"),
-    }
-}
-
-/// Anthropic events: `message_stop` ends a complete stream, `error` is an error event, usage comes in
-/// `message_start.message.usage` (prompt) and `message_delta.usage` (completion).
-fn inspect_anthropic(payload: &[u8]) -> Result<Event, &'static str> {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        message: Option<MessageProbe>,
-        #[serde(default)]
-        usage: Option<UsageProbe>,
-    }
-    #[derive(Deserialize)]
-    struct MessageProbe {
-        #[serde(default)]
-        usage: Option<UsageProbe>,
-    }
-    #[derive(Deserialize, Default)]
-    struct UsageProbe {
-        #[serde(default)]
-        input_tokens: Option<u64>,
-        #[serde(default)]
-        output_tokens: Option<u64>,
-        #[serde(default)]
-        cache_read_input_tokens: Option<u64>,
-        #[serde(default)]
-        cache_creation_input_tokens: Option<u64>,
-    }
-    let probe: Probe = serde_json::from_slice(payload)
-        .map_err(|_| "the upstream sent an event that is not a JSON object with a type")?;
-    let usage = probe.usage.or(probe.message.and_then(|m| m.usage));
-    Ok(match probe.kind.as_str() {
-        "message_stop" => Event::Done,
-        "error" => Event::Error,
-        _ => Event::Data(usage.map(|u| {
-            let cached = u.cache_read_input_tokens.unwrap_or(0);
-            let prompt = u
-                .input_tokens
-                .map(|i| i + cached + u.cache_creation_input_tokens.unwrap_or(0));
-            Usage {
-                prompt_tokens: prompt.unwrap_or(0),
-                completion_tokens: u.output_tokens.unwrap_or(0),
-                prompt_tokens_details: (cached > 0).then_some(crate::usage::PromptDetails {
-                    cached_tokens: Some(cached),
-                }),
-            }
-        })),
-    })
 }
 
 /// Merge usage reported in pieces (Anthropic: prompt first, completion at the end).
@@ -220,21 +81,24 @@ pin_project! {
         idle_yields: u8,
         // Writes of events so far (counted up to UNBATCHED_WRITES).
         writes: u8,
-        failure: Option<String>,
+        failure: Option<DecodeError>,
         saw_done: bool,
         finished: bool,
         pending_error: Option<Bytes>,
         usage: Option<Usage>,
         #[pin]
         deadline: Sleep,
-        on_end: Option<OnEnd>,
+        // The request's stages; taken when the stream ends, so its end hook runs once.
+        exchange: Option<Exchange>,
     }
 
     impl PinnedDrop for SseRelay {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(on_end) = this.on_end.take() {
-                on_end(StreamEnd::ClientGone, *this.usage);
+            // Dropped before its end: the client went away mid-stream.
+            if let Some(mut exchange) = this.exchange.take() {
+                exchange.ctx.usage = *this.usage;
+                exchange.end(End::ClientGone);
             }
         }
     }
@@ -252,15 +116,16 @@ impl std::fmt::Debug for SseRelay {
 impl SseRelay {
     /// Relay `upstream`, starting with the bytes already read (`first`), ending with an error event
     /// if the whole stream is not done by `deadline`.
-    /// `first` is already in the client's dialect (translated when `translate` is set).
+    /// `first` is already in the client's dialect (translated when `translate` is set). The
+    /// relay owns the request's `exchange` from here on and ends it when the stream ends.
     pub fn new(
         upstream: Incoming,
         first: Bytes,
         deadline: Instant,
-        on_end: OnEnd,
-        dialect: Dialect,
+        exchange: Exchange,
         translate: Option<Translate>,
     ) -> Self {
+        let dialect = exchange.ctx.dialect;
         Self {
             upstream,
             buf: BytesMut::from(&first[..]),
@@ -275,21 +140,9 @@ impl SseRelay {
             pending_error: None,
             usage: None,
             deadline: tokio::time::sleep_until(deadline),
-            on_end: Some(on_end),
+            exchange: Some(exchange),
         }
     }
-}
-
-fn error_event(message: &str, code: &str, dialect: Dialect) -> Bytes {
-    if dialect == Dialect::Anthropic {
-        return messages::error_event(message);
-    }
-    let body = error_body(message, "api_error", code);
-    let mut event = Vec::with_capacity(body.len() + 8);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&body);
-    event.extend_from_slice(b"\n\n");
-    Bytes::from(event)
 }
 
 impl SseRelayProj<'_> {
@@ -297,25 +150,34 @@ impl SseRelayProj<'_> {
     /// the error event that ends the stream.
     fn take_events(&mut self) -> Option<Bytes> {
         let mut valid = 0;
-        while let Some(len) = event_end(&self.buf[valid..]) {
-            match inspect(&self.buf[valid..valid + len], *self.dialect) {
+        while let Some(len) = sse::event_end(&self.buf[valid..]) {
+            match self
+                .dialect
+                .inspect(sse::data(&self.buf[valid..valid + len]).as_deref())
+            {
                 Ok(Event::Done) => *self.saw_done = true,
                 Ok(Event::Data(Some(usage))) => *self.usage = Some(merge_usage(*self.usage, usage)),
                 Ok(Event::Data(None) | Event::Empty) => {}
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
                     valid += len;
-                    self.end(StreamEnd::Broken, None);
+                    self.end(End::StreamBroken, None);
                     break;
                 }
                 Err(reason) => {
-                    self.end(StreamEnd::Broken, Some((reason, "upstream_invalid_event")));
+                    let reason = reason.to_string();
+                    self.end(End::StreamBroken, Some((&reason, "upstream_invalid_event")));
                     break;
                 }
             }
             valid += len;
         }
-        let events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        let mut events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        if let (Some(events), Some(exchange)) = (events.as_mut(), self.exchange.as_mut())
+            && exchange.wants_events()
+        {
+            exchange.events(events);
+        }
         if events.is_some() && *self.writes < UNBATCHED_WRITES {
             *self.writes += 1;
         }
@@ -326,18 +188,19 @@ impl SseRelayProj<'_> {
         events
     }
 
-    fn end(&mut self, end: StreamEnd, error: Option<(&str, &str)>) {
+    fn end(&mut self, end: End, error: Option<(&str, &str)>) {
         *self.finished = true;
         if let Some((message, code)) = error {
-            *self.pending_error = Some(error_event(message, code, *self.dialect));
+            *self.pending_error = Some(self.dialect.error_event(message, code));
         }
         // A translated stream's usage comes from the provider's own report, even when the client
         // did not ask to see it.
         if let Some(u) = self.translate.as_ref().and_then(Translate::usage) {
             *self.usage = Some(u);
         }
-        if let Some(on_end) = self.on_end.take() {
-            on_end(end, *self.usage);
+        if let Some(mut exchange) = self.exchange.take() {
+            exchange.ctx.usage = *self.usage;
+            exchange.end(end);
         }
     }
 }
@@ -364,12 +227,13 @@ impl Body for SseRelay {
                 }
                 this.buf.clear();
                 if let Some(reason) = this.failure.take() {
-                    this.end(StreamEnd::Broken, Some((&reason, "upstream_invalid_event")));
+                    let reason = reason.to_string();
+                    this.end(End::StreamBroken, Some((&reason, "upstream_invalid_event")));
                 } else if *this.saw_done {
-                    this.end(StreamEnd::Complete, None);
+                    this.end(End::StreamComplete, None);
                 } else {
                     this.end(
-                        StreamEnd::Broken,
+                        End::StreamBroken,
                         Some((
                             "the upstream stream ended before it completed",
                             "upstream_stream_broken",
@@ -382,7 +246,7 @@ impl Body for SseRelay {
                 let events = this.take_events();
                 if !*this.finished {
                     this.end(
-                        StreamEnd::Broken,
+                        End::StreamBroken,
                         Some((
                             "the upstream stream did not finish within the request timeout",
                             "upstream_timeout",
@@ -450,7 +314,7 @@ impl Body for SseRelay {
                     let events = this.take_events();
                     if !*this.finished {
                         this.end(
-                            StreamEnd::Broken,
+                            End::StreamBroken,
                             Some((
                                 "the upstream stream broke before it completed",
                                 "upstream_stream_broken",
@@ -552,13 +416,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_end_finds_lf_and_crlf_terminators() {
-        assert_eq!(event_end(b"data: {}\n\nrest"), Some(10));
-        assert_eq!(event_end(b"data: {}\r\n\r\n"), Some(12));
-        assert_eq!(event_end(b"data: {}\n"), None);
-    }
-
-    #[test]
     fn first_event_skips_keep_alive_comments() {
         assert!(matches!(
             first_event(b": keep-alive\n\n: still working\n\n", Dialect::OpenAi),
@@ -599,21 +456,18 @@ mod tests {
 
     #[test]
     fn inspect_reads_usage_done_and_multiline_data() {
-        assert!(matches!(
-            inspect(b"data: [DONE]\n\n", Dialect::OpenAi),
-            Ok(Event::Done)
-        ));
+        let inspect = |event: &[u8]| Dialect::OpenAi.inspect(sse::data(event).as_deref());
+        assert!(matches!(inspect(b"data: [DONE]\n\n"), Ok(Event::Done)));
         match inspect(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
-            Dialect::OpenAi,
         ) {
             Ok(Event::Data(Some(u))) => assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4)),
             _ => panic!("usage not read"),
         }
         assert!(matches!(
-            inspect(b"data: {\"a\":\ndata: 1}\n\n", Dialect::OpenAi),
+            inspect(b"data: {\"a\":\ndata: 1}\n\n"),
             Ok(Event::Data(None))
         ));
-        assert!(inspect(b"data: {\"a\":\n\n", Dialect::OpenAi).is_err());
+        assert!(inspect(b"data: {\"a\":\n\n").is_err());
     }
 }

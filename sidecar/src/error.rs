@@ -13,6 +13,9 @@ pub enum ProxyError {
     /// The request body is not valid JSON or not the expected shape.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The request cannot be translated for its target (or from the client's dialect).
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
     /// The request body is larger than the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -64,7 +67,7 @@ impl ProxyError {
     /// HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::Translate(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -77,6 +80,7 @@ impl ProxyError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_)
+            | Self::Translate(_)
             | Self::BodyTooLarge { .. }
             | Self::UnknownModel(_)
             | Self::NotFound(_)
@@ -91,7 +95,7 @@ impl ProxyError {
     /// Machine-readable `code`, also the `reason` label of the error metric.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::Translate(_) => "invalid_request",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::UnknownModel(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
@@ -122,16 +126,149 @@ pub fn error_body(message: &str, error_type: &str, code: &str) -> Bytes {
     Bytes::from(value.to_string())
 }
 
-/// Why one upstream attempt failed; decides whether the next attempt goes ahead.
+/// Why a request cannot be translated for its target (or from the client's dialect): answered
+/// 400 at once, never another attempt (the next target would most likely refuse it too).
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    /// A field of the request has a shape the translation cannot read.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request asks for something the target cannot express.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The translated request could not be serialized.
+    #[error("failed to encode request: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A name from the request or the config does not fit into the target's URL.
+    #[error("{what} does not make a valid URL")]
+    Url {
+        /// What was put into the URL (`model 'x'`, `deployment name 'y'`).
+        what: String,
+        /// Why the URL was refused.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
+impl TranslateError {
+    /// HTTP status it is answered with: always 400, the request is the problem.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// Why an upstream answer is not what its protocol promises (a 2xx body or stream the adapter
+/// cannot decode). Fails the attempt over like a connection error: another target may answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A buffered body is not JSON.
+    #[error("response body is not valid JSON")]
+    BodyNotJson(#[source] serde_json::Error),
+    /// A buffered body is JSON but not an object.
+    #[error("response body is not a JSON object")]
+    BodyNotObject,
+    /// A buffered body lacks what the provider documents (`"anthropic response has no 'content' array"`).
+    #[error("{0}")]
+    Shape(&'static str),
+    /// Bedrock embeddings: the answers do not match the inputs.
+    #[error("bedrock cohere response has {got} embeddings for {expected} texts")]
+    CountMismatch {
+        /// Embeddings in the answer.
+        got: usize,
+        /// Texts sent.
+        expected: usize,
+    },
+    /// Bedrock embeddings: the target's model is of no known family.
+    #[error("'{0}' is not a bedrock embedding model gatehouse knows")]
+    UnknownEmbeddingModel(String),
+    /// The answers of a fanned-out attempt cannot be joined.
+    #[error("{count} answers to one {kind} request cannot be joined")]
+    Join {
+        /// Answers received.
+        count: usize,
+        /// Provider type.
+        kind: &'static str,
+    },
+    /// A pass-through request got more than one answer.
+    #[error("a pass-through request got several answers")]
+    SeveralAnswers,
+    /// The translated answer could not be serialized.
+    #[error("failed to encode response: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A stream came with another content type than the provider's stream framing.
+    #[error("expected an event stream ({0})")]
+    ContentType(&'static str),
+    /// An SSE event whose data is not a JSON object.
+    #[error("the upstream sent an event that is not a JSON object")]
+    EventNotObject,
+    /// An Anthropic SSE event whose data is not a JSON object with a `type`.
+    #[error("the upstream sent an event that is not a JSON object with a type")]
+    EventUntyped,
+    /// An SSE event that is not UTF-8.
+    #[error("the upstream sent an event that is not UTF-8")]
+    EventNotUtf8,
+    /// An AWS event-stream frame that does not decode (length, CRC).
+    #[error("the upstream sent an invalid event-stream frame")]
+    Frame(#[source] aws_smithy_eventstream::error::Error),
+    /// An AWS event-stream frame whose payload is not a JSON object.
+    #[error("the upstream sent an event whose payload is not a JSON object")]
+    PayloadNotObject,
+    /// The stream was cut inside an SSE event.
+    #[error("the upstream stream ended inside an event")]
+    CutInEvent,
+    /// The stream was cut inside an event-stream frame.
+    #[error("the upstream stream ended inside an event-stream frame")]
+    CutInFrame,
+    /// The stream ended before the provider's end marker (`"before message_stop"`).
+    #[error("the upstream stream ended {0}")]
+    EndedEarly(&'static str),
+    /// The first event of a stream is an error event.
+    #[error("the stream started with an error event")]
+    ErrorFirst,
+    /// The stream ended before its first event.
+    #[error("stream ended before the first chunk")]
+    NoFirstEvent,
+}
+
+/// Why an upstream call failed at the transport level.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect, or the connection broke before a response.
+    #[error("{}", error_chain(.0))]
+    Request(#[source] hyper_util::client::legacy::Error),
+    /// The response body broke off.
+    #[error("failed to read response: {}", error_chain(.0))]
+    Read(#[source] hyper::Error),
+    /// A stream broke before its first event.
+    #[error("stream broke before the first chunk: {}", error_chain(.0))]
+    FirstChunk(#[source] hyper::Error),
+    /// The request could not be built (a header the adapter set is invalid).
+    #[error("failed to build request: {0}")]
+    Build(#[source] http::Error),
+}
+
+/// The provider's key cannot be used to authorize a request (no key material in it).
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The key is not in a form the provider type accepts (why, never the key).
+    #[error("the provider's key cannot be used: {0}")]
+    Unusable(String),
+    /// Signing the request failed.
+    #[error("failed to sign request: {0}")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why one upstream attempt did not produce an answer for the client; [`AttemptError::is_retryable`]
+/// holds the retry table of docs/architecture.md.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
     /// Could not connect or the connection broke before a response.
     #[error("connection failed: {0}")]
-    Connect(String),
+    Connect(#[from] TransportError),
     /// The attempt (or time to first token) timed out.
     #[error("timed out after {0} ms")]
     Timeout(u64),
-    /// The upstream answered with a status that is worth retrying (429, 5xx).
+    /// The upstream answered with a status that is worth retrying (408, 429, 5xx).
     #[error("upstream answered {status}")]
     Status {
         /// Upstream status.
@@ -139,18 +276,69 @@ pub enum AttemptError {
         /// How long the provider asked to wait (429 only), if it said.
         retry_after: Option<Duration>,
     },
-    /// The upstream rejected the gateway's credentials (401/403, or the provider's own signal, see
-    /// `providers::failure`). Another target may still work.
+    /// The upstream rejected the gateway's credentials (401/403, or the provider's own signal).
+    /// Another target may still work.
     #[error("provider rejected the gateway's credentials ({0})")]
     Auth(AuthFailure),
+    /// The provider refused for billing reasons (no credit, quota used up): the account, not the
+    /// request, is the problem, so another target may still work.
+    #[error("provider refused the request for billing reasons ({0})")]
+    Billing(AuthFailure),
+    /// The key cannot be used at all.
+    #[error("invalid upstream response: {0}")]
+    Credentials(#[from] CredentialsError),
     /// The upstream answered 2xx with a body that is not what the protocol promises.
     #[error("invalid upstream response: {0}")]
-    Invalid(String),
+    Invalid(#[from] DecodeError),
+    /// The provider refused the request itself (a 4xx other than 408/429 and the credential and
+    /// billing refusals): the answer goes back to the client, no other target is tried.
+    #[error("provider refused the request with status {}", .0.status.as_u16())]
+    Refused(Refusal),
 }
 
-/// A provider's refusal of the gateway's credentials: the upstream status and, when the provider
-/// names it in a known way, why. The reason is one of a fixed list of provider error names, never
-/// text from the answer (which may echo the key).
+/// A provider's refusal of the request itself, passed back to the client.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// Upstream content type.
+    pub content_type: Option<http::HeaderValue>,
+    /// Upstream body (never a credentials refusal's: those are dropped).
+    pub body: Bytes,
+}
+
+/// What an upstream status means for the attempt, before any provider-specific reading: the
+/// status half of the retry table (docs/architecture.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 2xx: an answer.
+    Success,
+    /// 408, 429, 5xx: try the next attempt.
+    Retry,
+    /// Any other status: a refusal of the request, unless the provider says it is about the key
+    /// or billing (then retried).
+    Refusal,
+}
+
+impl StatusClass {
+    /// Classify `status`.
+    pub fn of(status: StatusCode) -> Self {
+        if status.is_success() {
+            Self::Success
+        } else if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status.is_server_error()
+        {
+            Self::Retry
+        } else {
+            Self::Refusal
+        }
+    }
+}
+
+/// A provider's refusal of the gateway's credentials (or billing): the upstream status and, when
+/// the provider names it in a known way, why. The reason is one of a fixed list of provider error
+/// names, never text from the answer (which may echo the key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthFailure {
     /// Upstream status.
@@ -171,6 +359,11 @@ impl std::fmt::Display for AuthFailure {
 }
 
 impl AttemptError {
+    /// Whether the next attempt may go ahead: everything but a refusal of the request itself.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Refused(_))
+    }
+
     /// Label for the attempts metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -181,7 +374,115 @@ impl AttemptError {
             }
             Self::Status { .. } => "server_error",
             Self::Auth(_) => "auth_failed",
-            Self::Invalid(_) => "invalid_response",
+            Self::Billing(_) => "billing_refused",
+            Self::Credentials(_) | Self::Invalid(_) => "invalid_response",
+            Self::Refused(_) => "client_error",
         }
+    }
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_table() {
+        for (status, class) in [
+            (200, StatusClass::Success),
+            (204, StatusClass::Success),
+            (408, StatusClass::Retry),
+            (429, StatusClass::Retry),
+            (500, StatusClass::Retry),
+            (503, StatusClass::Retry),
+            (400, StatusClass::Refusal),
+            (401, StatusClass::Refusal),
+            (404, StatusClass::Refusal),
+            (422, StatusClass::Refusal),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(StatusClass::of(status), class, "{status}");
+        }
+        let refused = AttemptError::Refused(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            content_type: None,
+            body: Bytes::new(),
+        });
+        assert!(!refused.is_retryable());
+        let auth = AuthFailure {
+            status: StatusCode::UNAUTHORIZED,
+            reason: None,
+        };
+        for retryable in [
+            AttemptError::Timeout(1),
+            AttemptError::Status {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after: None,
+            },
+            AttemptError::Auth(auth),
+            AttemptError::Billing(auth),
+            AttemptError::Invalid(DecodeError::BodyNotObject),
+            AttemptError::Credentials(CredentialsError::Unusable("x".into())),
+        ] {
+            assert!(retryable.is_retryable(), "{retryable}");
+        }
+    }
+
+    #[test]
+    fn attempt_outcome_labels() {
+        let auth = AuthFailure {
+            status: StatusCode::FORBIDDEN,
+            reason: None,
+        };
+        let status = |s: u16| AttemptError::Status {
+            status: StatusCode::from_u16(s).unwrap(),
+            retry_after: None,
+        };
+        let cases = [
+            (AttemptError::Timeout(5), "timeout"),
+            (status(429), "rate_limited"),
+            (status(502), "server_error"),
+            (status(408), "server_error"),
+            (AttemptError::Auth(auth), "auth_failed"),
+            (AttemptError::Billing(auth), "billing_refused"),
+            (
+                AttemptError::Invalid(DecodeError::NoFirstEvent),
+                "invalid_response",
+            ),
+            (
+                AttemptError::Refused(Refusal {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    content_type: None,
+                    body: Bytes::new(),
+                }),
+                "client_error",
+            ),
+        ];
+        for (error, label) in cases {
+            assert_eq!(error.metric_label(), label, "{error}");
+        }
+    }
+
+    #[test]
+    fn decode_errors_keep_their_source() {
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let e = AttemptError::from(DecodeError::BodyNotJson(json));
+        assert_eq!(
+            e.to_string(),
+            "invalid upstream response: response body is not valid JSON"
+        );
+        let inner = std::error::Error::source(&e).unwrap();
+        assert!(std::error::Error::source(inner).is_some());
     }
 }

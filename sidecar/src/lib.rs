@@ -5,6 +5,7 @@
 //! to get a running sidecar on ephemeral ports.
 
 pub mod body;
+pub mod dialect;
 pub mod error;
 pub mod metrics;
 pub mod providers;
@@ -12,6 +13,8 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod source;
+pub mod sse;
+pub mod stages;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -28,7 +28,8 @@ pub struct AttemptLabels {
     /// Provider name.
     pub provider: String,
     /// success, connect_error, timeout, rate_limited, server_error, invalid_response, auth_failed,
-    /// client_error.
+    /// billing_refused, client_error (the provider refused the request itself; the refusal went
+    /// back to the client).
     pub outcome: &'static str,
 }
 
@@ -68,6 +69,9 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Streams whose upstream broke after the first byte reached the client.
     pub streams_broken: Family<RouteLabels, Counter>,
+    /// Requests whose client went away before the answer was complete (during the attempts or
+    /// in the middle of a stream).
+    pub client_disconnects: Family<RouteLabels, Counter>,
     /// Config reloads.
     pub reloads: Family<ReloadLabels, Counter>,
     registry: Registry,
@@ -112,6 +116,12 @@ impl Metrics {
             "Streams cut upstream after the first byte reached the client",
             streams_broken.clone(),
         );
+        let client_disconnects = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "client_disconnects",
+            "Requests whose client went away before the answer was complete",
+            client_disconnects.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("config_reloads", "Config reloads", reloads.clone());
         Self {
@@ -121,6 +131,7 @@ impl Metrics {
             attempts,
             errors,
             streams_broken,
+            client_disconnects,
             reloads,
             registry,
         }

@@ -1,52 +1,40 @@
-//! The request path. Every request the proxy port receives goes through [`Gateway::handle`], in this
-//! order (docs/architecture.md explains why):
+//! The request path. Every request the proxy port receives goes through [`Gateway::handle`]:
 //!
-//! 1. assign a request id and load the config snapshot once (a reload never changes a request's rules);
-//! 2. read the body within the size limit, parse and validate it (4xx on bad input, before any
-//!    upstream work);
-//! 3. resolve the model alias to a route;
-//! 4. attempt targets in the route's order (priority, then weight), each attempt bounded by the
-//!    per-attempt or first-token timeout and all of them by the request timeout; connect errors,
-//!    timeouts, credential refusals (401/403 and each provider's own, `providers::failure`), 429
-//!    and 5xx move on to the next attempt, other 4xx go back to the client;
-//!    Each attempt goes through the target provider's adapter (`providers`): OpenAI-wire providers
-//!    get the body with `model` rewritten, the others a translated request;
-//! 5. answer: buffered JSON with its cost, or a relayed stream once its first chunk arrived — from
-//!    then on no retry, and an upstream failure becomes an SSE error event. Answers of translated
-//!    providers come back in the client's dialect (OpenAI, or Anthropic on `/v1/messages`);
-//! 6. add the `x-gatehouse-*` headers, record metrics and one access-log line.
+//! 1. a per-request [`Context`] (request id, start time) inside an [`Exchange`], which runs the
+//!    stages' end hook exactly once however the request ends;
+//! 2. the config snapshot is loaded once (a reload never changes a request's rules), the body read
+//!    within the size limit, parsed and validated in the client's dialect (4xx on bad input, before
+//!    any upstream work), and the model alias resolved to a route;
+//! 3. the stages' request hooks (they may answer early);
+//! 4. the attempts ([`attempt`]): targets in the route's order, each through its provider's
+//!    adapter, retried per the retry table (`AttemptError::is_retryable`);
+//! 5. the answer: buffered JSON through the answer hooks, or a relayed stream (`body::SseRelay`)
+//!    that takes the exchange over and runs the event hooks; the response head through the
+//!    response hooks (the `x-gatehouse-*` headers).
+//!
+//! The stages and their order are in `stages::chain`; docs/architecture.md explains the order.
+
+mod attempt;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, TryStreamExt};
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::body::{FirstEvent, ProxyBody, SseRelay, StreamEnd, first_event};
-use crate::error::{AttemptError, ProxyError, error_body};
-use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
-use crate::providers::{self, Dialect, Inbound, Operation, StreamFraming, Translate, messages};
-use crate::routing::AttemptPlan;
-use crate::state::{Credentials, Provider, Store};
+use crate::body::{ProxyBody, SseRelay};
+use crate::dialect::{Dialect, Inbound, Operation};
+use crate::error::{AttemptError, ProxyError, Refusal};
+use crate::metrics::Metrics;
+use crate::providers::{self, Translate};
+use crate::stages::{self, Chain, Context, End, Exchange, Flow};
+use crate::state::{Store, Target};
 use crate::upstream::UpstreamClient;
-use crate::usage::{self, Usage};
-
-const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
-
-/// Most calls of one attempt in flight at once, when a request takes several (Bedrock Titan
-/// embeddings: one call per input). Small, so one big request does not eat the provider's
-/// rate limit or the sidecar's connections.
-const FAN_OUT: usize = 4;
-
-/// Where Bedrock's InvokeModel reports the input tokens of an answer.
-const BEDROCK_INPUT_TOKENS: &str = "x-amzn-bedrock-input-token-count";
+use crate::usage::Usage;
 
 /// Settings of the request path that do not come from the custom resources.
 #[derive(Debug, Clone)]
@@ -63,66 +51,34 @@ impl Default for Settings {
     }
 }
 
-/// The proxy: config store, upstream client, metrics.
+/// The proxy: config store, upstream client, the stages.
 #[derive(Debug)]
 pub struct Gateway {
     store: Arc<Store>,
-    metrics: Arc<Metrics>,
+    chain: Arc<Chain>,
     client: UpstreamClient,
     settings: Settings,
 }
 
-/// Why one buffered call of an attempt gave no 2xx body: either stops the whole attempt.
-enum Halt {
-    /// The call failed; the attempt fails with it.
-    Failed(AttemptError),
-    /// The provider refused the request; that refusal is the attempt's answer.
-    Refused(Answer),
-}
-
-impl From<AttemptError> for Halt {
-    fn from(e: AttemptError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-/// What is known about a request as it goes, for headers, metrics and the access log.
-#[derive(Debug)]
-struct Context {
-    request_id: String,
-    start: Instant,
-    route: Option<String>,
-    provider: Option<String>,
-    model: Option<String>,
-    attempts: u32,
-    upstream_wait: Duration,
-    cost_usd: Option<f64>,
-    stream: bool,
-    dialect: Dialect,
-    warnings: Vec<String>,
-}
-
-/// A successful or final upstream answer.
+/// What the attempts (or an early stage) produced for the client.
 enum Answer {
     /// A complete 2xx body, in the client's dialect, and its usage.
     Complete { body: Bytes, usage: Option<Usage> },
-    /// A 2xx event stream whose first event arrived (`first` in the client's dialect).
+    /// A 2xx event stream whose first event arrived (`first` in the client's dialect), to be
+    /// relayed until `deadline`.
     Stream {
         first: Bytes,
         rest: Incoming,
         translate: Option<Translate>,
+        deadline: Instant,
     },
-    /// A 4xx other than 408/429 or a credential refusal: the request itself was refused; passed
-    /// back, not retried.
-    Refused {
-        status: StatusCode,
-        content_type: Option<HeaderValue>,
-        body: Bytes,
-    },
+    /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
+    /// today, the provider refused the request itself; passed back to the client.
+    Final(AttemptError),
 }
 
 impl Gateway {
-    /// A gateway serving from `store`.
+    /// A gateway serving from `store`, recording into `metrics`.
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
@@ -131,49 +87,41 @@ impl Gateway {
     ) -> Self {
         Self {
             store,
-            metrics,
+            chain: Arc::new(stages::chain(metrics)),
             client,
             settings,
         }
     }
 
-    /// Answer one request. Never fails: every error becomes an OpenAI-style error response.
+    /// Answer one request. Never fails: every error becomes an error response in the client's
+    /// dialect.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let mut ctx = Context {
-            request_id: format!("{:032x}", rand::rng().random::<u128>()),
-            start: Instant::now(),
-            route: None,
-            provider: None,
-            model: None,
-            attempts: 0,
-            upstream_wait: Duration::ZERO,
-            cost_usd: None,
-            stream: false,
-            dialect: Dialect::OpenAi,
-            warnings: Vec::new(),
-        };
         let path = req.uri().path();
         let path = path.strip_prefix("/v1").unwrap_or(path);
-        let result = match (req.method(), path) {
-            (&Method::POST, "/chat/completions") => self.call(req, Operation::Chat, &mut ctx).await,
-            (&Method::POST, "/embeddings") => self.call(req, Operation::Embeddings, &mut ctx).await,
-            (&Method::POST, "/messages") => {
-                ctx.dialect = Dialect::Anthropic;
-                self.call(req, Operation::Chat, &mut ctx).await
-            }
-            (&Method::GET, "/models") => self.models(),
-            (_, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
+        let call = match (req.method(), path) {
+            (&Method::POST, "/chat/completions") => Some((Operation::Chat, Dialect::OpenAi)),
+            (&Method::POST, "/embeddings") => Some((Operation::Embeddings, Dialect::OpenAi)),
+            (&Method::POST, "/messages") => Some((Operation::Chat, Dialect::Anthropic)),
+            _ => None,
+        };
+        let dialect = call.map_or(Dialect::OpenAi, |(_, d)| d);
+        // Dropped with this future if the client goes away: the end hook still runs.
+        let mut x = Exchange::new(self.chain.clone(), Context::new(dialect));
+        let result = match (call, req.method(), path) {
+            (Some((op, _)), _, _) => self.call(req, op, &mut x).await,
+            (None, &Method::GET, "/models") => self.models(),
+            (None, _, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
                 Err(ProxyError::MethodNotAllowed {
                     method: req.method().to_string(),
                     path: req.uri().path().to_string(),
                 })
             }
-            _ => Err(ProxyError::NotFound(req.uri().path().to_string())),
+            (None, _, _) => Err(ProxyError::NotFound(req.uri().path().to_string())),
         };
-        self.finish(ctx, result)
+        self.respond(x, result)
     }
 
-    fn models(&self) -> Result<Response<ProxyBody>, ProxyError> {
+    fn models(&self) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
         let mut aliases: Vec<&String> = snapshot.aliases.keys().collect();
         aliases.sort();
@@ -182,31 +130,35 @@ impl Gateway {
             .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gatehouse"}))
             .collect();
         let body = serde_json::json!({"object": "list", "data": data}).to_string();
-        Ok(json_response(StatusCode::OK, Bytes::from(body)))
+        Ok(Answer::Complete {
+            body: Bytes::from(body),
+            usage: None,
+        })
     }
 
     async fn call(
         &self,
         req: Request<Incoming>,
         op: Operation,
-        ctx: &mut Context,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+        x: &mut Exchange,
+    ) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        let dialect = x.ctx.dialect;
         let anthropic_beta = req.headers().get("anthropic-beta").cloned();
         let body = read_body(req, self.settings.max_body_bytes).await?;
-        let (mut inbound, alias) = parse_inbound(&body, op, ctx.dialect)?;
-        if ctx.dialect == Dialect::Anthropic {
+        let (mut inbound, alias) = parse_inbound(&body, op, dialect)?;
+        if dialect == Dialect::Anthropic {
             inbound.anthropic_beta = anthropic_beta;
         }
-        ctx.stream = inbound.stream;
-        ctx.warnings.extend(inbound.warnings.iter().cloned());
+        x.ctx.stream = inbound.stream;
+        x.ctx.warnings.extend(inbound.warnings.iter().cloned());
         let route = snapshot
             .aliases
             .get(&alias)
             .cloned()
             .ok_or_else(|| ProxyError::UnknownModel(alias.clone()))?;
-        ctx.route = Some(route.name.clone());
-        if route.config.targets.is_empty() {
+        x.ctx.route = Some(route.clone());
+        if route.targets.is_empty() {
             let reason = if route.config.unavailable.is_empty() {
                 "no targets are configured".to_string()
             } else {
@@ -217,410 +169,44 @@ impl Gateway {
                 reason,
             });
         }
-        let retry = &route.config.retry;
-        let timeouts = &route.config.timeouts;
-        let deadline = ctx.start + Duration::from_millis(timeouts.request_ms);
-        let max_attempts = retry.attempts.max(1);
-        let mut plan = AttemptPlan::new(&route, &mut rand::rng());
-        let mut failures: Vec<String> = Vec::new();
-        let mut last: Option<AttemptError> = None;
-        // The shortest delay a rate-limited target asked for: once it passes, that target (and so
-        // the route) can serve again.
-        let mut rate_limit_delay: Option<Duration> = None;
-        while ctx.attempts < max_attempts {
-            let Some(next) = plan.next(&route, retry, &mut rand::rng()) else {
-                break;
-            };
-            if !next.backoff.is_zero() {
-                if Instant::now() + next.backoff >= deadline {
-                    break;
-                }
-                tokio::time::sleep(next.backoff).await;
-            }
-            let Some(target) = route.target(next.target) else {
-                break;
-            };
-            let Some(provider) = snapshot.providers.get(&target.provider) else {
-                // render() never emits such a target; if it did, the target is skipped, not fatal.
-                failures.push(format!("{}: provider not configured", target.provider));
-                continue;
-            };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            // A request the target cannot express is the client's error: 400, not another attempt.
-            let outgoing = providers::outgoing(provider, &target.model, &inbound)?;
-            ctx.attempts += 1;
-            // The attempt limit covers the response headers (and a buffered body); a stream's
-            // first event must also come within firstToken (default: the attempt limit).
-            let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
-            let limit = match (ctx.stream, timeouts.first_token_ms) {
-                (true, Some(ms)) => Duration::from_millis(ms).min(remaining),
-                _ => attempt_limit,
-            };
-            let sent = Instant::now();
-            let warnings = outgoing.warnings.clone();
-            let result = tokio::time::timeout(
-                limit,
-                self.attempt(provider, &target.model, &inbound, outgoing, attempt_limit),
-            )
-            .await;
-            ctx.upstream_wait += sent.elapsed();
-            let outcome = match result {
-                Ok(Ok(answer)) => {
-                    self.count_attempt(&provider.name, "success");
-                    ctx.provider = Some(provider.name.clone());
-                    ctx.model = Some(target.model.clone());
-                    ctx.warnings.extend(warnings);
-                    return Ok(self.answer(answer, provider, &target.model, ctx, deadline));
-                }
-                Ok(Err(e)) => e,
-                Err(_) => AttemptError::Timeout(limit.as_millis() as u64),
-            };
-            self.count_attempt(&provider.name, outcome.metric_label());
-            tracing::debug!(request_id = %ctx.request_id, provider = %provider.name, error = %outcome, "attempt failed");
-            failures.push(format!("{}/{}: {}", provider.name, target.model, outcome));
-            if let AttemptError::Status {
-                retry_after: Some(delay),
-                ..
-            } = &outcome
-            {
-                rate_limit_delay = Some(rate_limit_delay.map_or(*delay, |d| d.min(*delay)));
-            }
-            last = Some(outcome);
+        if let Flow::Answer(body) = x.request(&mut inbound)? {
+            return Ok(Answer::Complete { body, usage: None });
         }
-        let (status, retry_after) = match &last {
-            Some(AttemptError::Status { status, .. })
-                if *status == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Some(rate_limit_delay.unwrap_or(providers::failure::DEFAULT_RETRY_AFTER)),
-                )
-            }
-            // The last attempt ran out of time (its own limit or the request's): a timeout, as
-            // README and docs/architecture.md promise, however many attempts came before.
-            Some(AttemptError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, None),
-            _ => (StatusCode::BAD_GATEWAY, None),
-        };
-        if failures.is_empty() {
-            failures.push("the request timeout expired before the first attempt".to_string());
-        }
-        Err(ProxyError::Exhausted {
-            route: route.name.clone(),
-            attempts: ctx.attempts,
-            summary: failures.join("; "),
-            status,
-            retry_after,
-        })
+        attempt::run(&self.client, x, &route, &mut inbound).await
     }
 
-    /// One attempt: the upstream call (or, for a provider that takes fewer inputs per call than
-    /// the client sent, the calls, at most [`FAN_OUT`] at a time), until the whole body (buffered)
-    /// or the first event (stream) arrived.
-    async fn attempt(
-        &self,
-        provider: &Provider,
-        model: &str,
-        inbound: &Inbound,
-        outgoing: providers::Outgoing,
-        headers_limit: Duration,
-    ) -> Result<Answer, AttemptError> {
-        let providers::Outgoing {
-            uri, body, more, ..
-        } = outgoing;
-        if inbound.stream {
-            let beta = inbound.beta_for(provider.kind);
-            let sent =
-                tokio::time::timeout(headers_limit, self.send(provider, uri, body, true, beta))
-                    .await
-                    .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
-            let response = match sent? {
-                Ok(response) => response,
-                Err(refused) => return Ok(refused),
-            };
-            let translate = providers::translate(provider.kind, model, inbound);
-            return first_chunk(
-                response,
-                providers::framing(provider.kind),
-                inbound.dialect,
-                translate,
-            )
-            .await;
-        }
-        // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
-        // or refusal ends the attempt and drops the calls still in flight.
-        let calls = std::iter::once(body).chain(more).map(|body| {
-            self.buffered_call(provider, uri.clone(), body, inbound.beta_for(provider.kind))
-        });
-        let replies: Vec<providers::Reply> = match futures::stream::iter(calls)
-            .buffered(FAN_OUT)
-            .try_collect()
-            .await
-        {
-            Ok(replies) => replies,
-            Err(Halt::Failed(e)) => return Err(e),
-            Err(Halt::Refused(refused)) => return Ok(refused),
-        };
-        complete(provider, model, inbound, replies)
-    }
-
-    /// One buffered call: its whole 2xx body, or why not.
-    async fn buffered_call(
-        &self,
-        provider: &Provider,
-        uri: http::Uri,
-        body: Bytes,
-        anthropic_beta: Option<&HeaderValue>,
-    ) -> Result<providers::Reply, Halt> {
-        let response = self
-            .send(provider, uri, body, false, anthropic_beta)
-            .await?
-            .map_err(Halt::Refused)?;
-        let input_tokens = response
-            .headers()
-            .get(BEDROCK_INPUT_TOKENS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| {
-                AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-            })?
-            .to_bytes();
-        Ok(providers::Reply { body, input_tokens })
-    }
-
-    /// Authorize and send one upstream request. A 2xx comes back as the response; a credential
-    /// refusal, 408, 429 (with the delay the provider asked for) and 5xx as the error that moves on
-    /// to the next attempt; any other status as the [`Answer::Refused`] passed back to the client.
-    async fn send(
-        &self,
-        provider: &Provider,
-        uri: http::Uri,
-        body: Bytes,
-        stream: bool,
-        anthropic_beta: Option<&HeaderValue>,
-    ) -> Result<Result<Response<Incoming>, Answer>, AttemptError> {
-        let mut builder = Request::post(uri)
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, USER_AGENT_VALUE)
-            .header(
-                ACCEPT,
-                match (stream, providers::framing(provider.kind)) {
-                    (false, _) => "application/json",
-                    (true, StreamFraming::Sse) => "text/event-stream",
-                    (true, StreamFraming::AwsEventStream) => "application/vnd.amazon.eventstream",
-                },
-            );
-        if provider.kind == gatehouse_crds::config::ProviderKind::Anthropic {
-            builder = builder.header("anthropic-version", providers::anthropic::VERSION);
-        }
-        if let Some(beta) = anthropic_beta {
-            builder = builder.header("anthropic-beta", beta.clone());
-        }
-        match &provider.credentials {
-            Credentials::None | Credentials::Aws(_) => {}
-            Credentials::Header(name, value) => builder = builder.header(name, value.clone()),
-            Credentials::Invalid(reason) => {
-                return Err(AttemptError::Invalid(format!(
-                    "the provider's key cannot be used: {reason}"
-                )));
-            }
-        }
-        let mut request = builder
-            .body(Full::new(body.clone()))
-            .map_err(|e| AttemptError::Connect(format!("failed to build request: {e}")))?;
-        if let Credentials::Aws(credentials) = &provider.credentials {
-            providers::bedrock::sign(provider, credentials, &mut request, &body)
-                .map_err(|e| AttemptError::Invalid(format!("failed to sign request: {e}")))?;
-        }
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| AttemptError::Connect(error_chain(&e)))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(Ok(response));
-        }
-        let (parts, incoming) = response.into_parts();
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-        {
-            // Only a 429 from a provider that puts its delay in the body is read: a 5xx that
-            // stalls after its head must not hold up the next attempt.
-            let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
-                None
-            } else if providers::failure::delay_in_body(provider.kind) {
-                let body = collect(incoming).await.unwrap_or_default();
-                providers::failure::retry_after(provider.kind, &parts.headers, &body)
-            } else {
-                providers::failure::retry_after(provider.kind, &parts.headers, &[])
-            };
-            return Err(AttemptError::Status {
-                status,
-                retry_after,
-            });
-        }
-        let body = collect(incoming).await?;
-        // 401/403, and what the provider says is a key refusal under another status (Gemini's
-        // 400 API_KEY_INVALID): the next target may work. The body may echo part of the key; it
-        // is dropped, never relayed or logged (only a fixed reason name is kept).
-        if let Some(auth) =
-            providers::failure::auth_failure(provider.kind, status, &parts.headers, &body)
-        {
-            return Err(AttemptError::Auth(auth));
-        }
-        Ok(Err(Answer::Refused {
-            status,
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            body,
-        }))
-    }
-
-    /// Turn the winning attempt's answer into the client's response.
-    fn answer(
-        &self,
-        answer: Answer,
-        provider: &Provider,
-        model: &str,
-        ctx: &mut Context,
-        deadline: Instant,
-    ) -> Response<ProxyBody> {
-        match answer {
-            Answer::Complete { body, usage } => {
-                ctx.cost_usd = usage
-                    .zip(provider.models.get(model))
-                    .map(|(u, p)| u.cost(p));
+    /// Turn the outcome into the client's response, run the answer and response hooks, and end
+    /// the exchange (a stream's relay ends it when the stream ends).
+    fn respond(&self, mut x: Exchange, result: Result<Answer, ProxyError>) -> Response<ProxyBody> {
+        let mut response = match result {
+            Ok(Answer::Complete { mut body, usage }) => {
+                x.ctx.usage = usage;
+                x.answer(&mut body);
                 json_response(StatusCode::OK, body)
             }
-            Answer::Stream {
+            Ok(Answer::Stream {
                 first,
                 rest,
                 translate,
-            } => {
-                let metrics = self.metrics.clone();
-                let route = ctx.route.clone().unwrap_or_default();
-                let request_id = ctx.request_id.clone();
-                let pricing = provider.models.get(model).copied();
-                let on_end: crate::body::OnEnd = Box::new(move |end, usage| {
-                    if end == StreamEnd::Broken {
-                        metrics
-                            .streams_broken
-                            .get_or_create(&RouteLabels {
-                                route: route.clone(),
-                            })
-                            .inc();
-                    }
-                    let cost_usd = usage.zip(pricing).map(|(u, p)| u.cost(&p));
-                    tracing::info!(
-                        target: "gatehouse::access",
-                        request_id = %request_id,
-                        route = %route,
-                        stream_end = ?end,
-                        prompt_tokens = usage.map(|u| u.prompt_tokens),
-                        completion_tokens = usage.map(|u| u.completion_tokens),
-                        cost_usd,
-                        "stream finished"
-                    );
-                });
-                let relay = SseRelay::new(rest, first, deadline, on_end, ctx.dialect, translate);
-                let mut response = Response::new(ProxyBody::Stream(Box::pin(relay)));
+                deadline,
+            }) => {
+                x.ctx.streaming = true;
+                let mut response = Response::new(ProxyBody::empty());
                 let headers = response.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                response
+                x.respond(StatusCode::OK, response.headers_mut());
+                let relay = SseRelay::new(rest, first, deadline, x, translate);
+                *response.body_mut() = ProxyBody::Stream(Box::pin(relay));
+                return response;
             }
-            Answer::Refused {
-                status,
-                content_type,
-                body,
-            } => {
-                // The provider's own error body passes through when it is already in the
-                // client's dialect; otherwise its message is carried over into that shape.
-                let parsed = serde_json::from_slice::<Value>(&body).ok();
-                let same_shape = match ctx.dialect {
-                    Dialect::OpenAi => {
-                        providers::is_openai_wire(provider.kind)
-                            && parsed
-                                .as_ref()
-                                .is_some_and(|v| v.get("error").is_some_and(Value::is_object))
-                    }
-                    Dialect::Anthropic => {
-                        provider.kind == gatehouse_crds::config::ProviderKind::Anthropic
-                            && parsed.as_ref().is_some_and(|v| {
-                                v.get("type").and_then(Value::as_str) == Some("error")
-                            })
-                    }
-                };
-                if same_shape {
-                    let mut response = Response::new(ProxyBody::full(body));
-                    *response.status_mut() = status;
-                    if let Some(ct) = content_type {
-                        response.headers_mut().insert(CONTENT_TYPE, ct);
-                    }
-                    response
-                } else {
-                    let message = match providers::error_message(&body) {
-                        Some(m) => format!(
-                            "provider '{}' refused the request ({}): {m}",
-                            provider.name,
-                            status.as_u16()
-                        ),
-                        None => format!(
-                            "provider '{}' refused the request with status {}",
-                            provider.name,
-                            status.as_u16()
-                        ),
-                    };
-                    let body = match ctx.dialect {
-                        Dialect::OpenAi => {
-                            error_body(&message, "invalid_request_error", "upstream_refused")
-                        }
-                        Dialect::Anthropic => messages::error_body(status, &message),
-                    };
-                    json_response(status, body)
-                }
-            }
-        }
-    }
-
-    fn count_attempt(&self, provider: &str, outcome: &'static str) {
-        self.metrics
-            .attempts
-            .get_or_create(&AttemptLabels {
-                provider: provider.to_string(),
-                outcome,
-            })
-            .inc();
-    }
-
-    /// Add the `x-gatehouse-*` headers, record metrics and the access log.
-    fn finish(
-        &self,
-        ctx: Context,
-        result: Result<Response<ProxyBody>, ProxyError>,
-    ) -> Response<ProxyBody> {
-        let mut response = match result {
-            Ok(r) => r,
+            Ok(Answer::Final(e)) => final_response(&x.ctx, e),
             Err(e) => {
-                self.metrics
-                    .errors
-                    .get_or_create(&ErrorLabels { reason: e.code() })
-                    .inc();
+                x.ctx.error = Some(e.code());
                 if e.status().is_server_error() {
-                    tracing::warn!(request_id = %ctx.request_id, code = e.code(), error = %e, "request failed");
+                    tracing::warn!(request_id = %x.ctx.request_id, code = e.code(), error = %e, "request failed");
                 }
-                let body = match ctx.dialect {
-                    Dialect::OpenAi => e.body(),
-                    Dialect::Anthropic => messages::error_body(e.status(), &e.to_string()),
-                };
-                let mut r = json_response(e.status(), body);
+                let mut r = json_response(e.status(), x.ctx.dialect.error_body(&e));
                 if let ProxyError::Exhausted {
                     retry_after: Some(delay),
                     ..
@@ -635,73 +221,64 @@ impl Gateway {
             }
         };
         let status = response.status();
-        let headers = response.headers_mut();
-        insert_header(headers, "x-gatehouse-request-id", &ctx.request_id);
-        if let Some(route) = &ctx.route {
-            insert_header(headers, "x-gatehouse-route", route);
-        }
-        if let Some(provider) = &ctx.provider {
-            insert_header(headers, "x-gatehouse-provider", provider);
-        }
-        if let Some(model) = &ctx.model {
-            insert_header(headers, "x-gatehouse-model", model);
-        }
-        if ctx.attempts > 0 {
-            insert_header(headers, "x-gatehouse-attempts", &ctx.attempts.to_string());
-        }
-        if let Some(cost) = ctx.cost_usd {
-            insert_header(headers, "x-gatehouse-cost-usd", &format!("{cost:.8}"));
-        }
-        headers.insert("x-gatehouse-cache", HeaderValue::from_static("bypass"));
-        if !ctx.warnings.is_empty() {
-            insert_header(headers, "x-gatehouse-warning", &ctx.warnings.join("; "));
-        }
-
-        let elapsed = ctx.start.elapsed();
-        let route = ctx.route.clone().unwrap_or_default();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                provider: ctx.provider.clone().unwrap_or_default(),
-                model: ctx.model.clone().unwrap_or_default(),
-                status: status.as_u16(),
-            })
-            .inc();
-        if !route.is_empty() {
-            self.metrics
-                .request_duration
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
-                })
-                .observe(elapsed.as_secs_f64());
-        }
-        if ctx.attempts > 0 {
-            self.metrics
-                .overhead
-                .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
-        }
-        tracing::info!(
-            target: "gatehouse::access",
-            request_id = %ctx.request_id,
-            route = %route,
-            provider = ctx.provider.as_deref().unwrap_or(""),
-            model = ctx.model.as_deref().unwrap_or(""),
-            status = status.as_u16(),
-            attempts = ctx.attempts,
-            stream = ctx.stream,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            cost_usd = ctx.cost_usd,
-            "request"
-        );
+        x.respond(status, response.headers_mut());
+        x.end(End::Answered);
         response
     }
 }
 
-fn insert_header(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+/// The response to an attempt that ended the request without an answer.
+fn final_response(ctx: &Context, e: AttemptError) -> Response<ProxyBody> {
+    match (e, &ctx.answered_by) {
+        (AttemptError::Refused(refusal), Some(target)) => refused(ctx.dialect, target, refusal),
+        (e, _) => {
+            // Nothing but a refusal is final today (the retry table); answer any other as a
+            // failed upstream rather than guess.
+            let e = ProxyError::Exhausted {
+                route: ctx.route_name().to_string(),
+                attempts: ctx.attempts.len() as u32,
+                summary: e.to_string(),
+                status: StatusCode::BAD_GATEWAY,
+                retry_after: None,
+            };
+            json_response(e.status(), ctx.dialect.error_body(&e))
+        }
     }
+}
+
+/// A provider's refusal of the request, in the client's dialect: its own error body passes
+/// through when the provider speaks the client's dialect; otherwise its message is carried over.
+fn refused(dialect: Dialect, target: &Target, refusal: Refusal) -> Response<ProxyBody> {
+    let Refusal {
+        status,
+        content_type,
+        body,
+    } = refusal;
+    let provider = &target.provider;
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let same_shape = providers::is_native(provider.adapter, dialect)
+        && parsed.as_ref().is_some_and(|v| dialect.is_error_body(v));
+    if same_shape {
+        let mut response = Response::new(ProxyBody::full(body));
+        *response.status_mut() = status;
+        if let Some(ct) = content_type {
+            response.headers_mut().insert(CONTENT_TYPE, ct);
+        }
+        return response;
+    }
+    let message = match providers::error_message(&body) {
+        Some(m) => format!(
+            "provider '{}' refused the request ({}): {m}",
+            provider.name,
+            status.as_u16()
+        ),
+        None => format!(
+            "provider '{}' refused the request with status {}",
+            provider.name,
+            status.as_u16()
+        ),
+    };
+    json_response(status, dialect.refusal_body(status, &message))
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
@@ -743,29 +320,7 @@ fn parse_inbound(
 ) -> Result<(Inbound, String), ProxyError> {
     let (map, alias) = parse_request(body, op)?;
     let stream = op == Operation::Chat && matches!(map.get("stream"), Some(Value::Bool(true)));
-    let inbound = match dialect {
-        Dialect::OpenAi => Inbound {
-            dialect,
-            op,
-            openai: map,
-            native: None,
-            stream,
-            warnings: Vec::new(),
-            anthropic_beta: None,
-        },
-        Dialect::Anthropic => {
-            let (openai, warnings) = messages::to_openai(&map)?;
-            Inbound {
-                dialect,
-                op,
-                openai,
-                native: Some(map),
-                stream,
-                warnings,
-                anthropic_beta: None,
-            }
-        }
-    };
+    let inbound = dialect.inbound(op, map, stream)?;
     Ok((inbound, alias))
 }
 
@@ -828,149 +383,6 @@ fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, Stri
         ));
     }
     Ok((map, model))
-}
-
-/// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
-/// `translate` is set).
-async fn first_chunk(
-    response: Response<Incoming>,
-    framing: StreamFraming,
-    dialect: Dialect,
-    mut translate: Option<Translate>,
-) -> Result<Answer, AttemptError> {
-    let expected = match framing {
-        StreamFraming::Sse => "text/event-stream",
-        StreamFraming::AwsEventStream => "application/vnd.amazon.eventstream",
-    };
-    let content_type_ok = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with(expected));
-    if !content_type_ok {
-        return Err(AttemptError::Invalid(format!(
-            "expected an event stream ({expected})"
-        )));
-    }
-    let mut body = response.into_body();
-    let mut buf = BytesMut::new();
-    loop {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    match translate.as_mut() {
-                        None => buf.extend_from_slice(&data),
-                        Some(t) => t.feed(&data, &mut buf).map_err(AttemptError::Invalid)?,
-                    }
-                    match first_event(&buf, dialect) {
-                        FirstEvent::Incomplete => {}
-                        FirstEvent::Valid => {
-                            return Ok(Answer::Stream {
-                                first: buf.freeze(),
-                                rest: body,
-                                translate,
-                            });
-                        }
-                        FirstEvent::Invalid(reason) => {
-                            return Err(AttemptError::Invalid(reason.to_string()));
-                        }
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                return Err(AttemptError::Connect(format!(
-                    "stream broke before the first chunk: {}",
-                    error_chain(&e)
-                )));
-            }
-            None => {
-                return Err(AttemptError::Invalid(
-                    "stream ended before the first chunk".to_string(),
-                ));
-            }
-        }
-    }
-}
-
-/// The complete 2xx bodies of an attempt (one, unless the adapter fanned out): checked, translated
-/// into the client's dialect, their usage read.
-fn complete(
-    provider: &Provider,
-    model: &str,
-    inbound: &Inbound,
-    mut replies: Vec<providers::Reply>,
-) -> Result<Answer, AttemptError> {
-    if inbound.is_native(provider.kind) {
-        // Native requests never fan out: one call, one body.
-        let body = match (replies.pop(), replies.is_empty()) {
-            (Some(reply), true) => reply.body,
-            _ => {
-                return Err(AttemptError::Invalid(
-                    "a pass-through request got several answers".to_string(),
-                ));
-            }
-        };
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            return Err(AttemptError::Invalid(
-                "response body is not valid JSON".to_string(),
-            ));
-        }
-        let usage = match inbound.dialect {
-            Dialect::OpenAi => usage::of_body(&body),
-            Dialect::Anthropic => usage::of_anthropic_body(&body),
-        };
-        return Ok(Answer::Complete { body, usage });
-    }
-    let openai = providers::responses(provider.kind, inbound.op, model, &replies)
-        .map_err(AttemptError::Invalid)?;
-    let usage = openai
-        .get("usage")
-        .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
-    let out = match inbound.dialect {
-        Dialect::OpenAi => {
-            let mut openai = openai;
-            if inbound.op == Operation::Embeddings
-                && inbound
-                    .openai
-                    .get("encoding_format")
-                    .and_then(Value::as_str)
-                    == Some("base64")
-            {
-                providers::base64_embeddings(&mut openai);
-            }
-            openai
-        }
-        Dialect::Anthropic => messages::response(&openai),
-    };
-    let body = serde_json::to_vec(&out)
-        .map_err(|e| AttemptError::Invalid(format!("failed to encode response: {e}")))?;
-    Ok(Answer::Complete {
-        body: Bytes::from(body),
-        usage,
-    })
-}
-
-/// The whole body of an upstream answer.
-async fn collect(body: Incoming) -> Result<Bytes, AttemptError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(|e| {
-            AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-        })?
-        .to_bytes())
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use gatehouse_crds::config::RetryConfig;
 use rand::Rng;
 
-use crate::state::Route;
+use crate::state::ServedRoute;
 
 /// The order in which one request tries its route's targets.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct Next {
 
 impl AttemptPlan {
     /// Plan for `route`, drawing weighted choices from `rng`.
-    pub fn new(route: &Route, rng: &mut impl Rng) -> Self {
+    pub fn new(route: &ServedRoute, rng: &mut impl Rng) -> Self {
         Self {
             order: pass_order(route, rng),
             position: 0,
@@ -36,7 +36,12 @@ impl AttemptPlan {
     }
 
     /// The next target, or `None` when the route has no targets.
-    pub fn next(&mut self, route: &Route, retry: &RetryConfig, rng: &mut impl Rng) -> Option<Next> {
+    pub fn next(
+        &mut self,
+        route: &ServedRoute,
+        retry: &RetryConfig,
+        rng: &mut impl Rng,
+    ) -> Option<Next> {
         if self.order.is_empty() {
             return None;
         }
@@ -54,7 +59,7 @@ impl AttemptPlan {
 }
 
 /// One pass: each priority group in order, shuffled by weight (weight 0 last, in declared order).
-fn pass_order(route: &Route, rng: &mut impl Rng) -> Vec<usize> {
+fn pass_order(route: &ServedRoute, rng: &mut impl Rng) -> Vec<usize> {
     let mut order = Vec::with_capacity(route.config.targets.len());
     for group in &route.groups {
         let mut weighted: Vec<(usize, u64)> = group
@@ -100,7 +105,7 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    fn route(targets: &[(&str, i32, u32)]) -> Route {
+    fn route(targets: &[(&str, i32, u32)]) -> ServedRoute {
         let config = RouteConfig {
             aliases: vec!["a".into()],
             targets: targets
@@ -119,7 +124,12 @@ mod tests {
         crate::state::tests_support::route("r", config)
     }
 
-    fn names(route: &Route, plan: &mut AttemptPlan, n: usize, rng: &mut StdRng) -> Vec<String> {
+    fn names(
+        route: &ServedRoute,
+        plan: &mut AttemptPlan,
+        n: usize,
+        rng: &mut StdRng,
+    ) -> Vec<String> {
         (0..n)
             .map(|_| {
                 let next = plan.next(route, &RetryConfig::default(), rng).unwrap();

@@ -9,6 +9,8 @@ use arc_swap::ArcSwapOption;
 use gatehouse_crds::config::{Pricing, ProviderKind, RouteConfig, SidecarConfig, TargetConfig};
 use http::{HeaderName, HeaderValue, Uri};
 
+use crate::providers::{self, Adapter};
+
 /// Why a config could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -23,6 +25,16 @@ pub enum SnapshotError {
         /// What is wrong.
         reason: String,
     },
+    /// A route target names a provider the config does not have. `render()` never emits one
+    /// (it moves such targets to `unavailable`); a hand-made config might, and a request would
+    /// otherwise find no provider to call.
+    #[error("route '{route}' has a target naming provider '{provider}', which does not exist")]
+    UnknownProvider {
+        /// Route name.
+        route: String,
+        /// The missing provider.
+        provider: String,
+    },
 }
 
 /// A provider ready to be called.
@@ -32,6 +44,8 @@ pub struct Provider {
     pub name: String,
     /// Protocol family.
     pub kind: ProviderKind,
+    /// The adapter of that family: how requests are built, sent and read back.
+    pub adapter: &'static dyn Adapter,
     /// Full URL of the chat completions endpoint.
     pub chat_url: Uri,
     /// Full URL of the embeddings endpoint.
@@ -63,25 +77,16 @@ pub enum Credentials {
 }
 
 impl Credentials {
-    /// Credentials of a provider of `kind` from its key.
+    /// Credentials of a provider of `kind` from its key (none when the key is missing or blank).
     pub fn for_key(kind: ProviderKind, key: Option<&str>) -> Self {
-        let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
-            return Self::None;
-        };
-        let (name, value) = match kind {
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                ("authorization", format!("Bearer {key}"))
-            }
-            ProviderKind::AzureOpenAI => ("api-key", key.to_string()),
-            ProviderKind::Anthropic => ("x-api-key", key.to_string()),
-            ProviderKind::Gemini => ("x-goog-api-key", key.to_string()),
-            ProviderKind::Bedrock => {
-                return match crate::providers::bedrock::credentials(key) {
-                    Ok(c) => Self::Aws(c),
-                    Err(reason) => Self::Invalid(reason),
-                };
-            }
-        };
+        match key.map(str::trim).filter(|k| !k.is_empty()) {
+            Some(key) => providers::adapter(kind).credentials(key),
+            None => Self::None,
+        }
+    }
+
+    /// One header carrying the key, its value marked sensitive.
+    pub fn header(name: &'static str, value: String) -> Self {
         match HeaderValue::try_from(value) {
             Ok(mut v) => {
                 v.set_sensitive(true);
@@ -94,19 +99,32 @@ impl Credentials {
     }
 }
 
-/// A route with its targets grouped by priority.
+/// One target of a route, its provider resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<Provider>,
+    /// The upstream model.
+    pub model: Arc<str>,
+}
+
+/// A route as the sidecar serves it: the rendered route (`gatehouse_crds::config::RouteConfig`,
+/// itself rendered from a `gatehouse_crds::Route`), its targets resolved to providers and grouped
+/// by priority.
 #[derive(Debug)]
-pub struct Route {
+pub struct ServedRoute {
     /// Route name.
     pub name: String,
     /// The rendered route.
     pub config: RouteConfig,
+    /// `config.targets`, in the same order, with their providers.
+    pub targets: Vec<Target>,
     /// Indices into `config.targets`, one group per priority, lowest priority first.
     pub groups: Vec<Vec<usize>>,
 }
 
-impl Route {
-    fn new(name: String, config: RouteConfig) -> Self {
+impl ServedRoute {
+    fn new(name: String, config: RouteConfig, targets: Vec<Target>) -> Self {
         let mut priorities: Vec<i32> = config.targets.iter().map(|t| t.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
@@ -125,13 +143,19 @@ impl Route {
         Self {
             name,
             config,
+            targets,
             groups,
         }
     }
 
-    /// Target by index.
+    /// Target by index, as configured.
     pub fn target(&self, index: usize) -> Option<&TargetConfig> {
         self.config.targets.get(index)
+    }
+
+    /// Target by index, its provider resolved.
+    pub fn resolved(&self, index: usize) -> Option<&Target> {
+        self.targets.get(index)
     }
 }
 
@@ -141,7 +165,7 @@ pub struct Snapshot {
     /// The config this snapshot was built from.
     pub config: SidecarConfig,
     /// Route by alias.
-    pub aliases: HashMap<String, Arc<Route>>,
+    pub aliases: HashMap<String, Arc<ServedRoute>>,
     /// Provider by name.
     pub providers: HashMap<String, Arc<Provider>>,
 }
@@ -188,6 +212,7 @@ impl Snapshot {
                 Arc::new(Provider {
                     name: name.clone(),
                     kind: p.kind,
+                    adapter: providers::adapter(p.kind),
                     chat_url,
                     embeddings_url,
                     base: base.to_string(),
@@ -200,7 +225,21 @@ impl Snapshot {
         }
         let mut aliases = HashMap::new();
         for (name, r) in &config.routes {
-            let route = Arc::new(Route::new(name.clone(), r.clone()));
+            let targets = r
+                .targets
+                .iter()
+                .map(|t| match providers.get(&t.provider) {
+                    Some(provider) => Ok(Target {
+                        provider: Arc::clone(provider),
+                        model: Arc::from(t.model.as_str()),
+                    }),
+                    None => Err(SnapshotError::UnknownProvider {
+                        route: name.clone(),
+                        provider: t.provider.clone(),
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let route = Arc::new(ServedRoute::new(name.clone(), r.clone(), targets));
             for alias in &r.aliases {
                 aliases.insert(alias.clone(), route.clone());
             }
@@ -240,7 +279,51 @@ impl Store {
 pub(crate) mod tests_support {
     use super::*;
 
-    pub(crate) fn route(name: &str, config: RouteConfig) -> Route {
-        Route::new(name.to_string(), config)
+    pub(crate) fn route(name: &str, config: RouteConfig) -> ServedRoute {
+        ServedRoute::new(name.to_string(), config, Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_crds::config::{ProviderConfig, RetryConfig, TimeoutConfig};
+
+    fn config(target_provider: &str) -> SidecarConfig {
+        let mut config = SidecarConfig::empty("default");
+        let provider: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "type": "openai", "endpoint": "http://127.0.0.1:1/v1",
+        }))
+        .unwrap();
+        config.providers.insert("real".into(), provider);
+        config.routes.insert(
+            "chat".into(),
+            RouteConfig {
+                aliases: vec!["chat".into()],
+                targets: vec![TargetConfig {
+                    provider: target_provider.into(),
+                    model: "m".into(),
+                    priority: 0,
+                    weight: 1,
+                }],
+                unavailable: vec![],
+                retry: RetryConfig::default(),
+                timeouts: TimeoutConfig::default(),
+            },
+        );
+        config
+    }
+
+    #[test]
+    fn a_target_naming_an_unknown_provider_is_rejected() {
+        let err = Snapshot::build(config("ghost"), &BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&err, SnapshotError::UnknownProvider { route, provider } if route == "chat" && provider == "ghost"),
+            "{err}"
+        );
+        let snapshot = Snapshot::build(config("real"), &BTreeMap::new()).unwrap();
+        let route = &snapshot.aliases["chat"];
+        assert_eq!(route.resolved(0).unwrap().provider.name, "real");
+        assert_eq!(&*route.resolved(0).unwrap().model, "m");
     }
 }

@@ -11,9 +11,8 @@
 
 use bytes::BytesMut;
 use gatehouse_crds::config::ProviderKind;
-use gatehouse_sidecar::providers::{
-    self, Dialect, Inbound, Operation, anthropic, bedrock, gemini, messages,
-};
+use gatehouse_sidecar::dialect::{self, Dialect, Inbound, Operation, messages};
+use gatehouse_sidecar::providers::{self, anthropic, bedrock, gemini};
 use serde_json::{Map, Value, json};
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -302,7 +301,7 @@ fn embeddings_responses_from_bedrock() {
         providers::responses(ProviderKind::Bedrock, Operation::Embeddings, model, replies).unwrap()
     };
     let mut base64 = bedrock("amazon.titan-embed-text-v2:0", &titan[..1]);
-    providers::base64_embeddings(&mut base64);
+    dialect::openai::base64_embeddings(&mut base64);
     let out = json!({
         "titan_two_calls": bedrock("amazon.titan-embed-text-v2:0", &titan),
         "cohere_header_usage": bedrock("us.cohere.embed-english-v3", &cohere),

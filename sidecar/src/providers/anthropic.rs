@@ -6,31 +6,128 @@
 //! [`DEFAULT_MAX_TOKENS`]. Back: content blocks, stop reasons and usage (cache reads count as
 //! cached prompt tokens, cache writes as prompt tokens) become OpenAI's.
 
-use http::Uri;
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ChunkDecoder, Inbound, Outgoing, SseParser, StreamItem, ToolChoice, content_text, data_url,
-    delta_chunk, function_tools, max_tokens, messages, now_secs, openai_usage, parse_arguments,
-    role, stop_list, tool_choice, usage_chunk, warn_unhandled,
+use super::chat::{
+    ToolChoice, Turns, content_text, data_url, delta_chunk, function_tools, max_tokens, messages,
+    now_secs, openai_usage, parse_arguments, role, stop_list, tool_choice, usage_chunk,
+    warn_unhandled,
 };
-use crate::error::ProxyError;
-use crate::state::Provider;
+use super::{Adapter, ChunkDecoder, Outgoing, StreamItem, failure};
+use crate::dialect::{Dialect, Inbound, Operation};
+use crate::error::{AuthFailure, DecodeError, TranslateError};
+use crate::sse::SseParser;
+use crate::state::{Credentials, Provider};
+
+/// Anthropic `error.type` values of a credentials refusal.
+const ANTHROPIC_AUTH_TYPES: &[&str] = &["authentication_error", "permission_error"];
+
+/// The adapter of `anthropic` providers.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn native(&self) -> Option<Dialect> {
+        Some(Dialect::Anthropic)
+    }
+
+    fn outgoing(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inbound: &Inbound,
+    ) -> Result<Outgoing, TranslateError> {
+        match (inbound.dialect, inbound.op) {
+            (Dialect::Anthropic, _) => native(provider, model, inbound),
+            (_, Operation::Chat) => outgoing(provider, model, &inbound.openai, inbound.stream),
+            (_, Operation::Embeddings) => Err(TranslateError::Unsupported(format!(
+                "provider '{}' ({}) does not serve embeddings; route embeddings to an openai, \
+                 openaiCompatible, azureOpenAI, gemini or bedrock provider",
+                provider.name,
+                provider.kind.as_str()
+            ))),
+        }
+    }
+
+    fn response(&self, _op: Operation, model: &str, body: Value) -> Result<Value, DecodeError> {
+        response(&body, model)
+    }
+
+    fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
+        Box::new(StreamDecoder::new(model))
+    }
+
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn credentials(&self, key: &str) -> Credentials {
+        Credentials::header("x-api-key", key.to_string())
+    }
+
+    fn extra_headers(&self, inbound: &Inbound, headers: &mut HeaderMap) {
+        headers.insert("anthropic-version", HeaderValue::from_static(VERSION));
+        // An Anthropic client's beta flags mean something only to Anthropic itself.
+        if inbound.dialect == Dialect::Anthropic
+            && let Some(beta) = &inbound.anthropic_beta
+        {
+            headers.insert("anthropic-beta", beta.clone());
+        }
+    }
+
+    fn key_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        // Anthropic refuses keys with 401/403 only; the error type names which.
+        let error = failure::error_object(body);
+        let reason = error
+            .as_ref()
+            .and_then(|e| failure::known(e.get("type"), ANTHROPIC_AUTH_TYPES));
+        failure::always_auth(status, reason, false)
+    }
+
+    fn billing_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        let error = failure::error_object(body);
+        let billing = error
+            .as_ref()
+            .and_then(|e| failure::known(e.get("type"), &["billing_error"]));
+        (billing.is_some() || status == StatusCode::PAYMENT_REQUIRED).then_some(AuthFailure {
+            status,
+            reason: billing,
+        })
+    }
+}
 
 /// The `anthropic-version` header every request carries.
 pub const VERSION: &str = "2023-06-01";
 /// `max_tokens` sent when the client set none (Anthropic requires it).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-fn messages_uri(provider: &Provider) -> Result<Uri, ProxyError> {
+fn messages_uri(provider: &Provider) -> Result<Uri, TranslateError> {
     let base = provider.base.trim_end_matches("/v1");
     format!("{base}/v1/messages")
         .parse()
-        .map_err(|_| ProxyError::InvalidRequest("invalid provider endpoint".to_string()))
+        .map_err(|source| TranslateError::Url {
+            what: "the provider endpoint".to_string(),
+            source,
+        })
 }
 
 /// An Anthropic client's own body, sent to Anthropic with only `model` rewritten.
-pub fn native(provider: &Provider, model: &str, inbound: &Inbound) -> Result<Outgoing, ProxyError> {
+pub fn native(
+    provider: &Provider,
+    model: &str,
+    inbound: &Inbound,
+) -> Result<Outgoing, TranslateError> {
     let body = inbound.native.as_ref().unwrap_or(&inbound.openai);
     Ok(Outgoing {
         uri: messages_uri(provider)?,
@@ -46,13 +143,13 @@ pub fn outgoing(
     model: &str,
     req: &Map<String, Value>,
     stream: bool,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(model, req, stream, &mut warnings)?;
     Ok(Outgoing {
         uri: messages_uri(provider)?,
         body: serde_json::to_vec(&body)
-            .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
+            .map_err(TranslateError::Encode)?
             .into(),
         more: Vec::new(),
         warnings,
@@ -65,14 +162,14 @@ pub fn request(
     req: &Map<String, Value>,
     stream: bool,
     warnings: &mut Vec<String>,
-) -> Result<Value, ProxyError> {
+) -> Result<Value, TranslateError> {
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Unsupported(
             "'n' greater than 1 is not supported by anthropic".to_string(),
         ));
     }
     let mut system: Vec<Value> = Vec::new();
-    let mut turns = super::Turns::default();
+    let mut turns = Turns::default();
     for message in messages(req) {
         let role = role(message)?;
         let (turn_role, blocks) = match role {
@@ -90,9 +187,7 @@ pub fn request(
                     .get("tool_call_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| {
-                        ProxyError::InvalidRequest(
-                            "a tool message needs 'tool_call_id'".to_string(),
-                        )
+                        TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
                     })?;
                 let block = json!({
                     "type": "tool_result",
@@ -102,7 +197,7 @@ pub fn request(
                 ("user", vec![block])
             }
             other => {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Unsupported(format!(
                     "message role '{other}' is not supported by anthropic"
                 )));
             }
@@ -182,18 +277,18 @@ pub fn request(
     Ok(Value::Object(body))
 }
 
-fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
     match content {
         Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
         Some(Value::Array(parts)) => parts.iter().map(part_block).collect(),
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(_) => Err(ProxyError::InvalidRequest(
+        Some(_) => Err(TranslateError::Invalid(
             "message 'content' must be a string or an array of parts".to_string(),
         )),
     }
 }
 
-fn part_block(part: &Value) -> Result<Value, ProxyError> {
+fn part_block(part: &Value) -> Result<Value, TranslateError> {
     match part.get("type").and_then(Value::as_str) {
         Some("text") => {
             Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))}))
@@ -203,9 +298,7 @@ fn part_block(part: &Value) -> Result<Value, ProxyError> {
                 .get("image_url")
                 .and_then(|i| i.get("url").or(Some(i)))
                 .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ProxyError::InvalidRequest("image_url part needs 'url'".to_string())
-                })?;
+                .ok_or_else(|| TranslateError::Invalid("image_url part needs 'url'".to_string()))?;
             if let Some((media_type, data)) = data_url(url) {
                 Ok(
                     json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
@@ -213,19 +306,19 @@ fn part_block(part: &Value) -> Result<Value, ProxyError> {
             } else if url.starts_with("https://") || url.starts_with("http://") {
                 Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
             } else {
-                Err(ProxyError::InvalidRequest(
+                Err(TranslateError::Invalid(
                     "image urls must be http(s) or base64 data: URLs".to_string(),
                 ))
             }
         }
-        other => Err(ProxyError::InvalidRequest(format!(
+        other => Err(TranslateError::Invalid(format!(
             "content part type '{}' is not supported by anthropic",
             other.unwrap_or("(missing)")
         ))),
     }
 }
 
-fn assistant_blocks(message: &Value) -> Result<Vec<Value>, ProxyError> {
+fn assistant_blocks(message: &Value) -> Result<Vec<Value>, TranslateError> {
     let mut blocks = Vec::new();
     let text = content_text(message.get("content"));
     if !text.is_empty() {
@@ -264,11 +357,13 @@ pub fn usage(u: &Value) -> Value {
 }
 
 /// Anthropic message → OpenAI chat completion.
-pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
     let content = value
         .get("content")
         .and_then(Value::as_array)
-        .ok_or("anthropic response has no 'content' array")?;
+        .ok_or(DecodeError::Shape(
+            "anthropic response has no 'content' array",
+        ))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in content {
@@ -460,20 +555,20 @@ fn merge(into: &mut Value, from: &Value) {
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         for event in self.sse.push(bytes)? {
             if event.data.trim().is_empty() {
                 continue;
             }
-            let data = super::event_object(&event.data)?;
+            let data = crate::sse::json_object(&event.data)?;
             self.event(&data, out);
         }
         Ok(())
     }
 
-    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if !self.done {
-            return Err("the upstream stream ended before message_stop".to_string());
+            return Err(DecodeError::EndedEarly("before message_stop"));
         }
         Ok(())
     }

@@ -1,20 +1,77 @@
 //! Azure OpenAI: OpenAI's wire format on
 //! `{endpoint}/openai/deployments/{deployment}/{chat/completions|embeddings}?api-version=…` with an
 //! `api-key` header. The route target's `model` is the deployment name; the body passes through.
+//! Streams go through the OpenAI decoder: Azure opens them with a prompt-filter chunk without
+//! choices, which clients that read `choices[0]` trip over, and the decoder drops it.
 
-use http::Uri;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value};
 
-use super::{Inbound, Operation, Outgoing};
-use crate::error::ProxyError;
-use crate::state::Provider;
+use super::{Adapter, ChunkDecoder, Outgoing, openai};
+use crate::dialect::{Dialect, Inbound, Operation};
+use crate::error::{AuthFailure, DecodeError, TranslateError};
+use crate::state::{Credentials, Provider};
 
 /// `api-version` used when the provider sets none (the CRD's default, repeated for configs
 /// rendered without it).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
 
+/// The adapter of `azureOpenAI` providers.
+#[derive(Debug)]
+pub struct Azure;
+
+impl Adapter for Azure {
+    fn native(&self) -> Option<Dialect> {
+        Some(Dialect::OpenAi)
+    }
+
+    fn outgoing(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inbound: &Inbound,
+    ) -> Result<Outgoing, TranslateError> {
+        outgoing(provider, model, &inbound.openai, inbound.op)
+    }
+
+    fn response(&self, _op: Operation, _model: &str, body: Value) -> Result<Value, DecodeError> {
+        Ok(body)
+    }
+
+    fn stream_decoder(&self, _model: &str) -> Box<dyn ChunkDecoder> {
+        Box::new(openai::StreamDecoder::default())
+    }
+
+    fn decodes_native_streams(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "azureOpenAI"
+    }
+
+    fn credentials(&self, key: &str) -> Credentials {
+        Credentials::header("api-key", key.to_string())
+    }
+
+    fn key_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        openai::key_refused(status, body)
+    }
+
+    fn rate_limit_delay(&self, headers: &HeaderMap, _body: &[u8]) -> Option<Duration> {
+        openai::openai_reset(headers)
+    }
+}
+
 /// The deployment URL for `op`.
-pub fn uri(provider: &Provider, deployment: &str, op: Operation) -> Result<Uri, ProxyError> {
+pub fn uri(provider: &Provider, deployment: &str, op: Operation) -> Result<Uri, TranslateError> {
     let path = match op {
         Operation::Chat => "chat/completions",
         Operation::Embeddings => "embeddings",
@@ -26,14 +83,13 @@ pub fn uri(provider: &Provider, deployment: &str, op: Operation) -> Result<Uri, 
     format!(
         "{}/openai/deployments/{}/{path}?api-version={}",
         provider.base,
-        super::path_segment(deployment),
-        super::path_segment(version)
+        super::chat::path_segment(deployment),
+        super::chat::path_segment(version)
     )
     .parse()
-    .map_err(|_| {
-        ProxyError::InvalidRequest(format!(
-            "deployment name '{deployment}' does not make a valid URL"
-        ))
+    .map_err(|source| TranslateError::Url {
+        what: format!("deployment name '{deployment}'"),
+        source,
     })
 }
 
@@ -43,11 +99,10 @@ pub fn outgoing(
     deployment: &str,
     req: &Map<String, Value>,
     op: Operation,
-    _inbound: &Inbound,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     Ok(Outgoing {
         uri: uri(provider, deployment, op)?,
-        body: super::openai::encode_with_model(req, deployment)?,
+        body: openai::encode_with_model(req, deployment)?,
         more: Vec::new(),
         warnings: Vec::new(),
     })

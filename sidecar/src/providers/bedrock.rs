@@ -13,49 +13,152 @@
 //! Embeddings go through InvokeModel instead, see [`embeddings`].
 
 pub mod embeddings;
+mod sigv4;
+
+pub use sigv4::{credentials, sign};
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use bytes::BytesMut;
-use http::Uri;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ChunkDecoder, Outgoing, StreamItem, ToolChoice, content_text, data_url, delta_chunk,
-    function_tools, max_tokens, messages, new_id, now_secs, openai_usage, parse_arguments,
-    path_segment, role, stop_list, tool_choice, usage_chunk, warn_unhandled,
+use super::chat::{
+    ToolChoice, Turns, content_text, data_url, delta_chunk, function_tools, max_tokens, messages,
+    new_id, now_secs, openai_usage, parse_arguments, path_segment, role, stop_list, tool_choice,
+    usage_chunk, warn_unhandled,
 };
-use crate::error::ProxyError;
-use crate::state::Provider;
+use super::{Adapter, ChunkDecoder, Outgoing, Reply, StreamFraming, StreamItem, failure};
+use crate::dialect::{Inbound, Operation};
+use crate::error::{AuthFailure, CredentialsError, DecodeError, TranslateError};
+use crate::state::{Credentials, Provider};
 
-/// Parse the key into AWS credentials (see the module docs for the two accepted formats).
-pub fn credentials(key: &str) -> Result<aws_credential_types::Credentials, String> {
-    let key = key.trim();
-    let (id, secret, token) = if key.starts_with('{') {
-        let v: Value = serde_json::from_str(key)
-            .map_err(|_| "the bedrock key is not valid JSON".to_string())?;
-        let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        (
-            get("accessKeyId"),
-            get("secretAccessKey"),
-            get("sessionToken"),
-        )
-    } else {
-        let mut parts = key.splitn(3, ':');
-        (
-            parts.next().map(str::to_string),
-            parts.next().map(str::to_string),
-            parts.next().map(str::to_string),
-        )
-    };
-    match (id, secret) {
-        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Ok(
-            aws_credential_types::Credentials::new(id, secret, token, None, "gatehouse-keys"),
-        ),
-        _ => Err(
-            "a bedrock key must be ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] or a JSON object with accessKeyId and secretAccessKey"
-                .to_string(),
-        ),
+/// Bedrock (AWS) error names that mean the signature or the credentials were refused, whatever
+/// the status: the Bedrock API error-code guide and the AWS common errors.
+const BEDROCK_AUTH_ERRORS: &[&str] = &[
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "RequestExpired",
+    "NotAuthorized",
+    "AccessDeniedException",
+];
+
+/// The adapter of `bedrock` providers.
+#[derive(Debug)]
+pub struct Bedrock;
+
+impl Adapter for Bedrock {
+    fn framing(&self) -> StreamFraming {
+        StreamFraming::AwsEventStream
     }
+
+    fn outgoing(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inbound: &Inbound,
+    ) -> Result<Outgoing, TranslateError> {
+        match inbound.op {
+            Operation::Chat => outgoing(provider, model, &inbound.openai, inbound.stream),
+            Operation::Embeddings => embeddings::outgoing(provider, model, &inbound.openai),
+        }
+    }
+
+    fn response(&self, op: Operation, model: &str, body: Value) -> Result<Value, DecodeError> {
+        match op {
+            Operation::Chat => response(&body, model),
+            Operation::Embeddings => embeddings::response(model, &[(body, None)]),
+        }
+    }
+
+    fn responses(
+        &self,
+        op: Operation,
+        model: &str,
+        replies: &[Reply],
+    ) -> Result<Value, DecodeError> {
+        match (op, replies) {
+            (Operation::Embeddings, _) => {
+                let answers = replies
+                    .iter()
+                    .map(|r| Ok((super::json_object(&r.body)?, r.input_tokens)))
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                embeddings::response(model, &answers)
+            }
+            (Operation::Chat, [one]) => response(&super::json_object(&one.body)?, model),
+            (Operation::Chat, _) => Err(DecodeError::Join {
+                count: replies.len(),
+                kind: self.name(),
+            }),
+        }
+    }
+
+    fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
+        Box::new(StreamDecoder::new(model))
+    }
+
+    fn name(&self) -> &'static str {
+        "bedrock"
+    }
+
+    fn credentials(&self, key: &str) -> Credentials {
+        match credentials(key) {
+            Ok(c) => Credentials::Aws(c),
+            Err(reason) => Credentials::Invalid(reason),
+        }
+    }
+
+    fn authorize(
+        &self,
+        provider: &Provider,
+        request: &mut http::Request<http_body_util::Full<Bytes>>,
+        body: &[u8],
+    ) -> Result<(), CredentialsError> {
+        match &provider.credentials {
+            Credentials::Aws(credentials) => sign(provider, credentials, request, body),
+            Credentials::Invalid(reason) => Err(CredentialsError::Unusable(reason.clone())),
+            Credentials::None | Credentials::Header(..) => Ok(()),
+        }
+    }
+
+    fn key_refused(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        // Signing failures are named in `x-amzn-errortype`, some of them under a 400.
+        let known = error_name(headers, body).and_then(|n| failure::find(n, BEDROCK_AUTH_ERRORS));
+        failure::always_auth(status, known, known.is_some())
+    }
+}
+
+/// The exception name Bedrock puts in `x-amzn-errortype` (`Name:namespace`), or in the body's
+/// `__type` when the header is missing.
+fn error_name<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<&'a str> {
+    if let Some(v) = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.split(':').next().map(str::trim);
+    }
+    // Without the header, a `__type` in the body may name it (`namespace#Name`); only fixed names
+    // are ever returned to callers, so a borrowed slice of the body is enough.
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"__type\"")?;
+    let rest = text[start + 8..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let value = &rest[..rest.find('"')?];
+    value.rsplit('#').next()
 }
 
 /// OpenAI chat request → Converse / ConverseStream.
@@ -64,7 +167,7 @@ pub fn outgoing(
     model: &str,
     req: &Map<String, Value>,
     stream: bool,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
     let action = if stream {
@@ -76,7 +179,7 @@ pub fn outgoing(
     Ok(Outgoing {
         uri,
         body: serde_json::to_vec(&body)
-            .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?
+            .map_err(TranslateError::Encode)?
             .into(),
         more: Vec::new(),
         warnings,
@@ -85,23 +188,27 @@ pub fn outgoing(
 
 /// `{endpoint}/model/{modelId}/{action}`, the model id percent-encoded as one path segment (an
 /// ARN's `/` included).
-fn model_uri(provider: &Provider, model: &str, action: &str) -> Result<Uri, ProxyError> {
+fn model_uri(provider: &Provider, model: &str, action: &str) -> Result<Uri, TranslateError> {
     format!("{}/model/{}/{action}", provider.base, path_segment(model))
         .parse()
-        .map_err(|_| {
-            ProxyError::InvalidRequest(format!("model id '{model}' does not make a valid URL"))
+        .map_err(|source| TranslateError::Url {
+            what: format!("model id '{model}'"),
+            source,
         })
 }
 
 /// The translation itself (pure; golden-tested).
-pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
+pub fn request(
+    req: &Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TranslateError> {
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Unsupported(
             "'n' greater than 1 is not supported by bedrock".to_string(),
         ));
     }
     let mut system = Vec::new();
-    let mut turns = super::Turns::default();
+    let mut turns = Turns::default();
     for message in messages(req) {
         let (turn, blocks) = match role(message)? {
             "system" | "developer" => {
@@ -138,9 +245,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                     .get("tool_call_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| {
-                        ProxyError::InvalidRequest(
-                            "a tool message needs 'tool_call_id'".to_string(),
-                        )
+                        TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
                     })?;
                 let text = content_text(message.get("content"));
                 (
@@ -149,7 +254,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                 )
             }
             other => {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Unsupported(format!(
                     "message role '{other}' is not supported by bedrock"
                 )));
             }
@@ -216,7 +321,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
     Ok(Value::Object(body))
 }
 
-fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
     match content {
         Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -231,7 +336,7 @@ fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
                         .and_then(Value::as_str)
                         .unwrap_or_default();
                     let Some((media, data)) = data_url(url) else {
-                        return Err(ProxyError::InvalidRequest(
+                        return Err(TranslateError::Unsupported(
                             "bedrock takes images as base64 data: URLs only (http image URLs are not fetched)"
                                 .to_string(),
                         ));
@@ -239,19 +344,19 @@ fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
                     let format = media.strip_prefix("image/").unwrap_or(media);
                     let format = if format == "jpg" { "jpeg" } else { format };
                     if !matches!(format, "png" | "jpeg" | "gif" | "webp") {
-                        return Err(ProxyError::InvalidRequest(format!(
+                        return Err(TranslateError::Unsupported(format!(
                             "bedrock takes png, jpeg, gif or webp images, not {media}"
                         )));
                     }
                     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
                 }
-                other => Err(ProxyError::InvalidRequest(format!(
+                other => Err(TranslateError::Invalid(format!(
                     "content part type '{}' is not supported by bedrock",
                     other.unwrap_or("(missing)")
                 ))),
             })
             .collect(),
-        Some(_) => Err(ProxyError::InvalidRequest(
+        Some(_) => Err(TranslateError::Invalid(
             "message 'content' must be a string or an array of parts".to_string(),
         )),
     }
@@ -279,13 +384,15 @@ pub fn usage(u: &Value) -> Value {
 }
 
 /// Converse response → OpenAI chat completion.
-pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
     let content = value
         .get("output")
         .and_then(|o| o.get("message"))
         .and_then(|m| m.get("content"))
         .and_then(Value::as_array)
-        .ok_or("bedrock response has no output.message.content")?;
+        .ok_or(DecodeError::Shape(
+            "bedrock response has no output.message.content",
+        ))?;
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in content {
@@ -427,13 +534,13 @@ impl StreamDecoder {
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         self.buf.extend_from_slice(bytes);
         loop {
             let message = match self.frames.decode_frame(&mut self.buf) {
                 Ok(DecodedFrame::Complete(m)) => m,
                 Ok(DecodedFrame::Incomplete) => return Ok(()),
-                Err(_) => return Err("the upstream sent an invalid event-stream frame".to_string()),
+                Err(e) => return Err(DecodeError::Frame(e)),
             };
             let header = |name: &str| {
                 message
@@ -446,9 +553,7 @@ impl ChunkDecoder for StreamDecoder {
             let payload: Value = serde_json::from_slice(message.payload())
                 .ok()
                 .filter(Value::is_object)
-                .ok_or_else(|| {
-                    "the upstream sent an event whose payload is not a JSON object".to_string()
-                })?;
+                .ok_or(DecodeError::PayloadNotObject)?;
             match header(":message-type").as_deref() {
                 Some("event") | None => {
                     let name = header(":event-type").unwrap_or_default();
@@ -471,12 +576,12 @@ impl ChunkDecoder for StreamDecoder {
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if !self.buf.is_empty() {
-            return Err("the upstream stream ended inside an event-stream frame".to_string());
+            return Err(DecodeError::CutInFrame);
         }
         if !self.stopped {
-            return Err("the upstream stream ended before messageStop".to_string());
+            return Err(DecodeError::EndedEarly("before messageStop"));
         }
         if !self.done {
             self.done = true;
@@ -484,46 +589,4 @@ impl ChunkDecoder for StreamDecoder {
         }
         Ok(())
     }
-}
-
-/// Sign `request` with SigV4 for the `bedrock` service.
-pub fn sign(
-    provider: &Provider,
-    credentials: &aws_credential_types::Credentials,
-    request: &mut http::Request<http_body_util::Full<bytes::Bytes>>,
-    body: &[u8],
-) -> Result<(), String> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let region = provider
-        .region
-        .clone()
-        .unwrap_or_else(|| "us-east-1".to_string());
-    let identity = credentials.clone().into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&region)
-        .name("bedrock")
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
-    let uri = request.uri().to_string();
-    let headers: Vec<(&str, &str)> = request
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-        .collect();
-    let signable = SignableRequest::new(
-        request.method().as_str(),
-        uri.as_str(),
-        headers.into_iter(),
-        SignableBody::Bytes(body),
-    )
-    .map_err(|e| e.to_string())?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| e.to_string())?
-        .into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(())
 }

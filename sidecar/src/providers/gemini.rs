@@ -7,18 +7,90 @@
 //! becomes `responseMimeType` (+ `responseJsonSchema`). Back: parts, `finishReason` and
 //! `usageMetadata` (cached content tokens are cached prompt tokens, thoughts are completion tokens).
 
-use http::Uri;
+mod failure;
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ChunkDecoder, Outgoing, SseParser, StreamItem, ToolChoice, data_url, delta_chunk,
-    function_tools, max_tokens, messages, new_id, now_secs, openai_usage, path_segment, role,
-    stop_list, tool_choice, usage_chunk, warn_unhandled,
+use super::chat::{
+    ToolChoice, Turns, data_url, delta_chunk, function_tools, max_tokens, messages, new_id,
+    now_secs, openai_usage, path_segment, role, stop_list, tool_choice, usage_chunk,
+    warn_unhandled,
 };
-use crate::error::ProxyError;
-use crate::state::Provider;
+use super::{Adapter, ChunkDecoder, Outgoing, StreamItem};
+use crate::dialect::{Inbound, Operation};
+use crate::error::{AuthFailure, DecodeError, TranslateError};
+use crate::sse::SseParser;
+use crate::state::{Credentials, Provider};
 
-fn uri(provider: &Provider, model: &str, method: &str) -> Result<Uri, ProxyError> {
+/// The adapter of `gemini` providers.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Adapter for Gemini {
+    fn outgoing(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inbound: &Inbound,
+    ) -> Result<Outgoing, TranslateError> {
+        match inbound.op {
+            Operation::Chat => outgoing(provider, model, &inbound.openai, inbound.stream),
+            Operation::Embeddings => embeddings(provider, model, &inbound.openai),
+        }
+    }
+
+    fn response(&self, op: Operation, model: &str, body: Value) -> Result<Value, DecodeError> {
+        match op {
+            Operation::Chat => response(&body, model),
+            Operation::Embeddings => embeddings_response(&body, model),
+        }
+    }
+
+    fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
+        Box::new(StreamDecoder::new(model))
+    }
+
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn credentials(&self, key: &str) -> Credentials {
+        Credentials::header("x-goog-api-key", key.to_string())
+    }
+
+    fn key_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        // A key refusal may come as 400 INVALID_ARGUMENT with an ErrorInfo reason; a 401/403
+        // without one is named by its status.
+        let error = super::failure::error_object(body);
+        let info = error.as_ref().and_then(|e| {
+            failure::known_detail(e, "ErrorInfo", "reason", failure::GEMINI_KEY_REASONS)
+        });
+        let named = info.or_else(|| {
+            error
+                .as_ref()
+                .and_then(|e| super::failure::known(e.get("status"), failure::GEMINI_AUTH_STATUSES))
+        });
+        super::failure::always_auth(status, named, info.is_some())
+    }
+
+    fn delay_in_body(&self) -> bool {
+        true
+    }
+
+    fn rate_limit_delay(&self, _headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
+        failure::retry_delay(body)
+    }
+}
+
+fn uri(provider: &Provider, model: &str, method: &str) -> Result<Uri, TranslateError> {
     let model = model.strip_prefix("models/").unwrap_or(model);
     format!(
         "{}/v1beta/models/{}:{method}",
@@ -26,13 +98,16 @@ fn uri(provider: &Provider, model: &str, method: &str) -> Result<Uri, ProxyError
         path_segment(model)
     )
     .parse()
-    .map_err(|_| ProxyError::InvalidRequest(format!("model '{model}' does not make a valid URL")))
+    .map_err(|source| TranslateError::Url {
+        what: format!("model '{model}'"),
+        source,
+    })
 }
 
-fn encode(body: &Value) -> Result<bytes::Bytes, ProxyError> {
+fn encode(body: &Value) -> Result<bytes::Bytes, TranslateError> {
     serde_json::to_vec(body)
         .map(bytes::Bytes::from)
-        .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))
+        .map_err(TranslateError::Encode)
 }
 
 /// OpenAI chat request → Gemini `generateContent` / `streamGenerateContent`.
@@ -41,7 +116,7 @@ pub fn outgoing(
     model: &str,
     req: &Map<String, Value>,
     stream: bool,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
     let method = if stream {
@@ -58,15 +133,18 @@ pub fn outgoing(
 }
 
 /// The translation itself (pure; golden-tested).
-pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
+pub fn request(
+    req: &Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TranslateError> {
     let mut system = Vec::new();
-    let mut contents = super::Turns::default();
+    let mut contents = Turns::default();
     // Gemini answers a call by function name; OpenAI by call id.
     let mut call_names: Vec<(String, String)> = Vec::new();
     for message in messages(req) {
         let (turn, parts) = match role(message)? {
             "system" | "developer" => {
-                let text = super::content_text(message.get("content"));
+                let text = super::chat::content_text(message.get("content"));
                 if !text.is_empty() {
                     system.push(json!({"text": text}));
                 }
@@ -75,7 +153,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
             "user" => ("user", user_parts(message.get("content"))?),
             "assistant" => {
                 let mut parts = Vec::new();
-                let text = super::content_text(message.get("content"));
+                let text = super::chat::content_text(message.get("content"));
                 if !text.is_empty() {
                     parts.push(json!({"text": text}));
                 }
@@ -92,7 +170,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                     }
                     parts.push(json!({"functionCall": {
                         "name": name,
-                        "args": super::parse_arguments(f.get("arguments"))?,
+                        "args": super::chat::parse_arguments(f.get("arguments"))?,
                     }}));
                 }
                 ("model", parts)
@@ -107,11 +185,11 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                     .find(|(i, _)| i == id)
                     .map(|(_, n)| n.clone())
                     .ok_or_else(|| {
-                        ProxyError::InvalidRequest(format!(
+                        TranslateError::Invalid(format!(
                             "tool message '{id}' answers no earlier assistant tool call"
                         ))
                     })?;
-                let text = super::content_text(message.get("content"));
+                let text = super::chat::content_text(message.get("content"));
                 let response = serde_json::from_str::<Value>(&text)
                     .ok()
                     .filter(Value::is_object)
@@ -122,7 +200,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
                 )
             }
             other => {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Unsupported(format!(
                     "message role '{other}' is not supported by gemini"
                 )));
             }
@@ -151,7 +229,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
         }
     }
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Unsupported(
             "'n' greater than 1 is not supported through gatehouse for gemini".to_string(),
         ));
     }
@@ -221,7 +299,7 @@ pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<V
     Ok(Value::Object(body))
 }
 
-fn user_parts(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
+fn user_parts(content: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
     match content {
         Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -239,19 +317,19 @@ fn user_parts(content: Option<&Value>) -> Result<Vec<Value>, ProxyError> {
                         Some((mime, data)) => {
                             Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
                         }
-                        None => Err(ProxyError::InvalidRequest(
+                        None => Err(TranslateError::Unsupported(
                             "gemini takes images as base64 data: URLs only (http image URLs are not fetched)"
                                 .to_string(),
                         )),
                     }
                 }
-                other => Err(ProxyError::InvalidRequest(format!(
+                other => Err(TranslateError::Invalid(format!(
                     "content part type '{}' is not supported by gemini",
                     other.unwrap_or("(missing)")
                 ))),
             })
             .collect(),
-        Some(_) => Err(ProxyError::InvalidRequest(
+        Some(_) => Err(TranslateError::Invalid(
             "message 'content' must be a string or an array of parts".to_string(),
         )),
     }
@@ -320,9 +398,11 @@ fn candidate_parts(value: &Value) -> (String, Vec<(String, Value)>, Option<&str>
 }
 
 /// Gemini `GenerateContentResponse` → OpenAI chat completion.
-pub fn response(value: &Value, model: &str) -> Result<Value, String> {
+pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
     if value.get("candidates").is_none() && value.get("promptFeedback").is_none() {
-        return Err("gemini response has neither 'candidates' nor 'promptFeedback'".to_string());
+        return Err(DecodeError::Shape(
+            "gemini response has neither 'candidates' nor 'promptFeedback'",
+        ));
     }
     let (text, calls, finish) = candidate_parts(value);
     let tool_calls: Vec<Value> = calls
@@ -435,23 +515,23 @@ impl StreamDecoder {
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         for event in self.sse.push(bytes)? {
             if event.data.trim().is_empty() {
                 continue;
             }
-            let value = super::event_object(&event.data)?;
+            let value = crate::sse::json_object(&event.data)?;
             self.event(&value, out);
         }
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if self.sse.has_partial() {
-            return Err("the upstream stream ended inside an event".to_string());
+            return Err(DecodeError::CutInEvent);
         }
         if !self.finished {
-            return Err("the upstream stream ended without a finishReason".to_string());
+            return Err(DecodeError::EndedEarly("without a finishReason"));
         }
         if let Some(u) = self.usage.take() {
             out.push(StreamItem::Chunk(usage_chunk(
@@ -471,7 +551,7 @@ pub fn embeddings(
     provider: &Provider,
     model: &str,
     req: &Map<String, Value>,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     Ok(Outgoing {
         uri: uri(provider, model, "batchEmbedContents")?,
         body: encode(&embeddings_request(model, req)?)?,
@@ -482,14 +562,14 @@ pub fn embeddings(
 
 /// The embeddings translation (pure; golden-tested). The requested `encoding_format` is kept in
 /// the body under a private key so the answer can honour it.
-pub fn embeddings_request(model: &str, req: &Map<String, Value>) -> Result<Value, ProxyError> {
+pub fn embeddings_request(model: &str, req: &Map<String, Value>) -> Result<Value, TranslateError> {
     let inputs: Vec<&str> = match req.get("input") {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
             a.iter().filter_map(Value::as_str).collect()
         }
         _ => {
-            return Err(ProxyError::InvalidRequest(
+            return Err(TranslateError::Invalid(
                 "gemini embeddings take 'input' as a string or an array of strings (not tokens)"
                     .to_string(),
             ));
@@ -511,12 +591,14 @@ pub fn embeddings_request(model: &str, req: &Map<String, Value>) -> Result<Value
 }
 
 /// `{"embeddings":[{"values":[…]}]}` → OpenAI embeddings list (floats; see
-/// [`super::base64_embeddings`] for `encoding_format: base64`).
-pub fn embeddings_response(value: &Value, model: &str) -> Result<Value, String> {
+/// [`crate::dialect::openai::base64_embeddings`] for `encoding_format: base64`).
+pub fn embeddings_response(value: &Value, model: &str) -> Result<Value, DecodeError> {
     let list = value
         .get("embeddings")
         .and_then(Value::as_array)
-        .ok_or("gemini embeddings response has no 'embeddings' array")?;
+        .ok_or(DecodeError::Shape(
+            "gemini embeddings response has no 'embeddings' array",
+        ))?;
     let data: Vec<Value> = list
         .iter()
         .enumerate()

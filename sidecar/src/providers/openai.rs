@@ -1,13 +1,76 @@
 //! OpenAI and OpenAI-compatible servers (vLLM, Ollama, llama.cpp, TGI): the body passes through with
-//! only `model` rewritten. Also the OpenAI stream codec used when a client of another dialect is
-//! served by an OpenAI-wire provider, and the encoder every translated stream uses for OpenAI clients.
+//! only `model` rewritten. Also the OpenAI stream decoder used when a client of another dialect is
+//! served by an OpenAI-wire provider, and how OpenAI says a call failed (`error.code` of a key
+//! refusal, `x-ratelimit-reset-*` of an exhausted limit), shared with Azure OpenAI.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::{ChunkDecoder, ChunkEncoder, Dialect, Operation, Outgoing, SseParser, StreamItem};
-use crate::error::{ProxyError, error_body};
-use crate::state::Provider;
+use super::{Adapter, ChunkDecoder, Outgoing, StreamItem, failure};
+use crate::dialect::{Dialect, Inbound, Operation};
+use crate::error::{AuthFailure, DecodeError, TranslateError};
+use crate::sse::SseParser;
+use crate::state::{Credentials, Provider};
+
+/// The adapter of `openai` and `openaiCompatible` providers.
+#[derive(Debug)]
+pub struct OpenAi;
+
+impl Adapter for OpenAi {
+    fn native(&self) -> Option<Dialect> {
+        Some(Dialect::OpenAi)
+    }
+
+    fn outgoing(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inbound: &Inbound,
+    ) -> Result<Outgoing, TranslateError> {
+        outgoing(provider, model, &inbound.openai, inbound.op)
+    }
+
+    fn response(&self, _op: Operation, _model: &str, body: Value) -> Result<Value, DecodeError> {
+        Ok(body)
+    }
+
+    fn stream_decoder(&self, _model: &str) -> Box<dyn ChunkDecoder> {
+        Box::new(StreamDecoder::default())
+    }
+
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn credentials(&self, key: &str) -> Credentials {
+        Credentials::header("authorization", format!("Bearer {key}"))
+    }
+
+    fn key_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        key_refused(status, body)
+    }
+
+    fn rate_limit_delay(&self, headers: &HeaderMap, _body: &[u8]) -> Option<Duration> {
+        openai_reset(headers)
+    }
+}
+
+/// OpenAI's (and Azure OpenAI's) credentials refusal: 401/403, named by `error.code`.
+pub(crate) fn key_refused(status: StatusCode, body: &[u8]) -> Option<AuthFailure> {
+    let error = failure::error_object(body);
+    let reason = error
+        .as_ref()
+        .and_then(|e| failure::known(e.get("code"), OPENAI_AUTH_CODES));
+    failure::always_auth(status, reason, false)
+}
 
 /// The request for an OpenAI-wire provider: the client's body, `model` rewritten.
 pub fn outgoing(
@@ -15,8 +78,7 @@ pub fn outgoing(
     model: &str,
     req: &Map<String, Value>,
     op: Operation,
-    _dialect: Dialect,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     let uri = match op {
         Operation::Chat => provider.chat_url.clone(),
         Operation::Embeddings => provider.embeddings_url.clone(),
@@ -33,12 +95,12 @@ pub fn outgoing(
 pub(crate) fn encode_with_model(
     req: &Map<String, Value>,
     model: &str,
-) -> Result<Bytes, ProxyError> {
+) -> Result<Bytes, TranslateError> {
     let mut req = req.clone();
     req.insert("model".to_string(), Value::String(model.to_string()));
     serde_json::to_vec(&req)
         .map(Bytes::from)
-        .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))
+        .map_err(TranslateError::Encode)
 }
 
 /// Parses an OpenAI SSE stream into chunks.
@@ -48,7 +110,7 @@ pub struct StreamDecoder {
 }
 
 impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         for event in self.sse.push(bytes)? {
             let data = event.data.trim();
             if data.is_empty() {
@@ -58,7 +120,7 @@ impl ChunkDecoder for StreamDecoder {
                 out.push(StreamItem::Done);
                 continue;
             }
-            let value = super::event_object(data)?;
+            let value = crate::sse::json_object(data)?;
             if let Some(error) = value.get("error") {
                 let message = error
                     .get("message")
@@ -76,9 +138,9 @@ impl ChunkDecoder for StreamDecoder {
         Ok(())
     }
 
-    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
+    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if self.sse.has_partial() {
-            return Err("the upstream stream ended inside an event".to_string());
+            return Err(DecodeError::CutInEvent);
         }
         Ok(())
     }
@@ -93,46 +155,58 @@ fn carries_nothing(chunk: &Value) -> bool {
         && chunk.get("usage").is_none_or(Value::is_null)
 }
 
-/// Writes chunks as OpenAI SSE; the usage-only chunk only when the client asked for it.
-#[derive(Debug)]
-pub struct StreamEncoder {
-    include_usage: bool,
+/// OpenAI (and Azure OpenAI) `error.code` values of a credentials refusal.
+const OPENAI_AUTH_CODES: &[&str] = &[
+    "invalid_api_key",
+    "invalid_organization",
+    "unsupported_country_region_territory",
+];
+
+/// OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`"1s"`, `"6m0s"`, `"20ms"`) of each limit
+/// whose `x-ratelimit-remaining-*` is 0; the longer one when both are.
+pub(crate) fn openai_reset(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    ["requests", "tokens"]
+        .into_iter()
+        .filter(|limit| header(&format!("x-ratelimit-remaining-{limit}")) == Some("0"))
+        .filter_map(|limit| header(&format!("x-ratelimit-reset-{limit}")).and_then(go_duration))
+        .max()
 }
 
-impl StreamEncoder {
-    /// An encoder; `include_usage` mirrors `stream_options.include_usage`.
-    pub fn new(include_usage: bool) -> Self {
-        Self { include_usage }
+/// A Go-style duration (`1h2m3.5s`, `20ms`, `6m0s`) or plain seconds.
+pub(crate) fn go_duration(s: &str) -> Option<Duration> {
+    if s.is_empty() {
+        return None;
     }
-}
-
-impl ChunkEncoder for StreamEncoder {
-    fn encode(&mut self, item: StreamItem, out: &mut BytesMut) {
-        match item {
-            StreamItem::Chunk(mut chunk) => {
-                let usage_only = chunk
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(Vec::is_empty)
-                    && chunk.get("usage").is_some();
-                if !self.include_usage {
-                    if usage_only {
-                        return;
-                    }
-                    if let Some(obj) = chunk.as_object_mut() {
-                        obj.remove("usage");
-                    }
-                }
-                out.put_slice(b"data: ");
-                out.put_slice(chunk.to_string().as_bytes());
-                out.put_slice(b"\n\n");
-            }
-            StreamItem::Done => out.put_slice(b"data: [DONE]\n\n"),
-            StreamItem::Error { message } => {
-                out.put_slice(b"data: ");
-                out.put_slice(&error_body(&message, "api_error", "upstream_error"));
-                out.put_slice(b"\n\n");
-            }
-        }
+    if let Ok(secs) = s.parse::<f64>() {
+        return failure::seconds(secs);
     }
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let (scale, unit_len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else {
+            return None;
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    failure::seconds(total)
 }

@@ -24,8 +24,9 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::error::ProxyError;
-use crate::providers::{Outgoing, warn_unhandled};
+use crate::error::{DecodeError, TranslateError};
+use crate::providers::Outgoing;
+use crate::providers::chat::warn_unhandled;
 use crate::state::Provider;
 
 /// Most inputs one request may carry (OpenAI's own limit for `/v1/embeddings`).
@@ -96,19 +97,19 @@ pub fn outgoing(
     provider: &Provider,
     model: &str,
     req: &Map<String, Value>,
-) -> Result<Outgoing, ProxyError> {
+) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let mut bodies = requests(model, req, &mut warnings)?
         .into_iter()
         .map(|body| {
             serde_json::to_vec(&body)
                 .map(Bytes::from)
-                .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))
+                .map_err(TranslateError::Encode)
         })
         .collect::<Result<Vec<_>, _>>()?
         .into_iter();
     let Some(body) = bodies.next() else {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Invalid(
             "'input' must not be empty".to_string(),
         ));
     };
@@ -126,9 +127,9 @@ pub fn requests(
     model: &str,
     req: &Map<String, Value>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Value>, ProxyError> {
+) -> Result<Vec<Value>, TranslateError> {
     let family = Family::of(model).ok_or_else(|| {
-        ProxyError::InvalidRequest(format!(
+        TranslateError::Invalid(format!(
             "'{model}' is not an embedding model gatehouse can call on bedrock; use \
              amazon.titan-embed-text-v2:0, amazon.titan-embed-text-v1, cohere.embed-english-v3 or \
              cohere.embed-multilingual-v3 (bare, with an inference-profile prefix such as 'us.', \
@@ -140,7 +141,7 @@ pub fn requests(
         None | Some(Value::Null) => {}
         Some(Value::String(f)) if f == "float" || f == "base64" => {}
         Some(_) => {
-            return Err(ProxyError::InvalidRequest(
+            return Err(TranslateError::Invalid(
                 "'encoding_format' must be 'float' or 'base64'".to_string(),
             ));
         }
@@ -153,7 +154,7 @@ pub fn requests(
                 Some(d) if allowed.contains(&d) => Some(d),
                 _ => {
                     let allowed: Vec<String> = allowed.iter().map(u64::to_string).collect();
-                    return Err(ProxyError::InvalidRequest(format!(
+                    return Err(TranslateError::Unsupported(format!(
                         "'{model}' takes 'dimensions' {} only, not {d}",
                         allowed.join(", ")
                     )));
@@ -201,14 +202,14 @@ pub fn requests(
 }
 
 /// The texts of `input`: a string or a non-empty array of strings.
-fn texts(req: &Map<String, Value>) -> Result<Vec<&str>, ProxyError> {
+fn texts(req: &Map<String, Value>) -> Result<Vec<&str>, TranslateError> {
     let texts: Vec<&str> = match req.get("input") {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
             a.iter().filter_map(Value::as_str).collect()
         }
         _ => {
-            return Err(ProxyError::InvalidRequest(
+            return Err(TranslateError::Invalid(
                 "bedrock embeddings take 'input' as a string or an array of strings; token arrays \
                  cannot be sent (bedrock models tokenize the text themselves)"
                     .to_string(),
@@ -216,12 +217,12 @@ fn texts(req: &Map<String, Value>) -> Result<Vec<&str>, ProxyError> {
         }
     };
     if texts.is_empty() {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Invalid(
             "'input' must not be empty".to_string(),
         ));
     }
     if texts.len() > MAX_INPUTS {
-        return Err(ProxyError::InvalidRequest(format!(
+        return Err(TranslateError::Invalid(format!(
             "'input' has {} items; at most {MAX_INPUTS} are allowed",
             texts.len()
         )));
@@ -234,11 +235,11 @@ fn choice<'a>(
     req: &'a Map<String, Value>,
     key: &str,
     allowed: &[&str],
-) -> Result<Option<&'a str>, ProxyError> {
+) -> Result<Option<&'a str>, TranslateError> {
     match req.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(Some(s.as_str())),
-        Some(_) => Err(ProxyError::InvalidRequest(format!(
+        Some(_) => Err(TranslateError::Invalid(format!(
             "'{key}' must be one of {}",
             allowed.join(", ")
         ))),
@@ -247,18 +248,20 @@ fn choice<'a>(
 
 /// The answers of the calls, in order (each body with the token count of its
 /// `x-amzn-bedrock-input-token-count` header) → one OpenAI embeddings list.
-pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, String> {
-    let family = Family::of(model)
-        .ok_or_else(|| format!("'{model}' is not a bedrock embedding model gatehouse knows"))?;
+pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, DecodeError> {
+    let family =
+        Family::of(model).ok_or_else(|| DecodeError::UnknownEmbeddingModel(model.to_string()))?;
     let mut vectors: Vec<Value> = Vec::new();
     let mut tokens = 0;
     for (body, header_tokens) in answers {
         match family {
             Family::TitanV2 | Family::TitanV1 => {
-                let embedding = body
-                    .get("embedding")
-                    .filter(|e| e.is_array())
-                    .ok_or("bedrock titan response has no 'embedding' array")?;
+                let embedding =
+                    body.get("embedding")
+                        .filter(|e| e.is_array())
+                        .ok_or(DecodeError::Shape(
+                            "bedrock titan response has no 'embedding' array",
+                        ))?;
                 vectors.push(embedding.clone());
                 tokens += body
                     .get("inputTextTokenCount")
@@ -273,15 +276,16 @@ pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, 
                 let list = embeddings
                     .and_then(Value::as_array)
                     .or_else(|| embeddings?.get("float")?.as_array())
-                    .ok_or("bedrock cohere response has no 'embeddings' list of floats")?;
+                    .ok_or(DecodeError::Shape(
+                        "bedrock cohere response has no 'embeddings' list of floats",
+                    ))?;
                 if let Some(texts) = body.get("texts").and_then(Value::as_array)
                     && texts.len() != list.len()
                 {
-                    return Err(format!(
-                        "bedrock cohere response has {} embeddings for {} texts",
-                        list.len(),
-                        texts.len()
-                    ));
+                    return Err(DecodeError::CountMismatch {
+                        got: list.len(),
+                        expected: texts.len(),
+                    });
                 }
                 vectors.extend(list.iter().cloned());
                 tokens += header_tokens.unwrap_or(0);

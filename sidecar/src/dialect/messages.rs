@@ -3,17 +3,21 @@
 //! other target gets it translated to OpenAI Chat Completions first (then through that target's
 //! adapter), and the answer comes back as an Anthropic message or Anthropic SSE event sequence.
 
-use bytes::{BufMut, Bytes, BytesMut};
+mod stream;
+
+use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{ChunkEncoder, StreamItem, new_id};
-use crate::error::ProxyError;
+use crate::error::TranslateError;
+use crate::providers::chat::{content_text, new_id};
+
+pub use stream::{StreamEncoder, error_event, inspect};
 
 /// Anthropic request → OpenAI chat request. Returns the request and warnings.
 pub fn to_openai(
     req: &Map<String, Value>,
-) -> Result<(Map<String, Value>, Vec<String>), ProxyError> {
+) -> Result<(Map<String, Value>, Vec<String>), TranslateError> {
     let mut warnings = Vec::new();
     let mut out = Map::new();
     let mut messages = Vec::new();
@@ -27,19 +31,19 @@ pub fn to_openai(
             }
         }
         Some(_) => {
-            return Err(ProxyError::InvalidRequest(
+            return Err(TranslateError::Invalid(
                 "'system' must be a string or an array of text blocks".to_string(),
             ));
         }
     }
     let Some(input) = req.get("messages").and_then(Value::as_array) else {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Invalid(
             "'messages' must be a non-empty array".to_string(),
         ));
     };
     for message in input {
         let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            ProxyError::InvalidRequest("every message needs a string 'role'".to_string())
+            TranslateError::Invalid("every message needs a string 'role'".to_string())
         })?;
         match (role, message.get("content")) {
             ("user" | "assistant", Some(Value::String(s))) => {
@@ -50,19 +54,19 @@ pub fn to_openai(
                 messages.push(assistant_message(blocks, &mut warnings));
             }
             ("user" | "assistant", _) => {
-                return Err(ProxyError::InvalidRequest(
+                return Err(TranslateError::Invalid(
                     "message 'content' must be a string or an array of content blocks".to_string(),
                 ));
             }
             (other, _) => {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Invalid(format!(
                     "message role '{other}' is not valid; use user or assistant"
                 )));
             }
         }
     }
     if messages.is_empty() {
-        return Err(ProxyError::InvalidRequest(
+        return Err(TranslateError::Invalid(
             "'messages' must contain at least one message".to_string(),
         ));
     }
@@ -96,7 +100,7 @@ pub fn to_openai(
                 .and_then(Value::as_str)
                 .is_some_and(|t| t != "custom")
             {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Unsupported(format!(
                     "tool type '{}' is only available when the route's target is anthropic",
                     tool.get("type").and_then(Value::as_str).unwrap_or_default()
                 )));
@@ -168,7 +172,7 @@ fn blocks_text(blocks: &[Value]) -> String {
 
 /// A user turn: `tool_result` blocks become `tool` messages (first, as OpenAI wants them right
 /// after the assistant's calls), the rest one user message.
-fn user_message(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), ProxyError> {
+fn user_message(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), TranslateError> {
     let mut parts = Vec::new();
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
@@ -192,7 +196,7 @@ fn user_message(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Proxy
                         .unwrap_or("")
                         .to_string(),
                     _ => {
-                        return Err(ProxyError::InvalidRequest(
+                        return Err(TranslateError::Invalid(
                             "image source must be base64 or url".to_string(),
                         ));
                     }
@@ -217,7 +221,7 @@ fn user_message(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Proxy
                 }));
             }
             other => {
-                return Err(ProxyError::InvalidRequest(format!(
+                return Err(TranslateError::Invalid(format!(
                     "content block type '{}' is only available when the route's target is anthropic",
                     other.unwrap_or("(missing)")
                 )));
@@ -276,7 +280,7 @@ pub fn stop_reason(finish: Option<&str>) -> &'static str {
 }
 
 /// OpenAI `usage` → Anthropic `usage` (cached prompt tokens are cache reads).
-fn usage(u: Option<&Value>) -> Value {
+pub(super) fn usage(u: Option<&Value>) -> Value {
     let n = |k: &str| {
         u.and_then(|u| u.get(k))
             .and_then(Value::as_u64)
@@ -304,7 +308,7 @@ pub fn response(openai: &Value) -> Value {
         .unwrap_or(&Value::Null);
     let message = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
-    let text = super::content_text(message.get("content"));
+    let text = content_text(message.get("content"));
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -369,214 +373,4 @@ pub fn error_body(status: StatusCode, message: &str) -> Bytes {
         json!({"type": "error", "error": {"type": error_type(status), "message": message}})
             .to_string(),
     )
-}
-
-/// The SSE error event that ends a broken stream.
-pub fn error_event(message: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    write_event(
-        &mut out,
-        "error",
-        &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
-    );
-    out.freeze()
-}
-
-fn write_event(out: &mut BytesMut, name: &str, data: &Value) {
-    out.put_slice(b"event: ");
-    out.put_slice(name.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data.to_string().as_bytes());
-    out.put_slice(b"\n\n");
-}
-
-/// What block is open in the Anthropic stream being written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Open {
-    None,
-    Text,
-    Tool(u64),
-}
-
-/// OpenAI chunks → Anthropic SSE (`message_start`, `content_block_start/delta/stop`,
-/// `message_delta`, `message_stop`).
-#[derive(Debug)]
-pub struct StreamEncoder {
-    started: bool,
-    open: Open,
-    next_index: u64,
-    stop_reason: Option<&'static str>,
-    usage: Option<Value>,
-    finished: bool,
-}
-
-impl Default for StreamEncoder {
-    fn default() -> Self {
-        Self {
-            started: false,
-            open: Open::None,
-            next_index: 0,
-            stop_reason: None,
-            usage: None,
-            finished: false,
-        }
-    }
-}
-
-impl StreamEncoder {
-    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        let id = chunk
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(|id| {
-                if id.starts_with("msg_") {
-                    id.to_string()
-                } else {
-                    format!("msg_{id}")
-                }
-            })
-            .unwrap_or_else(|| new_id("msg_"));
-        write_event(
-            out,
-            "message_start",
-            &json!({
-                "type": "message_start",
-                "message": {
-                    "id": id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": chunk.get("model").cloned().unwrap_or(json!("")),
-                    "content": [],
-                    "stop_reason": null,
-                    "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            }),
-        );
-    }
-
-    fn close(&mut self, out: &mut BytesMut) {
-        if self.open != Open::None {
-            write_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": self.next_index - 1}),
-            );
-            self.open = Open::None;
-        }
-    }
-
-    fn open(&mut self, open: Open, block: Value, out: &mut BytesMut) {
-        self.close(out);
-        write_event(
-            out,
-            "content_block_start",
-            &json!({
-                "type": "content_block_start",
-                "index": self.next_index,
-                "content_block": block,
-            }),
-        );
-        self.next_index += 1;
-        self.open = open;
-    }
-
-    fn delta(&self, delta: Value, out: &mut BytesMut) {
-        write_event(
-            out,
-            "content_block_delta",
-            &json!({
-                "type": "content_block_delta",
-                "index": self.next_index.saturating_sub(1),
-                "delta": delta,
-            }),
-        );
-    }
-
-    fn chunk(&mut self, chunk: &Value, out: &mut BytesMut) {
-        self.start(chunk, out);
-        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(u.clone());
-        }
-        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
-            return;
-        };
-        let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(text) = delta.get("content").and_then(Value::as_str)
-            && !text.is_empty()
-        {
-            if self.open != Open::Text {
-                self.open(Open::Text, json!({"type": "text", "text": ""}), out);
-            }
-            self.delta(json!({"type": "text_delta", "text": text}), out);
-        }
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            for call in calls {
-                let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let f = call.get("function").unwrap_or(&Value::Null);
-                if self.open != Open::Tool(index) {
-                    let id = call
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| new_id("toolu_"));
-                    self.open(
-                        Open::Tool(index),
-                        json!({"type": "tool_use", "id": id, "name": f.get("name").cloned().unwrap_or(json!("")), "input": {}}),
-                        out,
-                    );
-                }
-                if let Some(args) = f.get("arguments").and_then(Value::as_str)
-                    && !args.is_empty()
-                {
-                    self.delta(
-                        json!({"type": "input_json_delta", "partial_json": args}),
-                        out,
-                    );
-                }
-            }
-        }
-        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.stop_reason = Some(stop_reason(Some(finish)));
-        }
-    }
-
-    fn done(&mut self, out: &mut BytesMut) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        self.start(&Value::Null, out);
-        self.close(out);
-        let u = usage(self.usage.as_ref());
-        write_event(
-            out,
-            "message_delta",
-            &json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
-                "usage": {
-                    "output_tokens": u.get("output_tokens").cloned().unwrap_or(json!(0)),
-                    "input_tokens": u.get("input_tokens").cloned().unwrap_or(json!(0)),
-                    "cache_read_input_tokens": u.get("cache_read_input_tokens").cloned().unwrap_or(json!(0)),
-                },
-            }),
-        );
-        write_event(out, "message_stop", &json!({"type": "message_stop"}));
-    }
-}
-
-impl ChunkEncoder for StreamEncoder {
-    fn encode(&mut self, item: StreamItem, out: &mut BytesMut) {
-        match item {
-            StreamItem::Chunk(chunk) => self.chunk(&chunk, out),
-            StreamItem::Done => self.done(out),
-            StreamItem::Error { message } => out.put_slice(&error_event(&message)),
-        }
-    }
 }

@@ -1,0 +1,197 @@
+//! Client dialects: the APIs apps speak to the sidecar. OpenAI Chat Completions / Embeddings
+//! ([`openai`]) is also the gateway's lingua franca; Anthropic Messages ([`messages`]) is
+//! translated into it on the way in and back out of it on the way out, unless the target is
+//! Anthropic itself.
+//!
+//! Everything that depends on the client's dialect goes through [`Dialect`]'s methods: error
+//! bodies and stream error events, the stream encoder, the checks the relay runs on each event,
+//! the usage of a native answer. No other module matches on it.
+
+pub mod messages;
+pub mod openai;
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::error::{DecodeError, ProxyError, TranslateError};
+use crate::providers::StreamItem;
+use crate::usage::Usage;
+
+/// Which API the client spoke, and so which shape answers and errors take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI Chat Completions / Embeddings.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// Which operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Chat completion (OpenAI) or message (Anthropic).
+    Chat,
+    /// Embeddings.
+    Embeddings,
+}
+
+/// What the request looks like before it meets a provider.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The client's dialect.
+    pub dialect: Dialect,
+    /// The operation.
+    pub op: Operation,
+    /// The request in OpenAI shape (for Anthropic clients: translated).
+    pub openai: Map<String, Value>,
+    /// The client's original Anthropic body, sent natively to Anthropic targets.
+    pub native: Option<Map<String, Value>>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Warnings from translating the inbound request.
+    pub warnings: Vec<String>,
+    /// An Anthropic client's `anthropic-beta` header, forwarded to Anthropic targets only.
+    pub anthropic_beta: Option<http::HeaderValue>,
+}
+
+impl Inbound {
+    /// Whether the client wants the usage chunk at the end of an OpenAI stream.
+    pub fn include_usage(&self) -> bool {
+        self.dialect == Dialect::OpenAi
+            && self
+                .openai
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+    }
+}
+
+/// What the relay found in one complete event of a stream in the client's dialect.
+#[derive(Debug)]
+pub enum Event {
+    /// Comment or empty event (keep-alive).
+    Empty,
+    /// The end marker of a complete answer (`[DONE]`, `message_stop`).
+    Done,
+    /// A data event, with the usage it reports, if any.
+    Data(Option<Usage>),
+    /// An in-band error event from the upstream, relayed as-is.
+    Error,
+}
+
+/// Writes OpenAI chunks in the client's dialect.
+pub trait ChunkEncoder: Send + Sync {
+    /// Append the wire form of `item` to `out`.
+    fn encode(&mut self, item: StreamItem, out: &mut BytesMut);
+}
+
+impl Dialect {
+    /// The request in OpenAI shape plus, for an Anthropic client, its own body (kept for
+    /// Anthropic targets) and the warnings of the translation.
+    pub fn inbound(
+        self,
+        op: Operation,
+        map: Map<String, Value>,
+        stream: bool,
+    ) -> Result<Inbound, TranslateError> {
+        let (openai, native, warnings) = match self {
+            Self::OpenAi => (map, None, Vec::new()),
+            Self::Anthropic => {
+                let (openai, warnings) = messages::to_openai(&map)?;
+                (openai, Some(map), warnings)
+            }
+        };
+        Ok(Inbound {
+            dialect: self,
+            op,
+            openai,
+            native,
+            stream,
+            warnings,
+            anthropic_beta: None,
+        })
+    }
+
+    /// The body of a gateway error.
+    pub fn error_body(self, e: &ProxyError) -> Bytes {
+        match self {
+            Self::OpenAi => e.body(),
+            Self::Anthropic => messages::error_body(e.status(), &e.to_string()),
+        }
+    }
+
+    /// The body of a provider's refusal that was not already in this dialect's shape.
+    pub fn refusal_body(self, status: StatusCode, message: &str) -> Bytes {
+        match self {
+            Self::OpenAi => {
+                crate::error::error_body(message, "invalid_request_error", "upstream_refused")
+            }
+            Self::Anthropic => messages::error_body(status, message),
+        }
+    }
+
+    /// Whether `body` is an error body of this dialect (a native provider's refusal that passes
+    /// through as it is).
+    pub fn is_error_body(self, body: &Value) -> bool {
+        match self {
+            Self::OpenAi => body.get("error").is_some_and(Value::is_object),
+            Self::Anthropic => body.get("type").and_then(Value::as_str) == Some("error"),
+        }
+    }
+
+    /// The SSE error event that ends a broken stream.
+    pub fn error_event(self, message: &str, code: &str) -> Bytes {
+        match self {
+            Self::OpenAi => openai::error_event(message, code),
+            Self::Anthropic => messages::error_event(message),
+        }
+    }
+
+    /// The encoder of translated streams for a client of this dialect.
+    pub fn encoder(self, inbound: &Inbound) -> Box<dyn ChunkEncoder> {
+        match self {
+            Self::OpenAi => Box::new(openai::StreamEncoder::new(inbound.include_usage())),
+            Self::Anthropic => Box::new(messages::StreamEncoder::default()),
+        }
+    }
+
+    /// Check one event's data (`None`: the event has none) as the relay forwards it.
+    pub fn inspect(self, data: Option<&[u8]>) -> Result<Event, DecodeError> {
+        let Some(data) = data else {
+            return Ok(Event::Empty);
+        };
+        match self {
+            Self::OpenAi => openai::inspect(data),
+            Self::Anthropic => messages::inspect(data),
+        }
+    }
+
+    /// The usage of an answer in this dialect's own shape (a native provider's body).
+    pub fn usage(self, body: &[u8]) -> Option<Usage> {
+        match self {
+            Self::OpenAi => crate::usage::of_body(body),
+            Self::Anthropic => crate::usage::of_anthropic_body(body),
+        }
+    }
+
+    /// An OpenAI answer (translated from a provider) in this dialect.
+    pub fn answer(self, inbound: &Inbound, mut openai: Value) -> Value {
+        match self {
+            Self::OpenAi => {
+                if inbound.op == Operation::Embeddings
+                    && inbound
+                        .openai
+                        .get("encoding_format")
+                        .and_then(Value::as_str)
+                        == Some("base64")
+                {
+                    openai::base64_embeddings(&mut openai);
+                }
+                openai
+            }
+            Self::Anthropic => messages::response(&openai),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The attempts of one request: targets in the route's order (`routing::AttemptPlan`), each
+//! through its provider's adapter, each bounded by the attempt or first-token limit and all by
+//! the request deadline. What happens after a failed attempt is the retry table
+//! (`AttemptError::is_retryable`); every attempt is recorded in the request's context.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Answer;
+use crate::body::{FirstEvent, first_event};
+use crate::dialect::Inbound;
+use crate::error::{AttemptError, DecodeError, ProxyError, Refusal, StatusClass, TransportError};
+use crate::providers::{self, Outgoing, Reply, Translate, failure};
+use crate::routing::AttemptPlan;
+use crate::stages::{AttemptRecord, Exchange};
+use crate::state::{Provider, ServedRoute};
+use crate::upstream::UpstreamClient;
+
+const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
+
+/// Most calls of one attempt in flight at once, when a request takes several (Bedrock Titan
+/// embeddings: one call per input). Small, so one big request does not eat the provider's
+/// rate limit or the sidecar's connections.
+const FAN_OUT: usize = 4;
+
+/// Where Bedrock's InvokeModel reports the input tokens of an answer.
+const BEDROCK_INPUT_TOKENS: &str = "x-amzn-bedrock-input-token-count";
+
+/// Try the route's targets until one answers, a refusal ends the request, the attempts run out
+/// or the deadline passes.
+pub(super) async fn run(
+    client: &UpstreamClient,
+    x: &mut Exchange,
+    route: &ServedRoute,
+    inbound: &mut Inbound,
+) -> Result<Answer, ProxyError> {
+    let retry = &route.config.retry;
+    let timeouts = &route.config.timeouts;
+    let deadline = x.ctx.start + Duration::from_millis(timeouts.request_ms);
+    let max_attempts = retry.attempts.max(1) as usize;
+    let mut plan = AttemptPlan::new(route, &mut rand::rng());
+    let mut failures: Vec<String> = Vec::new();
+    let mut last: Option<AttemptError> = None;
+    // The shortest delay a rate-limited target asked for: once it passes, that target (and so
+    // the route) can serve again.
+    let mut rate_limit_delay: Option<Duration> = None;
+    while x.ctx.attempts.len() < max_attempts {
+        let Some(next) = plan.next(route, retry, &mut rand::rng()) else {
+            break;
+        };
+        if !next.backoff.is_zero() {
+            if Instant::now() + next.backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(next.backoff).await;
+        }
+        let Some(target) = route.resolved(next.target) else {
+            break;
+        };
+        let mut target = target.clone();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        x.before_attempt(&mut target, inbound);
+        let provider = &*target.provider;
+        // A request the target cannot express is the client's error: 400, not another attempt.
+        let outgoing = providers::outgoing(provider, &target.model, inbound)?;
+        // The attempt limit covers the response headers (and a buffered body); a stream's
+        // first event must also come within firstToken (default: the attempt limit).
+        let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
+        let limit = match (inbound.stream, timeouts.first_token_ms) {
+            (true, Some(ms)) => Duration::from_millis(ms).min(remaining),
+            _ => attempt_limit,
+        };
+        let sent = Instant::now();
+        let warnings = outgoing.warnings.clone();
+        let result = tokio::time::timeout(
+            limit,
+            attempt(
+                client,
+                provider,
+                &target.model,
+                inbound,
+                outgoing,
+                attempt_limit,
+                deadline,
+            ),
+        )
+        .await;
+        let elapsed = sent.elapsed();
+        x.ctx.upstream_wait += elapsed;
+        let result = match result {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AttemptError::Timeout(limit.as_millis() as u64)),
+        };
+        x.ctx.attempts.push(AttemptRecord {
+            target: target.clone(),
+            outcome: result
+                .as_ref()
+                .map_or_else(AttemptError::metric_label, |_| "success"),
+            elapsed,
+        });
+        let error = match result {
+            Ok(answer) => {
+                x.ctx.answered_by = Some(target);
+                x.ctx.warnings.extend(warnings);
+                return Ok(answer);
+            }
+            Err(e) if !e.is_retryable() => {
+                x.ctx.answered_by = Some(target);
+                x.ctx.warnings.extend(warnings);
+                return Ok(Answer::Final(e));
+            }
+            Err(e) => e,
+        };
+        tracing::debug!(request_id = %x.ctx.request_id, provider = %provider.name, error = %error, "attempt failed");
+        failures.push(format!("{}/{}: {}", provider.name, target.model, error));
+        if let AttemptError::Status {
+            retry_after: Some(delay),
+            ..
+        } = &error
+        {
+            rate_limit_delay = Some(rate_limit_delay.map_or(*delay, |d| d.min(*delay)));
+        }
+        last = Some(error);
+    }
+    let (status, retry_after) = match &last {
+        Some(AttemptError::Status { status, .. }) if *status == StatusCode::TOO_MANY_REQUESTS => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(rate_limit_delay.unwrap_or(failure::DEFAULT_RETRY_AFTER)),
+        ),
+        // The last attempt ran out of time (its own limit or the request's): a timeout, as
+        // README and docs/architecture.md promise, however many attempts came before.
+        Some(AttemptError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, None),
+        _ => (StatusCode::BAD_GATEWAY, None),
+    };
+    if failures.is_empty() {
+        failures.push("the request timeout expired before the first attempt".to_string());
+    }
+    Err(ProxyError::Exhausted {
+        route: route.name.clone(),
+        attempts: x.ctx.attempts.len() as u32,
+        summary: failures.join("; "),
+        status,
+        retry_after,
+    })
+}
+
+/// One attempt: the upstream call (or, for a provider that takes fewer inputs per call than
+/// the client sent, the calls, at most [`FAN_OUT`] at a time), until the whole body (buffered)
+/// or the first event (stream) arrived.
+async fn attempt(
+    client: &UpstreamClient,
+    provider: &Provider,
+    model: &str,
+    inbound: &Inbound,
+    outgoing: Outgoing,
+    headers_limit: Duration,
+    deadline: Instant,
+) -> Result<Answer, AttemptError> {
+    let Outgoing {
+        uri, body, more, ..
+    } = outgoing;
+    if inbound.stream {
+        let response = tokio::time::timeout(
+            headers_limit,
+            send(client, provider, uri, body, true, inbound),
+        )
+        .await
+        .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))??;
+        let translate = providers::translate_for(provider.adapter, model, inbound);
+        let (first, rest, translate) = first_chunk(response, provider, inbound, translate).await?;
+        return Ok(Answer::Stream {
+            first,
+            rest,
+            translate,
+            deadline,
+        });
+    }
+    // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
+    // or refusal ends the attempt and drops the calls still in flight.
+    let calls = std::iter::once(body)
+        .chain(more)
+        .map(|body| buffered_call(client, provider, uri.clone(), body, inbound));
+    let replies: Vec<Reply> = futures::stream::iter(calls)
+        .buffered(FAN_OUT)
+        .try_collect()
+        .await?;
+    let (body, usage) = complete(provider, model, inbound, replies)?;
+    Ok(Answer::Complete { body, usage })
+}
+
+/// One buffered call: its whole 2xx body, or why not.
+async fn buffered_call(
+    client: &UpstreamClient,
+    provider: &Provider,
+    uri: http::Uri,
+    body: Bytes,
+    inbound: &Inbound,
+) -> Result<Reply, AttemptError> {
+    let response = send(client, provider, uri, body, false, inbound).await?;
+    let input_tokens = response
+        .headers()
+        .get(BEDROCK_INPUT_TOKENS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let body = collect(response.into_body()).await?;
+    Ok(Reply { body, input_tokens })
+}
+
+/// Authorize and send one upstream request. A 2xx comes back as the response; anything else as
+/// the error the retry table judges: 408, 429 (with the delay the provider asked for) and 5xx,
+/// a refusal of the key or for billing, or a refusal of the request itself.
+async fn send(
+    client: &UpstreamClient,
+    provider: &Provider,
+    uri: http::Uri,
+    body: Bytes,
+    stream: bool,
+    inbound: &Inbound,
+) -> Result<Response<Incoming>, AttemptError> {
+    let adapter = provider.adapter;
+    let accept = if stream {
+        adapter.framing().content_type()
+    } else {
+        "application/json"
+    };
+    let mut request = Request::post(uri)
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header(ACCEPT, accept)
+        .body(Full::new(body.clone()))
+        .map_err(TransportError::Build)?;
+    adapter.extra_headers(inbound, request.headers_mut());
+    adapter.authorize(provider, &mut request, &body)?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(TransportError::Request)?;
+    let status = response.status();
+    let class = StatusClass::of(status);
+    if class == StatusClass::Success {
+        return Ok(response);
+    }
+    let (parts, incoming) = response.into_parts();
+    if class == StatusClass::Retry {
+        // Only a 429 from a provider that puts its delay in the body is read: a 5xx that
+        // stalls after its head must not hold up the next attempt.
+        let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
+            None
+        } else if adapter.delay_in_body() {
+            let body = collect(incoming).await.unwrap_or_default();
+            failure::delay(adapter, &parts.headers, &body)
+        } else {
+            failure::delay(adapter, &parts.headers, &[])
+        };
+        return Err(AttemptError::Status {
+            status,
+            retry_after,
+        });
+    }
+    let body = collect(incoming).await?;
+    // A refusal of the key (401/403, and what the provider says is one under another status,
+    // like Gemini's 400 API_KEY_INVALID) or for billing: the next target may work. The body may
+    // echo part of the key; it is dropped, never relayed or logged (only a fixed reason name is
+    // kept).
+    if let Some(auth) = adapter.key_refused(status, &parts.headers, &body) {
+        return Err(AttemptError::Auth(auth));
+    }
+    if let Some(billing) = adapter.billing_refused(status, &parts.headers, &body) {
+        return Err(AttemptError::Billing(billing));
+    }
+    Err(AttemptError::Refused(Refusal {
+        status,
+        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+        body,
+    }))
+}
+
+/// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
+/// `translate` is set).
+async fn first_chunk(
+    response: Response<Incoming>,
+    provider: &Provider,
+    inbound: &Inbound,
+    mut translate: Option<Translate>,
+) -> Result<(Bytes, Incoming, Option<Translate>), AttemptError> {
+    let expected = provider.adapter.framing().content_type();
+    let content_type_ok = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(expected));
+    if !content_type_ok {
+        return Err(DecodeError::ContentType(expected).into());
+    }
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    match translate.as_mut() {
+                        None => buf.extend_from_slice(&data),
+                        Some(t) => t.feed(&data, &mut buf)?,
+                    }
+                    match first_event(&buf, inbound.dialect) {
+                        FirstEvent::Incomplete => {}
+                        FirstEvent::Valid => return Ok((buf.freeze(), body, translate)),
+                        FirstEvent::Invalid(reason) => return Err(reason.into()),
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(TransportError::FirstChunk(e).into()),
+            None => return Err(DecodeError::NoFirstEvent.into()),
+        }
+    }
+}
+
+/// The complete 2xx bodies of an attempt (one, unless the adapter fanned out): checked, translated
+/// into the client's dialect, their usage read.
+fn complete(
+    provider: &Provider,
+    model: &str,
+    inbound: &Inbound,
+    mut replies: Vec<Reply>,
+) -> Result<(Bytes, Option<crate::usage::Usage>), AttemptError> {
+    if providers::is_native(provider.adapter, inbound.dialect) {
+        // Native requests never fan out: one call, one body.
+        let body = match (replies.pop(), replies.is_empty()) {
+            (Some(reply), true) => reply.body,
+            _ => return Err(DecodeError::SeveralAnswers.into()),
+        };
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(DecodeError::BodyNotJson)?;
+        let usage = inbound.dialect.usage(&body);
+        return Ok((body, usage));
+    }
+    let openai = provider.adapter.responses(inbound.op, model, &replies)?;
+    let usage = openai
+        .get("usage")
+        .and_then(|u| serde_json::from_value::<crate::usage::Usage>(u.clone()).ok());
+    let out = inbound.dialect.answer(inbound, openai);
+    let body = serde_json::to_vec(&out).map_err(DecodeError::Encode)?;
+    Ok((Bytes::from(body), usage))
+}
+
+/// The whole body of an upstream answer.
+async fn collect(body: Incoming) -> Result<Bytes, AttemptError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(TransportError::Read)?
+        .to_bytes())
+}

@@ -1,0 +1,514 @@
+//! The policies on the request path, as stages with the same few hooks.
+//!
+//! A stage is a small type in its own module under `stages/`; [`chain`] lists them in order, once.
+//! Every hook runs in that order:
+//!
+//! - [`Stage::on_request`]: the request is parsed and its route known; the stage may answer early
+//!   (a cache hit, a 429 of a rate limit, a 400 of a block) or change the request.
+//! - [`Stage::before_attempt`]: before each upstream attempt; may change the target or the body
+//!   (a downgrade, redaction).
+//! - [`Stage::on_answer`] / [`Stage::on_events`]: the winning buffered answer, or each batch of
+//!   complete stream events as the relay forwards them; may read or rewrite them (usage capture,
+//!   response redaction).
+//! - [`Stage::on_response`]: the response head, just before it leaves (the `x-gatehouse-*`
+//!   headers).
+//! - [`Stage::on_end`]: exactly once per request, however it ended: answered, failed, stream
+//!   complete or broken, timed out, or the client went away (also while attempts were running,
+//!   or mid-stream). Metering, metrics and the access line live here.
+//!
+//! The per-request [`Context`] carries what the stages share. An [`Exchange`] owns it for the
+//! life of the request (the stream body takes it over) and runs `on_end` when the request ends,
+//! at the latest when it is dropped. A stage declares its hooks ([`Hooks`]); the chain calls only
+//! those, so a hook no stage uses costs a branch, and a stage that is not configured is not in
+//! the chain at all.
+
+pub mod headers;
+pub mod metering;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+use crate::dialect::{Dialect, Inbound};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::state::{ServedRoute, Target};
+use crate::usage::Usage;
+
+/// Builds the chain: the one place that says which stages run and in which order.
+///
+/// The eventual order (docs/architecture.md) is identity → rate limit → redaction (request) →
+/// cache lookup → budget reserve → route rules / downgrade → *attempts* → redaction (response) →
+/// metering → budget settle → cache fill → metrics, audit line, traces. Stages that have not
+/// landed yet are marked where they go.
+pub fn chain(metrics: Arc<Metrics>) -> Chain {
+    let stages: Vec<Box<dyn Stage>> = vec![
+        // identity: first, everything after keys on who is calling.
+        // rate limit: before any work is spent on a request that will be refused.
+        // redaction (request): before anything stores or sends the prompt (cache, upstream).
+        // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
+        // budget reserve: only for requests that will go upstream.
+        // route rules / downgrade: last before the attempts, may pick another target.
+        // -- attempts --
+        // redaction (response): before anything reads or stores the answer.
+        //
+        // Metering: cost from the usage the answer reported, before anything reads the cost
+        // (the cost header on a buffered answer, budget settle, the access line).
+        Box::new(metering::Metering),
+        // budget settle and cache fill go here: after metering, before the record.
+        //
+        // The `x-gatehouse-*` headers: on the response head, after metering so a buffered
+        // answer's cost is known.
+        Box::new(headers::Headers),
+        // Metrics and the access line: last, so they see everything the stages before them
+        // did; one record per request whatever happened.
+        Box::new(telemetry::Telemetry::new(metrics)),
+    ];
+    Chain::new(stages)
+}
+
+/// Which hooks a stage implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// [`Stage::on_request`].
+    pub request: bool,
+    /// [`Stage::before_attempt`].
+    pub attempt: bool,
+    /// [`Stage::on_answer`].
+    pub answer: bool,
+    /// [`Stage::on_events`].
+    pub events: bool,
+    /// [`Stage::on_response`].
+    pub response: bool,
+    /// [`Stage::on_end`].
+    pub end: bool,
+}
+
+/// What a request hook decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next stage, then the attempts.
+    Continue,
+    /// Answer with this buffered body (a JSON answer in the client's dialect), no attempt.
+    Answer(Bytes),
+}
+
+/// A policy on the request path. Every hook has a default that does nothing; [`Stage::hooks`]
+/// says which ones the stage overrides, and only those are called.
+pub trait Stage: Send + Sync + std::fmt::Debug {
+    /// Name, for logs and tests.
+    fn name(&self) -> &'static str;
+
+    /// The hooks this stage implements.
+    fn hooks(&self) -> Hooks;
+
+    /// The request is parsed and routed; answer early or let it go on.
+    fn on_request(&self, _ctx: &mut Context, _inbound: &mut Inbound) -> Result<Flow, ProxyError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Before each attempt: may change the target or the request.
+    fn before_attempt(&self, _ctx: &mut Context, _target: &mut Target, _inbound: &mut Inbound) {}
+
+    /// The winning buffered answer, in the client's dialect (`ctx.usage` already read from it).
+    fn on_answer(&self, _ctx: &mut Context, _body: &mut Bytes) {}
+
+    /// A batch of complete stream events, in the client's dialect, about to be forwarded.
+    fn on_events(&self, _ctx: &mut Context, _events: &mut Bytes) {}
+
+    /// The response head, about to leave.
+    fn on_response(&self, _ctx: &Context, _status: StatusCode, _headers: &mut HeaderMap) {}
+
+    /// The request ended; called exactly once.
+    fn on_end(&self, _ctx: &mut Context, _end: End) {}
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A buffered answer or an error response was handed to the connection.
+    Answered,
+    /// A relayed stream finished with its end marker.
+    StreamComplete,
+    /// A relayed stream broke (upstream cut, garbage, deadline); the client got an error event.
+    StreamBroken,
+    /// The client went away: before the answer, or in the middle of a stream.
+    ClientGone,
+}
+
+impl End {
+    /// Label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::StreamComplete => "complete",
+            Self::StreamBroken => "broken",
+            Self::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// Whether the answer came from a cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// No cache on this route (until caching lands, always).
+    #[default]
+    Bypass,
+    /// Answered from the cache.
+    Hit,
+    /// Looked up, not found.
+    Miss,
+}
+
+impl CacheStatus {
+    /// The `x-gatehouse-cache` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// Who is calling. The sidecar serves one pod, so this is the pod's workload (set from the
+/// downward API); empty until the metering issue fills it in.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Namespace of the workload.
+    pub namespace: Option<Arc<str>>,
+    /// ServiceAccount of the workload.
+    pub service_account: Option<Arc<str>>,
+    /// The `x-gatehouse-tag` the app attributed the request to.
+    pub tag: Option<String>,
+}
+
+/// One finished upstream attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// Where it went.
+    pub target: Target,
+    /// `success` or the failure's metric label (`AttemptError::metric_label`).
+    pub outcome: &'static str,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// What the stages share about one request.
+#[derive(Debug)]
+pub struct Context {
+    /// Random 128-bit id, hex (`x-gatehouse-request-id`).
+    pub request_id: String,
+    /// When the request arrived.
+    pub start: Instant,
+    /// The client's dialect (the shape of errors).
+    pub dialect: Dialect,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Who is calling.
+    pub identity: Identity,
+    /// The route the model alias resolved to.
+    pub route: Option<Arc<ServedRoute>>,
+    /// Every attempt so far, in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// The target whose answer the client gets.
+    pub answered_by: Option<Target>,
+    /// Time spent waiting for upstreams.
+    pub upstream_wait: Duration,
+    /// Usage the answer reported (for streams: once the stream ended).
+    pub usage: Option<Usage>,
+    /// Price of the answer in USD, when the model is priced.
+    pub cost_usd: Option<f64>,
+    /// Cache status.
+    pub cache: CacheStatus,
+    /// Parameters dropped or not forwarded, for `x-gatehouse-warning`.
+    pub warnings: Vec<String>,
+    /// The gateway error answered, by code (`ProxyError::code`).
+    pub error: Option<&'static str>,
+    /// The status sent to the client, once the response head left.
+    pub status: Option<StatusCode>,
+    /// Time from arrival to the response head.
+    pub head_elapsed: Option<Duration>,
+    /// Whether the answer is a relayed stream.
+    pub streaming: bool,
+}
+
+impl Context {
+    /// The context of a request that just arrived.
+    pub fn new(dialect: Dialect) -> Self {
+        use rand::Rng;
+        Self {
+            request_id: format!("{:032x}", rand::rng().random::<u128>()),
+            start: Instant::now(),
+            dialect,
+            stream: false,
+            identity: Identity::default(),
+            route: None,
+            attempts: Vec::new(),
+            answered_by: None,
+            upstream_wait: Duration::ZERO,
+            usage: None,
+            cost_usd: None,
+            cache: CacheStatus::Bypass,
+            warnings: Vec::new(),
+            error: None,
+            status: None,
+            head_elapsed: None,
+            streaming: false,
+        }
+    }
+
+    /// Route name, empty when none matched.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("", |r| r.name.as_str())
+    }
+}
+
+/// The stages in order, with the indices of those implementing each hook.
+#[derive(Debug)]
+pub struct Chain {
+    stages: Vec<Box<dyn Stage>>,
+    request: Vec<usize>,
+    attempt: Vec<usize>,
+    answer: Vec<usize>,
+    events: Vec<usize>,
+    response: Vec<usize>,
+    end: Vec<usize>,
+}
+
+impl Chain {
+    /// A chain of `stages`, in that order.
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
+        let with = |f: fn(Hooks) -> bool| -> Vec<usize> {
+            stages
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| f(s.hooks()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        Self {
+            request: with(|h| h.request),
+            attempt: with(|h| h.attempt),
+            answer: with(|h| h.answer),
+            events: with(|h| h.events),
+            response: with(|h| h.response),
+            end: with(|h| h.end),
+            stages,
+        }
+    }
+
+    /// Names of the stages, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    fn each(&self, indices: &[usize]) -> impl Iterator<Item = &dyn Stage> {
+        indices
+            .iter()
+            .filter_map(|&i| self.stages.get(i).map(|s| &**s))
+    }
+}
+
+/// One request in flight: its context and the chain it goes through. Ends exactly once: by
+/// [`Exchange::end`], or when dropped (the client went away).
+#[derive(Debug)]
+pub struct Exchange {
+    chain: Arc<Chain>,
+    /// The request's context.
+    pub ctx: Context,
+    ended: bool,
+}
+
+impl Exchange {
+    /// Start a request.
+    pub fn new(chain: Arc<Chain>, ctx: Context) -> Self {
+        Self {
+            chain,
+            ctx,
+            ended: false,
+        }
+    }
+
+    /// Run the request hooks; the first early answer or error wins.
+    pub fn request(&mut self, inbound: &mut Inbound) -> Result<Flow, ProxyError> {
+        for stage in self.chain.each(&self.chain.request) {
+            if let Flow::Answer(body) = stage.on_request(&mut self.ctx, inbound)? {
+                return Ok(Flow::Answer(body));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Run the before-attempt hooks.
+    pub fn before_attempt(&mut self, target: &mut Target, inbound: &mut Inbound) {
+        for stage in self.chain.each(&self.chain.attempt) {
+            stage.before_attempt(&mut self.ctx, target, inbound);
+        }
+    }
+
+    /// Run the buffered-answer hooks.
+    pub fn answer(&mut self, body: &mut Bytes) {
+        for stage in self.chain.each(&self.chain.answer) {
+            stage.on_answer(&mut self.ctx, body);
+        }
+    }
+
+    /// Whether any stage looks at stream events (the relay skips the hook otherwise).
+    pub fn wants_events(&self) -> bool {
+        !self.chain.events.is_empty()
+    }
+
+    /// Run the stream-event hooks.
+    pub fn events(&mut self, events: &mut Bytes) {
+        for stage in self.chain.each(&self.chain.events) {
+            stage.on_events(&mut self.ctx, events);
+        }
+    }
+
+    /// The response head is about to leave: note its status and time, run the response hooks.
+    pub fn respond(&mut self, status: StatusCode, headers: &mut HeaderMap) {
+        self.ctx.status = Some(status);
+        self.ctx.head_elapsed = Some(self.ctx.start.elapsed());
+        for stage in self.chain.each(&self.chain.response) {
+            stage.on_response(&self.ctx, status, headers);
+        }
+    }
+
+    /// The request ended.
+    pub fn end(mut self, end: End) {
+        self.finish(end);
+    }
+
+    fn finish(&mut self, end: End) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        for &i in &self.chain.end {
+            if let Some(stage) = self.chain.stages.get(i) {
+                stage.on_end(&mut self.ctx, end);
+            }
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // Dropped without an end: the client went away (hyper dropped the request's future or
+        // the stream body).
+        self.finish(End::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every hook call into a shared log.
+    #[derive(Debug)]
+    struct Probe {
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+        hooks: Hooks,
+    }
+
+    impl Stage for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn hooks(&self) -> Hooks {
+            self.hooks
+        }
+        fn on_answer(&self, _ctx: &mut Context, _body: &mut Bytes) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}:answer", self.name));
+        }
+        fn on_end(&self, _ctx: &mut Context, end: End) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}:end:{}", self.name, end.as_str()));
+        }
+    }
+
+    fn probes(log: &Arc<Mutex<Vec<String>>>) -> Arc<Chain> {
+        let all = Hooks {
+            answer: true,
+            end: true,
+            ..Hooks::default()
+        };
+        let only_end = Hooks {
+            end: true,
+            ..Hooks::default()
+        };
+        Arc::new(Chain::new(vec![
+            Box::new(Probe {
+                name: "a",
+                log: log.clone(),
+                hooks: all,
+            }),
+            Box::new(Probe {
+                name: "b",
+                log: log.clone(),
+                hooks: only_end,
+            }),
+            Box::new(Probe {
+                name: "c",
+                log: log.clone(),
+                hooks: all,
+            }),
+        ]))
+    }
+
+    #[test]
+    fn the_chain_is_in_design_order() {
+        let chain = chain(Arc::new(Metrics::new()));
+        assert_eq!(chain.names(), ["metering", "headers", "telemetry"]);
+        // Nothing of today's stages reads requests, attempts or stream events.
+        assert!(chain.request.is_empty() && chain.attempt.is_empty() && chain.events.is_empty());
+    }
+
+    #[test]
+    fn hooks_run_in_order_and_only_where_declared() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut x = Exchange::new(probes(&log), Context::new(Dialect::OpenAi));
+        x.answer(&mut Bytes::new());
+        x.end(End::Answered);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "a:answer",
+                "c:answer",
+                "a:end:answered",
+                "b:end:answered",
+                "c:end:answered"
+            ]
+        );
+    }
+
+    #[test]
+    fn end_runs_once_and_a_dropped_exchange_ends_as_client_gone() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let x = Exchange::new(probes(&log), Context::new(Dialect::OpenAi));
+        x.end(End::StreamComplete);
+        assert_eq!(log.lock().unwrap().len(), 3);
+        log.lock().unwrap().clear();
+        drop(Exchange::new(probes(&log), Context::new(Dialect::OpenAi)));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "a:end:client_gone",
+                "b:end:client_gone",
+                "c:end:client_gone"
+            ]
+        );
+    }
+}
