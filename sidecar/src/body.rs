@@ -18,7 +18,9 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::error_body;
+use crate::limits::EventEnds;
 use crate::providers::{Dialect, Translate, messages};
+use crate::scrub::Scrubber;
 use crate::usage::Usage;
 
 /// What happened to a relayed stream, reported once when it ends.
@@ -47,42 +49,40 @@ pub enum FirstEvent {
     Invalid(&'static str),
 }
 
-/// Check the first complete event in `buf` that carries data (used before committing: a bad
-/// start may still fail over to another target). Comments and empty events before it (keep-alives
-/// some upstreams send while the model has not produced anything) are skipped: they are not a
-/// first token, so the stream is not committed on them and `firstToken` keeps counting.
-pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
-    let mut start = 0;
-    loop {
-        let Some(len) = event_end(&buf[start..]) else {
-            return FirstEvent::Incomplete;
-        };
-        match inspect(&buf[start..start + len], dialect) {
-            Ok(Event::Empty) => start += len,
-            Ok(Event::Error) => {
-                return FirstEvent::Invalid("the stream started with an error event");
+/// Finds the first event of a stream that carries data, in a buffer that grows with each read
+/// (used before committing: a bad start may still fail over to another target). Comments and
+/// empty events before it (keep-alives some upstreams send while the model has not produced
+/// anything) are skipped: they are not a first token, so the stream is not committed on them and
+/// `firstToken` keeps counting. Each byte is looked at once however the reads split.
+#[derive(Debug, Default)]
+pub struct FirstEventScan {
+    ends: EventEnds,
+    /// Where the next event not yet judged starts.
+    start: usize,
+}
+
+impl FirstEventScan {
+    /// Judge what `buf` (everything read so far) holds.
+    pub fn check(&mut self, buf: &[u8], dialect: Dialect) -> FirstEvent {
+        loop {
+            let Some(end) = self.ends.next(buf, self.start) else {
+                return FirstEvent::Incomplete;
+            };
+            match inspect(&buf[self.start..end], dialect) {
+                Ok(Event::Empty) => self.start = end,
+                Ok(Event::Error) => {
+                    return FirstEvent::Invalid("the stream started with an error event");
+                }
+                Ok(_) => return FirstEvent::Valid,
+                Err(reason) => return FirstEvent::Invalid(reason),
             }
-            Ok(_) => return FirstEvent::Valid,
-            Err(reason) => return FirstEvent::Invalid(reason),
         }
     }
 }
 
-/// Index just past the first event's terminating blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
+/// [`FirstEventScan::check`] of a whole buffer at once.
+pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
+    FirstEventScan::default().check(buf, dialect)
 }
 
 enum Event {
@@ -213,6 +213,12 @@ pin_project! {
         #[pin]
         upstream: Incoming,
         buf: BytesMut,
+        // Where the search for the end of the event at the front of `buf` resumes.
+        ends: EventEnds,
+        // Most bytes held of one event not complete yet (`--max-event-bytes`).
+        max_event: usize,
+        // What is relayed is scrubbed of the provider's credentials, event batch by event batch.
+        scrub: Scrubber,
         dialect: Dialect,
         translate: Option<Translate>,
         upstream_done: bool,
@@ -253,6 +259,8 @@ impl SseRelay {
     /// Relay `upstream`, starting with the bytes already read (`first`), ending with an error event
     /// if the whole stream is not done by `deadline`.
     /// `first` is already in the client's dialect (translated when `translate` is set).
+    /// An event over `guard.max_event_bytes` ends the stream with an error event; every event
+    /// relayed goes through `guard.scrub`.
     pub fn new(
         upstream: Incoming,
         first: Bytes,
@@ -260,10 +268,14 @@ impl SseRelay {
         on_end: OnEnd,
         dialect: Dialect,
         translate: Option<Translate>,
+        guard: RelayGuard,
     ) -> Self {
         Self {
             upstream,
             buf: BytesMut::from(&first[..]),
+            ends: EventEnds::default(),
+            max_event: guard.max_event_bytes,
+            scrub: guard.scrub,
             dialect,
             translate,
             upstream_done: false,
@@ -278,6 +290,15 @@ impl SseRelay {
             on_end: Some(on_end),
         }
     }
+}
+
+/// What bounds and cleans a relayed stream.
+#[derive(Debug, Clone)]
+pub struct RelayGuard {
+    /// Most bytes held of one event not complete yet.
+    pub max_event_bytes: usize,
+    /// The scrubber of the attempt that answered.
+    pub scrub: Scrubber,
 }
 
 fn error_event(message: &str, code: &str, dialect: Dialect) -> Bytes {
@@ -297,14 +318,14 @@ impl SseRelayProj<'_> {
     /// the error event that ends the stream.
     fn take_events(&mut self) -> Option<Bytes> {
         let mut valid = 0;
-        while let Some(len) = event_end(&self.buf[valid..]) {
-            match inspect(&self.buf[valid..valid + len], *self.dialect) {
+        while let Some(end) = self.ends.next(self.buf, valid) {
+            match inspect(&self.buf[valid..end], *self.dialect) {
                 Ok(Event::Done) => *self.saw_done = true,
                 Ok(Event::Data(Some(usage))) => *self.usage = Some(merge_usage(*self.usage, usage)),
                 Ok(Event::Data(None) | Event::Empty) => {}
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
-                    valid += len;
+                    valid = end;
                     self.end(StreamEnd::Broken, None);
                     break;
                 }
@@ -313,15 +334,38 @@ impl SseRelayProj<'_> {
                     break;
                 }
             }
-            valid += len;
+            valid = end;
         }
-        let events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        let events = (valid > 0).then(|| self.scrub.scrub_bytes(self.buf.split_to(valid).freeze()));
+        self.ends.consumed(valid);
         if events.is_some() && *self.writes < UNBATCHED_WRITES {
             *self.writes += 1;
         }
         if *self.finished {
             // Whatever follows an invalid or error event is never relayed.
             self.buf.clear();
+            self.ends.reset();
+        }
+        events
+    }
+
+    /// After a read: if the event being received (or the frame a translator holds) has grown
+    /// past `--max-event-bytes`, relay the complete events before it and end with an error event.
+    fn check_event_size(&mut self) -> Option<Bytes> {
+        let held = self.translate.as_ref().map_or(0, Translate::pending);
+        if self.buf.len() <= *self.max_event && held <= *self.max_event {
+            return None;
+        }
+        let events = self.take_events();
+        let held = self.translate.as_ref().map_or(0, Translate::pending);
+        if !*self.finished && (self.buf.len() > *self.max_event || held > *self.max_event) {
+            let message = crate::limits::event_too_large(*self.max_event).to_string();
+            self.buf.clear();
+            self.ends.reset();
+            self.end(
+                StreamEnd::Broken,
+                Some((&message, "upstream_event_too_large")),
+            );
         }
         events
     }
@@ -329,7 +373,8 @@ impl SseRelayProj<'_> {
     fn end(&mut self, end: StreamEnd, error: Option<(&str, &str)>) {
         *self.finished = true;
         if let Some((message, code)) = error {
-            *self.pending_error = Some(error_event(message, code, *self.dialect));
+            let message = self.scrub.scrub_str(message);
+            *self.pending_error = Some(error_event(&message, code, *self.dialect));
         }
         // A translated stream's usage comes from the provider's own report, even when the client
         // did not ask to see it.
@@ -438,6 +483,12 @@ impl Body for SseRelay {
                                 }
                             }
                         }
+                    }
+                    if let Some(events) = this.check_event_size() {
+                        return Poll::Ready(Some(Ok(Frame::data(events))));
+                    }
+                    if *this.finished {
+                        continue;
                     }
                     if this.buf.len() >= COALESCE_LIMIT
                         && let Some(events) = this.take_events()
@@ -552,10 +603,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_end_finds_lf_and_crlf_terminators() {
-        assert_eq!(event_end(b"data: {}\n\nrest"), Some(10));
-        assert_eq!(event_end(b"data: {}\r\n\r\n"), Some(12));
-        assert_eq!(event_end(b"data: {}\n"), None);
+    fn first_event_scan_judges_growing_buffers_at_any_split() {
+        let input = b": keep-alive\r\n\r\ndata: {\"id\":1}\n\n";
+        for split in 0..input.len() {
+            let mut scan = FirstEventScan::default();
+            let first = scan.check(&input[..split], Dialect::OpenAi);
+            assert!(matches!(first, FirstEvent::Incomplete), "split at {split}");
+            let whole = scan.check(input, Dialect::OpenAi);
+            assert!(matches!(whole, FirstEvent::Valid), "split at {split}");
+        }
     }
 
     #[test]

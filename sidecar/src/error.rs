@@ -146,6 +146,18 @@ pub enum AttemptError {
     /// The upstream answered 2xx with a body that is not what the protocol promises.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
+    /// The upstream sent more than the sidecar holds: a body over `--max-response-bytes` or an
+    /// event over `--max-event-bytes` (see `limits`). A misbehaving upstream: the next target is
+    /// tried.
+    #[error("the upstream {what} is larger than the limit of {limit} bytes ({flag})")]
+    TooLarge {
+        /// What was too large ("response body", "event").
+        what: &'static str,
+        /// The limit in bytes.
+        limit: usize,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
 }
 
 /// A provider's refusal of the gateway's credentials: the upstream status and, when the provider
@@ -182,6 +194,7 @@ impl AttemptError {
             Self::Status { .. } => "server_error",
             Self::Auth(_) => "auth_failed",
             Self::Invalid(_) => "invalid_response",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

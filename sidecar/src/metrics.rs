@@ -27,8 +27,8 @@ pub struct RequestLabels {
 pub struct AttemptLabels {
     /// Provider name.
     pub provider: String,
-    /// success, connect_error, timeout, rate_limited, server_error, invalid_response, auth_failed,
-    /// client_error.
+    /// success, connect_error, timeout, rate_limited, server_error, invalid_response, too_large,
+    /// auth_failed, client_error.
     pub outcome: &'static str,
 }
 

@@ -323,6 +323,8 @@ pub trait ChunkDecoder: Send + Sync {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), String>;
     /// The upstream ended; `Err` when it ended inside a frame.
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String>;
+    /// Bytes held of an event or frame not complete yet (checked against `--max-event-bytes`).
+    fn buffered(&self) -> usize;
 }
 
 /// Writes OpenAI chunks in the client's dialect.
@@ -370,6 +372,11 @@ impl Translate {
         let result = self.decoder.finish(&mut self.items);
         self.flush(out);
         result
+    }
+
+    /// Bytes the decoder holds of an upstream event not complete yet.
+    pub fn pending(&self) -> usize {
+        self.decoder.buffered()
     }
 
     /// The usage the provider reported, whether or not the client asked to see it.
@@ -435,6 +442,9 @@ impl Turns {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    // Where the search for the next event's end resumes: an event that never ends is scanned
+    // once, not once per read.
+    ends: crate::limits::EventEnds,
 }
 
 /// One SSE event.
@@ -451,58 +461,65 @@ impl SseParser {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some((end, next)) = find_event_end(&self.buf) {
-            let raw: Vec<u8> = self.buf.drain(..next).take(end).collect();
-            let text = std::str::from_utf8(&raw)
-                .map_err(|_| "the upstream sent an event that is not UTF-8".to_string())?;
-            let mut event = SseEvent::default();
-            let mut has_data = false;
-            for line in text.split('\n') {
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                let (field, value) = match line.split_once(':') {
-                    Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                    None => (line, ""),
-                };
-                match field {
-                    "event" => event.event = Some(value.to_string()),
-                    "data" => {
-                        if has_data {
-                            event.data.push('\n');
-                        }
-                        event.data.push_str(value);
-                        has_data = true;
-                    }
-                    _ => {}
-                }
-            }
-            if has_data || event.event.is_some() {
+        let mut start = 0;
+        let result = loop {
+            let Some(next) = self.ends.next(&self.buf, start) else {
+                break Ok(events);
+            };
+            // The content ends before the terminator (`\n\n` or `\n\r\n`).
+            let end = if self.buf[next - 2] == b'\r' {
+                next - 3
+            } else {
+                next - 2
+            };
+            let raw = &self.buf[start..end];
+            start = next;
+            let Ok(text) = std::str::from_utf8(raw) else {
+                break Err("the upstream sent an event that is not UTF-8".to_string());
+            };
+            if let Some(event) = parse_event(text) {
                 events.push(event);
             }
-        }
-        Ok(events)
+        };
+        self.buf.drain(..start);
+        self.ends.consumed(start);
+        result
     }
 
     /// Whether bytes of an unfinished event remain (the stream was cut inside an event).
     pub fn has_partial(&self) -> bool {
         !self.buf.iter().all(u8::is_ascii_whitespace)
     }
+
+    /// Bytes held of an event not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
 }
 
-/// (end of the event's content, index after its blank-line terminator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
+/// The fields of one event's text; `None` for a comment or an empty event.
+fn parse_event(text: &str) -> Option<SseEvent> {
+    let mut event = SseEvent::default();
+    let mut has_data = false;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event.event = Some(value.to_string()),
+            "data" => {
+                if has_data {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+                has_data = true;
             }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+            _ => {}
         }
-        i += 1;
     }
-    None
+    (has_data || event.event.is_some()).then_some(event)
 }
 
 /// The message a provider put in its error body, whatever its shape (OpenAI, Anthropic and Gemini

@@ -29,11 +29,13 @@ use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::body::{FirstEvent, ProxyBody, SseRelay, StreamEnd, first_event};
+use crate::body::{FirstEvent, FirstEventScan, ProxyBody, RelayGuard, SseRelay, StreamEnd};
 use crate::error::{AttemptError, ProxyError, error_body};
+use crate::limits::ResponseBudget;
 use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
 use crate::providers::{self, Dialect, Inbound, Operation, StreamFraming, Translate, messages};
 use crate::routing::AttemptPlan;
+use crate::scrub::Scrubber;
 use crate::state::{Credentials, Provider, Store};
 use crate::upstream::UpstreamClient;
 use crate::usage::{self, Usage};
@@ -53,12 +55,18 @@ const BEDROCK_INPUT_TOKENS: &str = "x-amzn-bedrock-input-token-count";
 pub struct Settings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most bytes of upstream answers one attempt buffers (`limits`).
+    pub max_response_bytes: usize,
+    /// Most bytes held of one upstream stream event not complete yet (`limits`).
+    pub max_event_bytes: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
+            max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
+            max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -111,6 +119,8 @@ enum Answer {
         first: Bytes,
         rest: Incoming,
         translate: Option<Translate>,
+        /// The scrubber of the call that answered.
+        scrub: Scrubber,
     },
     /// A 4xx other than 408/429 or a credential refusal: the request itself was refused; passed
     /// back, not retried.
@@ -279,8 +289,11 @@ impl Gateway {
                 Err(_) => AttemptError::Timeout(limit.as_millis() as u64),
             };
             self.count_attempt(&provider.name, outcome.metric_label());
-            tracing::debug!(request_id = %ctx.request_id, provider = %provider.name, error = %outcome, "attempt failed");
-            failures.push(format!("{}/{}: {}", provider.name, target.model, outcome));
+            // What an upstream said may echo its key: scrubbed before the log and the answer.
+            let said = outcome.to_string();
+            let said = provider.scrubber.scrub_str(&said);
+            tracing::debug!(request_id = %ctx.request_id, provider = %provider.name, error = %said, "attempt failed");
+            failures.push(format!("{}/{}: {}", provider.name, target.model, said));
             if let AttemptError::Status {
                 retry_after: Some(delay),
                 ..
@@ -330,14 +343,17 @@ impl Gateway {
         let providers::Outgoing {
             uri, body, more, ..
         } = outgoing;
+        let budget = ResponseBudget::new(self.settings.max_response_bytes);
         if inbound.stream {
             let beta = inbound.beta_for(provider.kind);
-            let sent =
-                tokio::time::timeout(headers_limit, self.send(provider, uri, body, true, beta))
-                    .await
-                    .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
-            let response = match sent? {
-                Ok(response) => response,
+            let sent = tokio::time::timeout(
+                headers_limit,
+                self.send(provider, uri, body, true, beta, &budget),
+            )
+            .await
+            .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))?;
+            let (response, scrub) = match sent? {
+                Ok(sent) => sent,
                 Err(refused) => return Ok(refused),
             };
             let translate = providers::translate(provider.kind, model, inbound);
@@ -346,13 +362,21 @@ impl Gateway {
                 providers::framing(provider.kind),
                 inbound.dialect,
                 translate,
+                self.settings.max_event_bytes,
+                scrub,
             )
             .await;
         }
         // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
         // or refusal ends the attempt and drops the calls still in flight.
         let calls = std::iter::once(body).chain(more).map(|body| {
-            self.buffered_call(provider, uri.clone(), body, inbound.beta_for(provider.kind))
+            self.buffered_call(
+                provider,
+                uri.clone(),
+                body,
+                inbound.beta_for(provider.kind),
+                &budget,
+            )
         });
         let replies: Vec<providers::Reply> = match futures::stream::iter(calls)
             .buffered(FAN_OUT)
@@ -373,30 +397,28 @@ impl Gateway {
         uri: http::Uri,
         body: Bytes,
         anthropic_beta: Option<&HeaderValue>,
+        budget: &ResponseBudget,
     ) -> Result<providers::Reply, Halt> {
-        let response = self
-            .send(provider, uri, body, false, anthropic_beta)
+        let (response, scrub) = self
+            .send(provider, uri, body, false, anthropic_beta, budget)
             .await?
             .map_err(Halt::Refused)?;
-        let input_tokens = response
-            .headers()
+        let (parts, incoming) = response.into_parts();
+        let input_tokens = parts
+            .headers
             .get(BEDROCK_INPUT_TOKENS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| {
-                AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-            })?
-            .to_bytes();
+        // Scrubbed as read, before any translation: a translated answer is built from clean text.
+        let body = scrub.scrub_bytes(budget.read(&parts.headers, incoming).await?);
         Ok(providers::Reply { body, input_tokens })
     }
 
-    /// Authorize and send one upstream request. A 2xx comes back as the response; a credential
-    /// refusal, 408, 429 (with the delay the provider asked for) and 5xx as the error that moves on
-    /// to the next attempt; any other status as the [`Answer::Refused`] passed back to the client.
+    /// Authorize and send one upstream request. A 2xx comes back as the response, with the
+    /// scrubber for what this request carried; a credential refusal, 408, 429 (with the delay the
+    /// provider asked for) and 5xx as the error that moves on to the next attempt; any other
+    /// status as the [`Answer::Refused`] passed back to the client, scrubbed. Bodies read here
+    /// count against `budget`.
     async fn send(
         &self,
         provider: &Provider,
@@ -404,7 +426,8 @@ impl Gateway {
         body: Bytes,
         stream: bool,
         anthropic_beta: Option<&HeaderValue>,
-    ) -> Result<Result<Response<Incoming>, Answer>, AttemptError> {
+        budget: &ResponseBudget,
+    ) -> Result<Result<(Response<Incoming>, Scrubber), Answer>, AttemptError> {
         let mut builder = Request::post(uri)
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, USER_AGENT_VALUE)
@@ -438,6 +461,8 @@ impl Gateway {
             providers::bedrock::sign(provider, credentials, &mut request, &body)
                 .map_err(|e| AttemptError::Invalid(format!("failed to sign request: {e}")))?;
         }
+        // A SigV4 signature is a secret of this request only.
+        let scrub = provider.scrubber.for_request(request.headers());
         let response = self
             .client
             .request(request)
@@ -445,7 +470,7 @@ impl Gateway {
             .map_err(|e| AttemptError::Connect(error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(Ok(response));
+            return Ok(Ok((response, scrub)));
         }
         let (parts, incoming) = response.into_parts();
         if status == StatusCode::TOO_MANY_REQUESTS
@@ -457,7 +482,12 @@ impl Gateway {
             let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
                 None
             } else if providers::failure::delay_in_body(provider.kind) {
-                let body = collect(incoming).await.unwrap_or_default();
+                let body = match budget.read(&parts.headers, incoming).await {
+                    Ok(body) => body,
+                    Err(e @ AttemptError::TooLarge { .. }) => return Err(e),
+                    // A 429 whose body breaks off is still a 429, without a delay.
+                    Err(_) => Bytes::new(),
+                };
                 providers::failure::retry_after(provider.kind, &parts.headers, &body)
             } else {
                 providers::failure::retry_after(provider.kind, &parts.headers, &[])
@@ -467,7 +497,7 @@ impl Gateway {
                 retry_after,
             });
         }
-        let body = collect(incoming).await?;
+        let body = budget.read(&parts.headers, incoming).await?;
         // 401/403, and what the provider says is a key refusal under another status (Gemini's
         // 400 API_KEY_INVALID): the next target may work. The body may echo part of the key; it
         // is dropped, never relayed or logged (only a fixed reason name is kept).
@@ -476,10 +506,16 @@ impl Gateway {
         {
             return Err(AttemptError::Auth(auth));
         }
+        // The refusal reaches the client: scrubbed, and its content type dropped if it carries a
+        // credential (the only upstream header relayed).
         Ok(Err(Answer::Refused {
             status,
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            body,
+            content_type: parts
+                .headers
+                .get(CONTENT_TYPE)
+                .filter(|ct| !scrub.contains(ct.as_bytes()))
+                .cloned(),
+            body: scrub.scrub_bytes(body),
         }))
     }
 
@@ -503,6 +539,7 @@ impl Gateway {
                 first,
                 rest,
                 translate,
+                scrub,
             } => {
                 let metrics = self.metrics.clone();
                 let route = ctx.route.clone().unwrap_or_default();
@@ -529,7 +566,12 @@ impl Gateway {
                         "stream finished"
                     );
                 });
-                let relay = SseRelay::new(rest, first, deadline, on_end, ctx.dialect, translate);
+                let guard = RelayGuard {
+                    max_event_bytes: self.settings.max_event_bytes,
+                    scrub,
+                };
+                let relay =
+                    SseRelay::new(rest, first, deadline, on_end, ctx.dialect, translate, guard);
                 let mut response = Response::new(ProxyBody::Stream(Box::pin(relay)));
                 let headers = response.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -831,12 +873,15 @@ fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, Stri
 }
 
 /// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
-/// `translate` is set).
+/// `translate` is set). Everything before it (keep-alives included) and any frame a translator
+/// holds stay within `max_event` bytes, or the attempt fails.
 async fn first_chunk(
     response: Response<Incoming>,
     framing: StreamFraming,
     dialect: Dialect,
     mut translate: Option<Translate>,
+    max_event: usize,
+    scrub: Scrubber,
 ) -> Result<Answer, AttemptError> {
     let expected = match framing {
         StreamFraming::Sse => "text/event-stream",
@@ -854,6 +899,7 @@ async fn first_chunk(
     }
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
+    let mut scan = FirstEventScan::default();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -862,13 +908,19 @@ async fn first_chunk(
                         None => buf.extend_from_slice(&data),
                         Some(t) => t.feed(&data, &mut buf).map_err(AttemptError::Invalid)?,
                     }
-                    match first_event(&buf, dialect) {
-                        FirstEvent::Incomplete => {}
+                    match scan.check(&buf, dialect) {
+                        FirstEvent::Incomplete => {
+                            let held = translate.as_ref().map_or(0, Translate::pending);
+                            if buf.len() > max_event || held > max_event {
+                                return Err(crate::limits::event_too_large(max_event));
+                            }
+                        }
                         FirstEvent::Valid => {
                             return Ok(Answer::Stream {
                                 first: buf.freeze(),
                                 rest: body,
                                 translate,
+                                scrub,
                             });
                         }
                         FirstEvent::Invalid(reason) => {
@@ -948,17 +1000,6 @@ fn complete(
         body: Bytes::from(body),
         usage,
     })
-}
-
-/// The whole body of an upstream answer.
-async fn collect(body: Incoming) -> Result<Bytes, AttemptError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(|e| {
-            AttemptError::Connect(format!("failed to read response: {}", error_chain(&e)))
-        })?
-        .to_bytes())
 }
 
 /// An error with its sources, on one line.

@@ -471,6 +471,10 @@ impl ChunkDecoder for StreamDecoder {
         Ok(())
     }
 
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), String> {
         if !self.done {
             return Err("the upstream stream ended before message_stop".to_string());

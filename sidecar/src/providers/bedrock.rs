@@ -471,6 +471,10 @@ impl ChunkDecoder for StreamDecoder {
         }
     }
 
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
         if !self.buf.is_empty() {
             return Err("the upstream stream ended inside an event-stream frame".to_string());

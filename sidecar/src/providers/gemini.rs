@@ -446,6 +446,10 @@ impl ChunkDecoder for StreamDecoder {
         Ok(())
     }
 
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), String> {
         if self.sse.has_partial() {
             return Err("the upstream stream ended inside an event".to_string());
