@@ -23,9 +23,11 @@
 //! placeholders local servers accept (`EMPTY` for vLLM, `ollama` for Ollama), and replacing them
 //! would garble ordinary words in answers. No real credential is that short.
 //!
-//! Every match becomes `[redacted]`. The matcher (Aho-Corasick over the secrets' fragments) is
-//! built once per provider when a config snapshot is built; scrubbing a body with no match is one
-//! pass over it and copies nothing.
+//! Every match becomes `[redacted]`. The matcher is built once per provider when a config snapshot
+//! is built: Aho-Corasick over the secrets' aligned 8-byte blocks (a run of 16 bytes of a secret
+//! always holds one whole block), each hit extended both ways against the secret and kept if the
+//! run reaches [`FRAGMENT_BYTES`]. Few short patterns keep the search fast; scrubbing a body with
+//! no match is one pass over it and copies nothing.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -51,11 +53,29 @@ pub const FRAGMENT_BYTES: usize = 16;
 #[error("failed to build the credential scrubber: {0}")]
 pub struct BuildError(#[from] aho_corasick::BuildError);
 
+/// Length of the blocks searched for: half a fragment, so every fragment holds a whole block.
+const BLOCK_BYTES: usize = FRAGMENT_BYTES / 2;
+
+/// The searchers and what each of their patterns stands for.
+struct Needles {
+    /// Whether any block occurs at all: the common case is "no", and this answers it at memchr
+    /// speed (leftmost semantics let Aho-Corasick use its SIMD prefilter).
+    quick: AhoCorasick,
+    /// Every occurrence of every block, overlapping (standard semantics), for the rare input
+    /// that has one.
+    search: AhoCorasick,
+    /// By pattern id: the secret form it comes from and where in it it starts; `None` for a
+    /// short secret searched whole.
+    origin: Vec<(usize, Option<usize>)>,
+    /// Each secret in each form it may be written in.
+    forms: Vec<Vec<u8>>,
+}
+
 /// Finds and replaces one provider's credentials. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Scrubber {
-    /// Whole secrets and their fragments; `None` when the provider sends no credentials.
-    needles: Option<Arc<AhoCorasick>>,
+    /// Secrets and how to find them; `None` when the provider sends no credentials.
+    needles: Option<Arc<Needles>>,
     /// One request's own secret (a SigV4 signature), matched whole.
     request: Option<Arc<memmem::Finder<'static>>>,
 }
@@ -64,7 +84,7 @@ impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the needles: they are the secrets.
         f.debug_struct("Scrubber")
-            .field("patterns", &self.needles.as_ref().map(|n| n.patterns_len()))
+            .field("secrets", &self.needles.as_ref().map(|n| n.forms.len()))
             .field("request_secret", &self.request.is_some())
             .finish()
     }
@@ -73,34 +93,50 @@ impl std::fmt::Debug for Scrubber {
 impl Scrubber {
     /// A scrubber for `secrets` (values shorter than [`MIN_SECRET_BYTES`] are ignored).
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<Self, BuildError> {
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut forms: Vec<Vec<u8>> = Vec::new();
         for secret in secrets {
             let secret = secret.trim();
             if secret.len() < MIN_SECRET_BYTES {
                 continue;
             }
-            let escaped = secret.contains('/').then(|| secret.replace('/', "\\/"));
-            for form in std::iter::once(secret).chain(escaped.as_deref()) {
-                let form = form.as_bytes();
-                if form.len() <= FRAGMENT_BYTES {
-                    patterns.push(form.to_vec());
-                } else {
-                    patterns.extend(form.windows(FRAGMENT_BYTES).map(<[u8]>::to_vec));
+            forms.push(secret.as_bytes().to_vec());
+            if secret.contains('/') {
+                forms.push(secret.replace('/', "\\/").into_bytes());
+            }
+        }
+        forms.sort_unstable();
+        forms.dedup();
+        if forms.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut patterns: Vec<&[u8]> = Vec::new();
+        let mut origin = Vec::new();
+        for (i, form) in forms.iter().enumerate() {
+            if form.len() <= FRAGMENT_BYTES {
+                patterns.push(form);
+                origin.push((i, None));
+            } else {
+                for offset in (0..=form.len() - BLOCK_BYTES).step_by(BLOCK_BYTES) {
+                    patterns.push(&form[offset..offset + BLOCK_BYTES]);
+                    origin.push((i, Some(offset)));
                 }
             }
         }
-        patterns.sort_unstable();
-        patterns.dedup();
-        if patterns.is_empty() {
-            return Ok(Self::default());
-        }
-        // Standard semantics, searched overlapping: every window of a secret that occurs is
-        // found, and the windows of one echoed run merge into one replacement.
-        let needles = AhoCorasick::builder()
+        let quick = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&patterns)?;
+        // Standard semantics, searched overlapping: every block that occurs is seen, whatever
+        // else overlaps it.
+        let search = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .build(&patterns)?;
         Ok(Self {
-            needles: Some(Arc::new(needles)),
+            needles: Some(Arc::new(Needles {
+                quick,
+                search,
+                origin,
+                forms,
+            })),
             request: None,
         })
     }
@@ -148,23 +184,41 @@ impl Scrubber {
 
     /// Whether `bytes` carries a secret (or a fragment of one).
     pub fn contains(&self, bytes: &[u8]) -> bool {
-        self.needles.as_ref().is_some_and(|n| n.is_match(bytes))
-            || self
-                .request
-                .as_ref()
-                .is_some_and(|f| f.find(bytes).is_some())
+        matches!(self.scrub(bytes), Cow::Owned(_))
     }
 
     /// `bytes` with every secret and fragment replaced by [`REDACTED`]; borrowed when there was
     /// none.
     pub fn scrub<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
         let mut spans: Vec<(usize, usize)> = Vec::new();
-        if let Some(needles) = &self.needles {
-            spans.extend(
-                needles
-                    .find_overlapping_iter(bytes)
-                    .map(|m| (m.start(), m.end())),
-            );
+        if let Some(needles) = &self.needles
+            && needles.quick.is_match(bytes)
+        {
+            for m in needles.search.find_overlapping_iter(bytes) {
+                let Some(&(form, offset)) = needles.origin.get(m.pattern().as_usize()) else {
+                    continue;
+                };
+                let Some(offset) = offset else {
+                    spans.push((m.start(), m.end()));
+                    continue;
+                };
+                // Extend the block to the whole run of the secret it sits in.
+                let secret = &needles.forms[form];
+                let before = bytes[..m.start()]
+                    .iter()
+                    .rev()
+                    .zip(secret[..offset].iter().rev())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let after = bytes[m.end()..]
+                    .iter()
+                    .zip(&secret[offset + BLOCK_BYTES..])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if before + BLOCK_BYTES + after >= FRAGMENT_BYTES {
+                    spans.push((m.start() - before, m.end() + after));
+                }
+            }
         }
         if let Some(finder) = &self.request {
             let len = finder.needle().len();
@@ -333,5 +387,42 @@ mod tests {
         assert_eq!(out.as_ptr(), body.as_ptr());
         let dirty = Bytes::from(format!("{{\"echo\":\"{KEY}\"}}"));
         assert_eq!(&s.scrub_bytes(dirty)[..], b"{\"echo\":\"[redacted]\"}");
+    }
+
+    /// Cost per request, for the bench (numbers only mean something in release):
+    /// `cargo test --release -p gatehouse-sidecar --lib scrub::tests::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_request() {
+        use std::time::Instant;
+        let s = Scrubber::new([KEY]).unwrap();
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(26);
+        let body = Bytes::from(format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":12,"completion_tokens":300,"total_tokens":312}}}}"#
+        ));
+        let events: Vec<Bytes> = (0..20)
+            .map(|i| {
+                Bytes::from(format!(
+                    "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}]}}\n\n"
+                ))
+            })
+            .collect();
+        let n = 100_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(s.scrub_bytes(std::hint::black_box(body.clone())));
+        }
+        let buffered = t.elapsed() / n;
+        let t = Instant::now();
+        for _ in 0..n / 10 {
+            for e in &events {
+                std::hint::black_box(s.scrub_bytes(std::hint::black_box(e.clone())));
+            }
+        }
+        let stream = t.elapsed() / (n / 10);
+        println!(
+            "scrub: {} B answer {buffered:?}/request; 20-event stream, one call per event, {stream:?}/request",
+            body.len()
+        );
     }
 }
