@@ -754,6 +754,13 @@ async fn credentials_echoed_in_refusals_never_reach_the_client_or_the_log() {
                 "{kind} {dialect:?}: the echo is relayed, scrubbed: {}",
                 r.text()
             );
+            // The body changed length when scrubbed: the declared length is the new one.
+            let declared = r
+                .headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.parse::<usize>().unwrap());
+            assert_eq!(declared, Some(r.body.len()), "{kind} {dialect:?}");
             received.push((format!("{kind} {status} {dialect:?}"), r));
         }
     }
