@@ -79,6 +79,8 @@ enum Act {
     Refuse(u16),
     /// 200 event stream: a valid first event, then an error event echoing every request header.
     StreamError,
+    /// A valid 200 answer whose text echoes every request header.
+    Answer,
 }
 
 /// A raw TCP upstream; records every request head it received.
@@ -196,6 +198,15 @@ async fn serve(mut sock: TcpStream, act: Act, flavor: Flavor, heads: Arc<Mutex<V
             );
             let _ = sock.write_all(response.as_bytes()).await;
         }
+        Act::Answer => {
+            let body = answer(flavor, &echo).to_string();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(response.as_bytes()).await;
+        }
         Act::StreamError => {
             let mut out = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: {stream_type}\r\nconnection: close\r\n\r\n"
@@ -213,6 +224,25 @@ async fn serve(mut sock: TcpStream, act: Act, flavor: Flavor, heads: Arc<Mutex<V
 async fn endless(sock: &mut TcpStream, byte: u8) {
     let block = vec![byte; 64 * 1024];
     while sock.write_all(&block).await.is_ok() {}
+}
+
+/// A valid buffered chat answer of `flavor` saying `text`.
+fn answer(flavor: Flavor, text: &str) -> Value {
+    match flavor {
+        Flavor::OpenAi => json!({"id": "c1", "object": "chat.completion", "created": 0,
+            "model": "m", "choices": [{"index": 0, "message": {"role": "assistant",
+            "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+        Flavor::Anthropic => json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "m", "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1, "output_tokens": 1}}),
+        Flavor::Gemini => json!({"candidates": [{"content": {"role": "model",
+            "parts": [{"text": text}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}}),
+        Flavor::Bedrock => json!({"output": {"message": {"role": "assistant",
+            "content": [{"text": text}]}}, "stopReason": "end_turn",
+            "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}}),
+    }
 }
 
 /// A valid first event of a stream of `flavor`.
@@ -711,77 +741,75 @@ const KINDS: &[(&str, Flavor)] = &[
     ("bedrock", Flavor::Bedrock),
 ];
 
-/// Each provider type's credentials (bearer, api-key, x-api-key, x-goog-api-key, SigV4) echoed in
-/// a 400, 404 and 422 body and header: relayed in both dialects, scrubbed everywhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_echoed_in_refusals_never_reach_the_client_or_the_log() {
+/// The credentials each upstream in `cases` (label, provider type, what it does, the status the
+/// client should get) received, echoed back: relayed to an OpenAI and an Anthropic client
+/// (streamed if `stream`), scrubbed in every byte they received and in the log.
+async fn echo_cases(cases: &[(String, &str, Act, Flavor, u16)], stream: bool) {
     let good = good_mock().await;
     let mut ups = Vec::new();
-    for status in [400u16, 404, 422] {
-        for (kind, flavor) in KINDS {
-            ups.push((
-                status,
-                *kind,
-                Upstream::start(Act::Refuse(status), *flavor).await,
-            ));
-        }
+    for (_, _, act, flavor, _) in cases {
+        ups.push(Upstream::start(*act, *flavor).await);
     }
-    let names: Vec<String> = ups
+    let providers: Vec<P> = cases
         .iter()
-        .map(|(s, k, _)| format!("{k}-{s}").to_lowercase())
+        .zip(&ups)
+        .map(|((name, kind, ..), up)| P::at(name, kind, up))
         .collect();
-    let providers: Vec<P> = ups
-        .iter()
-        .zip(&names)
-        .map(|((_, kind, up), name)| P::at(name, kind, up))
-        .collect();
-    let targets: Vec<[&str; 1]> = names.iter().map(|n| [n.as_str()]).collect();
-    let routes: Vec<(&str, &[&str])> = names
+    let targets: Vec<[&str; 1]> = cases.iter().map(|(n, ..)| [n.as_str()]).collect();
+    let routes: Vec<(&str, &[&str])> = cases
         .iter()
         .zip(&targets)
-        .map(|(n, t)| (n.as_str(), t.as_slice()))
+        .map(|((n, ..), t)| (n.as_str(), t.as_slice()))
         .collect();
     let proc = sidecar_with(manifests(&providers, &good, &routes), &[]).await;
     let base = format!("http://{}", proc.proxy);
 
     let mut received = Vec::new();
-    for ((status, kind, _), name) in ups.iter().zip(&names) {
+    for (name, kind, _, _, status) in cases {
         for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
-            let r = ask(&base, dialect, name, false).await;
-            assert_eq!(r.status, *status, "{kind} {dialect:?}: {}", r.text());
+            let r = ask(&base, dialect, name, stream).await;
+            let what = format!("{name} ({kind}) {dialect:?}");
+            assert_eq!(r.status, *status, "{what}: {}", r.text());
             assert!(
                 r.text().contains("[redacted]"),
-                "{kind} {dialect:?}: the echo is relayed, scrubbed: {}",
+                "{what}: the echo is relayed, scrubbed: {}",
                 r.text()
             );
-            // The body changed length when scrubbed: the declared length is the new one.
-            let declared = r
-                .headers
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map(|v| v.parse::<usize>().unwrap());
-            assert_eq!(declared, Some(r.body.len()), "{kind} {dialect:?}");
-            received.push((format!("{kind} {status} {dialect:?}"), r));
+            if !stream {
+                // The body changed length when scrubbed: the declared length is the new one.
+                let declared = r
+                    .headers
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.parse::<usize>().unwrap());
+                assert_eq!(declared, Some(r.body.len()), "{what}");
+            }
+            received.push((what, r));
         }
     }
     normal_request_is_served(&base).await;
-    let mut all_heads = Vec::new();
-    for (_, kind, up) in &ups {
-        let heads = up.heads();
-        let sent = heads.join("\n");
-        // The upstream really got (and echoed) the credentials.
-        match *kind {
-            "bedrock" => assert!(sent.contains(AWS_ID) && sent.contains(AWS_TOKEN), "{sent}"),
-            "openai" => assert!(sent.contains(OPENAI_KEY)),
-            "openaiCompatible" => assert!(sent.contains(COMPAT_KEY)),
-            "azureOpenAI" => assert!(sent.contains(AZURE_KEY)),
-            "anthropic" => assert!(sent.contains(ANTHROPIC_KEY)),
-            "gemini" => assert!(sent.contains(GEMINI_KEY)),
-            _ => {}
+    let mut heads = Vec::new();
+    for ((_, kind, ..), up) in cases.iter().zip(&ups) {
+        let sent = up.heads().join("\n");
+        // The upstream really got (and so echoed) the credentials.
+        let expected: &[&str] = match *kind {
+            "bedrock" => &[AWS_ID, AWS_TOKEN],
+            "openai" => &[OPENAI_KEY],
+            "openaiCompatible" => &[COMPAT_KEY],
+            "azureOpenAI" => &[AZURE_KEY],
+            "anthropic" => &[ANTHROPIC_KEY],
+            "gemini" => &[GEMINI_KEY],
+            other => panic!("no such kind {other}"),
+        };
+        for secret in expected {
+            assert!(
+                sent.contains(secret),
+                "{kind} was sent its credentials: {sent}"
+            );
         }
-        all_heads.extend(heads);
+        heads.extend(up.heads());
     }
-    let signatures = signatures(&all_heads);
+    let signatures = signatures(&heads);
     assert!(!signatures.is_empty(), "bedrock requests are signed");
     for (what, r) in &received {
         assert_no_secret(&r.all(), &signatures, what);
@@ -790,49 +818,37 @@ async fn credentials_echoed_in_refusals_never_reach_the_client_or_the_log() {
     assert_no_secret(&log, &signatures, "the log");
 }
 
-/// A stream's error event echoing the credentials, for each provider type and client dialect.
+/// Each provider type's credentials (bearer, api-key, x-api-key, x-goog-api-key, SigV4) echoed in
+/// a 400, 404 and 422 body and header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_echoed_in_stream_error_events_never_reach_the_client_or_the_log() {
-    let good = good_mock().await;
-    let mut ups = Vec::new();
-    for (kind, flavor) in KINDS {
-        ups.push((*kind, Upstream::start(Act::StreamError, *flavor).await));
-    }
-    let names: Vec<String> = ups.iter().map(|(k, _)| k.to_lowercase()).collect();
-    let providers: Vec<P> = ups
-        .iter()
-        .zip(&names)
-        .map(|((kind, up), name)| P::at(name, kind, up))
-        .collect();
-    let targets: Vec<[&str; 1]> = names.iter().map(|n| [n.as_str()]).collect();
-    let routes: Vec<(&str, &[&str])> = names
-        .iter()
-        .zip(&targets)
-        .map(|(n, t)| (n.as_str(), t.as_slice()))
-        .collect();
-    let proc = sidecar_with(manifests(&providers, &good, &routes), &[]).await;
-    let base = format!("http://{}", proc.proxy);
-
-    let mut received = Vec::new();
-    for ((kind, _), name) in ups.iter().zip(&names) {
-        for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
-            let r = ask(&base, dialect, name, true).await;
-            assert_eq!(r.status, 200, "{kind} {dialect:?}: {}", r.text());
-            assert!(
-                r.text().contains("[redacted]"),
-                "{kind} {dialect:?}: the error event is relayed, scrubbed: {}",
-                r.text()
-            );
-            received.push((format!("{kind} {dialect:?}"), r));
+async fn credentials_echoed_in_refusals_never_reach_the_client_or_the_log() {
+    let mut cases = Vec::new();
+    for status in [400u16, 404, 422] {
+        for (kind, flavor) in KINDS {
+            let name = format!("{kind}-{status}").to_lowercase();
+            cases.push((name, *kind, Act::Refuse(status), *flavor, status));
         }
     }
-    normal_request_is_served(&base).await;
-    let heads: Vec<String> = ups.iter().flat_map(|(_, up)| up.heads()).collect();
-    let signatures = signatures(&heads);
-    assert!(!signatures.is_empty(), "bedrock requests are signed");
-    for (what, r) in &received {
-        assert_no_secret(&r.all(), &signatures, what);
-    }
-    let log = proc.stop().join("\n");
-    assert_no_secret(&log, &signatures, "the log");
+    echo_cases(&cases, false).await;
+}
+
+/// Each provider type's credentials echoed in the text of a 200 answer (a careless echo server):
+/// scrubbed as the body is read, before translation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_echoed_in_answers_never_reach_the_client_or_the_log() {
+    let cases: Vec<_> = KINDS
+        .iter()
+        .map(|(kind, flavor)| (kind.to_lowercase(), *kind, Act::Answer, *flavor, 200))
+        .collect();
+    echo_cases(&cases, false).await;
+}
+
+/// A stream's error event echoing the credentials, for each provider type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_echoed_in_stream_error_events_never_reach_the_client_or_the_log() {
+    let cases: Vec<_> = KINDS
+        .iter()
+        .map(|(kind, flavor)| (kind.to_lowercase(), *kind, Act::StreamError, *flavor, 200))
+        .collect();
+    echo_cases(&cases, true).await;
 }
