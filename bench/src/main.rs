@@ -6,9 +6,11 @@
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
 mod load;
+mod memory;
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
+mod stages;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,6 +55,20 @@ struct Args {
     /// served with the new rule) over this many changes; 0 skips it.
     #[arg(long, default_value_t = 0)]
     propagation: usize,
+    /// Also measure this sidecar binary (for example the previous main's release build) in the
+    /// same interleaved rounds, and print a before/after table.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// How the baseline is named in the tables (for example a commit).
+    #[arg(long, default_value = "baseline")]
+    baseline_label: String,
+    /// Also measure RSS around maximum-size requests (one, then 8 at once) on a fresh sidecar
+    /// (and on the baseline).
+    #[arg(long)]
+    memory: bool,
+    /// Also measure what each stage of the request path costs (one sidecar per scenario).
+    #[arg(long)]
+    stages: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -168,6 +184,7 @@ struct Sidecar {
 }
 
 async fn start_sidecar(
+    bin: &Path,
     manifests: &Path,
     log: Option<&Path>,
     worker_threads: u16,
@@ -185,7 +202,7 @@ async fn start_sidecar(
         "--worker-threads".to_string(),
         worker_threads.to_string(),
     ];
-    let proc = Proc::spawn("gatehouse", &release_bin("gatehouse-sidecar")?, &args, log)?;
+    let proc = Proc::spawn("gatehouse", bin, &args, log)?;
     let ready_after = wait_http_ok(
         &format!("http://127.0.0.1:{admin}/readyz"),
         Duration::from_secs(10),
@@ -199,9 +216,14 @@ async fn start_sidecar(
 }
 
 async fn start_mock(chunks: usize) -> anyhow::Result<(Proc, SocketAddr)> {
+    start_mock_with(chunks, &[]).await
+}
+
+/// A mock with extra flags (for example `--api-key`).
+async fn start_mock_with(chunks: usize, extra: &[&str]) -> anyhow::Result<(Proc, SocketAddr)> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let args = vec![
+    let mut args = vec![
         "--listen".to_string(),
         addr.to_string(),
         "--chunks".to_string(),
@@ -209,13 +231,19 @@ async fn start_mock(chunks: usize) -> anyhow::Result<(Proc, SocketAddr)> {
         "--no-record".to_string(),
         "--quiet".to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let proc = Proc::spawn(
         "mock",
         &release_bin("gatehouse-mock-provider")?,
         &args,
         None,
     )?;
-    wait_http_ok(&format!("http://{addr}/v1/models"), Duration::from_secs(10)).await?;
+    // The control API answers whatever key the mock insists on.
+    wait_http_ok(
+        &format!("http://{addr}/__mock/requests"),
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok((proc, addr))
 }
 
@@ -304,6 +332,103 @@ fn propagation(samples: usize) -> anyhow::Result<String> {
     ))
 }
 
+/// A gateway's CPU and memory in one scenario.
+struct Usage {
+    gateway: String,
+    stream: bool,
+    concurrency: usize,
+    cpu_us: f64,
+    peak_kib: u64,
+}
+
+/// One path's throughput and added latency (p50; TTFT for streams) in one scenario.
+struct Measured {
+    path: String,
+    stream: bool,
+    concurrency: usize,
+    rps: f64,
+    added_ms: f64,
+}
+
+/// The figures the request path must not regress on, this build against the baseline, from the
+/// same interleaved rounds.
+fn before_after(
+    report: &mut String,
+    baseline: &str,
+    measured: &[Measured],
+    usage: &[Usage],
+    idle_kib: (u64, u64),
+) -> anyhow::Result<()> {
+    writeln!(report, "\n### This build against {baseline} (same run)\n")?;
+    writeln!(report, "| figure | {baseline} | gatehouse | change |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    let find = |path: &str, stream: bool, c: usize| {
+        measured
+            .iter()
+            .find(|m| m.path == path && m.stream == stream && m.concurrency == c)
+    };
+    for (stream, c, label) in [
+        (false, 1, "added p50, c=1 (ms)"),
+        (false, 32, "added p50, c=32 (ms)"),
+        (true, 1, "added TTFT p50, c=1 (ms)"),
+        (true, 32, "added TTFT p50, c=32 (ms)"),
+    ] {
+        if let (Some(b), Some(g)) = (find(baseline, stream, c), find("gatehouse", stream, c)) {
+            writeln!(
+                report,
+                "| {label} | {:+.3} | {:+.3} | {:+.3} |",
+                b.added_ms,
+                g.added_ms,
+                g.added_ms - b.added_ms
+            )?;
+        }
+    }
+    for (stream, c, label) in [(false, 32, "req/s, c=32"), (true, 32, "streams/s, c=32")] {
+        if let (Some(b), Some(g)) = (find(baseline, stream, c), find("gatehouse", stream, c)) {
+            writeln!(
+                report,
+                "| {label} | {:.0} | {:.0} | {:+.1}% |",
+                b.rps,
+                g.rps,
+                (g.rps / b.rps - 1.0) * 100.0
+            )?;
+        }
+    }
+    for (stream, c) in [(false, 1), (false, 32), (true, 32)] {
+        let of = |gateway: &str| {
+            usage
+                .iter()
+                .find(|u| u.gateway == gateway && u.stream == stream && u.concurrency == c)
+        };
+        if let (Some(b), Some(g)) = (of(baseline), of("gatehouse")) {
+            writeln!(
+                report,
+                "| CPU µs / request, {} c={c} | {:.1} | {:.1} | {:+.1} |",
+                if stream { "stream" } else { "non-stream" },
+                b.cpu_us,
+                g.cpu_us,
+                g.cpu_us - b.cpu_us
+            )?;
+            writeln!(
+                report,
+                "| peak RSS, {} c={c} (MiB) | {:.1} | {:.1} | {:+.1} |",
+                if stream { "stream" } else { "non-stream" },
+                b.peak_kib as f64 / 1024.0,
+                g.peak_kib as f64 / 1024.0,
+                (g.peak_kib as f64 - b.peak_kib as f64) / 1024.0
+            )?;
+        }
+    }
+    writeln!(
+        report,
+        "| idle RSS (MiB) | {:.1} | {:.1} | {:+.1} |",
+        idle_kib.1 as f64 / 1024.0,
+        idle_kib.0 as f64 / 1024.0,
+        (idle_kib.0 as f64 - idle_kib.1 as f64) / 1024.0
+    )?;
+    Ok(())
+}
+
 fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
@@ -338,15 +463,16 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     )?;
 
     // Start-to-ready, five fresh processes.
+    let sidecar_bin = release_bin("gatehouse-sidecar")?;
     let mut ready = Vec::new();
     for _ in 0..5 {
-        let s = start_sidecar(&manifest_path, None, 1).await?;
+        let s = start_sidecar(&sidecar_bin, &manifest_path, None, 1).await?;
         ready.push(s.ready_after);
     }
     ready.sort();
     let ready_median = ready[ready.len() / 2];
 
-    let sidecar = start_sidecar(&manifest_path, None, 1).await?;
+    let sidecar = start_sidecar(&sidecar_bin, &manifest_path, None, 1).await?;
     let (idle_rss, _) = sidecar.proc.memory_kib()?;
 
     let mut paths = vec![
@@ -365,10 +491,32 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             headers: Vec::new(),
         },
     ];
+    // Gateways whose CPU time and peak RSS are read per scenario: (index in `paths`, process).
+    let mut gateways: Vec<(usize, &Proc)> = vec![(1, &sidecar.proc)];
+    // The baseline binary right after the sidecar, so every round measures both back to back.
+    let baseline = match &args.baseline_bin {
+        Some(bin) => Some(start_sidecar(bin, &manifest_path, None, 1).await?),
+        None => None,
+    };
+    let baseline_name = format!("gatehouse {}", args.baseline_label);
+    if let Some(b) = &baseline {
+        paths.push(Path_ {
+            name: baseline_name.clone(),
+            addr: b.addr,
+            model: "bench".into(),
+            prefix: "",
+            headers: Vec::new(),
+        });
+        gateways.push((paths.len() - 1, &b.proc));
+    }
+    let baseline_idle_rss = match &baseline {
+        Some(b) => Some(b.proc.memory_kib()?.0),
+        None => None,
+    };
     // The default runtime (one thread) against a two-worker one, same binary and config.
     let mut _threaded = None;
     if args.compare_threads {
-        let threaded = start_sidecar(&manifest_path, None, 2).await?;
+        let threaded = start_sidecar(&sidecar_bin, &manifest_path, None, 2).await?;
         paths.push(Path_ {
             name: "gatehouse --worker-threads 2".into(),
             addr: threaded.addr,
@@ -396,7 +544,7 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     }
 
     let mut cpu_per_request = Vec::new();
-    let mut peaks = Vec::new();
+    let mut comparison = Vec::new();
     for stream in [false, true] {
         if stream {
             writeln!(
@@ -419,15 +567,45 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
         }
         for &c in &args.concurrency {
             let n = requests_for(args, c);
-            sidecar.proc.reset_peak()?;
-            let cpu_before = sidecar.proc.cpu_time()?;
+            let mut cpu_before = Vec::new();
+            for (_, proc) in &gateways {
+                proc.reset_peak()?;
+                cpu_before.push(proc.cpu_time()?);
+            }
             let outcomes = interleaved(&paths, stream, c, n, args.rounds).await?;
-            let cpu = sidecar.proc.cpu_time()?.saturating_sub(cpu_before);
-            // Warm-up requests count too: they used CPU.
-            let sidecar_requests = outcomes[1].requests + (n / 10).max(200);
-            cpu_per_request.push((stream, c, cpu.as_secs_f64() * 1e6 / sidecar_requests as f64));
-            peaks.push((stream, c, sidecar.proc.memory_kib()?.1));
+            for ((index, proc), before) in gateways.iter().zip(cpu_before) {
+                let cpu = proc.cpu_time()?.saturating_sub(before);
+                // Warm-up requests count too: they used CPU.
+                let served = outcomes[*index].requests + (n / 10).max(200);
+                cpu_per_request.push(Usage {
+                    gateway: paths[*index].name.clone(),
+                    stream,
+                    concurrency: c,
+                    cpu_us: cpu.as_secs_f64() * 1e6 / served as f64,
+                    peak_kib: proc.memory_kib()?.1,
+                });
+            }
             let direct = &outcomes[0];
+            for (path, o) in paths.iter().zip(&outcomes) {
+                let (added_us, d) = if stream {
+                    (
+                        o.ttft.value_at_quantile(0.5),
+                        direct.ttft.value_at_quantile(0.5),
+                    )
+                } else {
+                    (
+                        o.latency.value_at_quantile(0.5),
+                        direct.latency.value_at_quantile(0.5),
+                    )
+                };
+                comparison.push(Measured {
+                    path: path.name.clone(),
+                    stream,
+                    concurrency: c,
+                    rps: o.rps(),
+                    added_ms: (added_us as f64 - d as f64) / 1000.0,
+                });
+            }
             for (path, o) in paths.iter().zip(&outcomes) {
                 let is_direct = path.name == "direct";
                 if stream {
@@ -575,23 +753,54 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             peer.name, peer.reason
         )?;
     }
+    if let (Some(b), Some(idle)) = (&baseline, baseline_idle_rss) {
+        let (_, peak) = b.proc.memory_kib()?;
+        writeln!(
+            report,
+            "| {baseline_name} | {:.1} MiB | {:.1} MiB | |",
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0,
+        )?;
+    }
     writeln!(report)?;
     writeln!(
         report,
-        "Gatehouse CPU time per request (user + system, warm-up included) and peak RSS per scenario:\n"
+        "Gateway CPU time per request (user + system, warm-up included) and peak RSS per scenario:\n"
     )?;
     writeln!(
         report,
-        "| mode | concurrency | CPU µs / request | peak RSS |"
+        "| gateway | mode | concurrency | CPU µs / request | peak RSS |"
     )?;
-    writeln!(report, "|---|---|---|---|")?;
-    for ((stream, c, us), (_, _, peak)) in cpu_per_request.into_iter().zip(peaks) {
+    writeln!(report, "|---|---|---|---|---|")?;
+    for u in &cpu_per_request {
         writeln!(
             report,
-            "| {} | {c} | {us:.1} | {:.1} MiB |",
-            if stream { "stream" } else { "non-stream" },
-            peak as f64 / 1024.0
+            "| {} | {} | {} | {:.1} | {:.1} MiB |",
+            u.gateway,
+            if u.stream { "stream" } else { "non-stream" },
+            u.concurrency,
+            u.cpu_us,
+            u.peak_kib as f64 / 1024.0
         )?;
+    }
+    if baseline.is_some() {
+        before_after(
+            &mut report,
+            &baseline_name,
+            &comparison,
+            &cpu_per_request,
+            (idle_rss, baseline_idle_rss.unwrap_or(0)),
+        )?;
+    }
+    if args.memory {
+        let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];
+        if let Some(bin) = &args.baseline_bin {
+            bins.push((baseline_name.clone(), bin.clone()));
+        }
+        memory::report(&mut report, &bins, &dir, mock_addr).await?;
+    }
+    if args.stages {
+        stages::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.propagation > 0 {
         writeln!(report, "\n### Propagation on the real control plane\n")?;

@@ -19,7 +19,8 @@ use tokio::time::{Instant, Sleep};
 use crate::dialect::{Dialect, Event};
 use crate::error::DecodeError;
 use crate::providers::Translate;
-use crate::sse;
+use crate::scrub::Scrubber;
+use crate::sse::{self, EventEnds};
 use crate::stages::{End, Exchange};
 use crate::usage::Usage;
 
@@ -34,25 +35,38 @@ pub enum FirstEvent {
     Invalid(DecodeError),
 }
 
-/// Check the first complete event in `buf` that carries data (used before committing: a bad
-/// start may still fail over to another target). Comments and empty events before it (keep-alives
-/// some upstreams send while the model has not produced anything) are skipped: they are not a
-/// first token, so the stream is not committed on them and `firstToken` keeps counting.
-pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
-    let mut start = 0;
-    loop {
-        let Some(len) = sse::event_end(&buf[start..]) else {
-            return FirstEvent::Incomplete;
-        };
-        match dialect.inspect(sse::data(&buf[start..start + len]).as_deref()) {
-            Ok(Event::Empty) => start += len,
-            Ok(Event::Error) => {
-                return FirstEvent::Invalid(DecodeError::ErrorFirst);
+/// Finds the first event of a stream that carries data, in a buffer that grows with each read
+/// (used before committing: a bad start may still fail over to another target). Comments and
+/// empty events before it (keep-alives some upstreams send while the model has not produced
+/// anything) are skipped: they are not a first token, so the stream is not committed on them and
+/// `firstToken` keeps counting. Each byte is looked at once however the reads split.
+#[derive(Debug, Default)]
+pub struct FirstEventScan {
+    ends: EventEnds,
+    /// Where the next event not yet judged starts.
+    start: usize,
+}
+
+impl FirstEventScan {
+    /// Judge what `buf` (everything read so far) holds.
+    pub fn check(&mut self, buf: &[u8], dialect: Dialect) -> FirstEvent {
+        loop {
+            let Some(end) = self.ends.next(buf, self.start) else {
+                return FirstEvent::Incomplete;
+            };
+            match dialect.inspect(sse::data(&buf[self.start..end]).as_deref()) {
+                Ok(Event::Empty) => self.start = end,
+                Ok(Event::Error) => return FirstEvent::Invalid(DecodeError::ErrorFirst),
+                Ok(_) => return FirstEvent::Valid,
+                Err(reason) => return FirstEvent::Invalid(reason),
             }
-            Ok(_) => return FirstEvent::Valid,
-            Err(reason) => return FirstEvent::Invalid(reason),
         }
     }
+}
+
+/// [`FirstEventScan::check`] of a whole buffer at once.
+pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
+    FirstEventScan::default().check(buf, dialect)
 }
 
 /// Merge usage reported in pieces (Anthropic: prompt first, completion at the end).
@@ -74,6 +88,12 @@ pin_project! {
         #[pin]
         upstream: Incoming,
         buf: BytesMut,
+        // Where the search for the end of the event at the front of `buf` resumes.
+        ends: EventEnds,
+        // Most bytes held of one event not complete yet (`--max-event-bytes`).
+        max_event: usize,
+        // What is relayed is scrubbed of the provider's credentials, event batch by event batch.
+        scrub: Scrubber,
         dialect: Dialect,
         translate: Option<Translate>,
         upstream_done: bool,
@@ -118,17 +138,23 @@ impl SseRelay {
     /// if the whole stream is not done by `deadline`.
     /// `first` is already in the client's dialect (translated when `translate` is set). The
     /// relay owns the request's `exchange` from here on and ends it when the stream ends.
+    /// An event over `guard.max_event_bytes` ends the stream with an error event; every event
+    /// relayed goes through `guard.scrub`.
     pub fn new(
         upstream: Incoming,
         first: Bytes,
         deadline: Instant,
         exchange: Exchange,
         translate: Option<Translate>,
+        guard: RelayGuard,
     ) -> Self {
         let dialect = exchange.ctx.dialect;
         Self {
             upstream,
             buf: BytesMut::from(&first[..]),
+            ends: EventEnds::default(),
+            max_event: guard.max_event_bytes,
+            scrub: guard.scrub,
             dialect,
             translate,
             upstream_done: false,
@@ -145,22 +171,31 @@ impl SseRelay {
     }
 }
 
+/// What bounds and cleans a relayed stream.
+#[derive(Debug, Clone)]
+pub struct RelayGuard {
+    /// Most bytes held of one event not complete yet.
+    pub max_event_bytes: usize,
+    /// The scrubber of the attempt that answered.
+    pub scrub: Scrubber,
+}
+
 impl SseRelayProj<'_> {
     /// Take the complete, valid events from the buffer. On an invalid one, stop there and queue
     /// the error event that ends the stream.
     fn take_events(&mut self) -> Option<Bytes> {
         let mut valid = 0;
-        while let Some(len) = sse::event_end(&self.buf[valid..]) {
+        while let Some(end) = self.ends.next(self.buf, valid) {
             match self
                 .dialect
-                .inspect(sse::data(&self.buf[valid..valid + len]).as_deref())
+                .inspect(sse::data(&self.buf[valid..end]).as_deref())
             {
                 Ok(Event::Done) => *self.saw_done = true,
                 Ok(Event::Data(Some(usage))) => *self.usage = Some(merge_usage(*self.usage, usage)),
                 Ok(Event::Data(None) | Event::Empty) => {}
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
-                    valid += len;
+                    valid = end;
                     self.end(End::StreamBroken, None);
                     break;
                 }
@@ -170,9 +205,11 @@ impl SseRelayProj<'_> {
                     break;
                 }
             }
-            valid += len;
+            valid = end;
         }
-        let mut events = (valid > 0).then(|| self.buf.split_to(valid).freeze());
+        let mut events =
+            (valid > 0).then(|| self.scrub.scrub_bytes(self.buf.split_to(valid).freeze()));
+        self.ends.consumed(valid);
         if let (Some(events), Some(exchange)) = (events.as_mut(), self.exchange.as_mut())
             && exchange.wants_events()
         {
@@ -184,6 +221,28 @@ impl SseRelayProj<'_> {
         if *self.finished {
             // Whatever follows an invalid or error event is never relayed.
             self.buf.clear();
+            self.ends.reset();
+        }
+        events
+    }
+
+    /// After a read: if the event being received (or the frame a translator holds) has grown
+    /// past `--max-event-bytes`, relay the complete events before it and end with an error event.
+    fn check_event_size(&mut self) -> Option<Bytes> {
+        let held = self.translate.as_ref().map_or(0, Translate::pending);
+        if self.buf.len() <= *self.max_event && held <= *self.max_event {
+            return None;
+        }
+        let events = self.take_events();
+        let held = self.translate.as_ref().map_or(0, Translate::pending);
+        if !*self.finished && (self.buf.len() > *self.max_event || held > *self.max_event) {
+            let message = crate::limits::event_too_large(*self.max_event).to_string();
+            self.buf.clear();
+            self.ends.reset();
+            self.end(
+                End::StreamBroken,
+                Some((&message, "upstream_event_too_large")),
+            );
         }
         events
     }
@@ -191,7 +250,8 @@ impl SseRelayProj<'_> {
     fn end(&mut self, end: End, error: Option<(&str, &str)>) {
         *self.finished = true;
         if let Some((message, code)) = error {
-            *self.pending_error = Some(self.dialect.error_event(message, code));
+            let message = self.scrub.scrub_str(message);
+            *self.pending_error = Some(self.dialect.error_event(&message, code));
         }
         // A translated stream's usage comes from the provider's own report, even when the client
         // did not ask to see it.
@@ -302,6 +362,12 @@ impl Body for SseRelay {
                                 }
                             }
                         }
+                    }
+                    if let Some(events) = this.check_event_size() {
+                        return Poll::Ready(Some(Ok(Frame::data(events))));
+                    }
+                    if *this.finished {
+                        continue;
                     }
                     if this.buf.len() >= COALESCE_LIMIT
                         && let Some(events) = this.take_events()
@@ -414,6 +480,18 @@ pub fn deadline_in(ms: u64) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_event_scan_judges_growing_buffers_at_any_split() {
+        let input = b": keep-alive\r\n\r\ndata: {\"id\":1}\n\n";
+        for split in 0..input.len() {
+            let mut scan = FirstEventScan::default();
+            let first = scan.check(&input[..split], Dialect::OpenAi);
+            assert!(matches!(first, FirstEvent::Incomplete), "split at {split}");
+            let whole = scan.check(input, Dialect::OpenAi);
+            assert!(matches!(whole, FirstEvent::Valid), "split at {split}");
+        }
+    }
 
     #[test]
     fn first_event_skips_keep_alive_comments() {

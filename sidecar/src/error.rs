@@ -237,8 +237,8 @@ pub enum TransportError {
     #[error("{}", error_chain(.0))]
     Request(#[source] hyper_util::client::legacy::Error),
     /// The response body broke off.
-    #[error("failed to read response: {}", error_chain(.0))]
-    Read(#[source] hyper::Error),
+    #[error("failed to read response: {}", error_chain(&**.0))]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stream broke before its first event.
     #[error("stream broke before the first chunk: {}", error_chain(.0))]
     FirstChunk(#[source] hyper::Error),
@@ -294,6 +294,18 @@ pub enum AttemptError {
     /// billing refusals): the answer goes back to the client, no other target is tried.
     #[error("provider refused the request with status {}", .0.status.as_u16())]
     Refused(Refusal),
+    /// The upstream sent more than the sidecar holds: a body over `--max-response-bytes` or an
+    /// event over `--max-event-bytes` (see `limits`). A misbehaving upstream: the next target is
+    /// tried.
+    #[error("the upstream {what} is larger than the limit of {limit} bytes ({flag})")]
+    TooLarge {
+        /// What was too large ("response body", "event").
+        what: &'static str,
+        /// The limit in bytes.
+        limit: usize,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
 }
 
 /// A provider's refusal of the request itself, passed back to the client.
@@ -377,6 +389,7 @@ impl AttemptError {
             Self::Billing(_) => "billing_refused",
             Self::Credentials(_) | Self::Invalid(_) => "invalid_response",
             Self::Refused(_) => "client_error",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

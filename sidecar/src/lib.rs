@@ -7,10 +7,12 @@
 pub mod body;
 pub mod dialect;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod routing;
+pub mod scrub;
 pub mod server;
 pub mod source;
 pub mod sse;
@@ -69,6 +71,17 @@ pub struct Args {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "GATEHOUSE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most bytes of upstream answers one attempt buffers: a 2xx body, a refusal relayed to the
+    /// client, a 429 body read for its delay, all calls of a fanned-out attempt together. Over
+    /// it, the attempt fails and the next target is tried. The default (256 MiB) is twice the
+    /// largest real answer, 2048 embeddings of 3072 floats as JSON.
+    #[arg(long, env = "GATEHOUSE_MAX_RESPONSE_BYTES", default_value_t = limits::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+    /// Most bytes held of one upstream stream event (SSE event or Bedrock frame) not complete
+    /// yet. Over it, before the first event the attempt fails over; after, the stream ends with
+    /// an `upstream_event_too_large` error event. The default (64 MiB) holds an inline 4K image.
+    #[arg(long, env = "GATEHOUSE_MAX_EVENT_BYTES", default_value_t = limits::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
     /// Upstream connect timeout in milliseconds.
     #[arg(long, env = "GATEHOUSE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
@@ -186,6 +199,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         upstream::client(Duration::from_millis(args.connect_timeout_ms)),
         Settings {
             max_body_bytes: args.max_body_bytes,
+            max_response_bytes: args.max_response_bytes,
+            max_event_bytes: args.max_event_bytes,
         },
     ));
     let (shutdown, rx) = watch::channel(false);

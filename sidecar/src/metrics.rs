@@ -27,9 +27,9 @@ pub struct RequestLabels {
 pub struct AttemptLabels {
     /// Provider name.
     pub provider: String,
-    /// success, connect_error, timeout, rate_limited, server_error, invalid_response, auth_failed,
-    /// billing_refused, client_error (the provider refused the request itself; the refusal went
-    /// back to the client).
+    /// success, connect_error, timeout, rate_limited, server_error, invalid_response, too_large,
+    /// auth_failed, billing_refused, client_error (the provider refused the request itself; the
+    /// refusal went back to the client).
     pub outcome: &'static str,
 }
 

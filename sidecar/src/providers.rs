@@ -295,6 +295,8 @@ pub trait ChunkDecoder: Send + Sync {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError>;
     /// The upstream ended; `Err` when it ended inside a frame.
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError>;
+    /// Bytes held of an event or frame not complete yet (checked against `--max-event-bytes`).
+    fn buffered(&self) -> usize;
 }
 
 /// A provider decoder plus a client encoder, with the usage seen on the way.
@@ -336,6 +338,11 @@ impl Translate {
         let result = self.decoder.finish(&mut self.items);
         self.flush(out);
         result
+    }
+
+    /// Bytes the decoder holds of an upstream event not complete yet.
+    pub fn pending(&self) -> usize {
+        self.decoder.buffered()
     }
 
     /// The usage the provider reported, whether or not the client asked to see it.

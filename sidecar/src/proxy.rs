@@ -26,11 +26,12 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::body::{ProxyBody, SseRelay};
+use crate::body::{ProxyBody, RelayGuard, SseRelay};
 use crate::dialect::{Dialect, Inbound, Operation};
 use crate::error::{AttemptError, ProxyError, Refusal};
 use crate::metrics::Metrics;
 use crate::providers::{self, Translate};
+use crate::scrub::Scrubber;
 use crate::stages::{self, Chain, Context, End, Exchange, Flow};
 use crate::state::{Store, Target};
 use crate::upstream::UpstreamClient;
@@ -41,12 +42,18 @@ use crate::usage::Usage;
 pub struct Settings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most bytes of upstream answers one attempt buffers (`limits`).
+    pub max_response_bytes: usize,
+    /// Most bytes held of one upstream stream event not complete yet (`limits`).
+    pub max_event_bytes: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
+            max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
+            max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -71,6 +78,8 @@ enum Answer {
         rest: Incoming,
         translate: Option<Translate>,
         deadline: Instant,
+        /// The scrubber of the call that answered.
+        scrub: Scrubber,
     },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
@@ -172,7 +181,7 @@ impl Gateway {
         if let Flow::Answer(body) = x.request(&mut inbound)? {
             return Ok(Answer::Complete { body, usage: None });
         }
-        attempt::run(&self.client, x, &route, &mut inbound).await
+        attempt::run(&self.client, &self.settings, x, &route, &mut inbound).await
     }
 
     /// Turn the outcome into the client's response, run the answer and response hooks, and end
@@ -189,6 +198,7 @@ impl Gateway {
                 rest,
                 translate,
                 deadline,
+                scrub,
             }) => {
                 x.ctx.streaming = true;
                 let mut response = Response::new(ProxyBody::empty());
@@ -196,7 +206,11 @@ impl Gateway {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 x.respond(StatusCode::OK, response.headers_mut());
-                let relay = SseRelay::new(rest, first, deadline, x, translate);
+                let guard = RelayGuard {
+                    max_event_bytes: self.settings.max_event_bytes,
+                    scrub,
+                };
+                let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));
                 return response;
             }

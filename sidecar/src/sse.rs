@@ -4,8 +4,8 @@
 //!
 //! An event ends at a blank line (`\n\n` or `\n\r\n`); `data:` lines are joined with `\n`;
 //! comments (`:`) and unknown fields are ignored. Both callers find event boundaries with
-//! [`event_end`] and read the data with [`data`], so a stream is split the same way whichever of
-//! them reads it.
+//! [`EventEnds`] (which looks at each byte once, however the reads split) and read the data with
+//! [`data`], so a stream is split the same way whichever of them reads it.
 
 use std::borrow::Cow;
 
@@ -13,21 +13,54 @@ use serde_json::Value;
 
 use crate::error::DecodeError;
 
-/// Index just past the first event's terminating blank line, if `buf` holds a complete event.
-pub fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
+/// Finds where SSE events end (a blank line: `\n\n` or `\n\r\n`) in a buffer that grows at the
+/// end and is consumed from the front, looking at each byte once.
+#[derive(Debug, Default, Clone)]
+pub struct EventEnds {
+    /// Where the search goes on: every byte before it is known not to start a terminator.
+    scanned: usize,
+}
+
+impl EventEnds {
+    /// The index just past the first event terminator at or after `start`, or `None` if there is
+    /// none yet. Each call resumes where the last one stopped.
+    pub fn next(&mut self, buf: &[u8], start: usize) -> Option<usize> {
+        let mut i = self.scanned.max(start);
+        while i < buf.len() {
+            let Some(offset) = memchr::memchr(b'\n', &buf[i..]) else {
+                break;
+            };
+            let nl = i + offset;
+            match (buf.get(nl + 1), buf.get(nl + 2)) {
+                (Some(b'\n'), _) => {
+                    self.scanned = nl + 2;
+                    return Some(nl + 2);
+                }
+                (Some(b'\r'), Some(b'\n')) => {
+                    self.scanned = nl + 3;
+                    return Some(nl + 3);
+                }
+                // The terminator may complete with the next read: look here again then.
+                (None, _) | (Some(b'\r'), None) => {
+                    self.scanned = nl;
+                    return None;
+                }
+                _ => i = nl + 1,
             }
         }
-        i += 1;
+        self.scanned = buf.len();
+        None
     }
-    None
+
+    /// The caller removed `n` bytes from the front of the buffer.
+    pub fn consumed(&mut self, n: usize) {
+        self.scanned = self.scanned.saturating_sub(n);
+    }
+
+    /// The buffer was emptied.
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+    }
 }
 
 /// The `data:` of one complete event, lines joined with `\n`; `None` for an event without data
@@ -65,6 +98,9 @@ fn name(event: &[u8]) -> Option<&[u8]> {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    // Where the search for the next event's end resumes: an event that never ends is scanned
+    // once, not once per read.
+    ends: EventEnds,
 }
 
 /// One SSE event.
@@ -83,32 +119,50 @@ impl SseParser {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
-        while let Some(len) = event_end(&self.buf[start..]) {
-            let raw = &self.buf[start..start + len];
-            start += len;
-            let data = data(raw);
-            let name = name(raw);
-            if data.is_none() && name.is_none() {
-                continue;
-            }
-            let text = |b: &[u8]| {
-                std::str::from_utf8(b)
-                    .map(str::to_string)
-                    .map_err(|_| DecodeError::EventNotUtf8)
+        let result = loop {
+            let Some(end) = self.ends.next(&self.buf, start) else {
+                break Ok(events);
             };
-            events.push(SseEvent {
-                event: name.map(text).transpose()?,
-                data: data.as_deref().map(text).transpose()?.unwrap_or_default(),
-            });
-        }
+            let raw = &self.buf[start..end];
+            start = end;
+            match event(raw) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        };
         self.buf.drain(..start);
-        Ok(events)
+        self.ends.consumed(start);
+        result
     }
 
     /// Whether bytes of an unfinished event remain (the stream was cut inside an event).
     pub fn has_partial(&self) -> bool {
         !self.buf.iter().all(u8::is_ascii_whitespace)
     }
+
+    /// Bytes held of an event not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// The name and data of one complete event; `None` for a comment or an empty event.
+fn event(raw: &[u8]) -> Result<Option<SseEvent>, DecodeError> {
+    let data = data(raw);
+    let name = name(raw);
+    if data.is_none() && name.is_none() {
+        return Ok(None);
+    }
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| DecodeError::EventNotUtf8)
+    };
+    Ok(Some(SseEvent {
+        event: name.map(text).transpose()?,
+        data: data.as_deref().map(text).transpose()?.unwrap_or_default(),
+    }))
 }
 
 /// The JSON object carried by an event's data; anything else is a broken stream.
@@ -123,11 +177,44 @@ pub fn json_object(data: &str) -> Result<Value, DecodeError> {
 mod tests {
     use super::*;
 
+    fn ends_of(input: &[u8], split: usize) -> Vec<usize> {
+        let mut ends = EventEnds::default();
+        let mut found = Vec::new();
+        let mut start = 0;
+        for len in [split, input.len()] {
+            while let Some(end) = ends.next(&input[..len], start) {
+                found.push(end);
+                start = end;
+            }
+        }
+        found
+    }
+
     #[test]
-    fn event_end_finds_lf_and_crlf_terminators() {
-        assert_eq!(event_end(b"data: {}\n\nrest"), Some(10));
-        assert_eq!(event_end(b"data: {}\r\n\r\n"), Some(12));
-        assert_eq!(event_end(b"data: {}\n"), None);
+    fn event_ends_are_found_at_any_split() {
+        let input = b"data: a\n\ndata: b\r\n\r\n: c\n\ndata: d\n\r\nrest";
+        for split in 0..=input.len() {
+            assert_eq!(
+                ends_of(input, split),
+                vec![9, 20, 25, 35],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_line_is_scanned_once() {
+        let mut ends = EventEnds::default();
+        let mut buf = Vec::new();
+        for _ in 0..1000 {
+            buf.extend_from_slice(&[b'x'; 1000]);
+            assert_eq!(ends.next(&buf, 0), None);
+            assert_eq!(ends.scanned, buf.len());
+        }
+        buf.extend_from_slice(b"\n\n");
+        assert_eq!(ends.next(&buf, 0), Some(buf.len()));
+        ends.consumed(buf.len());
+        assert_eq!(ends.scanned, 0);
     }
 
     #[test]

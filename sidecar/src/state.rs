@@ -35,6 +35,14 @@ pub enum SnapshotError {
         /// The missing provider.
         provider: String,
     },
+    /// A provider's credential scrubber could not be built.
+    #[error("provider '{provider}': {source}")]
+    Scrubber {
+        /// Provider name.
+        provider: String,
+        /// Why.
+        source: crate::scrub::BuildError,
+    },
 }
 
 /// A provider ready to be called.
@@ -54,6 +62,8 @@ pub struct Provider {
     pub base: String,
     /// How requests are authorized; key material only in here, never in `Debug` output.
     pub credentials: Credentials,
+    /// Scrubs these credentials out of everything relayed back (`scrub`); built once here.
+    pub scrubber: crate::scrub::Scrubber,
     /// Azure OpenAI: the `api-version` query parameter.
     pub api_version: Option<String>,
     /// Bedrock: the AWS region to sign for.
@@ -207,6 +217,13 @@ impl Snapshot {
                 p.kind,
                 p.key.as_ref().and_then(|k| keys.get(k)).map(String::as_str),
             );
+            let scrubber =
+                crate::scrub::Scrubber::for_credentials(&credentials).map_err(|source| {
+                    SnapshotError::Scrubber {
+                        provider: name.clone(),
+                        source,
+                    }
+                })?;
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
@@ -217,6 +234,7 @@ impl Snapshot {
                     embeddings_url,
                     base: base.to_string(),
                     credentials,
+                    scrubber,
                     api_version: p.api_version.clone(),
                     region: p.region.clone(),
                     models: p.models.clone(),

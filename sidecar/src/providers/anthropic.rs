@@ -566,6 +566,10 @@ impl ChunkDecoder for StreamDecoder {
         Ok(())
     }
 
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if !self.done {
             return Err(DecodeError::EndedEarly("before message_stop"));

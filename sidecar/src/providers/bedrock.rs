@@ -576,6 +576,10 @@ impl ChunkDecoder for StreamDecoder {
         }
     }
 
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if !self.buf.is_empty() {
             return Err(DecodeError::CutInFrame);

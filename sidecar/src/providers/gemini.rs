@@ -526,6 +526,10 @@ impl ChunkDecoder for StreamDecoder {
         Ok(())
     }
 
+    fn buffered(&self) -> usize {
+        self.sse.buffered()
+    }
+
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
         if self.sse.has_partial() {
             return Err(DecodeError::CutInEvent);

@@ -13,12 +13,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::Answer;
-use crate::body::{FirstEvent, first_event};
+use super::{Answer, Settings};
+use crate::body::{FirstEvent, FirstEventScan};
 use crate::dialect::Inbound;
 use crate::error::{AttemptError, DecodeError, ProxyError, Refusal, StatusClass, TransportError};
+use crate::limits::ResponseBudget;
 use crate::providers::{self, Outgoing, Reply, Translate, failure};
 use crate::routing::AttemptPlan;
+use crate::scrub::Scrubber;
 use crate::stages::{AttemptRecord, Exchange};
 use crate::state::{Provider, ServedRoute};
 use crate::upstream::UpstreamClient;
@@ -37,6 +39,7 @@ const BEDROCK_INPUT_TOKENS: &str = "x-amzn-bedrock-input-token-count";
 /// or the deadline passes.
 pub(super) async fn run(
     client: &UpstreamClient,
+    settings: &Settings,
     x: &mut Exchange,
     route: &ServedRoute,
     inbound: &mut Inbound,
@@ -86,6 +89,7 @@ pub(super) async fn run(
             limit,
             attempt(
                 client,
+                settings,
                 provider,
                 &target.model,
                 inbound,
@@ -122,8 +126,11 @@ pub(super) async fn run(
             }
             Err(e) => e,
         };
-        tracing::debug!(request_id = %x.ctx.request_id, provider = %provider.name, error = %error, "attempt failed");
-        failures.push(format!("{}/{}: {}", provider.name, target.model, error));
+        // What an upstream said may echo its key: scrubbed before the log and the answer.
+        let said = error.to_string();
+        let said = provider.scrubber.scrub_str(&said);
+        tracing::debug!(request_id = %x.ctx.request_id, provider = %provider.name, error = %said, "attempt failed");
+        failures.push(format!("{}/{}: {}", provider.name, target.model, said));
         if let AttemptError::Status {
             retry_after: Some(delay),
             ..
@@ -158,8 +165,13 @@ pub(super) async fn run(
 /// One attempt: the upstream call (or, for a provider that takes fewer inputs per call than
 /// the client sent, the calls, at most [`FAN_OUT`] at a time), until the whole body (buffered)
 /// or the first event (stream) arrived.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one attempt's inputs, passed down once"
+)]
 async fn attempt(
     client: &UpstreamClient,
+    settings: &Settings,
     provider: &Provider,
     model: &str,
     inbound: &Inbound,
@@ -170,27 +182,36 @@ async fn attempt(
     let Outgoing {
         uri, body, more, ..
     } = outgoing;
+    let budget = ResponseBudget::new(settings.max_response_bytes);
     if inbound.stream {
-        let response = tokio::time::timeout(
+        let (response, scrub) = tokio::time::timeout(
             headers_limit,
-            send(client, provider, uri, body, true, inbound),
+            send(client, provider, uri, body, true, inbound, &budget),
         )
         .await
         .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))??;
         let translate = providers::translate_for(provider.adapter, model, inbound);
-        let (first, rest, translate) = first_chunk(response, provider, inbound, translate).await?;
+        let (first, rest, translate) = first_chunk(
+            response,
+            provider,
+            inbound,
+            translate,
+            settings.max_event_bytes,
+        )
+        .await?;
         return Ok(Answer::Stream {
             first,
             rest,
             translate,
             deadline,
+            scrub,
         });
     }
     // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
     // or refusal ends the attempt and drops the calls still in flight.
     let calls = std::iter::once(body)
         .chain(more)
-        .map(|body| buffered_call(client, provider, uri.clone(), body, inbound));
+        .map(|body| buffered_call(client, provider, uri.clone(), body, inbound, &budget));
     let replies: Vec<Reply> = futures::stream::iter(calls)
         .buffered(FAN_OUT)
         .try_collect()
@@ -206,20 +227,25 @@ async fn buffered_call(
     uri: http::Uri,
     body: Bytes,
     inbound: &Inbound,
+    budget: &ResponseBudget,
 ) -> Result<Reply, AttemptError> {
-    let response = send(client, provider, uri, body, false, inbound).await?;
-    let input_tokens = response
-        .headers()
+    let (response, scrub) = send(client, provider, uri, body, false, inbound, budget).await?;
+    let (parts, incoming) = response.into_parts();
+    let input_tokens = parts
+        .headers
         .get(BEDROCK_INPUT_TOKENS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let body = collect(response.into_body()).await?;
+    // Scrubbed as read, before any translation: a translated answer is built from clean text.
+    let body = scrub.scrub_bytes(budget.read(&parts.headers, incoming).await?);
     Ok(Reply { body, input_tokens })
 }
 
-/// Authorize and send one upstream request. A 2xx comes back as the response; anything else as
-/// the error the retry table judges: 408, 429 (with the delay the provider asked for) and 5xx,
-/// a refusal of the key or for billing, or a refusal of the request itself.
+/// Authorize and send one upstream request. A 2xx comes back as the response, with the scrubber
+/// for what this request carried; anything else as the error the retry table judges: 408, 429
+/// (with the delay the provider asked for) and 5xx, a refusal of the key or for billing, or a
+/// refusal of the request itself (scrubbed: it reaches the client). Bodies read here count
+/// against `budget`.
 async fn send(
     client: &UpstreamClient,
     provider: &Provider,
@@ -227,7 +253,8 @@ async fn send(
     body: Bytes,
     stream: bool,
     inbound: &Inbound,
-) -> Result<Response<Incoming>, AttemptError> {
+    budget: &ResponseBudget,
+) -> Result<(Response<Incoming>, Scrubber), AttemptError> {
     let adapter = provider.adapter;
     let accept = if stream {
         adapter.framing().content_type()
@@ -242,6 +269,8 @@ async fn send(
         .map_err(TransportError::Build)?;
     adapter.extra_headers(inbound, request.headers_mut());
     adapter.authorize(provider, &mut request, &body)?;
+    // A SigV4 signature is a secret of this request only.
+    let scrub = provider.scrubber.for_request(request.headers());
     let response = client
         .request(request)
         .await
@@ -249,7 +278,7 @@ async fn send(
     let status = response.status();
     let class = StatusClass::of(status);
     if class == StatusClass::Success {
-        return Ok(response);
+        return Ok((response, scrub));
     }
     let (parts, incoming) = response.into_parts();
     if class == StatusClass::Retry {
@@ -258,7 +287,12 @@ async fn send(
         let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
             None
         } else if adapter.delay_in_body() {
-            let body = collect(incoming).await.unwrap_or_default();
+            let body = match budget.read(&parts.headers, incoming).await {
+                Ok(body) => body,
+                Err(e @ AttemptError::TooLarge { .. }) => return Err(e),
+                // A 429 whose body breaks off is still a 429, without a delay.
+                Err(_) => Bytes::new(),
+            };
             failure::delay(adapter, &parts.headers, &body)
         } else {
             failure::delay(adapter, &parts.headers, &[])
@@ -268,7 +302,7 @@ async fn send(
             retry_after,
         });
     }
-    let body = collect(incoming).await?;
+    let body = budget.read(&parts.headers, incoming).await?;
     // A refusal of the key (401/403, and what the provider says is one under another status,
     // like Gemini's 400 API_KEY_INVALID) or for billing: the next target may work. The body may
     // echo part of the key; it is dropped, never relayed or logged (only a fixed reason name is
@@ -279,20 +313,28 @@ async fn send(
     if let Some(billing) = adapter.billing_refused(status, &parts.headers, &body) {
         return Err(AttemptError::Billing(billing));
     }
+    // The refusal reaches the client: scrubbed, and its content type dropped if it carries a
+    // credential (the only upstream header relayed).
     Err(AttemptError::Refused(Refusal {
         status,
-        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-        body,
+        content_type: parts
+            .headers
+            .get(CONTENT_TYPE)
+            .filter(|ct| !scrub.contains(ct.as_bytes()))
+            .cloned(),
+        body: scrub.scrub_bytes(body),
     }))
 }
 
 /// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
-/// `translate` is set).
+/// `translate` is set). Everything before it (keep-alives included) and any frame a translator
+/// holds stay within `max_event` bytes, or the attempt fails.
 async fn first_chunk(
     response: Response<Incoming>,
     provider: &Provider,
     inbound: &Inbound,
     mut translate: Option<Translate>,
+    max_event: usize,
 ) -> Result<(Bytes, Incoming, Option<Translate>), AttemptError> {
     let expected = provider.adapter.framing().content_type();
     let content_type_ok = response
@@ -305,6 +347,7 @@ async fn first_chunk(
     }
     let mut body = response.into_body();
     let mut buf = BytesMut::new();
+    let mut scan = FirstEventScan::default();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -313,8 +356,13 @@ async fn first_chunk(
                         None => buf.extend_from_slice(&data),
                         Some(t) => t.feed(&data, &mut buf)?,
                     }
-                    match first_event(&buf, inbound.dialect) {
-                        FirstEvent::Incomplete => {}
+                    match scan.check(&buf, inbound.dialect) {
+                        FirstEvent::Incomplete => {
+                            let held = translate.as_ref().map_or(0, Translate::pending);
+                            if buf.len() > max_event || held > max_event {
+                                return Err(crate::limits::event_too_large(max_event));
+                            }
+                        }
                         FirstEvent::Valid => return Ok((buf.freeze(), body, translate)),
                         FirstEvent::Invalid(reason) => return Err(reason.into()),
                     }
@@ -351,13 +399,4 @@ fn complete(
     let out = inbound.dialect.answer(inbound, openai);
     let body = serde_json::to_vec(&out).map_err(DecodeError::Encode)?;
     Ok((Bytes::from(body), usage))
-}
-
-/// The whole body of an upstream answer.
-async fn collect(body: Incoming) -> Result<Bytes, AttemptError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(TransportError::Read)?
-        .to_bytes())
 }
