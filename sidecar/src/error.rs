@@ -447,6 +447,11 @@ mod tests {
             AttemptError::Billing(auth),
             AttemptError::Invalid(DecodeError::BodyNotObject),
             AttemptError::Credentials(CredentialsError::Unusable("x".into())),
+            AttemptError::TooLarge {
+                what: "event",
+                limit: 1,
+                flag: "--max-event-bytes",
+            },
         ] {
             assert!(retryable.is_retryable(), "{retryable}");
         }
