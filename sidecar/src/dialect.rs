@@ -56,6 +56,11 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// Whether the client asked for base64 embeddings.
+    pub fn base64_embeddings(&self) -> bool {
+        self.openai.get("encoding_format").and_then(Value::as_str) == Some("base64")
+    }
+
     /// Whether the client wants the usage chunk at the end of an OpenAI stream.
     pub fn include_usage(&self) -> bool {
         self.dialect == Dialect::OpenAi
@@ -150,9 +155,10 @@ impl Dialect {
     }
 
     /// The encoder of translated streams for a client of this dialect.
-    pub fn encoder(self, inbound: &Inbound) -> Box<dyn ChunkEncoder> {
+    /// `include_usage`: an OpenAI client's `stream_options.include_usage`.
+    pub fn encoder(self, include_usage: bool) -> Box<dyn ChunkEncoder> {
         match self {
-            Self::OpenAi => Box::new(openai::StreamEncoder::new(inbound.include_usage())),
+            Self::OpenAi => Box::new(openai::StreamEncoder::new(include_usage)),
             Self::Anthropic => Box::new(messages::StreamEncoder::default()),
         }
     }
@@ -176,17 +182,12 @@ impl Dialect {
         }
     }
 
-    /// An OpenAI answer (translated from a provider) in this dialect.
-    pub fn answer(self, inbound: &Inbound, mut openai: Value) -> Value {
+    /// An OpenAI answer (translated from a provider) in this dialect; `base64`: the client asked
+    /// for base64 embeddings.
+    pub fn answer(self, op: Operation, base64: bool, mut openai: Value) -> Value {
         match self {
             Self::OpenAi => {
-                if inbound.op == Operation::Embeddings
-                    && inbound
-                        .openai
-                        .get("encoding_format")
-                        .and_then(Value::as_str)
-                        == Some("base64")
-                {
+                if op == Operation::Embeddings && base64 {
                     openai::base64_embeddings(&mut openai);
                 }
                 openai

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_crds::config::ProviderKind;
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde_json::Value;
 
 use crate::dialect::{ChunkEncoder, Dialect, Inbound, Operation};
@@ -91,8 +91,10 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
         StreamFraming::Sse
     }
 
-    /// The upstream request(s) for one attempt at `model`. A request the provider cannot express
-    /// is a [`TranslateError`] (a 400, not another attempt).
+    /// The upstream request(s) for one attempt at `model`, from the request in OpenAI shape, for
+    /// a client that does not speak the provider's native dialect (a native client's body goes to
+    /// [`Adapter::native_uri`] as it is). A request the provider cannot express is a
+    /// [`TranslateError`] (a 400, not another attempt).
     fn outgoing(
         &self,
         provider: &Provider,
@@ -153,8 +155,23 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     }
 
     /// Headers the provider wants on every request besides content type, accept and
-    /// credentials (`anthropic-version`), and client headers it understands (`anthropic-beta`).
-    fn extra_headers(&self, _inbound: &Inbound, _headers: &mut HeaderMap) {}
+    /// credentials (`anthropic-version`), and the client headers of its native dialect it
+    /// understands (an Anthropic client's `anthropic-beta`; `None` for every other client).
+    fn extra_headers(&self, _anthropic_beta: Option<&HeaderValue>, _headers: &mut HeaderMap) {}
+
+    /// Where a request in the provider's native dialect goes (the client's body with `model`
+    /// rewritten). By default the provider's chat or embeddings URL.
+    fn native_uri(
+        &self,
+        provider: &Provider,
+        _model: &str,
+        op: Operation,
+    ) -> Result<Uri, TranslateError> {
+        Ok(match op {
+            Operation::Chat => provider.chat_url.clone(),
+            Operation::Embeddings => provider.embeddings_url.clone(),
+        })
+    }
 
     /// Whether an error answer is a refusal of the gateway's credentials (401 and 403 always
     /// are), and the provider's name for it. `body` may be empty when it was not read.
@@ -216,7 +233,18 @@ pub fn outgoing(
     model: &str,
     inbound: &Inbound,
 ) -> Result<Outgoing, TranslateError> {
-    let mut out = provider.adapter.outgoing(provider, model, inbound)?;
+    let adapter = provider.adapter;
+    if is_native(adapter, inbound.dialect) {
+        // The client's own body, only `model` rewritten.
+        let body = inbound.native.as_ref().unwrap_or(&inbound.openai);
+        return Ok(Outgoing {
+            uri: adapter.native_uri(provider, model, inbound.op)?,
+            body: openai::encode_with_model(body, model)?,
+            more: Vec::new(),
+            warnings: Vec::new(),
+        });
+    }
+    let mut out = adapter.outgoing(provider, model, inbound)?;
     // Client headers of a dialect reach only providers that speak that dialect natively.
     if inbound.anthropic_beta.is_some() && !is_native(provider.adapter, inbound.dialect) {
         out.warnings.push(format!(
@@ -271,7 +299,7 @@ pub fn translate_for(adapter: &dyn Adapter, model: &str, inbound: &Inbound) -> O
     }
     Some(Translate::new(
         adapter.stream_decoder(model),
-        inbound.dialect.encoder(inbound),
+        inbound.dialect.encoder(inbound.include_usage()),
     ))
 }
 

@@ -38,10 +38,9 @@ impl Adapter for Anthropic {
         model: &str,
         inbound: &Inbound,
     ) -> Result<Outgoing, TranslateError> {
-        match (inbound.dialect, inbound.op) {
-            (Dialect::Anthropic, _) => native(provider, model, inbound),
-            (_, Operation::Chat) => outgoing(provider, model, &inbound.openai, inbound.stream),
-            (_, Operation::Embeddings) => Err(TranslateError::Unsupported(format!(
+        match inbound.op {
+            Operation::Chat => outgoing(provider, model, &inbound.openai, inbound.stream),
+            Operation::Embeddings => Err(TranslateError::Unsupported(format!(
                 "provider '{}' ({}) does not serve embeddings; route embeddings to an openai, \
                  openaiCompatible, azureOpenAI, gemini or bedrock provider",
                 provider.name,
@@ -66,14 +65,21 @@ impl Adapter for Anthropic {
         Credentials::header("x-api-key", key.to_string())
     }
 
-    fn extra_headers(&self, inbound: &Inbound, headers: &mut HeaderMap) {
+    fn extra_headers(&self, anthropic_beta: Option<&HeaderValue>, headers: &mut HeaderMap) {
         headers.insert("anthropic-version", HeaderValue::from_static(VERSION));
         // An Anthropic client's beta flags mean something only to Anthropic itself.
-        if inbound.dialect == Dialect::Anthropic
-            && let Some(beta) = &inbound.anthropic_beta
-        {
+        if let Some(beta) = anthropic_beta {
             headers.insert("anthropic-beta", beta.clone());
         }
+    }
+
+    fn native_uri(
+        &self,
+        provider: &Provider,
+        _model: &str,
+        _op: Operation,
+    ) -> Result<Uri, TranslateError> {
+        messages_uri(provider)
     }
 
     fn key_refused(
@@ -120,21 +126,6 @@ fn messages_uri(provider: &Provider) -> Result<Uri, TranslateError> {
             what: "the provider endpoint".to_string(),
             source,
         })
-}
-
-/// An Anthropic client's own body, sent to Anthropic with only `model` rewritten.
-pub fn native(
-    provider: &Provider,
-    model: &str,
-    inbound: &Inbound,
-) -> Result<Outgoing, TranslateError> {
-    let body = inbound.native.as_ref().unwrap_or(&inbound.openai);
-    Ok(Outgoing {
-        uri: messages_uri(provider)?,
-        body: super::openai::encode_with_model(body, model)?,
-        more: Vec::new(),
-        warnings: Vec::new(),
-    })
 }
 
 /// OpenAI chat request → Anthropic Messages request.

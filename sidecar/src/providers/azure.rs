@@ -48,6 +48,15 @@ impl Adapter for Azure {
         true
     }
 
+    fn native_uri(
+        &self,
+        provider: &Provider,
+        model: &str,
+        op: Operation,
+    ) -> Result<Uri, TranslateError> {
+        uri(provider, model, op)
+    }
+
     fn name(&self) -> &'static str {
         "azureOpenAI"
     }

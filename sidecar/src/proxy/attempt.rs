@@ -267,7 +267,7 @@ async fn send(
         .header(ACCEPT, accept)
         .body(Full::new(body.clone()))
         .map_err(TransportError::Build)?;
-    adapter.extra_headers(inbound, request.headers_mut());
+    adapter.extra_headers(inbound.anthropic_beta.as_ref(), request.headers_mut());
     adapter.authorize(provider, &mut request, &body)?;
     // A SigV4 signature is a secret of this request only.
     let scrub = provider.scrubber.for_request(request.headers());
@@ -396,7 +396,9 @@ fn complete(
     let usage = openai
         .get("usage")
         .and_then(|u| serde_json::from_value::<crate::usage::Usage>(u.clone()).ok());
-    let out = inbound.dialect.answer(inbound, openai);
+    let out = inbound
+        .dialect
+        .answer(inbound.op, inbound.base64_embeddings(), openai);
     let body = serde_json::to_vec(&out).map_err(DecodeError::Encode)?;
     Ok((Bytes::from(body), usage))
 }
