@@ -2,16 +2,22 @@
 
 use clap::Parser;
 
+/// Threads of tokio's blocking pool: big request bodies are parsed there (and DNS lookups run
+/// there). Few, so that parsing a burst of big bodies cannot take more cores than this.
+const BLOCKING_THREADS: usize = 4;
+
 fn main() -> anyhow::Result<()> {
     let args = gatehouse_sidecar::Args::parse();
     gatehouse_sidecar::telemetry::init(args.log_format);
     let runtime = if args.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(BLOCKING_THREADS)
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(args.worker_threads))
+            .max_blocking_threads(BLOCKING_THREADS)
             .enable_all()
             .build()?
     };
