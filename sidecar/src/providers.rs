@@ -135,13 +135,18 @@ pub fn outgoing(
 ) -> Result<Outgoing, ProxyError> {
     let mut out = outgoing_body(provider, model, inbound)?;
     if inbound.anthropic_beta.is_some() && inbound.beta_for(provider.kind).is_none() {
-        out.warnings.push(format!(
-            "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
-            provider.name,
-            provider.kind.as_str()
-        ));
+        out.warnings.push(beta_not_forwarded(provider));
     }
     Ok(out)
+}
+
+/// The warning for an Anthropic client's `anthropic-beta` header that `provider` does not get.
+pub fn beta_not_forwarded(provider: &Provider) -> String {
+    format!(
+        "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
+        provider.name,
+        provider.kind.as_str()
+    )
 }
 
 fn outgoing_body(

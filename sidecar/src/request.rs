@@ -352,6 +352,9 @@ impl Request {
                 warnings: Vec::new(),
             });
         }
+        if self.dialect == Dialect::Anthropic && providers::is_openai_wire(provider.kind) {
+            return self.messages_to_openai(provider, model).await;
+        }
         let tree = self.tree().await?;
         let size = self.body.len();
         let provider = provider.clone();
@@ -367,6 +370,37 @@ impl Request {
             Ok(out)
         })
         .await?
+    }
+
+    /// An Anthropic client's request for an OpenAI-wire target: translated message by message
+    /// from the bytes, no tree.
+    async fn messages_to_openai(
+        &self,
+        provider: &Provider,
+        model: &str,
+    ) -> Result<Outgoing, ProxyError> {
+        let uri = match self.op {
+            _ if provider.kind == ProviderKind::AzureOpenAI => {
+                providers::azure::uri(provider, model, self.op)?
+            }
+            Operation::Chat => provider.chat_url.clone(),
+            Operation::Embeddings => provider.embeddings_url.clone(),
+        };
+        let bytes = self.body.clone();
+        let upstream_model = model.to_string();
+        let (body, mut warnings) = offload(bytes.len(), move || {
+            messages::to_openai_body(&bytes, &upstream_model)
+        })
+        .await??;
+        if self.anthropic_beta.is_some() {
+            warnings.push(providers::beta_not_forwarded(provider));
+        }
+        Ok(Outgoing {
+            uri,
+            body,
+            more: Vec::new(),
+            warnings,
+        })
     }
 
     async fn tree(&mut self) -> Result<Arc<Inbound>, ProxyError> {

@@ -101,7 +101,12 @@ async fn peak_above_idle<F: Future<Output = reqwest::Response>>(
     let resp = f.await;
     let status = resp.status();
     resp.bytes().await.unwrap();
-    (sidecar.peak_rss_kib().saturating_sub(idle), status)
+    let peak = sidecar.peak_rss_kib().saturating_sub(idle);
+    // What the allocator gave back (docs/benchmarks.md compares allocators with these lines).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = sidecar.rss_kib().saturating_sub(idle);
+    eprintln!("rss: idle {idle} KiB, peak +{peak} KiB, 1 s after the answer +{after} KiB");
+    (peak, status)
 }
 
 async fn quiet_mock() -> MockProvider {
@@ -159,26 +164,37 @@ async fn a_maximum_size_body_of_a_million_messages_stays_within_four_times_its_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_translated_million_messages_body_is_served_and_its_memory_measured() {
+async fn translated_million_message_bodies_are_served_and_their_memory_bounded() {
     let mock = quiet_mock().await;
     let sidecar = SidecarProc::start(&manifests(&mock), &[]);
     let client = reqwest::Client::new();
-    let small = million_messages("openai-for-messages", 4096);
-    let url = sidecar.url("/v1/messages");
-    assert_eq!(post(&client, &url, small).await.status(), 200);
-
-    // A translating target needs the whole request as a tree (docs/architecture.md): above the 4x
-    // target, but bounded. The bound is the figure measured for this path with room to spare;
-    // before issue #9 the same request peaked at 2.6 GB.
-    let body = million_messages("openai-for-messages", MAX_BODY);
-    let (above, status) = peak_above_idle(&sidecar, post(&client, &url, body)).await;
+    for (path, model) in [
+        ("/v1/messages", "openai-for-messages"),
+        ("/v1/chat/completions", "claude"),
+    ] {
+        let small = million_messages(model, 4096);
+        assert_eq!(post(&client, &sidecar.url(path), small).await.status(), 200);
+    }
     let body_kib = (MAX_BODY / 1024) as u64;
-    eprintln!("/v1/messages translated: peak {above} KiB above idle for a {body_kib} KiB body");
+
+    // Anthropic client, OpenAI target: translated message by message from the bytes, so within
+    // the same 4x.
+    let body = million_messages("openai-for-messages", MAX_BODY);
+    let url = sidecar.url("/v1/messages");
+    let (above, status) = peak_above_idle(&sidecar, post(&client, &url, body)).await;
+    eprintln!("/v1/messages to OpenAI: peak {above} KiB above idle for a {body_kib} KiB body");
     assert_eq!(status, 200);
-    assert!(
-        above <= 40 * body_kib,
-        "translated: peak RSS {above} KiB above idle"
-    );
+    assert!(above <= 4 * body_kib, "peak RSS {above} KiB above idle");
+
+    // OpenAI client, Anthropic target: the adapters translate from a tree of the whole request
+    // (docs/architecture.md says why and what it costs). Above the 4x target; the bound is the
+    // figure measured for this path with room to spare, so that a second copy of the tree fails.
+    let body = million_messages("claude", MAX_BODY);
+    let url = sidecar.url("/v1/chat/completions");
+    let (above, status) = peak_above_idle(&sidecar, post(&client, &url, body)).await;
+    eprintln!("OpenAI to Anthropic: peak {above} KiB above idle for a {body_kib} KiB body");
+    assert_eq!(status, 200);
+    assert!(above <= 60 * body_kib, "peak RSS {above} KiB above idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
