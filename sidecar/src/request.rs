@@ -420,6 +420,19 @@ impl Request {
     }
 }
 
+impl Drop for Request {
+    fn drop(&mut self) {
+        // Freeing a tree of a million values takes as long as building it: not on the thread
+        // that serves every other request.
+        if let Some(tree) = self.tree.take()
+            && self.body.len() >= OFFLOAD_BYTES
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(tree));
+        }
+    }
+}
+
 /// The whole request as the translating adapters read it (OpenAI shape). An Anthropic body is
 /// translated and its own tree dropped at once: the native path never needs it.
 fn inbound(

@@ -289,17 +289,11 @@ async fn models_stay_responsive_while_a_big_body_is_parsed() {
     let mock = quiet_mock().await;
     let sidecar = SidecarProc::start(&manifests(&mock), &[]);
     let client = reqwest::Client::new();
-    // The slowest parse there is: the whole tree, translated.
+    // The slowest parse there is: an OpenAI client to an Anthropic target, the whole tree built,
+    // translated and freed.
     let big = tokio::spawn({
-        let (client, url) = (client.clone(), sidecar.url("/v1/messages"));
-        async move {
-            post(
-                &client,
-                &url,
-                million_messages("openai-for-messages", MAX_BODY),
-            )
-            .await
-        }
+        let (client, url) = (client.clone(), sidecar.url("/v1/chat/completions"));
+        async move { post(&client, &url, million_messages("claude", MAX_BODY)).await }
     });
     let mut slowest = Duration::ZERO;
     let mut samples = 0;
