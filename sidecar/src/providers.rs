@@ -135,13 +135,18 @@ pub fn outgoing(
 ) -> Result<Outgoing, ProxyError> {
     let mut out = outgoing_body(provider, model, inbound)?;
     if inbound.anthropic_beta.is_some() && inbound.beta_for(provider.kind).is_none() {
-        out.warnings.push(format!(
-            "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
-            provider.name,
-            provider.kind.as_str()
-        ));
+        out.warnings.push(beta_not_forwarded(provider));
     }
     Ok(out)
+}
+
+/// The warning for an Anthropic client's `anthropic-beta` header that `provider` does not get.
+pub fn beta_not_forwarded(provider: &Provider) -> String {
+    format!(
+        "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
+        provider.name,
+        provider.kind.as_str()
+    )
 }
 
 fn outgoing_body(
@@ -283,9 +288,27 @@ pub fn framing(kind: ProviderKind) -> StreamFraming {
 /// The translator for a stream from `kind` to a client speaking `inbound.dialect`, or `None` when
 /// the stream passes through untouched.
 pub fn translate(kind: ProviderKind, model: &str, inbound: &Inbound) -> Option<Translate> {
+    translator(
+        kind,
+        model,
+        inbound.dialect,
+        inbound.is_native(kind),
+        inbound.include_usage(),
+    )
+}
+
+/// [`translate`] from what it reads of the request: the client's dialect, whether the attempt
+/// is native, and whether an OpenAI client asked for the usage chunk.
+pub fn translator(
+    kind: ProviderKind,
+    model: &str,
+    dialect: Dialect,
+    native: bool,
+    include_usage: bool,
+) -> Option<Translate> {
     // Azure's streams are OpenAI's plus a leading prompt-filter chunk with no choices, which
     // clients that read `choices[0]` trip over: they go through the OpenAI decoder, which drops it.
-    if inbound.is_native(kind) && kind != ProviderKind::AzureOpenAI {
+    if native && kind != ProviderKind::AzureOpenAI {
         return None;
     }
     let decoder: Box<dyn ChunkDecoder> = match kind {
@@ -296,8 +319,10 @@ pub fn translate(kind: ProviderKind, model: &str, inbound: &Inbound) -> Option<T
             Box::new(openai::StreamDecoder::default())
         }
     };
-    let encoder: Box<dyn ChunkEncoder> = match inbound.dialect {
-        Dialect::OpenAi => Box::new(openai::StreamEncoder::new(inbound.include_usage())),
+    let encoder: Box<dyn ChunkEncoder> = match dialect {
+        Dialect::OpenAi => Box::new(openai::StreamEncoder::new(
+            dialect == Dialect::OpenAi && include_usage,
+        )),
         Dialect::Anthropic => Box::new(messages::StreamEncoder::default()),
     };
     Some(Translate::new(decoder, encoder))

@@ -21,24 +21,27 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::header::{ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use rand::Rng;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::body::{FirstEvent, FirstEventScan, ProxyBody, RelayGuard, SseRelay, StreamEnd};
 use crate::error::{AttemptError, ProxyError, error_body};
 use crate::limits::ResponseBudget;
 use crate::metrics::{AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels};
-use crate::providers::{self, Dialect, Inbound, Operation, StreamFraming, Translate, messages};
+use crate::providers::{self, Dialect, Operation, StreamFraming, Translate, messages};
+use crate::request::budget::BodyBudget;
+use crate::request::{self, Request as Inbound};
 use crate::routing::AttemptPlan;
 use crate::scrub::Scrubber;
 use crate::state::{Credentials, Provider, Store};
 use crate::upstream::UpstreamClient;
 use crate::usage::{self, Usage};
+use crate::warnings::Warnings;
 
 const USER_AGENT_VALUE: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
 
@@ -59,6 +62,11 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Most bytes held of one upstream stream event not complete yet (`limits`).
     pub max_event_bytes: usize,
+    /// Bytes of request bodies in flight at once, over all requests; beyond it requests are shed
+    /// with 503.
+    pub max_inflight_body_bytes: usize,
+    /// Longest wait for the next piece of a request body before answering 408.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -67,6 +75,8 @@ impl Default for Settings {
             max_body_bytes: 32 * 1024 * 1024,
             max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
+            max_inflight_body_bytes: 128 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +88,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     client: UpstreamClient,
     settings: Settings,
+    budget: Arc<BodyBudget>,
 }
 
 /// Why one buffered call of an attempt gave no 2xx body: either stops the whole attempt.
@@ -107,7 +118,7 @@ struct Context {
     cost_usd: Option<f64>,
     stream: bool,
     dialect: Dialect,
-    warnings: Vec<String>,
+    warnings: Warnings,
 }
 
 /// A successful or final upstream answer.
@@ -140,6 +151,7 @@ impl Gateway {
         settings: Settings,
     ) -> Self {
         Self {
+            budget: BodyBudget::new(settings.max_inflight_body_bytes),
             store,
             metrics,
             client,
@@ -160,7 +172,7 @@ impl Gateway {
             cost_usd: None,
             stream: false,
             dialect: Dialect::OpenAi,
-            warnings: Vec::new(),
+            warnings: Warnings::default(),
         };
         let path = req.uri().path();
         let path = path.strip_prefix("/v1").unwrap_or(path);
@@ -203,18 +215,18 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
         let anthropic_beta = req.headers().get("anthropic-beta").cloned();
-        let body = read_body(req, self.settings.max_body_bytes).await?;
-        let (mut inbound, alias) = parse_inbound(&body, op, ctx.dialect)?;
-        if ctx.dialect == Dialect::Anthropic {
-            inbound.anthropic_beta = anthropic_beta;
-        }
-        ctx.stream = inbound.stream;
-        ctx.warnings.extend(inbound.warnings.iter().cloned());
+        let limits = request::read::Limits {
+            max_bytes: self.settings.max_body_bytes,
+            progress_timeout: self.settings.body_read_timeout,
+        };
+        let body = request::read::body(req, limits, &self.budget).await?;
+        let mut inbound = Inbound::parse(body, op, ctx.dialect, anthropic_beta).await?;
+        ctx.stream = inbound.stream();
         let route = snapshot
             .aliases
-            .get(&alias)
+            .get(&inbound.index.alias)
             .cloned()
-            .ok_or_else(|| ProxyError::UnknownModel(alias.clone()))?;
+            .ok_or_else(|| ProxyError::UnknownModel(inbound.alias_for_error()))?;
         ctx.route = Some(route.name.clone());
         if route.config.targets.is_empty() {
             let reason = if route.config.unavailable.is_empty() {
@@ -260,7 +272,7 @@ impl Gateway {
                 break;
             }
             // A request the target cannot express is the client's error: 400, not another attempt.
-            let outgoing = providers::outgoing(provider, &target.model, &inbound)?;
+            let outgoing = inbound.outgoing(provider, &target.model).await?;
             ctx.attempts += 1;
             // The attempt limit covers the response headers (and a buffered body); a stream's
             // first event must also come within firstToken (default: the attempt limit).
@@ -282,7 +294,7 @@ impl Gateway {
                     self.count_attempt(&provider.name, "success");
                     ctx.provider = Some(provider.name.clone());
                     ctx.model = Some(target.model.clone());
-                    ctx.warnings.extend(warnings);
+                    ctx.warnings.extend(&warnings);
                     return Ok(self.answer(answer, provider, &target.model, ctx, deadline));
                 }
                 Ok(Err(e)) => e,
@@ -344,7 +356,7 @@ impl Gateway {
             uri, body, more, ..
         } = outgoing;
         let budget = ResponseBudget::new(self.settings.max_response_bytes);
-        if inbound.stream {
+        if inbound.stream() {
             let beta = inbound.beta_for(provider.kind);
             let sent = tokio::time::timeout(
                 headers_limit,
@@ -356,7 +368,7 @@ impl Gateway {
                 Ok(sent) => sent,
                 Err(refused) => return Ok(refused),
             };
-            let translate = providers::translate(provider.kind, model, inbound);
+            let translate = inbound.translator(provider.kind, model);
             return first_chunk(
                 response,
                 providers::framing(provider.kind),
@@ -663,15 +675,16 @@ impl Gateway {
                     Dialect::Anthropic => messages::error_body(e.status(), &e.to_string()),
                 };
                 let mut r = json_response(e.status(), body);
-                if let ProxyError::Exhausted {
-                    retry_after: Some(delay),
-                    ..
-                } = &e
-                {
+                if let Some(delay) = e.retry_after() {
                     r.headers_mut().insert(
                         RETRY_AFTER,
-                        HeaderValue::from(providers::failure::header_seconds(*delay)),
+                        HeaderValue::from(providers::failure::header_seconds(delay)),
                     );
+                }
+                // The rest of a stalled body will never be read: the connection goes with it.
+                if let ProxyError::BodyTimeout { .. } = &e {
+                    r.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 r
             }
@@ -696,7 +709,7 @@ impl Gateway {
         }
         headers.insert("x-gatehouse-cache", HeaderValue::from_static("bypass"));
         if !ctx.warnings.is_empty() {
-            insert_header(headers, "x-gatehouse-warning", &ctx.warnings.join("; "));
+            insert_header(headers, "x-gatehouse-warning", &ctx.warnings.header_value());
         }
 
         let elapsed = ctx.start.elapsed();
@@ -753,123 +766,6 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// Read the request body, refusing more than `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::InvalidRequest(format!(
-            "failed to read request body: {e}"
-        ))),
-    }
-}
-
-/// Parse and check the request in the client's dialect; Anthropic bodies are also translated into
-/// the OpenAI shape (kept natively for Anthropic targets). Returns the request and the model alias.
-fn parse_inbound(
-    body: &[u8],
-    op: Operation,
-    dialect: Dialect,
-) -> Result<(Inbound, String), ProxyError> {
-    let (map, alias) = parse_request(body, op)?;
-    let stream = op == Operation::Chat && matches!(map.get("stream"), Some(Value::Bool(true)));
-    let inbound = match dialect {
-        Dialect::OpenAi => Inbound {
-            dialect,
-            op,
-            openai: map,
-            native: None,
-            stream,
-            warnings: Vec::new(),
-            anthropic_beta: None,
-        },
-        Dialect::Anthropic => {
-            let (openai, warnings) = messages::to_openai(&map)?;
-            Inbound {
-                dialect,
-                op,
-                openai,
-                native: Some(map),
-                stream,
-                warnings,
-                anthropic_beta: None,
-            }
-        }
-    };
-    Ok((inbound, alias))
-}
-
-/// Parse and check the parts of the request the gateway relies on; the rest passes through.
-/// Returns the body and the requested model.
-fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, String), ProxyError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(ProxyError::InvalidRequest(
-            "request body must be a JSON object".to_string(),
-        ));
-    };
-    let model = match map.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => {
-            return Err(ProxyError::InvalidRequest(
-                "'model' must be a non-empty string".to_string(),
-            ));
-        }
-        None => {
-            return Err(ProxyError::InvalidRequest(
-                "missing required parameter: 'model'".to_string(),
-            ));
-        }
-    };
-    match op {
-        Operation::Chat => match map.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {}
-            Some(Value::Array(_)) => {
-                return Err(ProxyError::InvalidRequest(
-                    "'messages' must contain at least one message".to_string(),
-                ));
-            }
-            Some(_) => {
-                return Err(ProxyError::InvalidRequest(
-                    "'messages' must be an array".to_string(),
-                ));
-            }
-            None => {
-                return Err(ProxyError::InvalidRequest(
-                    "missing required parameter: 'messages'".to_string(),
-                ));
-            }
-        },
-        Operation::Embeddings => {
-            if !map.contains_key("input") {
-                return Err(ProxyError::InvalidRequest(
-                    "missing required parameter: 'input'".to_string(),
-                ));
-            }
-        }
-    }
-    if let Some(stream) = map.get("stream")
-        && !stream.is_boolean()
-        && !stream.is_null()
-    {
-        return Err(ProxyError::InvalidRequest(
-            "'stream' must be a boolean".to_string(),
-        ));
-    }
-    Ok((map, model))
 }
 
 /// Wait for the first complete event of a 2xx stream (translated into the client's dialect when
@@ -981,13 +877,7 @@ fn complete(
     let out = match inbound.dialect {
         Dialect::OpenAi => {
             let mut openai = openai;
-            if inbound.op == Operation::Embeddings
-                && inbound
-                    .openai
-                    .get("encoding_format")
-                    .and_then(Value::as_str)
-                    == Some("base64")
-            {
+            if inbound.op == Operation::Embeddings && inbound.base64_embeddings() {
                 providers::base64_embeddings(&mut openai);
             }
             openai
@@ -1012,32 +902,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_request_reports_what_is_wrong() {
-        let cases: &[(&str, &str)] = &[
-            ("not json", "not valid JSON"),
-            ("[1]", "must be a JSON object"),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "'model'"),
-            (r#"{"model":7,"messages":[]}"#, "'model' must be"),
-            (r#"{"model":"m"}"#, "'messages'"),
-            (r#"{"model":"m","messages":[]}"#, "at least one"),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
-                "'stream'",
-            ),
-        ];
-        for (body, expected) in cases {
-            let err = parse_request(body.as_bytes(), Operation::Chat).unwrap_err();
-            assert!(err.to_string().contains(expected), "{body}: {err}");
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-        }
-        assert!(parse_request(br#"{"model":"m"}"#, Operation::Embeddings).is_err());
-        assert!(parse_request(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
-    }
 }
