@@ -7,6 +7,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
 
+/// How long a client shed for [`ProxyError::Overloaded`] is asked to wait.
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// An error answered to the client in OpenAI's error shape.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -44,6 +47,18 @@ pub enum ProxyError {
         /// Why (from render problems; never key material).
         reason: String,
     },
+    /// The budget for request bodies in flight is spent: shed, the client should retry shortly.
+    #[error("gatehouse is handling too many request bodies at once; retry shortly")]
+    Overloaded,
+    /// The client stopped sending its body.
+    #[error("the request body did not progress for {ms} ms")]
+    BodyTimeout {
+        /// The progress timeout in milliseconds.
+        ms: u64,
+    },
+    /// A bug or a lost task inside the gateway; never caused by the request's content.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// No config has been loaded yet.
     #[error("gatehouse has not loaded its configuration yet")]
     NotReady,
@@ -71,7 +86,11 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoTargets { .. } | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoTargets { .. } | Self::NotReady | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Exhausted { status, .. } => *status,
         }
     }
@@ -84,11 +103,16 @@ impl ProxyError {
             | Self::BodyTooLarge { .. }
             | Self::UnknownModel(_)
             | Self::NotFound(_)
-            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            | Self::MethodNotAllowed { .. }
+            | Self::BodyTimeout { .. } => "invalid_request_error",
             Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "rate_limit_error"
             }
-            Self::NoTargets { .. } | Self::NotReady | Self::Exhausted { .. } => "api_error",
+            Self::NoTargets { .. }
+            | Self::NotReady
+            | Self::Overloaded
+            | Self::Internal(_)
+            | Self::Exhausted { .. } => "api_error",
         }
     }
 
@@ -102,6 +126,9 @@ impl ProxyError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::NoTargets { .. } => "no_usable_targets",
             Self::NotReady => "not_ready",
+            Self::Overloaded => "overloaded",
+            Self::BodyTimeout { .. } => "request_timeout",
+            Self::Internal(_) => "internal_error",
             Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "upstream_rate_limited"
             }
@@ -109,6 +136,15 @@ impl ProxyError {
                 "upstream_timeout"
             }
             Self::Exhausted { .. } => "upstream_failed",
+        }
+    }
+
+    /// The `Retry-After` to answer with, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Exhausted { retry_after, .. } => *retry_after,
+            Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
+            _ => None,
         }
     }
 
@@ -136,6 +172,9 @@ pub enum TranslateError {
     /// The request asks for something the target cannot express.
     #[error("{0}")]
     Unsupported(String),
+    /// The body of a request translated from its bytes is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
     /// The translated request could not be serialized.
     #[error("failed to encode request: {0}")]
     Encode(#[from] serde_json::Error),

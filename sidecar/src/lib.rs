@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod request;
 pub mod routing;
 pub mod scrub;
 pub mod server;
@@ -21,6 +22,7 @@ pub mod state;
 pub mod telemetry;
 pub mod upstream;
 pub mod usage;
+pub mod warnings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +84,14 @@ pub struct Args {
     /// an `upstream_event_too_large` error event. The default (64 MiB) holds an inline 4K image.
     #[arg(long, env = "GATEHOUSE_MAX_EVENT_BYTES", default_value_t = limits::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+    /// Bytes of request bodies held at once over all requests (read, parsed, forwarded). A request
+    /// that would go over it is shed with 503 and `Retry-After`. Default: 4 maximum-size bodies.
+    #[arg(long, env = "GATEHOUSE_MAX_INFLIGHT_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+    /// Longest wait in milliseconds for the next piece of a request body; a client that stops
+    /// sending mid-body gets 408 and its connection is closed.
+    #[arg(long, env = "GATEHOUSE_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
     /// Upstream connect timeout in milliseconds.
     #[arg(long, env = "GATEHOUSE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
@@ -201,6 +211,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             max_body_bytes: args.max_body_bytes,
             max_response_bytes: args.max_response_bytes,
             max_event_bytes: args.max_event_bytes,
+            max_inflight_body_bytes: args.max_inflight_body_bytes,
+            body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
         },
     ));
     let (shutdown, rx) = watch::channel(false);

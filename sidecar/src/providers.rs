@@ -246,14 +246,20 @@ pub fn outgoing(
     }
     let mut out = adapter.outgoing(provider, model, inbound)?;
     // Client headers of a dialect reach only providers that speak that dialect natively.
-    if inbound.anthropic_beta.is_some() && !is_native(provider.adapter, inbound.dialect) {
-        out.warnings.push(format!(
-            "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
-            provider.name,
-            provider.kind.as_str()
-        ));
+    if inbound.anthropic_beta.is_some() {
+        out.warnings.push(beta_not_forwarded(provider));
     }
     Ok(out)
+}
+
+/// The warning for an Anthropic client's `anthropic-beta` header that `provider` does not get
+/// (it does not speak Anthropic Messages natively).
+pub fn beta_not_forwarded(provider: &Provider) -> String {
+    format!(
+        "anthropic-beta not forwarded: provider '{}' is {}, not anthropic",
+        provider.name,
+        provider.kind.as_str()
+    )
 }
 
 /// A buffered body as a JSON object, or why not.
@@ -289,17 +295,28 @@ pub fn responses(
 /// The translator for a stream from `kind` to a client speaking `inbound.dialect`, or `None` when
 /// the stream passes through untouched.
 pub fn translate(kind: ProviderKind, model: &str, inbound: &Inbound) -> Option<Translate> {
-    translate_for(adapter(kind), model, inbound)
+    translator(
+        adapter(kind),
+        model,
+        inbound.dialect,
+        inbound.include_usage(),
+    )
 }
 
-/// [`translate`] for an adapter.
-pub fn translate_for(adapter: &dyn Adapter, model: &str, inbound: &Inbound) -> Option<Translate> {
-    if is_native(adapter, inbound.dialect) && !adapter.decodes_native_streams() {
+/// [`translate`] from what it reads of the request: the adapter of the target, the client's
+/// dialect, and whether an OpenAI client asked for the usage chunk.
+pub fn translator(
+    adapter: &dyn Adapter,
+    model: &str,
+    dialect: Dialect,
+    include_usage: bool,
+) -> Option<Translate> {
+    if is_native(adapter, dialect) && !adapter.decodes_native_streams() {
         return None;
     }
     Some(Translate::new(
         adapter.stream_decoder(model),
-        inbound.dialect.encoder(inbound.include_usage()),
+        dialect.encoder(include_usage),
     ))
 }
 

@@ -17,20 +17,22 @@
 mod attempt;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, RelayGuard, SseRelay};
-use crate::dialect::{Dialect, Inbound, Operation};
+use crate::dialect::{Dialect, Operation};
 use crate::error::{AttemptError, ProxyError, Refusal};
 use crate::metrics::Metrics;
 use crate::providers::{self, Translate};
+use crate::request::budget::BodyBudget;
+use crate::request::{self, Request};
 use crate::scrub::Scrubber;
 use crate::stages::{self, Chain, Context, End, Exchange, Flow};
 use crate::state::{Store, Target};
@@ -42,6 +44,11 @@ use crate::usage::Usage;
 pub struct Settings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies in flight at once, over all requests; beyond it requests are shed
+    /// with 503.
+    pub max_inflight_body_bytes: usize,
+    /// Longest wait for the next piece of a request body before answering 408.
+    pub body_read_timeout: Duration,
     /// Most bytes of upstream answers one attempt buffers (`limits`).
     pub max_response_bytes: usize,
     /// Most bytes held of one upstream stream event not complete yet (`limits`).
@@ -52,6 +59,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
+            max_inflight_body_bytes: 128 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(10),
             max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
         }
@@ -65,6 +74,7 @@ pub struct Gateway {
     chain: Arc<Chain>,
     client: UpstreamClient,
     settings: Settings,
+    budget: Arc<BodyBudget>,
 }
 
 /// What the attempts (or an early stage) produced for the client.
@@ -95,6 +105,7 @@ impl Gateway {
         settings: Settings,
     ) -> Self {
         Self {
+            budget: BodyBudget::new(settings.max_inflight_body_bytes),
             store,
             chain: Arc::new(stages::chain(metrics)),
             client,
@@ -104,7 +115,7 @@ impl Gateway {
 
     /// Answer one request. Never fails: every error becomes an error response in the client's
     /// dialect.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: http::Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path();
         let path = path.strip_prefix("/v1").unwrap_or(path);
         let call = match (req.method(), path) {
@@ -147,25 +158,24 @@ impl Gateway {
 
     async fn call(
         &self,
-        req: Request<Incoming>,
+        req: http::Request<Incoming>,
         op: Operation,
         x: &mut Exchange,
     ) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
-        let dialect = x.ctx.dialect;
         let anthropic_beta = req.headers().get("anthropic-beta").cloned();
-        let body = read_body(req, self.settings.max_body_bytes).await?;
-        let (mut inbound, alias) = parse_inbound(&body, op, dialect)?;
-        if dialect == Dialect::Anthropic {
-            inbound.anthropic_beta = anthropic_beta;
-        }
-        x.ctx.stream = inbound.stream;
-        x.ctx.warnings.extend(inbound.warnings.iter().cloned());
+        let limits = request::read::Limits {
+            max_bytes: self.settings.max_body_bytes,
+            progress_timeout: self.settings.body_read_timeout,
+        };
+        let body = request::read::body(req, limits, &self.budget).await?;
+        let mut inbound = Request::parse(body, op, x.ctx.dialect, anthropic_beta).await?;
+        x.ctx.stream = inbound.stream();
         let route = snapshot
             .aliases
-            .get(&alias)
+            .get(&inbound.index.alias)
             .cloned()
-            .ok_or_else(|| ProxyError::UnknownModel(alias.clone()))?;
+            .ok_or_else(|| ProxyError::UnknownModel(inbound.alias_for_error()))?;
         x.ctx.route = Some(route.clone());
         if route.targets.is_empty() {
             let reason = if route.config.unavailable.is_empty() {
@@ -221,15 +231,16 @@ impl Gateway {
                     tracing::warn!(request_id = %x.ctx.request_id, code = e.code(), error = %e, "request failed");
                 }
                 let mut r = json_response(e.status(), x.ctx.dialect.error_body(&e));
-                if let ProxyError::Exhausted {
-                    retry_after: Some(delay),
-                    ..
-                } = &e
-                {
+                if let Some(delay) = e.retry_after() {
                     r.headers_mut().insert(
                         RETRY_AFTER,
-                        HeaderValue::from(providers::failure::header_seconds(*delay)),
+                        HeaderValue::from(providers::failure::header_seconds(delay)),
                     );
+                }
+                // The rest of a stalled body will never be read: the connection goes with it.
+                if let ProxyError::BodyTimeout { .. } = &e {
+                    r.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 r
             }
@@ -302,127 +313,4 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// Read the request body, refusing more than `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::InvalidRequest(format!(
-            "failed to read request body: {e}"
-        ))),
-    }
-}
-
-/// Parse and check the request in the client's dialect; Anthropic bodies are also translated into
-/// the OpenAI shape (kept natively for Anthropic targets). Returns the request and the model alias.
-fn parse_inbound(
-    body: &[u8],
-    op: Operation,
-    dialect: Dialect,
-) -> Result<(Inbound, String), ProxyError> {
-    let (map, alias) = parse_request(body, op)?;
-    let stream = op == Operation::Chat && matches!(map.get("stream"), Some(Value::Bool(true)));
-    let inbound = dialect.inbound(op, map, stream)?;
-    Ok((inbound, alias))
-}
-
-/// Parse and check the parts of the request the gateway relies on; the rest passes through.
-/// Returns the body and the requested model.
-fn parse_request(body: &[u8], op: Operation) -> Result<(Map<String, Value>, String), ProxyError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(ProxyError::InvalidRequest(
-            "request body must be a JSON object".to_string(),
-        ));
-    };
-    let model = match map.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => {
-            return Err(ProxyError::InvalidRequest(
-                "'model' must be a non-empty string".to_string(),
-            ));
-        }
-        None => {
-            return Err(ProxyError::InvalidRequest(
-                "missing required parameter: 'model'".to_string(),
-            ));
-        }
-    };
-    match op {
-        Operation::Chat => match map.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {}
-            Some(Value::Array(_)) => {
-                return Err(ProxyError::InvalidRequest(
-                    "'messages' must contain at least one message".to_string(),
-                ));
-            }
-            Some(_) => {
-                return Err(ProxyError::InvalidRequest(
-                    "'messages' must be an array".to_string(),
-                ));
-            }
-            None => {
-                return Err(ProxyError::InvalidRequest(
-                    "missing required parameter: 'messages'".to_string(),
-                ));
-            }
-        },
-        Operation::Embeddings => {
-            if !map.contains_key("input") {
-                return Err(ProxyError::InvalidRequest(
-                    "missing required parameter: 'input'".to_string(),
-                ));
-            }
-        }
-    }
-    if let Some(stream) = map.get("stream")
-        && !stream.is_boolean()
-        && !stream.is_null()
-    {
-        return Err(ProxyError::InvalidRequest(
-            "'stream' must be a boolean".to_string(),
-        ));
-    }
-    Ok((map, model))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_request_reports_what_is_wrong() {
-        let cases: &[(&str, &str)] = &[
-            ("not json", "not valid JSON"),
-            ("[1]", "must be a JSON object"),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "'model'"),
-            (r#"{"model":7,"messages":[]}"#, "'model' must be"),
-            (r#"{"model":"m"}"#, "'messages'"),
-            (r#"{"model":"m","messages":[]}"#, "at least one"),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
-                "'stream'",
-            ),
-        ];
-        for (body, expected) in cases {
-            let err = parse_request(body.as_bytes(), Operation::Chat).unwrap_err();
-            assert!(err.to_string().contains(expected), "{body}: {err}");
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-        }
-        assert!(parse_request(br#"{"model":"m"}"#, Operation::Embeddings).is_err());
-        assert!(parse_request(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
-    }
 }

@@ -33,11 +33,13 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
-use crate::dialect::{Dialect, Inbound};
+use crate::dialect::Dialect;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::request::Request;
 use crate::state::{ServedRoute, Target};
 use crate::usage::Usage;
+use crate::warnings::Warnings;
 
 /// Builds the chain: the one place that says which stages run and in which order.
 ///
@@ -107,12 +109,12 @@ pub trait Stage: Send + Sync + std::fmt::Debug {
     fn hooks(&self) -> Hooks;
 
     /// The request is parsed and routed; answer early or let it go on.
-    fn on_request(&self, _ctx: &mut Context, _inbound: &mut Inbound) -> Result<Flow, ProxyError> {
+    fn on_request(&self, _ctx: &mut Context, _request: &mut Request) -> Result<Flow, ProxyError> {
         Ok(Flow::Continue)
     }
 
     /// Before each attempt: may change the target or the request.
-    fn before_attempt(&self, _ctx: &mut Context, _target: &mut Target, _inbound: &mut Inbound) {}
+    fn before_attempt(&self, _ctx: &mut Context, _target: &mut Target, _request: &mut Request) {}
 
     /// The winning buffered answer, in the client's dialect (`ctx.usage` already read from it).
     fn on_answer(&self, _ctx: &mut Context, _body: &mut Bytes) {}
@@ -225,8 +227,8 @@ pub struct Context {
     pub cost_usd: Option<f64>,
     /// Cache status.
     pub cache: CacheStatus,
-    /// Parameters dropped or not forwarded, for `x-gatehouse-warning`.
-    pub warnings: Vec<String>,
+    /// Parameters dropped or not forwarded, for `x-gatehouse-warning` (bounded).
+    pub warnings: Warnings,
     /// The gateway error answered, by code (`ProxyError::code`).
     pub error: Option<&'static str>,
     /// The status sent to the client, once the response head left.
@@ -254,7 +256,7 @@ impl Context {
             usage: None,
             cost_usd: None,
             cache: CacheStatus::Bypass,
-            warnings: Vec::new(),
+            warnings: Warnings::default(),
             error: None,
             status: None,
             head_elapsed: None,
@@ -335,9 +337,9 @@ impl Exchange {
     }
 
     /// Run the request hooks; the first early answer or error wins.
-    pub fn request(&mut self, inbound: &mut Inbound) -> Result<Flow, ProxyError> {
+    pub fn request(&mut self, request: &mut Request) -> Result<Flow, ProxyError> {
         for stage in self.chain.each(&self.chain.request) {
-            if let Flow::Answer(body) = stage.on_request(&mut self.ctx, inbound)? {
+            if let Flow::Answer(body) = stage.on_request(&mut self.ctx, request)? {
                 return Ok(Flow::Answer(body));
             }
         }
@@ -345,9 +347,9 @@ impl Exchange {
     }
 
     /// Run the before-attempt hooks.
-    pub fn before_attempt(&mut self, target: &mut Target, inbound: &mut Inbound) {
+    pub fn before_attempt(&mut self, target: &mut Target, request: &mut Request) {
         for stage in self.chain.each(&self.chain.attempt) {
-            stage.before_attempt(&mut self.ctx, target, inbound);
+            stage.before_attempt(&mut self.ctx, target, request);
         }
     }
 

@@ -7,6 +7,7 @@ mod stream;
 
 use bytes::Bytes;
 use http::StatusCode;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::TranslateError;
@@ -19,62 +20,142 @@ pub fn to_openai(
     req: &Map<String, Value>,
 ) -> Result<(Map<String, Value>, Vec<String>), TranslateError> {
     let mut warnings = Vec::new();
-    let mut out = Map::new();
-    let mut messages = Vec::new();
-    match req.get("system") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
-        Some(Value::Array(blocks)) => {
-            let text = blocks_text(blocks);
-            if !text.is_empty() {
-                messages.push(json!({"role": "system", "content": text}));
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::Invalid(
-                "'system' must be a string or an array of text blocks".to_string(),
-            ));
-        }
-    }
+    let mut messages: Vec<Value> = system_message(req)?.into_iter().collect();
     let Some(input) = req.get("messages").and_then(Value::as_array) else {
-        return Err(TranslateError::Invalid(
-            "'messages' must be a non-empty array".to_string(),
-        ));
+        return Err(not_an_array());
     };
     for message in input {
-        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::Invalid("every message needs a string 'role'".to_string())
-        })?;
-        match (role, message.get("content")) {
-            ("user" | "assistant", Some(Value::String(s))) => {
-                messages.push(json!({"role": role, "content": s}));
-            }
-            ("user", Some(Value::Array(blocks))) => user_message(blocks, &mut messages)?,
-            ("assistant", Some(Value::Array(blocks))) => {
-                messages.push(assistant_message(blocks, &mut warnings));
-            }
-            ("user" | "assistant", _) => {
-                return Err(TranslateError::Invalid(
-                    "message 'content' must be a string or an array of content blocks".to_string(),
-                ));
-            }
-            (other, _) => {
-                return Err(TranslateError::Invalid(format!(
-                    "message role '{other}' is not valid; use user or assistant"
-                )));
-            }
-        }
+        translate_message(message, &mut messages, &mut warnings)?;
     }
     if messages.is_empty() {
-        return Err(TranslateError::Invalid(
-            "'messages' must contain at least one message".to_string(),
-        ));
+        return Err(no_message());
     }
+    let mut out = Map::new();
     out.insert(
         "model".into(),
         req.get("model").cloned().unwrap_or(json!("")),
     );
     out.insert("messages".into(), Value::Array(messages));
+    parameters(req, &mut out, &mut warnings)?;
+    Ok((out, warnings))
+}
+
+/// [`to_openai`] from the body's bytes straight to the OpenAI body's bytes with `model` set, one
+/// message at a time: no tree of the whole request is ever built, so a body of a million messages
+/// costs about its own size again, not dozens of times it (docs/architecture.md).
+pub fn to_openai_body(body: &[u8], model: &str) -> Result<(Bytes, Vec<String>), TranslateError> {
+    let invalid = |e: serde_json::Error| TranslateError::NotJson(e);
+    let top: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_slice(body).map_err(invalid)?;
+    let mut rest = Map::new();
+    let mut input: Option<&RawValue> = None;
+    for (key, raw) in top {
+        if key == "messages" {
+            input = Some(raw);
+        } else {
+            rest.insert(key, serde_json::from_str(raw.get()).map_err(invalid)?);
+        }
+    }
+    let input: Vec<&RawValue> = input
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(not_an_array)?;
+    let mut warnings = Vec::new();
+    let mut written = Vec::with_capacity(body.len() / 2);
+    let mut count = 0usize;
+    let mut write = |message: &Value, out: &mut Vec<u8>| -> Result<(), TranslateError> {
+        if count > 0 {
+            out.push(b',');
+        }
+        count += 1;
+        serde_json::to_writer(out, message).map_err(TranslateError::Encode)
+    };
+    if let Some(system) = system_message(&rest)? {
+        write(&system, &mut written)?;
+    }
+    let mut translated = Vec::new();
+    for raw in input {
+        let message: Value = serde_json::from_str(raw.get()).map_err(invalid)?;
+        translate_message(&message, &mut translated, &mut warnings)?;
+        for message in translated.drain(..) {
+            write(&message, &mut written)?;
+        }
+    }
+    if count == 0 {
+        return Err(no_message());
+    }
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    parameters(&rest, &mut out, &mut warnings)?;
+    let mut encoded = serde_json::to_vec(&out).map_err(TranslateError::Encode)?;
+    // `out` is an object with at least `model`: its last byte is the closing brace.
+    encoded.pop();
+    encoded.reserve(written.len() + 16);
+    encoded.extend_from_slice(br#","messages":["#);
+    encoded.extend_from_slice(&written);
+    encoded.extend_from_slice(b"]}");
+    Ok((Bytes::from(encoded), warnings))
+}
+
+fn not_an_array() -> TranslateError {
+    TranslateError::Invalid("'messages' must be a non-empty array".to_string())
+}
+
+fn no_message() -> TranslateError {
+    TranslateError::Invalid("'messages' must contain at least one message".to_string())
+}
+
+/// The OpenAI system message for Anthropic's `system`, if any.
+fn system_message(req: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
+    match req.get("system") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(json!({"role": "system", "content": s}))),
+        Some(Value::Array(blocks)) => {
+            let text = blocks_text(blocks);
+            Ok((!text.is_empty()).then(|| json!({"role": "system", "content": text})))
+        }
+        Some(_) => Err(TranslateError::Invalid(
+            "'system' must be a string or an array of text blocks".to_string(),
+        )),
+    }
+}
+
+/// One Anthropic message as OpenAI messages (a user turn with tool results gives several).
+fn translate_message(
+    message: &Value,
+    messages: &mut Vec<Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(), TranslateError> {
+    let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
+        TranslateError::Invalid("every message needs a string 'role'".to_string())
+    })?;
+    match (role, message.get("content")) {
+        ("user" | "assistant", Some(Value::String(s))) => {
+            messages.push(json!({"role": role, "content": s}));
+        }
+        ("user", Some(Value::Array(blocks))) => user_message(blocks, messages)?,
+        ("assistant", Some(Value::Array(blocks))) => {
+            messages.push(assistant_message(blocks, warnings));
+        }
+        ("user" | "assistant", _) => {
+            return Err(TranslateError::Invalid(
+                "message 'content' must be a string or an array of content blocks".to_string(),
+            ));
+        }
+        (other, _) => {
+            return Err(TranslateError::Invalid(format!(
+                "message role '{other}' is not valid; use user or assistant"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Everything of the request but its messages, into `out`; warnings for what is dropped.
+fn parameters(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(), TranslateError> {
     if let Some(m) = req.get("max_tokens").filter(|v| v.is_u64()) {
         out.insert("max_tokens".into(), m.clone());
     }
@@ -159,7 +240,7 @@ pub fn to_openai(
             ));
         }
     }
-    Ok((out, warnings))
+    Ok(())
 }
 
 fn blocks_text(blocks: &[Value]) -> String {
@@ -359,6 +440,7 @@ pub fn error_type(status: StatusCode) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
+        408 => "timeout_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 | 503 => "overloaded_error",
@@ -373,4 +455,47 @@ pub fn error_body(status: StatusCode, message: &str) -> Bytes {
         json!({"type": "error", "error": {"type": error_type(status), "message": message}})
             .to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_translation_says_what_the_tree_translation_says() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/anthropic/messages_request.json"
+        );
+        let mut bodies = vec![std::fs::read(path).unwrap()];
+        bodies.push(
+            br#"{"model":"a","system":[{"type":"text","text":"s"}],"stream":true,"thinking":{},
+               "messages":[{"role":"user","content":[{"type":"text","text":"t"},
+               {"type":"tool_result","tool_use_id":"x","content":"r"}]},
+               {"role":"assistant","content":[{"type":"thinking","thinking":"."}]}]}"#
+                .to_vec(),
+        );
+        for body in bodies {
+            let req: Map<String, Value> = serde_json::from_slice(&body).unwrap();
+            let (mut tree, tree_warnings) = to_openai(&req).unwrap();
+            tree.insert("model".into(), json!("upstream"));
+            let (bytes, warnings) = to_openai_body(&body, "upstream").unwrap();
+            let bytes: Map<String, Value> = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(bytes, tree);
+            assert_eq!(warnings, tree_warnings);
+        }
+        for (body, expected) in [
+            (&br#"{"model":"a","messages":[]}"#[..], "at least one"),
+            (br#"{"model":"a","messages":{}}"#, "non-empty array"),
+            (br#"{"model":"a","system":7,"messages":[]}"#, "'system'"),
+            (br#"{"model":"a","messages":[{"role":"x","content":"y"}]}"#, "role 'x'"),
+            (
+                br#"{"model":"a","messages":[{"role":"user","content":"y"}],"tools":[{"type":"web_search_20250305"}]}"#,
+                "only available when the route's target is anthropic",
+            ),
+        ] {
+            let err = to_openai_body(body, "m").unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
 }

@@ -118,7 +118,8 @@ pub const VERSION: &str = "2023-06-01";
 /// `max_tokens` sent when the client set none (Anthropic requires it).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-fn messages_uri(provider: &Provider) -> Result<Uri, TranslateError> {
+/// `{endpoint}/v1/messages`.
+pub(crate) fn messages_uri(provider: &Provider) -> Result<Uri, TranslateError> {
     let base = provider.base.trim_end_matches("/v1");
     format!("{base}/v1/messages")
         .parse()

@@ -96,11 +96,30 @@ pub(crate) fn encode_with_model(
     req: &Map<String, Value>,
     model: &str,
 ) -> Result<Bytes, TranslateError> {
-    let mut req = req.clone();
-    req.insert("model".to_string(), Value::String(model.to_string()));
-    serde_json::to_vec(&req)
-        .map(Bytes::from)
-        .map_err(TranslateError::Encode)
+    use serde::ser::{SerializeMap, Serializer};
+    // Written entry by entry rather than from a modified clone: a big request is not copied as a
+    // tree. `model` keeps its sorted place, as if it had been inserted.
+    let encode = || -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let mut map = ser.serialize_map(None)?;
+        let mut model_written = false;
+        for (key, value) in req {
+            if !model_written && key.as_str() >= "model" {
+                map.serialize_entry("model", model)?;
+                model_written = true;
+            }
+            if key != "model" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if !model_written {
+            map.serialize_entry("model", model)?;
+        }
+        map.end()?;
+        Ok(out)
+    };
+    encode().map(Bytes::from).map_err(TranslateError::Encode)
 }
 
 /// Parses an OpenAI SSE stream into chunks.

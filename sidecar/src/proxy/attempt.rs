@@ -15,10 +15,10 @@ use tokio::time::Instant;
 
 use super::{Answer, Settings};
 use crate::body::{FirstEvent, FirstEventScan};
-use crate::dialect::Inbound;
 use crate::error::{AttemptError, DecodeError, ProxyError, Refusal, StatusClass, TransportError};
 use crate::limits::ResponseBudget;
-use crate::providers::{self, Outgoing, Reply, Translate, failure};
+use crate::providers::{Outgoing, Reply, Translate, failure};
+use crate::request::Request as Inbound;
 use crate::routing::AttemptPlan;
 use crate::scrub::Scrubber;
 use crate::stages::{AttemptRecord, Exchange};
@@ -75,11 +75,11 @@ pub(super) async fn run(
         x.before_attempt(&mut target, inbound);
         let provider = &*target.provider;
         // A request the target cannot express is the client's error: 400, not another attempt.
-        let outgoing = providers::outgoing(provider, &target.model, inbound)?;
+        let outgoing = inbound.outgoing(&target.provider, &target.model).await?;
         // The attempt limit covers the response headers (and a buffered body); a stream's
         // first event must also come within firstToken (default: the attempt limit).
         let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
-        let limit = match (inbound.stream, timeouts.first_token_ms) {
+        let limit = match (inbound.stream(), timeouts.first_token_ms) {
             (true, Some(ms)) => Duration::from_millis(ms).min(remaining),
             _ => attempt_limit,
         };
@@ -116,12 +116,12 @@ pub(super) async fn run(
         let error = match result {
             Ok(answer) => {
                 x.ctx.answered_by = Some(target);
-                x.ctx.warnings.extend(warnings);
+                x.ctx.warnings.extend(&warnings);
                 return Ok(answer);
             }
             Err(e) if !e.is_retryable() => {
                 x.ctx.answered_by = Some(target);
-                x.ctx.warnings.extend(warnings);
+                x.ctx.warnings.extend(&warnings);
                 return Ok(Answer::Final(e));
             }
             Err(e) => e,
@@ -183,14 +183,14 @@ async fn attempt(
         uri, body, more, ..
     } = outgoing;
     let budget = ResponseBudget::new(settings.max_response_bytes);
-    if inbound.stream {
+    if inbound.stream() {
         let (response, scrub) = tokio::time::timeout(
             headers_limit,
             send(client, provider, uri, body, true, inbound, &budget),
         )
         .await
         .map_err(|_| AttemptError::Timeout(headers_limit.as_millis() as u64))??;
-        let translate = providers::translate_for(provider.adapter, model, inbound);
+        let translate = inbound.translator(provider.adapter, model);
         let (first, rest, translate) = first_chunk(
             response,
             provider,
@@ -382,7 +382,7 @@ fn complete(
     inbound: &Inbound,
     mut replies: Vec<Reply>,
 ) -> Result<(Bytes, Option<crate::usage::Usage>), AttemptError> {
-    if providers::is_native(provider.adapter, inbound.dialect) {
+    if inbound.is_native(provider.adapter) {
         // Native requests never fan out: one call, one body.
         let body = match (replies.pop(), replies.is_empty()) {
             (Some(reply), true) => reply.body,

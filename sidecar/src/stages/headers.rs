@@ -45,7 +45,7 @@ impl Stage for Headers {
             HeaderValue::from_static(ctx.cache.as_str()),
         );
         if !ctx.warnings.is_empty() {
-            insert(headers, "x-gatehouse-warning", &ctx.warnings.join("; "));
+            insert(headers, "x-gatehouse-warning", &ctx.warnings.header_value());
         }
     }
 }

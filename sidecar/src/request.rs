@@ -1,0 +1,523 @@
+//! The client's request as the gateway holds it: the body's bytes, untouched, and the few top-level
+//! fields routing needs, read without building a JSON tree (docs/architecture.md, "Reading and
+//! parsing the body").
+//!
+//! - [`Index::of`] walks the top level once: `model`, `stream`, `stream_options.include_usage`,
+//!   `encoding_format` are read; `messages` is checked to be a non-empty array by its first bytes;
+//!   every other value is skipped (validated, not stored). Memory: a handful of offsets.
+//! - A target that speaks the client's dialect (OpenAI-wire targets for OpenAI clients, Anthropic
+//!   for `/v1/messages`) gets the body back with the value of `model` spliced: one copy, no tree.
+//! - Only a translating target makes [`Request::outgoing`] parse the whole body (once, on the
+//!   blocking pool when it is big) into the [`Inbound`] the provider adapters translate from.
+
+pub mod budget;
+pub mod read;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::dialect::{Dialect, Inbound, Operation, messages};
+use crate::error::ProxyError;
+use crate::providers::{self, Adapter, Outgoing, Translate};
+use crate::state::Provider;
+
+use self::budget::BodyPermit;
+use self::read::Body;
+
+/// Bodies at least this big are parsed on tokio's blocking pool, so that parsing never holds up the
+/// thread serving every other request (a 32 MiB body takes tens of milliseconds to walk, its tree
+/// hundreds).
+pub const OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// Longest model name quoted back in an error message.
+const MAX_QUOTED: usize = 200;
+
+/// What the top level of a body says, as offsets into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// The requested model alias.
+    pub alias: String,
+    /// Where every top-level `model` value sits (one, unless the client repeated the key).
+    model_at: Vec<Range<usize>>,
+    /// `stream: true` (chat only).
+    pub stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub include_usage: bool,
+    /// `encoding_format: "base64"`.
+    pub base64: bool,
+}
+
+/// Top-level keys the index reads; everything else is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Model,
+    Stream,
+    StreamOptions,
+    Messages,
+    Input,
+    EncodingFormat,
+    Other,
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(match key {
+            "model" => Key::Model,
+            "stream" => Key::Stream,
+            "stream_options" => Key::StreamOptions,
+            "messages" => Key::Messages,
+            "input" => Key::Input,
+            "encoding_format" => Key::EncodingFormat,
+            _ => Key::Other,
+        })
+    }
+}
+
+/// The raw values of the keys the index reads (last one wins, as in any JSON object parser), plus
+/// every `model` position.
+#[derive(Default)]
+struct Found<'a> {
+    model: Option<&'a RawValue>,
+    model_at: Vec<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
+    input: Option<&'a RawValue>,
+    encoding_format: Option<&'a RawValue>,
+}
+
+struct TopLevel;
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Found<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found<'de>, A::Error> {
+        let mut found = Found::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let slot = match key {
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                Key::Model => {
+                    let raw: &RawValue = map.next_value()?;
+                    found.model_at.push(raw);
+                    found.model = Some(raw);
+                    continue;
+                }
+                Key::Stream => &mut found.stream,
+                Key::StreamOptions => &mut found.stream_options,
+                Key::Messages => &mut found.messages,
+                Key::Input => &mut found.input,
+                Key::EncodingFormat => &mut found.encoding_format,
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(found)
+    }
+}
+
+fn invalid(message: &str) -> ProxyError {
+    ProxyError::InvalidRequest(message.to_string())
+}
+
+impl Index {
+    /// Read and check the top level of `body` for `op`; nothing below it is kept.
+    pub fn of(body: &[u8], op: Operation) -> Result<Self, ProxyError> {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Ok(_) => invalid("request body must be a JSON object"),
+                Err(e) => {
+                    ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+                }
+            });
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let found = de::Deserializer::deserialize_map(&mut de, TopLevel)
+            .and_then(|found| de.end().map(|()| found))
+            .map_err(|e| {
+                ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+            })?;
+        // Only a string is parsed: a hostile `model` of a million elements is refused, not built.
+        let alias = match found
+            .model
+            .map(|m| (m.get().starts_with('"'), m.get()))
+            .map(|(is_string, m)| is_string.then(|| serde_json::from_str::<String>(m).ok()))
+        {
+            Some(Some(Some(m))) if !m.is_empty() => m,
+            Some(_) => return Err(invalid("'model' must be a non-empty string")),
+            None => return Err(invalid("missing required parameter: 'model'")),
+        };
+        match op {
+            Operation::Chat => match found.messages.map(|m| m.get().trim_start()) {
+                Some(m) if m.starts_with('[') => {
+                    if m[1..].trim_start().starts_with(']') {
+                        return Err(invalid("'messages' must contain at least one message"));
+                    }
+                }
+                Some(_) => return Err(invalid("'messages' must be an array")),
+                None => return Err(invalid("missing required parameter: 'messages'")),
+            },
+            Operation::Embeddings => {
+                if found.input.is_none() {
+                    return Err(invalid("missing required parameter: 'input'"));
+                }
+            }
+        }
+        let stream = match found.stream.map(|s| s.get().trim()) {
+            None | Some("null" | "false") => false,
+            Some("true") => true,
+            Some(_) => return Err(invalid("'stream' must be a boolean")),
+        };
+        let include_usage = found
+            .stream_options
+            .and_then(|o| serde_json::from_str::<StreamOptions<'_>>(o.get()).ok())
+            .and_then(|o| o.include_usage)
+            .is_some_and(|u| u.get().trim() == "true");
+        // A string of more than a few bytes cannot be "base64", however escaped.
+        let base64 = found
+            .encoding_format
+            .filter(|f| f.get().len() <= 64)
+            .and_then(|f| serde_json::from_str::<String>(f.get()).ok())
+            .is_some_and(|f| f == "base64");
+        let base = body.as_ptr() as usize;
+        let model_at = found
+            .model_at
+            .iter()
+            .map(|raw| {
+                let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
+                let end = start.saturating_add(raw.get().len());
+                (end <= body.len())
+                    .then_some(start..end)
+                    .ok_or_else(|| invalid("request body could not be indexed"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            alias,
+            model_at,
+            stream: op == Operation::Chat && stream,
+            include_usage,
+            base64,
+        })
+    }
+
+    /// `body` with every top-level `model` value replaced by `model`.
+    pub fn with_model(&self, body: &[u8], model: &str) -> Result<Bytes, ProxyError> {
+        let model = serde_json::to_vec(model)
+            .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?;
+        let replaced: usize = self.model_at.iter().map(|r| r.len()).sum();
+        let mut out = Vec::with_capacity(
+            (body.len() - replaced).saturating_add(model.len() * self.model_at.len()),
+        );
+        let mut at = 0;
+        for range in &self.model_at {
+            out.extend_from_slice(&body[at..range.start]);
+            out.extend_from_slice(&model);
+            at = range.end;
+        }
+        out.extend_from_slice(&body[at..]);
+        Ok(Bytes::from(out))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions<'a> {
+    #[serde(borrow, default)]
+    include_usage: Option<&'a RawValue>,
+}
+
+/// One request of the proxy port, from its parsed top level to every attempt's upstream body.
+#[derive(Debug)]
+pub struct Request {
+    body: Bytes,
+    /// What the top level said.
+    pub index: Index,
+    /// The client's dialect.
+    pub dialect: Dialect,
+    /// The operation.
+    pub op: Operation,
+    /// An Anthropic client's `anthropic-beta` header, forwarded to Anthropic targets only.
+    pub anthropic_beta: Option<HeaderValue>,
+    /// The whole request in OpenAI shape, built the first time a translating target is attempted.
+    tree: Option<Arc<Inbound>>,
+    /// The body's charge against the in-flight budget; lives as long as the body does.
+    _permit: BodyPermit,
+}
+
+impl Request {
+    /// Index `body` (on the blocking pool when it is big).
+    pub async fn parse(
+        body: Body,
+        op: Operation,
+        dialect: Dialect,
+        anthropic_beta: Option<HeaderValue>,
+    ) -> Result<Self, ProxyError> {
+        let Body { bytes, permit } = body;
+        let index = offload(bytes.len(), {
+            let bytes = bytes.clone();
+            move || Index::of(&bytes, op)
+        })
+        .await??;
+        Ok(Self {
+            body: bytes,
+            index,
+            dialect,
+            op,
+            anthropic_beta: anthropic_beta.filter(|_| dialect == Dialect::Anthropic),
+            tree: None,
+            _permit: permit,
+        })
+    }
+
+    /// Whether the client asked for a stream.
+    pub fn stream(&self) -> bool {
+        self.index.stream
+    }
+
+    /// The model alias, shortened for quoting in an error.
+    pub fn alias_for_error(&self) -> String {
+        quote(&self.index.alias)
+    }
+
+    /// Whether an attempt at a provider with `adapter` sends the client's bytes natively.
+    pub fn is_native(&self, adapter: &dyn Adapter) -> bool {
+        providers::is_native(adapter, self.dialect)
+    }
+
+    /// The stream translator for an answer from a provider with `adapter`, if it needs one.
+    pub fn translator(&self, adapter: &dyn Adapter, model: &str) -> Option<Translate> {
+        providers::translator(adapter, model, self.dialect, self.index.include_usage)
+    }
+
+    /// Whether the client asked for base64 embeddings.
+    pub fn base64_embeddings(&self) -> bool {
+        self.index.base64
+    }
+
+    /// The upstream request for one attempt at `provider` with upstream model `model`. A request
+    /// the provider cannot express is a 400 naming the parameter.
+    pub async fn outgoing(
+        &mut self,
+        provider: &Arc<Provider>,
+        model: &str,
+    ) -> Result<Outgoing, ProxyError> {
+        let adapter = provider.adapter;
+        if self.is_native(adapter) {
+            let uri = adapter.native_uri(provider, model, self.op)?;
+            return Ok(Outgoing {
+                uri,
+                body: self.index.with_model(&self.body, model)?,
+                more: Vec::new(),
+                warnings: Vec::new(),
+            });
+        }
+        if self.dialect == Dialect::Anthropic && adapter.native() == Some(Dialect::OpenAi) {
+            return self.messages_to_openai(provider, model).await;
+        }
+        let tree = self.tree().await?;
+        let size = self.body.len();
+        let provider = provider.clone();
+        let model = model.to_string();
+        offload(size, move || {
+            let mut out = providers::outgoing(&provider, &model, &tree)?;
+            // What translating the client's dialect dropped applies to this attempt only.
+            if !tree.warnings.is_empty() {
+                let mut warnings = tree.warnings.clone();
+                warnings.append(&mut out.warnings);
+                out.warnings = warnings;
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// An Anthropic client's request for an OpenAI-wire target: translated message by message
+    /// from the bytes, no tree.
+    async fn messages_to_openai(
+        &self,
+        provider: &Provider,
+        model: &str,
+    ) -> Result<Outgoing, ProxyError> {
+        let uri = provider.adapter.native_uri(provider, model, self.op)?;
+        let bytes = self.body.clone();
+        let upstream_model = model.to_string();
+        let (body, mut warnings) = offload(bytes.len(), move || {
+            messages::to_openai_body(&bytes, &upstream_model)
+        })
+        .await??;
+        if self.anthropic_beta.is_some() {
+            warnings.push(providers::beta_not_forwarded(provider));
+        }
+        Ok(Outgoing {
+            uri,
+            body,
+            more: Vec::new(),
+            warnings,
+        })
+    }
+
+    async fn tree(&mut self) -> Result<Arc<Inbound>, ProxyError> {
+        if let Some(tree) = &self.tree {
+            return Ok(tree.clone());
+        }
+        let bytes = self.body.clone();
+        let (op, dialect, stream) = (self.op, self.dialect, self.index.stream);
+        let beta = self.anthropic_beta.clone();
+        let tree = offload(bytes.len(), move || {
+            inbound(&bytes, op, dialect, stream, beta)
+        })
+        .await??;
+        let tree = Arc::new(tree);
+        self.tree = Some(tree.clone());
+        Ok(tree)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        // Freeing a tree of a million values takes as long as building it: not on the thread
+        // that serves every other request.
+        if let Some(tree) = self.tree.take()
+            && self.body.len() >= OFFLOAD_BYTES
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(tree));
+        }
+    }
+}
+
+/// The whole request as the translating adapters read it (OpenAI shape). An Anthropic body is
+/// translated and its own tree dropped at once: the native path never needs it.
+fn inbound(
+    body: &[u8],
+    op: Operation,
+    dialect: Dialect,
+    stream: bool,
+    anthropic_beta: Option<HeaderValue>,
+) -> Result<Inbound, ProxyError> {
+    let map: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let (openai, warnings) = match dialect {
+        Dialect::OpenAi => (map, Vec::new()),
+        Dialect::Anthropic => messages::to_openai(&map)?,
+    };
+    Ok(Inbound {
+        dialect,
+        op,
+        openai,
+        native: None,
+        stream,
+        warnings,
+        anthropic_beta,
+    })
+}
+
+/// Run `f` on the blocking pool when the body is big, inline otherwise.
+async fn offload<T: Send + 'static>(
+    size: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ProxyError> {
+    if size < OFFLOAD_BYTES {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProxyError::Internal(format!("failed to parse request body: {e}")))
+}
+
+/// `s`, cut to [`MAX_QUOTED`] characters.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED) {
+        Some((at, _)) => format!("{}… ({} bytes)", &s[..at], s.len()),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn index_reports_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "not valid JSON"),
+            ("[1]", "must be a JSON object"),
+            ("{\"model\":\"m\"} x", "not valid JSON"),
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "'model'"),
+            (r#"{"model":7,"messages":[]}"#, "'model' must be"),
+            (r#"{"model":"","messages":[1]}"#, "'model' must be"),
+            (r#"{"model":"m"}"#, "'messages'"),
+            (r#"{"model":"m","messages":[]}"#, "at least one"),
+            (r#"{"model":"m","messages":[ ] }"#, "at least one"),
+            (r#"{"model":"m","messages":{}}"#, "must be an array"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "'stream'",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Index::of(body.as_bytes(), Operation::Chat).unwrap_err();
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+        assert!(Index::of(br#"{"model":"m"}"#, Operation::Embeddings).is_err());
+        assert!(Index::of(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
+    }
+
+    #[test]
+    fn index_reads_routing_fields_and_splices_model() {
+        let body = br#" { "x": {"model": "inner"}, "model" : "a\u0062", "stream":true,
+            "stream_options": {"include_usage": true, "other": [1]},
+            "messages": [{"role":"user","content":"hi"}], "encoding_format": "base64",
+            "model": "alias" } "#;
+        let index = Index::of(body, Operation::Chat).unwrap();
+        assert_eq!(
+            index.alias, "alias",
+            "the last model wins, as in any parser"
+        );
+        assert!(index.stream && index.include_usage && index.base64);
+        let out = index.with_model(body, "up\"stream").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "up\"stream");
+        assert_eq!(v["x"]["model"], "inner", "only the top level is rewritten");
+        assert_eq!(v["messages"][0]["content"], "hi");
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(text.matches("up\\\"stream").count(), 2);
+        let embeddings = Index::of(
+            br#"{"model":"m","input":"x","stream":true}"#,
+            Operation::Embeddings,
+        )
+        .unwrap();
+        assert!(!embeddings.stream, "stream is a chat parameter");
+    }
+
+    #[test]
+    fn quote_cuts_long_names() {
+        assert_eq!(quote("short"), "short");
+        let long = "x".repeat(10_000);
+        let q = quote(&long);
+        assert!(q.len() < 300 && q.ends_with("(10000 bytes)"), "{q}");
+    }
+}

@@ -1,0 +1,89 @@
+//! Reading a request body: within the size limit, charged to the in-flight [`BodyBudget`] as it
+//! arrives, and with a progress timeout so a client that stops sending mid-body is answered 408
+//! and its connection freed instead of holding a task and budget forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http::header::CONTENT_LENGTH;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::budget::{BodyBudget, BodyPermit};
+use crate::error::ProxyError;
+
+/// How bodies are read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted body, in bytes.
+    pub max_bytes: usize,
+    /// Longest wait for the next piece of the body.
+    pub progress_timeout: Duration,
+}
+
+/// A complete request body and its charge against the budget (held as long as the bytes live).
+#[derive(Debug)]
+pub struct Body {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// The charge; dropping it gives the bytes back to the budget.
+    pub permit: BodyPermit,
+}
+
+/// Read the whole body of `req`.
+pub async fn body(
+    req: Request<Incoming>,
+    limits: Limits,
+    budget: &Arc<BodyBudget>,
+) -> Result<Body, ProxyError> {
+    let limit = limits.max_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let declared = declared.map_or(0, |len| len as usize);
+    let mut permit = budget.permit();
+    // A declared length is charged before a byte is read: shedding then costs nothing.
+    if !permit.grow_to(declared) {
+        return Err(ProxyError::Overloaded);
+    }
+    let mut buf = BytesMut::with_capacity(declared);
+    let mut body = req.into_body();
+    loop {
+        let frame = match tokio::time::timeout(limits.progress_timeout, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::BodyTimeout {
+                    ms: limits.progress_timeout.as_millis() as u64,
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "failed to read request body: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = buf.len().saturating_add(data.len());
+        if total > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        if !permit.grow_to(total) {
+            return Err(ProxyError::Overloaded);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Body {
+        bytes: buf.freeze(),
+        permit,
+    })
+}
