@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, future};
+use gatehouse_crds::contract::KEYS_NAME;
 use gatehouse_crds::{Budget, ModelProvider, Route};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::core::PartialObjectMeta;
@@ -29,7 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::metrics::Metrics;
 use crate::namespace::{self, Context, secret_is_referenced};
-use crate::objects::{KEYS_NAME, MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
 
 /// Which namespaces the operator watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
