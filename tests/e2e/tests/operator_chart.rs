@@ -19,10 +19,11 @@ use gatehouse_e2e::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Probe, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
@@ -96,6 +97,29 @@ fn chart_lints_and_templates() -> Result<()> {
     ensure!(
         !typo.success,
         "values.schema.json should reject unknown keys"
+    );
+
+    // Without leader election old and new pods must never run together: Recreate.
+    let single = rendered_objects(
+        &cp.helm([
+            "template",
+            "gh",
+            &chart(),
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "operator.leaderElection=false",
+        ])?
+        .ok("helm template without leader election")?,
+    )?;
+    let deployment = single
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .context("deployment")?;
+    ensure!(
+        deployment["spec"]["strategy"]["type"].as_str() == Some("Recreate"),
+        "{:?}",
+        deployment["spec"]["strategy"]
     );
 
     // Cluster-wide by default; with watchNamespace the operator's rules are bound in that
@@ -185,12 +209,34 @@ async fn helm_install_creates_the_objects_with_least_privilege() -> Result<()> {
         .await?;
     let spec = deploy.spec.context("deployment spec")?;
     ensure!(spec.replicas == Some(2), "two replicas");
+    // A standby is Ready, so a rollout can start each new pod before it stops an old one.
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .context("rolling update strategy")?;
+    ensure!(
+        rolling.max_unavailable == Some(IntOrString::Int(0))
+            && rolling.max_surge == Some(IntOrString::Int(1)),
+        "{rolling:?}"
+    );
     let pod = spec.template.spec.context("pod spec")?;
     ensure!(pod.service_account_name.as_deref() == Some("gatehouse"));
     let args = pod.containers[0].args.clone().unwrap_or_default();
     ensure!(
         args.contains(&"--leader-election=true".to_string()),
         "{args:?}"
+    );
+    let probe_path = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    ensure!(
+        probe_path(&pod.containers[0].readiness_probe).as_deref() == Some("/readyz")
+            && probe_path(&pod.containers[0].liveness_probe).as_deref() == Some("/healthz"),
+        "probes: {:?}",
+        pod.containers[0]
     );
     for obj in [
         "serviceaccount/gatehouse",
