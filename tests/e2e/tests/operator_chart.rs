@@ -7,7 +7,6 @@
 //! full reconcile and cleanup, and failing on any 403 in its log. The binary is built by the test
 //! (`cargo build -p gatehouse-operator`, a no-op when up to date).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use gatehouse_crds::{Budget, ModelProvider, Route};
-use gatehouse_e2e::ControlPlane;
+use gatehouse_e2e::{ControlPlane, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -416,27 +415,6 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`; the last error is reported.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(format!("{e:#}")),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
