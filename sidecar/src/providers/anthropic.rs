@@ -258,10 +258,18 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Anthropic `usage` → OpenAI `usage` (cache reads and writes are prompt tokens; reads are cached).
 pub fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cache_read_input_tokens");
-    let prompt = n("input_tokens") + n("cache_creation_input_tokens") + cached;
-    openai_usage(prompt, n("output_tokens"), Some(cached))
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    let u = gatehouse_crds::usage::AnthropicUsage {
+        input_tokens: n("input_tokens"),
+        output_tokens: n("output_tokens"),
+        cache_creation_input_tokens: n("cache_creation_input_tokens"),
+        cache_read_input_tokens: n("cache_read_input_tokens"),
+    };
+    openai_usage(
+        u.prompt_tokens(),
+        u.completion_tokens(),
+        Some(u.cached_tokens()),
+    )
 }
 
 /// Anthropic message → OpenAI chat completion.
