@@ -7,8 +7,13 @@
 //!   every other value is skipped (validated, not stored). Memory: a handful of offsets.
 //! - A target that speaks the client's dialect (OpenAI-wire targets for OpenAI clients, Anthropic
 //!   for `/v1/messages`) gets the body back with the value of `model` spliced: one copy, no tree.
-//! - Only a translating target makes [`Request::outgoing`] parse the whole body (once, on the
-//!   blocking pool when it is big) into the [`Inbound`] the provider adapters translate from.
+//! - A translating target gets the body translated message by message from the bytes, on the
+//!   blocking pool when it is big: `/v1/messages` to OpenAI-wire targets (`providers::messages`),
+//!   OpenAI chat to Anthropic, Gemini and Bedrock (`providers::chat_body`). Neither the request nor
+//!   its translation exists as a tree.
+//! - Only what remains (an Anthropic client to Gemini or Bedrock, embeddings to Gemini or Bedrock)
+//!   makes [`Request::outgoing`] parse the whole body into the [`Inbound`] the adapters translate
+//!   from.
 
 pub mod budget;
 pub mod read;
@@ -355,6 +360,9 @@ impl Request {
         if self.dialect == Dialect::Anthropic && providers::is_openai_wire(provider.kind) {
             return self.messages_to_openai(provider, model).await;
         }
+        if self.dialect == Dialect::OpenAi && self.op == Operation::Chat {
+            return self.chat_to_provider(provider, model).await;
+        }
         let tree = self.tree().await?;
         let size = self.body.len();
         let provider = provider.clone();
@@ -401,6 +409,38 @@ impl Request {
             more: Vec::new(),
             warnings,
         })
+    }
+
+    /// An OpenAI client's chat request for an Anthropic, Gemini or Bedrock target: translated
+    /// message by message from the bytes, no tree.
+    async fn chat_to_provider(
+        &self,
+        provider: &Arc<Provider>,
+        model: &str,
+    ) -> Result<Outgoing, ProxyError> {
+        let bytes = self.body.clone();
+        let provider = provider.clone();
+        let model = model.to_string();
+        let stream = self.index.stream;
+        offload(bytes.len(), move || match provider.kind {
+            ProviderKind::Anthropic => {
+                providers::anthropic::outgoing_from_body(&provider, &model, &bytes, stream)
+            }
+            ProviderKind::Gemini => {
+                providers::gemini::outgoing_from_body(&provider, &model, &bytes, stream)
+            }
+            ProviderKind::Bedrock => {
+                providers::bedrock::outgoing_from_body(&provider, &model, &bytes, stream)
+            }
+            // OpenAI-wire targets take the client's bytes natively (above).
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenAI => {
+                Err(ProxyError::Internal(format!(
+                    "failed to translate request: provider '{}' speaks openai",
+                    provider.name
+                )))
+            }
+        })
+        .await?
     }
 
     async fn tree(&mut self) -> Result<Arc<Inbound>, ProxyError> {
