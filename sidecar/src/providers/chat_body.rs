@@ -570,4 +570,71 @@ mod tests {
             "{refused}"
         );
     }
+
+    /// An Anthropic client's request on the tree path (the whole body translated to an OpenAI
+    /// tree, then by the adapter) and on the bytes path (`to_openai_body`, then the adapter's
+    /// bytes path): the same body, the same warnings in the same order, the same refusals.
+    #[test]
+    fn an_anthropic_client_is_translated_the_same_through_openai_bytes() {
+        use super::super::messages;
+        let bodies = [
+            json!({
+                "model": "alias", "max_tokens": 100, "stream": true,
+                "system": [{"type": "text", "text": "be brief"}],
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "see"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    ]},
+                    {"role": "assistant", "content": [
+                        {"type": "text", "text": "calling"},
+                        {"type": "tool_use", "id": "t1", "name": "get", "input": {"city": "Paris"}},
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "21C"},
+                        {"type": "text", "text": "and now?"},
+                    ]},
+                ],
+                "tools": [{"name": "get", "description": "d", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+                "temperature": 0.5, "top_k": 3, "metadata": {"user_id": "u"},
+                "stop_sequences": ["END"],
+            }),
+            json!({"model": "m", "max_tokens": 5, "system": "s",
+                   "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {"type": "text", "data": "d"}}]}]}),
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        ];
+        for (i, body) in bodies.into_iter().enumerate() {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            for kind in KINDS {
+                let tree = messages::to_openai(body.as_object().unwrap())
+                    .map_err(|e| e.to_string())
+                    .and_then(|(openai, mut warnings)| {
+                        let (out, mut more) = by_tree(kind, &serde_json::to_vec(&openai).unwrap())?;
+                        warnings.append(&mut more);
+                        Ok((out, warnings))
+                    });
+                let written = messages::to_openai_body(&bytes, "up")
+                    .map_err(|e| e.to_string())
+                    .and_then(|(openai, mut warnings)| {
+                        let (out, mut more) = by_bytes(kind, &openai)?;
+                        warnings.append(&mut more);
+                        Ok((out, warnings))
+                    });
+                assert_eq!(
+                    written
+                        .as_ref()
+                        .map(|(b, w)| (String::from_utf8_lossy(b), w)),
+                    tree.as_ref().map(|(b, w)| (String::from_utf8_lossy(b), w)),
+                    "{kind}: {body}"
+                );
+                // The first two are served, the last two refused.
+                assert_eq!(written.is_ok(), i < 2, "{kind}: {body}: {written:?}");
+            }
+        }
+    }
 }

@@ -213,6 +213,8 @@ async fn translated_million_message_bodies_are_served_and_their_memory_bounded()
         ("OpenAI to Anthropic", "/v1/chat/completions", "claude"),
         ("OpenAI to Gemini", "/v1/chat/completions", "gemini"),
         ("OpenAI to Bedrock", "/v1/chat/completions", "bedrock"),
+        ("/v1/messages to Gemini", "/v1/messages", "gemini"),
+        ("/v1/messages to Bedrock", "/v1/messages", "bedrock"),
     ];
     for (case, path, model) in translated {
         let small = million_messages(model, 4096);
@@ -221,8 +223,9 @@ async fn translated_million_message_bodies_are_served_and_their_memory_bounded()
     }
     let body_kib = (MAX_BODY / 1024) as u64;
 
-    // Translated message by message from the bytes, both ways (docs/architecture.md): the body
-    // (1x), the translation written as it goes (under 1x for these messages), one message's tree.
+    // Translated message by message from the bytes (docs/architecture.md): the body (1x), the
+    // translation written as it goes (about 1x for these messages; `/v1/messages` to Gemini or
+    // Bedrock goes through OpenAI's bytes first), one message's tree at a time.
     for (case, path, model) in translated {
         let body = million_messages(model, MAX_BODY);
         let url = sidecar.url(path);
@@ -328,8 +331,8 @@ async fn models_stay_responsive_while_a_big_body_is_parsed() {
     let mock = quiet_mock().await;
     let sidecar = SidecarProc::start(&manifests(&mock), &[]);
     let client = reqwest::Client::new();
-    // The slowest parse there is: an OpenAI client to an Anthropic target, the whole tree built,
-    // translated and freed.
+    // A translation of the whole body: an OpenAI client to an Anthropic target, a million
+    // messages parsed and written one by one.
     let big = tokio::spawn({
         let (client, url) = (client.clone(), sidecar.url("/v1/chat/completions"));
         async move { post(&client, &url, million_messages("claude", MAX_BODY)).await }
