@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub(crate) mod chat_body;
 pub mod failure;
 pub mod gemini;
 pub mod messages;

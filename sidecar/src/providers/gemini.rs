@@ -7,9 +7,12 @@
 //! becomes `responseMimeType` (+ `responseJsonSchema`). Back: parts, `finishReason` and
 //! `usageMetadata` (cached content tokens are cached prompt tokens, thoughts are completion tokens).
 
+use std::collections::HashMap;
+
 use http::Uri;
 use serde_json::{Map, Value, json};
 
+use super::chat_body::{self, Translated};
 use super::{
     ChunkDecoder, Outgoing, SseParser, StreamItem, ToolChoice, data_url, delta_chunk,
     function_tools, max_tokens, messages, new_id, now_secs, openai_usage, path_segment, role,
@@ -44,95 +47,156 @@ pub fn outgoing(
 ) -> Result<Outgoing, ProxyError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
-    let method = if stream {
-        "streamGenerateContent?alt=sse"
-    } else {
-        "generateContent"
-    };
     Ok(Outgoing {
-        uri: uri(provider, model, method)?,
+        uri: uri(provider, model, chat_method(stream))?,
         body: encode(&body)?,
         more: Vec::new(),
         warnings,
     })
 }
 
+/// [`outgoing`] from the client's bytes, translated message by message.
+pub(crate) fn outgoing_from_body(
+    provider: &Provider,
+    model: &str,
+    body: &[u8],
+    stream: bool,
+) -> Result<Outgoing, ProxyError> {
+    let mut warnings = Vec::new();
+    let body = request_body(body, &mut warnings)?;
+    Ok(Outgoing {
+        uri: uri(provider, model, chat_method(stream))?,
+        body,
+        more: Vec::new(),
+        warnings,
+    })
+}
+
+fn chat_method(stream: bool) -> &'static str {
+    if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    }
+}
+
 /// The translation itself (pure; golden-tested).
 pub fn request(req: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, ProxyError> {
     let mut system = Vec::new();
     let mut contents = super::Turns::default();
-    // Gemini answers a call by function name; OpenAI by call id.
-    let mut call_names: Vec<(String, String)> = Vec::new();
+    let mut calls = CallNames::default();
     for message in messages(req) {
-        let (turn, parts) = match role(message)? {
-            "system" | "developer" => {
-                let text = super::content_text(message.get("content"));
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", user_parts(message.get("content"))?),
-            "assistant" => {
-                let mut parts = Vec::new();
-                let text = super::content_text(message.get("content"));
-                if !text.is_empty() {
-                    parts.push(json!({"text": text}));
-                }
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.push((id.to_string(), name.to_string()));
-                    }
-                    parts.push(json!({"functionCall": {
-                        "name": name,
-                        "args": super::parse_arguments(f.get("arguments"))?,
-                    }}));
-                }
-                ("model", parts)
-            }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map(|(_, n)| n.clone())
-                    .ok_or_else(|| {
-                        ProxyError::InvalidRequest(format!(
-                            "tool message '{id}' answers no earlier assistant tool call"
-                        ))
-                    })?;
-                let text = super::content_text(message.get("content"));
-                let response = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({"content": text}));
-                (
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                )
-            }
-            other => {
-                return Err(ProxyError::InvalidRequest(format!(
-                    "message role '{other}' is not supported by gemini"
-                )));
-            }
-        };
-        contents.push(turn, parts);
+        match translate_message(message, &mut calls)? {
+            Translated::System(part) => system.push(part),
+            Translated::Turn(role, parts) => contents.push(role, parts),
+            Translated::Skip => {}
+        }
     }
+    let system = (!system.is_empty()).then(|| json!({"parts": system}));
+    parameters(req, contents.into_json("parts"), system, warnings)
+}
+
+/// [`request`] from the client's bytes to the upstream's, one message at a time (no tree of
+/// either; see [`chat_body`]).
+pub(crate) fn request_body(
+    body: &[u8],
+    warnings: &mut Vec<String>,
+) -> Result<bytes::Bytes, ProxyError> {
+    let (req, messages) = chat_body::split(body)?;
+    let mut writer = chat_body::TurnWriter::new("parts", body.len());
+    let mut calls = CallNames::default();
+    chat_body::for_each_message(messages, |message| {
+        writer.take(translate_message(&message, &mut calls)?)
+    })?;
+    let system = writer.has_system().then_some(Value::Null);
+    let body = parameters(&req, Value::Null, system, warnings)?;
+    writer.finish(&body, "contents", "systemInstruction", Some("parts"))
+}
+
+/// Gemini answers a call by function name, OpenAI by call id: the name of every call id seen so
+/// far (the first call of an id names it).
+#[derive(Debug, Default)]
+struct CallNames(HashMap<String, String>);
+
+/// One OpenAI message: a system part, or the parts of a user or model turn.
+fn translate_message(message: &Value, calls: &mut CallNames) -> Result<Translated, ProxyError> {
+    let (turn, parts) = match role(message)? {
+        "system" | "developer" => {
+            let text = super::content_text(message.get("content"));
+            if text.is_empty() {
+                return Ok(Translated::Skip);
+            }
+            return Ok(Translated::System(json!({"text": text})));
+        }
+        "user" => ("user", user_parts(message.get("content"))?),
+        "assistant" => {
+            let mut parts = Vec::new();
+            let text = super::content_text(message.get("content"));
+            if !text.is_empty() {
+                parts.push(json!({"text": text}));
+            }
+            for call in message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let f = call.get("function").unwrap_or(&Value::Null);
+                let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    calls
+                        .0
+                        .entry(id.to_string())
+                        .or_insert_with(|| name.to_string());
+                }
+                parts.push(json!({"functionCall": {
+                    "name": name,
+                    "args": super::parse_arguments(f.get("arguments"))?,
+                }}));
+            }
+            ("model", parts)
+        }
+        "tool" => {
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let name = calls.0.get(id).cloned().ok_or_else(|| {
+                ProxyError::InvalidRequest(format!(
+                    "tool message '{id}' answers no earlier assistant tool call"
+                ))
+            })?;
+            let text = super::content_text(message.get("content"));
+            let response = serde_json::from_str::<Value>(&text)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({"content": text}));
+            (
+                "user",
+                vec![json!({"functionResponse": {"name": name, "response": response}})],
+            )
+        }
+        other => {
+            return Err(ProxyError::InvalidRequest(format!(
+                "message role '{other}' is not supported by gemini"
+            )));
+        }
+    };
+    Ok(Translated::Turn(turn, parts))
+}
+
+/// The body around the translated messages (`contents` and, when given, `systemInstruction` are
+/// put in as they are: placeholders on the bytes path).
+fn parameters(
+    req: &Map<String, Value>,
+    contents: Value,
+    system: Option<Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ProxyError> {
     let mut body = Map::new();
-    body.insert("contents".into(), contents.into_json("parts"));
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({"parts": system}));
+    body.insert("contents".into(), contents);
+    if let Some(system) = system {
+        body.insert("systemInstruction".into(), system);
     }
     let mut config = Map::new();
     if let Some(m) = max_tokens(req) {
