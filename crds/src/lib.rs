@@ -1,19 +1,25 @@
 //! The Gatehouse API (`gatehouse.dev/v1alpha1`): custom resource types, the rendered sidecar config
-//! and the pure [`render`] function from one to the other.
+//! and the pure [`render`] function from one to the other; and the rest of the operator↔sidecar
+//! contract: the rendered objects' names ([`contract`]), key material ([`keys`]) and how provider
+//! usage is counted ([`usage`]).
+
+#![warn(missing_docs)]
 
 pub mod budget;
 pub mod conditions;
 pub mod config;
+pub mod contract;
+pub mod keys;
 pub mod observed;
 pub mod provider;
 pub mod render;
 pub mod route;
+pub mod usage;
 
 pub use budget::{Budget, BudgetSpec, BudgetStatus};
+pub use keys::{ProviderKeys, SecretData};
 pub use provider::{ModelProvider, ModelProviderSpec, ModelProviderStatus, ProviderType};
-pub use render::{
-    DurationError, Inputs, ObjectKind, Problem, Rendered, SecretData, parse_duration_ms, render,
-};
+pub use render::{DurationError, Inputs, ObjectKind, Problem, Rendered, parse_duration_ms, render};
 pub use route::{Route, RouteSpec, RouteStatus};
 
 use kube::CustomResourceExt;

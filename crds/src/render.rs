@@ -12,15 +12,13 @@ use crate::config::{
     BudgetConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig, SidecarConfig,
     TargetConfig, TimeoutConfig,
 };
+use crate::keys::{ProviderKeys, SecretData};
 use crate::provider::{
     ANTHROPIC_ENDPOINT, AZURE_DEFAULT_API_VERSION, GEMINI_ENDPOINT, ModelProviderSpec,
     OPENAI_ENDPOINT, ProviderType,
 };
 use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
-
-/// Secret data by Secret name, then key, as raw bytes (already base64-decoded).
-pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 /// Everything `render` reads.
 #[derive(Debug, Clone, Copy)]
@@ -61,13 +59,14 @@ pub struct Problem {
     pub message: String,
 }
 
-/// The result of rendering one namespace.
+/// The result of rendering one namespace. `Debug` shows the key names, never the keys (see
+/// [`ProviderKeys`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     /// The config sidecars read.
     pub config: SidecarConfig,
     /// Provider API keys by key name ([`crate::config::ProviderConfig::key`]).
-    pub keys: BTreeMap<String, String>,
+    pub keys: ProviderKeys,
     /// Problems found, sorted.
     pub problems: Vec<Problem>,
 }
@@ -157,7 +156,7 @@ impl Problems {
 /// Render one namespace.
 pub fn render(inputs: &Inputs<'_>) -> Rendered {
     let mut config = SidecarConfig::empty(inputs.namespace);
-    let mut keys = BTreeMap::new();
+    let mut keys = ProviderKeys::new();
     let mut problems = Problems::default();
 
     let mut providers: Vec<(String, &ModelProvider)> =
@@ -168,7 +167,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
             render_provider(name, &provider.spec, inputs.secrets, &mut problems)
         {
             if let Some(key) = key {
-                keys.insert(name.clone(), key);
+                keys.insert(name.as_str(), key);
             }
             config.providers.insert(name.clone(), cfg);
         }

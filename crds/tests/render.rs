@@ -29,9 +29,7 @@ fn budget(name: &str, spec: Value) -> Budget {
 fn secrets(entries: &[(&str, &str, &[u8])]) -> SecretData {
     let mut out = SecretData::new();
     for (secret, key, value) in entries {
-        out.entry(secret.to_string())
-            .or_default()
-            .insert(key.to_string(), value.to_vec());
+        out.insert_key(*secret, *key, *value);
     }
     out
 }
@@ -86,8 +84,22 @@ fn provider_defaults_and_key() {
     let p = &r.config.providers["openai"];
     assert_eq!(p.endpoint, "https://api.openai.com/v1");
     assert_eq!(p.key.as_deref(), Some("openai"));
-    assert_eq!(r.keys["openai"], KEY);
+    assert_eq!(r.keys.get("openai"), Some(KEY));
     assert_no_key_material(&r);
+}
+
+#[test]
+fn rendered_debug_shows_key_names_not_keys() {
+    let s = secrets(&[("openai-key", "api-key", b"sk-test-0123456789\n")]);
+    let r = run(&[openai("openai-key")], &[], &[], &s);
+    assert_eq!(r.keys.get("openai"), Some(KEY));
+    for debug in [format!("{r:?}"), format!("{r:#?}")] {
+        assert!(!debug.contains(KEY), "Debug leaks the key: {debug}");
+        assert!(
+            debug.contains(r#""openai": [redacted]"#),
+            "Debug names the key and redacts it: {debug}"
+        );
+    }
 }
 
 #[test]
@@ -410,7 +422,7 @@ fn golden_multi_provider_namespace() {
         .map(|p| format!("{:?}/{} {}: {}", p.kind, p.name, p.reason, p.message))
         .collect();
     insta::assert_yaml_snapshot!("problems", problems);
-    let key_names: Vec<&String> = r.keys.keys().collect();
+    let key_names: Vec<&str> = r.keys.iter().map(|(name, _)| name).collect();
     assert_eq!(key_names, ["anthropic", "azure", "openai"]);
 }
 

@@ -1,9 +1,7 @@
-//! The admin port: `/healthz` (process alive), `/readyz` (caches synced or standing by as a
-//! follower) and `/metrics`.
+//! The admin port: `/healthz` (process alive), `/readyz` (see [`Phase`]) and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -16,11 +14,72 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
-/// What the admin port reports.
-#[derive(Debug, Default)]
+/// What a replica is doing, and so what `/readyz` answers.
+///
+/// Ready means "doing its job": the leader once every cache has listed, a standby once the API
+/// server answers its Lease attempts. A standby has to be Ready: a Deployment rollout
+/// (`maxUnavailable: 0`, as the chart sets) waits for each new pod to be Ready before it stops an
+/// old one, and a new pod stays a standby for as long as an old pod holds the Lease, so a standby
+/// that reported NotReady would stall every rollout of two or more replicas. A standby does not
+/// start its caches (that would double the watch load on the API server for a replica that does
+/// nothing); it lists them when it takes over, and is NotReady ([`Phase::Syncing`]) until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Started; the API server has not answered yet. Not ready.
+    Starting,
+    /// Not the leader, and the API server answered the last Lease attempt. Ready.
+    Standby,
+    /// The last Lease attempt of a standby failed (API server unreachable or refusing). Not ready.
+    Unreachable,
+    /// Leader (or leader election off), the caches still listing. Not ready: a reconcile now
+    /// would wait for them.
+    Syncing,
+    /// Leader with every cache synced. Ready.
+    Leading,
+}
+
+impl Phase {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Self::Standby | Self::Leading)
+    }
+
+    /// The `/readyz` body.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Starting => "not ready: the API server has not answered yet\n",
+            Self::Standby => "ok: standby, ready to take over\n",
+            Self::Unreachable => "not ready: standby, the API server did not answer\n",
+            Self::Syncing => "not ready: leader, waiting for the caches to sync\n",
+            Self::Leading => "ok: leader, caches synced\n",
+        }
+    }
+}
+
+/// What the admin port reports: the replica's current [`Phase`].
+#[derive(Debug)]
 pub struct Health {
-    /// Set once the replica is ready to do its job (leader with synced caches, or standing by).
-    pub ready: AtomicBool,
+    phase: watch::Sender<Phase>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Starting),
+        }
+    }
+}
+
+impl Health {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Move to `phase`.
+    pub fn set(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -35,14 +94,15 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if health.ready.load(Ordering::Relaxed) => {
-            respond(StatusCode::OK, "text/plain", "ok\n".into())
+        "/readyz" => {
+            let phase = health.phase();
+            let status = if phase.is_ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "text/plain", phase.describe().into())
         }
-        "/readyz" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -76,5 +136,36 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_synced_leader_and_a_reachable_standby_are_ready() {
+        let health = Health::default();
+        assert_eq!(health.phase(), Phase::Starting);
+        for phase in [
+            Phase::Starting,
+            Phase::Standby,
+            Phase::Unreachable,
+            Phase::Syncing,
+            Phase::Leading,
+        ] {
+            health.set(phase);
+            assert_eq!(health.phase(), phase);
+            assert_eq!(
+                phase.is_ready(),
+                matches!(phase, Phase::Standby | Phase::Leading),
+                "{phase:?}"
+            );
+            assert_eq!(
+                phase.describe().starts_with("ok"),
+                phase.is_ready(),
+                "{phase:?}"
+            );
+        }
     }
 }

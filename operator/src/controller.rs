@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, future};
+use gatehouse_crds::contract::KEYS_NAME;
 use gatehouse_crds::{Budget, ModelProvider, Route};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::core::PartialObjectMeta;
@@ -29,7 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::metrics::Metrics;
 use crate::namespace::{self, Context, secret_is_referenced};
-use crate::objects::{KEYS_NAME, MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
+use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
 
 /// Which namespaces the operator watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,12 +125,14 @@ fn namespace_of<K: Resource>(object: &K) -> Option<ObjectRef<Namespace>> {
     object.meta().namespace.as_deref().map(ObjectRef::new)
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves. Calls `synced` once every cache (ModelProviders,
+/// Routes, Budgets and the controller's Namespaces) has completed its first list.
 pub async fn run(
     client: Client,
     scope: Scope,
     metrics: Arc<Metrics>,
     identity: String,
+    synced: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let wc = watcher::Config::default();
@@ -167,6 +170,7 @@ pub async fn run(
         controller: "gatehouse-operator".into(),
         instance: Some(identity),
     };
+    let stores = (providers.clone(), routes.clone(), budgets.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         providers: providers.clone(),
@@ -178,7 +182,26 @@ pub async fn run(
 
     // The namespace watch is the controller's own; `trigger_backoff` is its only backoff, and
     // the only errors reaching it are its own.
-    Controller::new(Api::<Namespace>::all(client), scope.namespaces())
+    let controller = Controller::new(Api::<Namespace>::all(client), scope.namespaces());
+    let namespaces = controller.store();
+    // The stores fill only while the controller below polls their watches, so this waits beside
+    // it rather than before it. A store whose writer is gone never becomes ready; neither does
+    // the replica.
+    let sync = async move {
+        let (providers, routes, budgets) = stores;
+        let lists = tokio::join!(
+            providers.wait_until_ready(),
+            routes.wait_until_ready(),
+            budgets.wait_until_ready(),
+            namespaces.wait_until_ready(),
+        );
+        if let (Ok(()), Ok(()), Ok(()), Ok(())) = lists {
+            tracing::info!("caches synced");
+            synced();
+        }
+        future::pending::<()>().await;
+    };
+    let controller = controller
         .trigger_backoff(Reconnect::default())
         .watches_stream(provider_events, |o: ModelProvider| namespace_of(&o))
         .watches_stream(route_events, |o: Route| namespace_of(&o))
@@ -204,8 +227,11 @@ pub async fn run(
                 Err(e) => tracing::debug!(error = %e, "reconcile not run"),
             }
             future::ready(())
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => {}
+        () = sync => {}
+    }
 }
 
 #[cfg(test)]

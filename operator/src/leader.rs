@@ -13,6 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+use crate::admin::{Health, Phase};
 use crate::error::Error;
 
 /// One candidate for one Lease.
@@ -100,16 +101,20 @@ impl LeaderElection {
         }
     }
 
-    /// Wait until this candidate holds the Lease.
-    pub async fn acquire(&self) {
+    /// Wait until this candidate holds the Lease, reporting a standby as [`Phase::Standby`] while
+    /// the API server answers and [`Phase::Unreachable`] while it does not.
+    pub async fn acquire(&self, health: &Health) {
         loop {
             match self.try_acquire().await {
                 Ok(true) => {
                     tracing::info!(identity = %self.identity, lease = %self.name, "acquired leader lease");
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+                Ok(false) => health.set(Phase::Standby),
+                Err(e) => {
+                    health.set(Phase::Unreachable);
+                    tracing::warn!(error = %e, "leader election attempt failed");
+                }
             }
             tokio::time::sleep(self.renew_every).await;
         }

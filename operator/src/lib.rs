@@ -18,14 +18,13 @@ pub mod telemetry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::Error;
 
-use crate::admin::Health;
+use crate::admin::{Health, Phase};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 
@@ -175,15 +174,16 @@ async fn operate(
             &identity,
         )
     });
-    // A standby is healthy and ready: it is doing its job, which is to wait.
-    health.ready.store(true, Ordering::Relaxed);
+    // A standby is ready while the API server answers (see `admin::Phase` for why); the leader
+    // only once its caches have synced.
     if let Some(election) = &election {
         tokio::select! {
-            () = election.acquire() => {}
+            () = election.acquire(&health) => {}
             () = stopped(stop.clone()) => return Ok(()),
         }
     }
     metrics.leader.set(1);
+    health.set(Phase::Syncing);
 
     let scope = match &args.watch_namespace {
         Some(ns) => controller::Scope::Namespace(ns.clone()),
@@ -195,6 +195,7 @@ async fn operate(
             scope,
             metrics.clone(),
             identity,
+            || health.set(Phase::Leading),
             stopped(stop.clone()),
         ),
         stop.clone(),

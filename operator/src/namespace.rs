@@ -5,10 +5,11 @@
 //! The unit of work is the namespace, not the resource, because `render` needs all of a
 //! namespace's resources at once (aliases are unique per namespace, Routes resolve Providers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gatehouse_crds::contract::{CONFIG_NAME, KEYS_NAME, SIDECAR_RBAC_NAME};
 use gatehouse_crds::{Budget, Inputs, ModelProvider, Route, SecretData, render};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -21,7 +22,7 @@ use tokio::time::timeout;
 
 use crate::error::Error;
 use crate::metrics::{ErrorLabels, Metrics, ReconcileLabels};
-use crate::objects::{self, CONFIG_NAME, KEYS_NAME, SIDECAR_RBAC_NAME};
+use crate::objects;
 use crate::status;
 
 /// How often a namespace is reconciled without any event, to repair drift nobody announced
@@ -232,17 +233,7 @@ async fn read_secrets(
             .await
             .map_err(|e| Error::kube(format!("get secret {ns}/{name}"), e))?;
         if let Some(secret) = secret {
-            let mut data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            // stringData is write-only on the server, but a dry-run or a fake may return it.
-            for (k, v) in secret.string_data.unwrap_or_default() {
-                data.insert(k, v.into_bytes());
-            }
-            out.insert(name.to_string(), data);
+            out.insert(name, gatehouse_crds::keys::secret_data(secret));
         }
     }
     Ok(out)

@@ -1,11 +1,14 @@
 //! The objects the operator renders into each namespace — the config ConfigMap, the keys Secret and
 //! the sidecars' Role/RoleBinding — and how they are written: server-side apply, skipped when the
-//! live object already has the desired content.
+//! live object already has the desired content. Their names are the sidecar's too and live in
+//! [`gatehouse_crds::contract`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use gatehouse_crds::ProviderKeys;
 use gatehouse_crds::config::SidecarConfig;
+use gatehouse_crds::contract::{CONFIG_KEY, CONFIG_NAME, KEYS_NAME, SIDECAR_RBAC_NAME};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -19,14 +22,6 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, is_not_found};
 use crate::metrics::Metrics;
 
-/// Name of the ConfigMap holding the rendered [`SidecarConfig`].
-pub const CONFIG_NAME: &str = "gatehouse-config";
-/// Key of the config inside the ConfigMap.
-pub const CONFIG_KEY: &str = "config.json";
-/// Name of the Secret holding the provider keys, one entry per key name.
-pub const KEYS_NAME: &str = "gatehouse-keys";
-/// Name of the Role and RoleBinding that let sidecars read [`CONFIG_NAME`].
-pub const SIDECAR_RBAC_NAME: &str = "gatehouse-sidecar";
 /// Server-side apply field manager (and event reporter).
 pub const FIELD_MANAGER: &str = "gatehouse-operator";
 /// Label on every rendered object.
@@ -68,17 +63,13 @@ pub fn config_map(config: &SidecarConfig, owners: &[OwnerReference]) -> Result<C
 }
 
 /// The Secret with one entry per provider key name.
-pub fn keys_secret(
-    namespace: &str,
-    keys: &BTreeMap<String, String>,
-    owners: &[OwnerReference],
-) -> Secret {
+pub fn keys_secret(namespace: &str, keys: &ProviderKeys, owners: &[OwnerReference]) -> Secret {
     Secret {
         metadata: meta(namespace, KEYS_NAME, owners),
         type_: Some("Opaque".to_string()),
         data: Some(
             keys.iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
                 .collect(),
         ),
         ..Secret::default()
@@ -130,8 +121,10 @@ pub fn content_hash<T: Serialize>(object: &T) -> Result<String, Error> {
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A kind the operator renders, with what it compares to decide whether a write is needed.
-pub trait Rendered:
+/// A kind of object the operator renders, with what it compares to decide whether a write is
+/// needed. Not named `Rendered`: that is [`gatehouse_crds::Rendered`], the result of rendering a
+/// whole namespace, which this module turns into objects of these kinds.
+pub trait RenderedObject:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + Debug
@@ -145,14 +138,14 @@ pub trait Rendered:
     fn same_payload(live: &Self, desired: &Self) -> bool;
 }
 
-impl Rendered for ConfigMap {
+impl RenderedObject for ConfigMap {
     const LABEL: &'static str = "configmap";
     fn same_payload(live: &Self, desired: &Self) -> bool {
         live.data == desired.data && live.binary_data.is_none()
     }
 }
 
-impl Rendered for Secret {
+impl RenderedObject for Secret {
     const LABEL: &'static str = "secret";
     fn same_payload(live: &Self, desired: &Self) -> bool {
         // An empty Secret comes back with `data` unset.
@@ -160,14 +153,14 @@ impl Rendered for Secret {
     }
 }
 
-impl Rendered for Role {
+impl RenderedObject for Role {
     const LABEL: &'static str = "role";
     fn same_payload(live: &Self, desired: &Self) -> bool {
         live.rules == desired.rules
     }
 }
 
-impl Rendered for RoleBinding {
+impl RenderedObject for RoleBinding {
     const LABEL: &'static str = "rolebinding";
     fn same_payload(live: &Self, desired: &Self) -> bool {
         live.subjects == desired.subjects && live.role_ref == desired.role_ref
@@ -176,7 +169,7 @@ impl Rendered for RoleBinding {
 
 /// Server-side apply `desired` unless the live object already carries its hash and payload.
 /// Returns whether a write was sent.
-pub async fn apply<K: Rendered>(
+pub async fn apply<K: RenderedObject>(
     api: &Api<K>,
     mut desired: K,
     metrics: &Metrics,
@@ -219,7 +212,7 @@ pub async fn apply<K: Rendered>(
 
 /// Delete `name` if it exists and carries the managed-by label (a same-named object somebody else
 /// created is left alone). Returns whether a delete was sent.
-pub async fn delete<K: Rendered>(
+pub async fn delete<K: RenderedObject>(
     api: &Api<K>,
     name: &str,
     metrics: &Metrics,
@@ -249,9 +242,10 @@ mod tests {
 
     #[test]
     fn hash_is_stable_and_content_sensitive() {
-        let a = keys_secret("ns", &BTreeMap::from([("p".into(), "k1".into())]), &[]);
-        let b = keys_secret("ns", &BTreeMap::from([("p".into(), "k1".into())]), &[]);
-        let c = keys_secret("ns", &BTreeMap::from([("p".into(), "k2".into())]), &[]);
+        let keys = |k: &str| [("p", k)].into_iter().collect::<ProviderKeys>();
+        let a = keys_secret("ns", &keys("k1"), &[]);
+        let b = keys_secret("ns", &keys("k1"), &[]);
+        let c = keys_secret("ns", &keys("k2"), &[]);
         assert_eq!(content_hash(&a).unwrap(), content_hash(&b).unwrap());
         assert_ne!(content_hash(&a).unwrap(), content_hash(&c).unwrap());
     }

@@ -1,7 +1,9 @@
 //! The operator in-process against a real kube-apiserver: resources in, rendered ConfigMap, keys
 //! Secret, sidecar RBAC, status and Events out; no writes when nothing changed; cleanup when the
-//! last resource goes. One operator per test, scoped to the test's namespace.
+//! last resource goes; leader election; `/readyz` before and after the caches sync, and on a
+//! standby. One operator (or two) per test, scoped to the test's namespace.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -9,13 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
 use gatehouse_crds::config::SidecarConfig;
+use gatehouse_crds::contract::{CONFIG_KEY, CONFIG_NAME, KEYS_NAME, SIDECAR_RBAC_NAME};
 use gatehouse_crds::{ModelProvider, Route};
-use gatehouse_e2e::ControlPlane;
-use gatehouse_operator::objects::{CONFIG_KEY, CONFIG_NAME, KEYS_NAME, SIDECAR_RBAC_NAME};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use gatehouse_e2e::{ControlPlane, eventually, reconciled_after};
+use gatehouse_operator::metrics::WatchLabels;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -106,24 +113,6 @@ fn route(name: &str, provider: &str, model: &str) -> serde_json::Value {
            "spec": {"models": [name], "targets": [{"provider": provider, "model": model}]}})
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, or fails after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn config(client: &Client, ns: &str) -> Result<Option<SidecarConfig>> {
     let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(CONFIG_NAME)
@@ -148,14 +137,63 @@ fn ready_of(
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-fn writes(running: &gatehouse_operator::Running) -> u64 {
+/// Sum of a counter family of the operator's metrics, e.g. `gatehouse_operator_api_writes_total`.
+fn counter(running: &gatehouse_operator::Running, name: &str) -> u64 {
     running
         .metrics
         .encode()
         .lines()
-        .filter(|l| l.starts_with("gatehouse_operator_api_writes_total{"))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+fn writes(running: &gatehouse_operator::Running) -> u64 {
+    counter(running, "gatehouse_operator_api_writes_total")
+}
+
+/// Finished reconciles, as a future for [`reconciled_after`].
+fn reconciles(running: &gatehouse_operator::Running) -> impl Future<Output = Result<u64>> + use<> {
+    let n = counter(running, "gatehouse_operator_reconciles_total");
+    async move { Ok(n) }
+}
+
+/// Set label `gatehouse.dev/test-touch=<n>` on the namespace: the operator's primary object, so
+/// it reconciles, and nothing it renders changes.
+async fn touch_namespace(client: &Client, ns: &str, n: u64) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::apply("test-touch"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"gatehouse.dev/test-touch": n.to_string()}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Wait until the operator is idle: a reconcile that started after every earlier change finished
+/// without writing. Returns the write count then.
+async fn settled(client: &Client, ns: &str, operator: &gatehouse_operator::Running) -> Result<u64> {
+    for _ in 0..10 {
+        let before = writes(operator);
+        reconciled_after(
+            Duration::from_secs(20),
+            |n| touch_namespace(client, ns, n),
+            || reconciles(operator),
+        )
+        .await?;
+        if writes(operator) == before {
+            return Ok(before);
+        }
+    }
+    bail!("the operator kept writing through 10 rounds of reconciles")
+}
+
+/// `(status, body)` of the operator's `/readyz`.
+async fn readyz(running: &gatehouse_operator::Running) -> Result<(u16, String)> {
+    let r = reqwest::get(format!("http://{}/readyz", running.admin_addr)).await?;
+    Ok((r.status().as_u16(), r.text().await?))
 }
 
 #[tokio::test]
@@ -255,20 +293,29 @@ async fn renders_config_keys_rbac_and_status_then_cleans_up() -> Result<()> {
 
     // Steady state: a burst of reconciles triggered by our own writes settles, then nothing is
     // written however often the namespace is reconciled.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let settled = writes(&operator);
-    // Touch a label on the Route: an event, a reconcile, no content change.
-    routes
-        .patch(
-            "chat",
-            &PatchParams::apply("test-label"),
-            &Patch::Apply(
-                json!({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "Route",
-                "metadata": {"name": "chat", "labels": {"touched": "yes"}}}),
-            ),
-        )
-        .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = settled(&client, &ns, &operator).await?;
+    // Touch a label on the Route: an event, a reconcile, no content change. Wait until a
+    // reconcile that started after the touch has finished, then check it wrote nothing.
+    reconciled_after(
+        Duration::from_secs(20),
+        |n| {
+            let routes = routes.clone();
+            async move {
+                routes
+                    .patch(
+                        "chat",
+                        &PatchParams::apply("test-label"),
+                        &Patch::Apply(json!({"apiVersion": "gatehouse.dev/v1alpha1",
+                            "kind": "Route",
+                            "metadata": {"name": "chat", "labels": {"touched": format!("yes-{n}")}}})),
+                    )
+                    .await?;
+                Ok(())
+            }
+        },
+        || reconciles(&operator),
+    )
+    .await?;
     ensure!(
         writes(&operator) == settled,
         "no writes expected for a no-op change: {} -> {}",
@@ -377,7 +424,28 @@ async fn two_replicas_elect_one_leader() -> Result<()> {
         async move { Ok((sum == 1).then_some(())) }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two renewals of the Lease later (each a chance for the standby to take it wrongly) there is
+    // still exactly one leader.
+    let leases = Api::<Lease>::namespaced(client.clone(), &ns);
+    let renewed = || {
+        let leases = leases.clone();
+        async move {
+            Ok(leases
+                .get("gatehouse-operator")
+                .await?
+                .spec
+                .and_then(|s| s.renew_time)
+                .map(|t| t.0))
+        }
+    };
+    let mut last = eventually("the lease renewed", Duration::from_secs(10), renewed).await?;
+    for _ in 0..2 {
+        last = eventually("the lease renewed again", Duration::from_secs(10), || {
+            let next = renewed();
+            async move { Ok(next.await?.filter(|t| *t > last)) }
+        })
+        .await?;
+    }
     ensure!(
         leader(&first) + leader(&second) == 1,
         "exactly one leader after renewals"
@@ -400,6 +468,218 @@ async fn two_replicas_elect_one_leader() -> Result<()> {
         "took {:?}",
         started.elapsed()
     );
+    standby.shutdown().await?;
+    Ok(())
+}
+
+/// The rules of the operator's chart ClusterRole that a reconcile of an empty namespace and the
+/// leader election need, bound in `ns` only: everything but Routes.
+fn rules_without_routes() -> Vec<PolicyRule> {
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    vec![
+        rule(
+            "gatehouse.dev",
+            &["modelproviders", "budgets"],
+            &["list", "watch"],
+        ),
+        rule("", &["secrets", "configmaps"], &["get", "list", "watch"]),
+        rule(
+            "rbac.authorization.k8s.io",
+            &["roles", "rolebindings"],
+            &["get"],
+        ),
+        rule(
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "create", "update"],
+        ),
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Bind `rules` to ServiceAccount `sa` in `ns` under `name`.
+async fn grant(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    name: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<()> {
+    let meta = || ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns.to_string()),
+        ..ObjectMeta::default()
+    };
+    let pp = PostParams::default();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(
+            &pp,
+            &Role {
+                metadata: meta(),
+                rules: Some(rules),
+            },
+        )
+        .await?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(
+            &pp,
+            &RoleBinding {
+                metadata: meta(),
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "Role".into(),
+                    name: name.into(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: sa.into(),
+                    namespace: Some(ns.into()),
+                    ..Subject::default()
+                }]),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Let ServiceAccount `sa` of `ns` list and watch that one Namespace (what the chart grants with
+/// `operator.watchNamespace`).
+async fn grant_namespace_watch(client: &Client, ns: &str, sa: &str) -> Result<()> {
+    let name = format!("{ns}-namespaces");
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                rules: Some(vec![PolicyRule {
+                    api_groups: Some(vec![String::new()]),
+                    resources: Some(vec!["namespaces".into()]),
+                    resource_names: Some(vec![ns.into()]),
+                    verbs: vec!["list".into(), "watch".into()],
+                    ..PolicyRule::default()
+                }]),
+                ..ClusterRole::default()
+            },
+        )
+        .await?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name,
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: sa.into(),
+                    namespace: Some(ns.into()),
+                    ..Subject::default()
+                }]),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ready_once_the_caches_synced_and_a_standby_is_ready() -> Result<()> {
+    let cp = control_plane()?;
+    let ns = cp.create_namespace("op-ready").await?;
+    let admin = cp.admin_client().await?;
+
+    // The first replica may do everything but list Routes: it wins the Lease, but its Route cache
+    // cannot list, so it must not report ready.
+    cp.create_service_account(&ns, "operator").await?;
+    grant(&admin, &ns, "operator", "operator", rules_without_routes()).await?;
+    grant_namespace_watch(&admin, &ns, "operator").await?;
+    let restricted = cp
+        .client_for_token(&cp.mint_token(&ns, "operator").await?)
+        .await?;
+    let leader = start_operator(restricted, &ns, "restricted").await?;
+    eventually(
+        "the restricted replica leads",
+        Duration::from_secs(20),
+        || {
+            let l = leader.metrics.leader.get();
+            async move { Ok((l == 1).then_some(())) }
+        },
+    )
+    .await?;
+    // The positive signal that it tried: its Route list was refused.
+    eventually("a failed Route list", Duration::from_secs(20), || {
+        let failed = leader
+            .metrics
+            .watch_errors
+            .get_or_create(&WatchLabels { watch: "routes" })
+            .get();
+        async move { Ok((failed >= 1).then_some(())) }
+    })
+    .await?;
+    let (status, body) = readyz(&leader).await?;
+    ensure!(
+        status == 503 && body.contains("waiting for the caches to sync"),
+        "a leader whose Route cache has not listed is not ready: {status} {body}"
+    );
+    let healthz = reqwest::get(format!("http://{}/healthz", leader.admin_addr)).await?;
+    ensure!(healthz.status() == 200, "but it is alive");
+
+    // A second replica stands by, and is ready: a rollout can proceed past it.
+    let standby = start_operator(admin.clone(), &ns, "standby").await?;
+    let (status, body) = eventually("the standby ready", Duration::from_secs(20), || {
+        let r = readyz(&standby);
+        async move { Ok(Some(r.await?).filter(|(s, _)| *s == 200)) }
+    })
+    .await?;
+    ensure!(
+        body.contains("standby") && standby.metrics.leader.get() == 0,
+        "{status} {body}"
+    );
+
+    // Routes allowed: the Route watch lists on its next retry and the leader becomes ready.
+    let routes_rule = PolicyRule {
+        api_groups: Some(vec!["gatehouse.dev".into()]),
+        resources: Some(vec!["routes".into()]),
+        verbs: vec!["list".into(), "watch".into()],
+        ..PolicyRule::default()
+    };
+    grant(
+        &admin,
+        &ns,
+        "operator",
+        "operator-routes",
+        vec![routes_rule],
+    )
+    .await?;
+    let (_, body) = eventually("the leader ready", Duration::from_secs(30), || {
+        let r = readyz(&leader);
+        async move { Ok(Some(r.await?).filter(|(s, _)| *s == 200)) }
+    })
+    .await?;
+    ensure!(body.contains("leader, caches synced"), "{body}");
+
+    // The leader goes; the standby takes over, lists its caches and reports ready as the leader.
+    leader.shutdown().await?;
+    let (_, body) = eventually("the new leader ready", Duration::from_secs(30), || {
+        let r = readyz(&standby);
+        async move { Ok(Some(r.await?).filter(|(s, b)| *s == 200 && b.contains("leader"))) }
+    })
+    .await?;
+    ensure!(standby.metrics.leader.get() == 1, "{body}");
     standby.shutdown().await?;
     Ok(())
 }

@@ -18,7 +18,7 @@ pub enum ProxyError {
     InvalidRequest(String),
     /// The request cannot be translated for its target (or from the client's dialect).
     #[error(transparent)]
-    Translate(#[from] TranslateError),
+    Translate(TranslateError),
     /// The request body is larger than the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -178,6 +178,9 @@ pub enum TranslateError {
     /// The translated request could not be serialized.
     #[error("failed to encode request: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A bug in a translation (never caused by the request's content): answered 500.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A name from the request or the config does not fit into the target's URL.
     #[error("{what} does not make a valid URL")]
     Url {
@@ -189,10 +192,23 @@ pub enum TranslateError {
     },
 }
 
+impl From<TranslateError> for ProxyError {
+    fn from(e: TranslateError) -> Self {
+        match e {
+            // A bug, not the request's fault: a 500 like any other internal error.
+            TranslateError::Internal(message) => Self::Internal(message),
+            e => Self::Translate(e),
+        }
+    }
+}
+
 impl TranslateError {
-    /// HTTP status it is answered with: always 400, the request is the problem.
+    /// HTTP status it is answered with: 400, the request is the problem (500 for a bug).
     pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
+        match self {
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
     }
 }
 

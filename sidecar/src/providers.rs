@@ -18,6 +18,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod chat;
+pub(crate) mod chat_body;
 pub mod failure;
 pub mod gemini;
 pub mod openai;
@@ -101,6 +102,22 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
         model: &str,
         inbound: &Inbound,
     ) -> Result<Outgoing, TranslateError>;
+
+    /// [`Adapter::outgoing`] for a chat request, from the bytes of its OpenAI body, translated
+    /// message by message with no tree of the request or of the translation (`chat_body`). Only
+    /// translating adapters have it; the request path never asks a provider that speaks OpenAI.
+    fn outgoing_from_body(
+        &self,
+        provider: &Provider,
+        _model: &str,
+        _body: &[u8],
+        _stream: bool,
+    ) -> Result<Outgoing, TranslateError> {
+        Err(TranslateError::Internal(format!(
+            "failed to translate request: provider '{}' speaks openai",
+            provider.name
+        )))
+    }
 
     /// One 2xx buffered answer (a JSON object) as OpenAI JSON.
     fn response(&self, op: Operation, model: &str, body: Value) -> Result<Value, DecodeError>;

@@ -7,8 +7,12 @@
 //!   every other value is skipped (validated, not stored). Memory: a handful of offsets.
 //! - A target that speaks the client's dialect (OpenAI-wire targets for OpenAI clients, Anthropic
 //!   for `/v1/messages`) gets the body back with the value of `model` spliced: one copy, no tree.
-//! - Only a translating target makes [`Request::outgoing`] parse the whole body (once, on the
-//!   blocking pool when it is big) into the [`Inbound`] the provider adapters translate from.
+//! - A translating target gets the body translated message by message from the bytes, on the
+//!   blocking pool when it is big: `/v1/messages` to OpenAI-wire targets (`providers::messages`),
+//!   chat to Anthropic, Gemini and Bedrock (`providers::chat_body`; an Anthropic client's body
+//!   through OpenAI's bytes first). Neither the request nor its translation exists as a tree.
+//! - Only embeddings to Gemini or Bedrock make [`Request::outgoing`] parse the whole body into the
+//!   [`Inbound`] the adapters translate from.
 
 pub mod budget;
 pub mod read;
@@ -335,6 +339,9 @@ impl Request {
         if self.dialect == Dialect::Anthropic && adapter.native() == Some(Dialect::OpenAi) {
             return self.messages_to_openai(provider, model).await;
         }
+        if self.op == Operation::Chat {
+            return self.chat_to_provider(provider, model).await;
+        }
         let tree = self.tree().await?;
         let size = self.body.len();
         let provider = provider.clone();
@@ -375,6 +382,42 @@ impl Request {
             more: Vec::new(),
             warnings,
         })
+    }
+
+    /// A chat request for an Anthropic, Gemini or Bedrock target it is not native to: translated
+    /// message by message from the bytes, no tree. An Anthropic client's body is first translated
+    /// to OpenAI's (bytes to bytes, as for OpenAI-wire targets), then from OpenAI's like any other.
+    async fn chat_to_provider(
+        &self,
+        provider: &Arc<Provider>,
+        model: &str,
+    ) -> Result<Outgoing, ProxyError> {
+        let bytes = self.body.clone();
+        let target = provider.clone();
+        let model = model.to_string();
+        let (dialect, stream) = (self.dialect, self.index.stream);
+        let mut out = offload(bytes.len(), move || {
+            let (openai, warnings) = match dialect {
+                Dialect::OpenAi => (bytes, Vec::new()),
+                Dialect::Anthropic => messages::to_openai_body(&bytes, &model)?,
+            };
+            let mut out = target
+                .adapter
+                .outgoing_from_body(&target, &model, &openai, stream)?;
+            // What translating the client's dialect dropped comes first, as on the tree path.
+            if !warnings.is_empty() {
+                let mut all = warnings;
+                all.append(&mut out.warnings);
+                out.warnings = all;
+            }
+            Ok::<_, ProxyError>(out)
+        })
+        .await??;
+        // Only an Anthropic client has one, and this target does not speak its dialect.
+        if self.anthropic_beta.is_some() {
+            out.warnings.push(providers::beta_not_forwarded(provider));
+        }
+        Ok(out)
     }
 
     async fn tree(&mut self) -> Result<Arc<Inbound>, ProxyError> {

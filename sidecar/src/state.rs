@@ -3,6 +3,9 @@
 //! the rules under a request already in flight.
 
 use std::collections::{BTreeMap, HashMap};
+
+use gatehouse_crds::ProviderKeys;
+use gatehouse_crds::keys::Redacted;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -72,8 +75,9 @@ pub struct Provider {
     pub models: BTreeMap<String, Pricing>,
 }
 
-/// How a provider's requests are authorized.
-#[derive(Debug, Clone)]
+/// How a provider's requests are authorized. `Debug` prints `[redacted]` in place of every
+/// secret (the header value; the AWS secret key and session token).
+#[derive(Clone)]
 pub enum Credentials {
     /// No key configured: requests go out unauthenticated.
     None,
@@ -84,6 +88,27 @@ pub enum Credentials {
     Aws(aws_credential_types::Credentials),
     /// The key is present but unusable for this provider type; why (no key material).
     Invalid(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Header(name, _) => f
+                .debug_tuple("Header")
+                .field(name)
+                .field(&Redacted)
+                .finish(),
+            // The access key id names the key pair; it is not the secret.
+            Self::Aws(c) => f
+                .debug_struct("Aws")
+                .field("access_key_id", &c.access_key_id())
+                .field("secret_access_key", &Redacted)
+                .field("session_token", &c.session_token().map(|_| Redacted))
+                .finish(),
+            Self::Invalid(why) => f.debug_tuple("Invalid").field(why).finish(),
+        }
+    }
 }
 
 impl Credentials {
@@ -182,10 +207,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Build from a rendered config and the provider keys (by key name).
-    pub fn build(
-        config: SidecarConfig,
-        keys: &BTreeMap<String, String>,
-    ) -> Result<Self, SnapshotError> {
+    pub fn build(config: SidecarConfig, keys: &ProviderKeys) -> Result<Self, SnapshotError> {
         if config.api_version != gatehouse_crds::config::CONFIG_API_VERSION {
             return Err(SnapshotError::Version(config.api_version.clone()));
         }
@@ -213,10 +235,8 @@ impl Snapshot {
             }
             // A provider whose key file is missing is still built: the upstream answers 401 and the
             // client gets a clear "credentials rejected" error instead of the gateway guessing.
-            let credentials = Credentials::for_key(
-                p.kind,
-                p.key.as_ref().and_then(|k| keys.get(k)).map(String::as_str),
-            );
+            let credentials =
+                Credentials::for_key(p.kind, p.key.as_deref().and_then(|k| keys.get(k)));
             let scrubber =
                 crate::scrub::Scrubber::for_credentials(&credentials).map_err(|source| {
                     SnapshotError::Scrubber {
@@ -294,18 +314,60 @@ impl Store {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    use super::*;
-
-    pub(crate) fn route(name: &str, config: RouteConfig) -> ServedRoute {
-        ServedRoute::new(name.to_string(), config, Vec::new())
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::*;
     use gatehouse_crds::config::{ProviderConfig, RetryConfig, TimeoutConfig};
+
+    use super::*;
+
+    #[test]
+    fn snapshot_debug_shows_no_key_of_any_provider_type() {
+        let secrets = [
+            (ProviderKind::Openai, "sk-openai-secret"),
+            (ProviderKind::OpenaiCompatible, "sk-compat-secret"),
+            (ProviderKind::AzureOpenAI, "azure-secret"),
+            (ProviderKind::Anthropic, "sk-ant-secret"),
+            (ProviderKind::Gemini, "gemini-secret"),
+            (
+                ProviderKind::Bedrock,
+                "AKIDEXAMPLE:aws-secret-key:aws-session-token",
+            ),
+        ];
+        let mut config = SidecarConfig::empty("ns");
+        let mut keys = ProviderKeys::new();
+        for (kind, key) in secrets {
+            let name = kind.as_str();
+            config.providers.insert(
+                name.to_string(),
+                ProviderConfig {
+                    kind,
+                    endpoint: "https://example.test/v1".to_string(),
+                    key: Some(name.to_string()),
+                    models: BTreeMap::new(),
+                    api_version: None,
+                    region: Some("us-east-1".to_string()),
+                },
+            );
+            keys.insert(name, key);
+        }
+        let snapshot = Snapshot::build(config, &keys).unwrap();
+        let debug = format!("{snapshot:?}");
+        for secret in [
+            "openai-secret",
+            "compat-secret",
+            "azure-secret",
+            "ant-secret",
+            "gemini-secret",
+            "aws-secret-key",
+            "aws-session-token",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains(r#"Header("x-api-key", [redacted])"#),
+            "{debug}"
+        );
+        assert!(debug.contains("secret_access_key: [redacted]"), "{debug}");
+    }
 
     fn config(target_provider: &str) -> SidecarConfig {
         let mut config = SidecarConfig::empty("default");
@@ -334,14 +396,23 @@ mod tests {
 
     #[test]
     fn a_target_naming_an_unknown_provider_is_rejected() {
-        let err = Snapshot::build(config("ghost"), &BTreeMap::new()).unwrap_err();
+        let err = Snapshot::build(config("ghost"), &ProviderKeys::new()).unwrap_err();
         assert!(
             matches!(&err, SnapshotError::UnknownProvider { route, provider } if route == "chat" && provider == "ghost"),
             "{err}"
         );
-        let snapshot = Snapshot::build(config("real"), &BTreeMap::new()).unwrap();
+        let snapshot = Snapshot::build(config("real"), &ProviderKeys::new()).unwrap();
         let route = &snapshot.aliases["chat"];
         assert_eq!(route.resolved(0).unwrap().provider.name, "real");
         assert_eq!(&*route.resolved(0).unwrap().model, "m");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn route(name: &str, config: RouteConfig) -> ServedRoute {
+        ServedRoute::new(name.to_string(), config, Vec::new())
     }
 }

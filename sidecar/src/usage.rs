@@ -1,6 +1,7 @@
 //! Token usage as OpenAI reports it, and its price.
 
 use gatehouse_crds::config::Pricing;
+use gatehouse_crds::usage::AnthropicUsage;
 use serde::Deserialize;
 
 /// The `usage` object of a chat completion or of the last stream chunk.
@@ -65,26 +66,22 @@ pub fn of_anthropic_body(body: &[u8]) -> Option<Usage> {
     struct Message {
         usage: AnthropicUsage,
     }
-    #[derive(Deserialize)]
-    struct AnthropicUsage {
-        #[serde(default)]
-        input_tokens: u64,
-        #[serde(default)]
-        output_tokens: u64,
-        #[serde(default)]
-        cache_creation_input_tokens: Option<u64>,
-        #[serde(default)]
-        cache_read_input_tokens: Option<u64>,
-    }
     let u = serde_json::from_slice::<Message>(body).ok()?.usage;
-    let cached = u.cache_read_input_tokens.unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: u.input_tokens + cached + u.cache_creation_input_tokens.unwrap_or(0),
-        completion_tokens: u.output_tokens,
-        prompt_tokens_details: Some(PromptDetails {
-            cached_tokens: Some(cached),
-        }),
-    })
+    Some(Usage::from_anthropic(&u))
+}
+
+impl Usage {
+    /// The OpenAI shape of an Anthropic `usage` object (the arithmetic is
+    /// [`AnthropicUsage::prompt_tokens`]'s, shared with the operator side).
+    pub fn from_anthropic(u: &AnthropicUsage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens(),
+            completion_tokens: u.completion_tokens(),
+            prompt_tokens_details: Some(PromptDetails {
+                cached_tokens: Some(u.cached_tokens()),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,17 @@
 //! Route timeouts through the sidecar in-process: the per-attempt limit, the first-token limit of
 //! streams and the whole-request deadline, answered in the OpenAI and the Anthropic dialect.
 //!
-//! Limits are a few hundred milliseconds; elapsed times are only checked against generous
-//! bounds (several times the limit) so a loaded machine does not make them flake.
+//! The tests run on tokio's paused clock (`start_paused`): the sidecar, the mock providers and the
+//! client all run on the test's runtime, time stands still while any of them has work, and when
+//! all of them wait it jumps to the next timer. So a timeout fires exactly when nothing but the
+//! timer is left, whatever the load on the machine, and a test of a 30 s deadline takes
+//! milliseconds. Loopback I/O does not count as waiting: tokio advances the clock only after a
+//! zero-timeout poll of the I/O driver woke no task, and bytes written to a loopback socket are
+//! readable at once, so a pending exchange always wakes someone first
+//! (`loopback_io_is_never_cut_by_the_paused_clock` checks exactly that). Elapsed times are virtual
+//! and keep the generous bounds the tests had on the real clock.
+//!
+//! One test stays on the real clock (see `the_request_deadline_bounds_the_attempts_together`).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +24,9 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use gatehouse_mock_provider::{Behaviour, MockProvider, StreamGate};
 use serde_json::{Value, json};
@@ -109,7 +120,7 @@ async fn anthropic_timeout(resp: reqwest::Response, attempts: &str, what: &str) 
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_attempt_timing_out_answers_504_with_the_attempts_made() {
     let (mocks, sidecar) = setup(&["a", "b"], 3, "{attempt: 200ms, request: 30s}").await;
     for mock in &mocks {
@@ -140,7 +151,7 @@ async fn every_attempt_timing_out_answers_504_with_the_attempts_made() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_timeout_after_other_failures_still_answers_504() {
     let (mocks, sidecar) = setup(&["a", "b"], 2, "{attempt: 200ms, request: 30s}").await;
     mocks[0].set_default(Behaviour::status(503));
@@ -161,7 +172,7 @@ async fn a_timeout_after_other_failures_still_answers_504() {
     assert_eq!(body["error"]["code"], "upstream_failed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_token_timeout_fails_over_a_stream_that_has_not_started() {
     // The attempt limit is far away: only firstToken can cut the primary in time.
     let (mocks, sidecar) = setup(
@@ -250,12 +261,12 @@ async fn silent_stream_upstream(keep_alive: bool) -> (String, Arc<AtomicUsize>) 
     (format!("http://{addr}/v1"), count)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_token_counts_until_the_first_event_not_the_response_headers() {
     first_token_fails_over_a_stream_without_events(false).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keep_alive_comments_are_not_a_first_token() {
     first_token_fails_over_a_stream_without_events(true).await;
 }
@@ -286,7 +297,7 @@ async fn first_token_fails_over_a_stream_without_events(keep_alive: bool) {
     assert_eq!(secondary.request_count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_token_timeout_on_the_only_target_answers_504_before_any_byte() {
     let (mocks, sidecar) = setup(
         &["only"],
@@ -307,7 +318,7 @@ async fn first_token_timeout_on_the_only_target_answers_504_before_any_byte() {
     assert_eq!(mocks[0].request_count(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_started_stream_slower_than_first_token_and_attempt_is_not_cut() {
     // Each event after the first comes 250 ms after the one before: slower than firstToken and
     // the attempt limit, and the whole stream takes several times both.
@@ -351,7 +362,7 @@ async fn a_started_stream_slower_than_first_token_and_attempt_is_not_cut() {
     assert_eq!(text, "one two three");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stalled_stream_is_cut_by_the_request_deadline_not_by_first_token() {
     let (mocks, sidecar) = setup(
         &["only"],
@@ -414,6 +425,10 @@ async fn a_stalled_stream_is_cut_by_the_request_deadline_not_by_first_token() {
     anthropic_gate.open();
 }
 
+// On the real clock on purpose: a paused clock cannot catch a deadline computed from
+// `std::time::Instant` (which it does not move) or a timer that only fires because virtual time
+// jumped. This one measures the request deadline in wall time, with bounds loose enough for a
+// loaded machine.
 #[tokio::test]
 async fn the_request_deadline_bounds_the_attempts_together() {
     // Three targets, each failing only after 400 ms — more than half the 600 ms deadline — with
@@ -449,7 +464,7 @@ async fn the_request_deadline_bounds_the_attempts_together() {
     assert_eq!(mocks[2].request_count(), 0, "no attempt past the deadline");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_attempt_limit_bounds_a_streams_response_headers_even_with_a_longer_first_token() {
     let (mocks, sidecar) = setup(
         &["primary", "secondary"],
@@ -470,6 +485,53 @@ async fn the_attempt_limit_bounds_a_streams_response_headers_even_with_a_longer_
     assert!(
         start.elapsed() < Duration::from_secs(4),
         "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn loopback_io_is_never_cut_by_the_paused_clock() {
+    // Limits of 50 ms that virtual time would exceed at the first jump: if the paused clock
+    // advanced while a request or an answer was still on its way through a loopback socket, some
+    // of these would fail over or time out.
+    let (mocks, sidecar) = setup(
+        &["primary", "secondary"],
+        2,
+        "{attempt: 50ms, firstToken: 50ms, request: 50ms}",
+    )
+    .await;
+    let start = Instant::now();
+    for i in 0..40 {
+        let stream = i % 2 == 1;
+        let resp = sidecar.chat("chat", stream).await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(
+            header(&resp, "x-gatehouse-attempts"),
+            Some("1"),
+            "request {i}"
+        );
+        if stream {
+            let events = sse_events(resp).await;
+            assert_eq!(
+                events.last().map(String::as_str),
+                Some("[DONE]"),
+                "{events:?}"
+            );
+        } else {
+            let body: Value = resp.json().await.unwrap();
+            assert!(
+                body["choices"][0]["message"]["content"].is_string(),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        (mocks[0].request_count(), mocks[1].request_count()),
+        (40, 0)
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "no timer fired, so virtual time stood still: {:?}",
         start.elapsed()
     );
 }

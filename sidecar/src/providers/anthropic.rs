@@ -14,6 +14,7 @@ use super::chat::{
     now_secs, openai_usage, parse_arguments, role, stop_list, tool_choice, usage_chunk,
     warn_unhandled,
 };
+use super::chat_body::{self, Translated};
 use super::{Adapter, ChunkDecoder, Outgoing, StreamItem, failure};
 use crate::dialect::{Dialect, Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
@@ -51,6 +52,16 @@ impl Adapter for Anthropic {
 
     fn response(&self, _op: Operation, model: &str, body: Value) -> Result<Value, DecodeError> {
         response(&body, model)
+    }
+
+    fn outgoing_from_body(
+        &self,
+        provider: &Provider,
+        model: &str,
+        body: &[u8],
+        stream: bool,
+    ) -> Result<Outgoing, TranslateError> {
+        outgoing_from_body(provider, model, body, stream)
     }
 
     fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
@@ -148,6 +159,23 @@ pub fn outgoing(
     })
 }
 
+/// [`outgoing`] from the client's bytes, translated message by message.
+pub(crate) fn outgoing_from_body(
+    provider: &Provider,
+    model: &str,
+    body: &[u8],
+    stream: bool,
+) -> Result<Outgoing, TranslateError> {
+    let mut warnings = Vec::new();
+    let body = request_body(model, body, stream, &mut warnings)?;
+    Ok(Outgoing {
+        uri: messages_uri(provider)?,
+        body,
+        more: Vec::new(),
+        warnings,
+    })
+}
+
 /// The translation itself (pure; golden-tested).
 pub fn request(
     model: &str,
@@ -155,52 +183,106 @@ pub fn request(
     stream: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Value, TranslateError> {
+    check(req)?;
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns = Turns::default();
+    for message in messages(req) {
+        match translate_message(message)? {
+            Translated::System(block) => system.push(block),
+            Translated::Turn(role, blocks) => turns.push(role, blocks),
+            Translated::Skip => {}
+        }
+    }
+    let system = (!system.is_empty()).then_some(Value::Array(system));
+    parameters(
+        model,
+        req,
+        stream,
+        turns.into_json("content"),
+        system,
+        warnings,
+    )
+}
+
+/// [`request`] from the client's bytes to the upstream's, one message at a time (no tree of
+/// either; see [`chat_body`]).
+pub(crate) fn request_body(
+    model: &str,
+    body: &[u8],
+    stream: bool,
+    warnings: &mut Vec<String>,
+) -> Result<bytes::Bytes, TranslateError> {
+    let (req, messages) = chat_body::split(body)?;
+    check(&req)?;
+    let mut writer = chat_body::TurnWriter::new("content", body.len());
+    chat_body::for_each_message(messages, |message| {
+        writer.take(translate_message(&message)?)
+    })?;
+    let system = writer.has_system().then_some(Value::Null);
+    let body = parameters(model, &req, stream, Value::Null, system, warnings)?;
+    writer.finish(&body, "messages", "system", None)
+}
+
+/// What is refused before any message is read.
+fn check(req: &Map<String, Value>) -> Result<(), TranslateError> {
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(TranslateError::Unsupported(
             "'n' greater than 1 is not supported by anthropic".to_string(),
         ));
     }
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns = Turns::default();
-    for message in messages(req) {
-        let role = role(message)?;
-        let (turn_role, blocks) = match role {
-            "system" | "developer" => {
-                let text = content_text(message.get("content"));
-                if !text.is_empty() {
-                    system.push(json!({"type": "text", "text": text}));
-                }
-                continue;
+    Ok(())
+}
+
+/// One OpenAI message: a system block, or the blocks of a user or assistant turn.
+fn translate_message(message: &Value) -> Result<Translated, TranslateError> {
+    let (turn_role, blocks) = match role(message)? {
+        "system" | "developer" => {
+            let text = content_text(message.get("content"));
+            if text.is_empty() {
+                return Ok(Translated::Skip);
             }
-            "user" => ("user", user_blocks(message.get("content"))?),
-            "assistant" => ("assistant", assistant_blocks(message)?),
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
-                    })?;
-                let block = json!({
-                    "type": "tool_result",
-                    "tool_use_id": id,
-                    "content": content_text(message.get("content")),
-                });
-                ("user", vec![block])
-            }
-            other => {
-                return Err(TranslateError::Unsupported(format!(
-                    "message role '{other}' is not supported by anthropic"
-                )));
-            }
-        };
-        turns.push(turn_role, blocks);
-    }
+            return Ok(Translated::System(json!({"type": "text", "text": text})));
+        }
+        "user" => ("user", user_blocks(message.get("content"))?),
+        "assistant" => ("assistant", assistant_blocks(message)?),
+        "tool" => {
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
+                })?;
+            let block = json!({
+                "type": "tool_result",
+                "tool_use_id": id,
+                "content": content_text(message.get("content")),
+            });
+            ("user", vec![block])
+        }
+        other => {
+            return Err(TranslateError::Unsupported(format!(
+                "message role '{other}' is not supported by anthropic"
+            )));
+        }
+    };
+    Ok(Translated::Turn(turn_role, blocks))
+}
+
+/// The body around the translated messages (`messages` and, when given, `system` are put in as
+/// they are: placeholders on the bytes path).
+fn parameters(
+    model: &str,
+    req: &Map<String, Value>,
+    stream: bool,
+    messages: Value,
+    system: Option<Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TranslateError> {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("messages".into(), turns.into_json("content"));
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
+    body.insert("messages".into(), messages);
+    if let Some(system) = system {
+        body.insert("system".into(), system);
     }
     body.insert(
         "max_tokens".into(),
@@ -342,10 +424,18 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Anthropic `usage` → OpenAI `usage` (cache reads and writes are prompt tokens; reads are cached).
 pub fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cache_read_input_tokens");
-    let prompt = n("input_tokens") + n("cache_creation_input_tokens") + cached;
-    openai_usage(prompt, n("output_tokens"), Some(cached))
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    let u = gatehouse_crds::usage::AnthropicUsage {
+        input_tokens: n("input_tokens"),
+        output_tokens: n("output_tokens"),
+        cache_creation_input_tokens: n("cache_creation_input_tokens"),
+        cache_read_input_tokens: n("cache_read_input_tokens"),
+    };
+    openai_usage(
+        u.prompt_tokens(),
+        u.completion_tokens(),
+        Some(u.cached_tokens()),
+    )
 }
 
 /// Anthropic message → OpenAI chat completion.

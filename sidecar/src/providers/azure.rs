@@ -14,10 +14,6 @@ use crate::dialect::{Dialect, Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
 use crate::state::{Credentials, Provider};
 
-/// `api-version` used when the provider sets none (the CRD's default, repeated for configs
-/// rendered without it).
-pub const DEFAULT_API_VERSION: &str = "2024-10-21";
-
 /// The adapter of `azureOpenAI` providers.
 #[derive(Debug)]
 pub struct Azure;
@@ -88,7 +84,8 @@ pub fn uri(provider: &Provider, deployment: &str, op: Operation) -> Result<Uri, 
     let version = provider
         .api_version
         .as_deref()
-        .unwrap_or(DEFAULT_API_VERSION);
+        // render writes the default into the config; a config rendered without it gets the same.
+        .unwrap_or(gatehouse_crds::provider::AZURE_DEFAULT_API_VERSION);
     format!(
         "{}/openai/deployments/{}/{path}?api-version={}",
         provider.base,

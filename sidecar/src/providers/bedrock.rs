@@ -27,6 +27,7 @@ use super::chat::{
     new_id, now_secs, openai_usage, parse_arguments, path_segment, role, stop_list, tool_choice,
     usage_chunk, warn_unhandled,
 };
+use super::chat_body::{self, Translated};
 use super::{Adapter, ChunkDecoder, Outgoing, Reply, StreamFraming, StreamItem, failure};
 use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, CredentialsError, DecodeError, TranslateError};
@@ -97,6 +98,16 @@ impl Adapter for Bedrock {
                 kind: self.name(),
             }),
         }
+    }
+
+    fn outgoing_from_body(
+        &self,
+        provider: &Provider,
+        model: &str,
+        body: &[u8],
+        stream: bool,
+    ) -> Result<Outgoing, TranslateError> {
+        outgoing_from_body(provider, model, body, stream)
     }
 
     fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
@@ -170,12 +181,7 @@ pub fn outgoing(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
-    let action = if stream {
-        "converse-stream"
-    } else {
-        "converse"
-    };
-    let uri = model_uri(provider, model, action)?;
+    let uri = model_uri(provider, model, chat_action(stream))?;
     Ok(Outgoing {
         uri,
         body: serde_json::to_vec(&body)
@@ -184,6 +190,31 @@ pub fn outgoing(
         more: Vec::new(),
         warnings,
     })
+}
+
+/// [`outgoing`] from the client's bytes, translated message by message.
+pub(crate) fn outgoing_from_body(
+    provider: &Provider,
+    model: &str,
+    body: &[u8],
+    stream: bool,
+) -> Result<Outgoing, TranslateError> {
+    let mut warnings = Vec::new();
+    let body = request_body(body, &mut warnings)?;
+    Ok(Outgoing {
+        uri: model_uri(provider, model, chat_action(stream))?,
+        body,
+        more: Vec::new(),
+        warnings,
+    })
+}
+
+fn chat_action(stream: bool) -> &'static str {
+    if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    }
 }
 
 /// `{endpoint}/model/{modelId}/{action}`, the model id percent-encoded as one path segment (an
@@ -202,69 +233,113 @@ pub fn request(
     req: &Map<String, Value>,
     warnings: &mut Vec<String>,
 ) -> Result<Value, TranslateError> {
+    check(req)?;
+    let mut system = Vec::new();
+    let mut turns = Turns::default();
+    for message in messages(req) {
+        match translate_message(message)? {
+            Translated::System(block) => system.push(block),
+            Translated::Turn(role, blocks) => turns.push(role, blocks),
+            Translated::Skip => {}
+        }
+    }
+    let system = (!system.is_empty()).then_some(Value::Array(system));
+    parameters(req, turns.into_json("content"), system, warnings)
+}
+
+/// [`request`] from the client's bytes to the upstream's, one message at a time (no tree of
+/// either; see [`chat_body`]).
+pub(crate) fn request_body(
+    body: &[u8],
+    warnings: &mut Vec<String>,
+) -> Result<bytes::Bytes, TranslateError> {
+    let (req, messages) = chat_body::split(body)?;
+    check(&req)?;
+    let mut writer = chat_body::TurnWriter::new("content", body.len());
+    chat_body::for_each_message(messages, |message| {
+        writer.take(translate_message(&message)?)
+    })?;
+    let system = writer.has_system().then_some(Value::Null);
+    let body = parameters(&req, Value::Null, system, warnings)?;
+    writer.finish(&body, "messages", "system", None)
+}
+
+/// What is refused before any message is read.
+fn check(req: &Map<String, Value>) -> Result<(), TranslateError> {
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(TranslateError::Unsupported(
             "'n' greater than 1 is not supported by bedrock".to_string(),
         ));
     }
-    let mut system = Vec::new();
-    let mut turns = Turns::default();
-    for message in messages(req) {
-        let (turn, blocks) = match role(message)? {
-            "system" | "developer" => {
-                let text = content_text(message.get("content"));
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
+    Ok(())
+}
+
+/// One OpenAI message: a system block, or the blocks of a user or assistant turn.
+fn translate_message(message: &Value) -> Result<Translated, TranslateError> {
+    let (turn, blocks) = match role(message)? {
+        "system" | "developer" => {
+            let text = content_text(message.get("content"));
+            if text.is_empty() {
+                return Ok(Translated::Skip);
             }
-            "user" => ("user", user_blocks(message.get("content"))?),
-            "assistant" => {
-                let mut blocks = Vec::new();
-                let text = content_text(message.get("content"));
-                if !text.is_empty() {
-                    blocks.push(json!({"text": text}));
-                }
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    blocks.push(json!({"toolUse": {
-                        "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or_default(),
-                        "name": f.get("name").and_then(Value::as_str).unwrap_or_default(),
-                        "input": parse_arguments(f.get("arguments"))?,
-                    }}));
-                }
-                ("assistant", blocks)
+            return Ok(Translated::System(json!({"text": text})));
+        }
+        "user" => ("user", user_blocks(message.get("content"))?),
+        "assistant" => {
+            let mut blocks = Vec::new();
+            let text = content_text(message.get("content"));
+            if !text.is_empty() {
+                blocks.push(json!({"text": text}));
             }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
-                    })?;
-                let text = content_text(message.get("content"));
-                (
-                    "user",
-                    vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})],
-                )
+            for call in message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let f = call.get("function").unwrap_or(&Value::Null);
+                blocks.push(json!({"toolUse": {
+                    "toolUseId": call.get("id").and_then(Value::as_str).unwrap_or_default(),
+                    "name": f.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    "input": parse_arguments(f.get("arguments"))?,
+                }}));
             }
-            other => {
-                return Err(TranslateError::Unsupported(format!(
-                    "message role '{other}' is not supported by bedrock"
-                )));
-            }
-        };
-        turns.push(turn, blocks);
-    }
+            ("assistant", blocks)
+        }
+        "tool" => {
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    TranslateError::Invalid("a tool message needs 'tool_call_id'".to_string())
+                })?;
+            let text = content_text(message.get("content"));
+            (
+                "user",
+                vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})],
+            )
+        }
+        other => {
+            return Err(TranslateError::Unsupported(format!(
+                "message role '{other}' is not supported by bedrock"
+            )));
+        }
+    };
+    Ok(Translated::Turn(turn, blocks))
+}
+
+/// The body around the translated messages (`messages` and, when given, `system` are put in as
+/// they are: placeholders on the bytes path).
+fn parameters(
+    req: &Map<String, Value>,
+    messages: Value,
+    system: Option<Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TranslateError> {
     let mut body = Map::new();
-    body.insert("messages".into(), turns.into_json("content"));
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
+    body.insert("messages".into(), messages);
+    if let Some(system) = system {
+        body.insert("system".into(), system);
     }
     let mut config = Map::new();
     if let Some(m) = max_tokens(req) {

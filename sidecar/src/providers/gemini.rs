@@ -12,6 +12,7 @@ mod failure;
 
 pub use embeddings::{embeddings, embeddings_request, embeddings_response};
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, Uri};
@@ -22,6 +23,7 @@ use super::chat::{
     now_secs, openai_usage, path_segment, role, stop_list, tool_choice, usage_chunk,
     warn_unhandled,
 };
+use super::chat_body::{self, Translated};
 use super::{Adapter, ChunkDecoder, Outgoing, StreamItem};
 use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
@@ -50,6 +52,16 @@ impl Adapter for Gemini {
             Operation::Chat => response(&body, model),
             Operation::Embeddings => embeddings_response(&body, model),
         }
+    }
+
+    fn outgoing_from_body(
+        &self,
+        provider: &Provider,
+        model: &str,
+        body: &[u8],
+        stream: bool,
+    ) -> Result<Outgoing, TranslateError> {
+        outgoing_from_body(provider, model, body, stream)
     }
 
     fn stream_decoder(&self, model: &str) -> Box<dyn ChunkDecoder> {
@@ -122,17 +134,37 @@ pub fn outgoing(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
-    let method = if stream {
-        "streamGenerateContent?alt=sse"
-    } else {
-        "generateContent"
-    };
     Ok(Outgoing {
-        uri: uri(provider, model, method)?,
+        uri: uri(provider, model, chat_method(stream))?,
         body: encode(&body)?,
         more: Vec::new(),
         warnings,
     })
+}
+
+/// [`outgoing`] from the client's bytes, translated message by message.
+pub(crate) fn outgoing_from_body(
+    provider: &Provider,
+    model: &str,
+    body: &[u8],
+    stream: bool,
+) -> Result<Outgoing, TranslateError> {
+    let mut warnings = Vec::new();
+    let body = request_body(body, &mut warnings)?;
+    Ok(Outgoing {
+        uri: uri(provider, model, chat_method(stream))?,
+        body,
+        more: Vec::new(),
+        warnings,
+    })
+}
+
+fn chat_method(stream: bool) -> &'static str {
+    if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    }
 }
 
 /// The translation itself (pure; golden-tested).
@@ -142,78 +174,119 @@ pub fn request(
 ) -> Result<Value, TranslateError> {
     let mut system = Vec::new();
     let mut contents = Turns::default();
-    // Gemini answers a call by function name; OpenAI by call id.
-    let mut call_names: Vec<(String, String)> = Vec::new();
+    let mut calls = CallNames::default();
     for message in messages(req) {
-        let (turn, parts) = match role(message)? {
-            "system" | "developer" => {
-                let text = super::chat::content_text(message.get("content"));
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
-                }
-                continue;
-            }
-            "user" => ("user", user_parts(message.get("content"))?),
-            "assistant" => {
-                let mut parts = Vec::new();
-                let text = super::chat::content_text(message.get("content"));
-                if !text.is_empty() {
-                    parts.push(json!({"text": text}));
-                }
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.push((id.to_string(), name.to_string()));
-                    }
-                    parts.push(json!({"functionCall": {
-                        "name": name,
-                        "args": super::chat::parse_arguments(f.get("arguments"))?,
-                    }}));
-                }
-                ("model", parts)
-            }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let name = call_names
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map(|(_, n)| n.clone())
-                    .ok_or_else(|| {
-                        TranslateError::Invalid(format!(
-                            "tool message '{id}' answers no earlier assistant tool call"
-                        ))
-                    })?;
-                let text = super::chat::content_text(message.get("content"));
-                let response = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| json!({"content": text}));
-                (
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                )
-            }
-            other => {
-                return Err(TranslateError::Unsupported(format!(
-                    "message role '{other}' is not supported by gemini"
-                )));
-            }
-        };
-        contents.push(turn, parts);
+        match translate_message(message, &mut calls)? {
+            Translated::System(part) => system.push(part),
+            Translated::Turn(role, parts) => contents.push(role, parts),
+            Translated::Skip => {}
+        }
     }
+    let system = (!system.is_empty()).then(|| json!({"parts": system}));
+    parameters(req, contents.into_json("parts"), system, warnings)
+}
+
+/// [`request`] from the client's bytes to the upstream's, one message at a time (no tree of
+/// either; see [`chat_body`]).
+pub(crate) fn request_body(
+    body: &[u8],
+    warnings: &mut Vec<String>,
+) -> Result<bytes::Bytes, TranslateError> {
+    let (req, messages) = chat_body::split(body)?;
+    let mut writer = chat_body::TurnWriter::new("parts", body.len());
+    let mut calls = CallNames::default();
+    chat_body::for_each_message(messages, |message| {
+        writer.take(translate_message(&message, &mut calls)?)
+    })?;
+    let system = writer.has_system().then_some(Value::Null);
+    let body = parameters(&req, Value::Null, system, warnings)?;
+    writer.finish(&body, "contents", "systemInstruction", Some("parts"))
+}
+
+/// Gemini answers a call by function name, OpenAI by call id: the name of every call id seen so
+/// far (the first call of an id names it).
+#[derive(Debug, Default)]
+struct CallNames(HashMap<String, String>);
+
+/// One OpenAI message: a system part, or the parts of a user or model turn.
+fn translate_message(message: &Value, calls: &mut CallNames) -> Result<Translated, TranslateError> {
+    let (turn, parts) = match role(message)? {
+        "system" | "developer" => {
+            let text = super::chat::content_text(message.get("content"));
+            if text.is_empty() {
+                return Ok(Translated::Skip);
+            }
+            return Ok(Translated::System(json!({"text": text})));
+        }
+        "user" => ("user", user_parts(message.get("content"))?),
+        "assistant" => {
+            let mut parts = Vec::new();
+            let text = super::chat::content_text(message.get("content"));
+            if !text.is_empty() {
+                parts.push(json!({"text": text}));
+            }
+            for call in message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let f = call.get("function").unwrap_or(&Value::Null);
+                let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    calls
+                        .0
+                        .entry(id.to_string())
+                        .or_insert_with(|| name.to_string());
+                }
+                parts.push(json!({"functionCall": {
+                    "name": name,
+                    "args": super::chat::parse_arguments(f.get("arguments"))?,
+                }}));
+            }
+            ("model", parts)
+        }
+        "tool" => {
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let name = calls.0.get(id).cloned().ok_or_else(|| {
+                TranslateError::Invalid(format!(
+                    "tool message '{id}' answers no earlier assistant tool call"
+                ))
+            })?;
+            let text = super::chat::content_text(message.get("content"));
+            let response = serde_json::from_str::<Value>(&text)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({"content": text}));
+            (
+                "user",
+                vec![json!({"functionResponse": {"name": name, "response": response}})],
+            )
+        }
+        other => {
+            return Err(TranslateError::Unsupported(format!(
+                "message role '{other}' is not supported by gemini"
+            )));
+        }
+    };
+    Ok(Translated::Turn(turn, parts))
+}
+
+/// The body around the translated messages (`contents` and, when given, `systemInstruction` are
+/// put in as they are: placeholders on the bytes path).
+fn parameters(
+    req: &Map<String, Value>,
+    contents: Value,
+    system: Option<Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TranslateError> {
     let mut body = Map::new();
-    body.insert("contents".into(), contents.into_json("parts"));
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({"parts": system}));
+    body.insert("contents".into(), contents);
+    if let Some(system) = system {
+        body.insert("systemInstruction".into(), system);
     }
     let mut config = Map::new();
     if let Some(m) = max_tokens(req) {

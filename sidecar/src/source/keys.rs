@@ -6,9 +6,9 @@
 //! keys. We watch the directory itself (not the files, whose inodes change on every swap) and re-read
 //! everything on any event.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use gatehouse_crds::ProviderKeys;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -32,13 +32,13 @@ impl KeysDir {
     /// Every key, by file name. Names starting with `.` (the kubelet's `..data` and timestamped
     /// folders) are skipped, as are sub-folders. A missing directory is no keys: providers without a
     /// key still work and the others get a clear 401 from upstream.
-    pub fn read(&self) -> std::io::Result<BTreeMap<String, String>> {
+    pub fn read(&self) -> std::io::Result<ProviderKeys> {
         let entries = match std::fs::read_dir(&self.path) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ProviderKeys::new()),
             Err(e) => return Err(e),
         };
-        let mut keys = BTreeMap::new();
+        let mut keys = ProviderKeys::new();
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -52,7 +52,7 @@ impl KeysDir {
             }
             let value = std::fs::read_to_string(entry.path())?;
             // Keys never contain whitespace; files made with `--from-file` often end in a newline.
-            keys.insert(name, value.trim().to_string());
+            keys.insert(name, value.trim());
         }
         Ok(keys)
     }
@@ -100,10 +100,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         kubelet_write(dir.path(), 1, &[("openai", "sk-old\n")]);
         let keys = KeysDir::new(dir.path());
-        assert_eq!(keys.read().unwrap()["openai"], "sk-old");
+        assert_eq!(keys.read().unwrap().get("openai"), Some("sk-old"));
         kubelet_write(dir.path(), 2, &[("openai", "sk-new")]);
         assert_eq!(keys.read().unwrap().len(), 1);
-        assert_eq!(keys.read().unwrap()["openai"], "sk-new");
+        assert_eq!(keys.read().unwrap().get("openai"), Some("sk-new"));
+    }
+
+    #[test]
+    fn debug_of_the_keys_read_names_them_without_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        kubelet_write(dir.path(), 1, &[("openai", "sk-mounted-secret\n")]);
+        let keys = KeysDir::new(dir.path()).read().unwrap();
+        assert_eq!(format!("{keys:?}"), r#"{"openai": [redacted]}"#);
+        assert!(!format!("{keys:#?}").contains("sk-mounted-secret"));
     }
 
     #[test]

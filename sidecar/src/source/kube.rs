@@ -5,13 +5,13 @@
 //! the sidecar's ServiceAccount needs only get/list/watch on that name. The watcher reconnects with
 //! backoff on its own; until it does, the last good config keeps serving.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gatehouse_crds::Rendered;
 use gatehouse_crds::config::SidecarConfig;
+use gatehouse_crds::contract::{CONFIG_KEY, CONFIG_NAME};
+use gatehouse_crds::{ProviderKeys, Rendered};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -21,11 +21,6 @@ use tokio::task::JoinHandle;
 
 use super::Sink;
 use super::keys::KeysDir;
-
-/// Name of the ConfigMap the operator renders per namespace.
-pub const CONFIG_NAME: &str = "gatehouse-config";
-/// Key of the config inside it.
-pub const CONFIG_KEY: &str = "config.json";
 
 /// Why the API client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +132,7 @@ pub fn watch(
     })
 }
 
-fn read_keys(keys: &KeysDir, sink: &Sink) -> Option<BTreeMap<String, String>> {
+fn read_keys(keys: &KeysDir, sink: &Sink) -> Option<ProviderKeys> {
     match keys.read() {
         Ok(k) => Some(k),
         Err(e) => {
@@ -151,7 +146,7 @@ fn read_keys(keys: &KeysDir, sink: &Sink) -> Option<BTreeMap<String, String>> {
     }
 }
 
-fn publish(sink: &Sink, config: SidecarConfig, keys: BTreeMap<String, String>) {
+fn publish(sink: &Sink, config: SidecarConfig, keys: ProviderKeys) {
     super::apply(
         &sink.store,
         &sink.metrics,

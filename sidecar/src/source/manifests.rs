@@ -200,17 +200,10 @@ impl Manifests {
             _ => {
                 let secret: Secret =
                     serde_yaml::from_value(value).map_err(|e| wrap("Secret", e))?;
-                let mut data: BTreeMap<String, Vec<u8>> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                // stringData wins over data, as the API server merges it.
-                for (k, v) in secret.string_data.unwrap_or_default() {
-                    data.insert(k, v.into_bytes());
-                }
-                objects.secrets.insert(head.metadata.name.clone(), data);
+                objects.secrets.insert(
+                    head.metadata.name.clone(),
+                    gatehouse_crds::keys::secret_data(secret),
+                );
             }
         }
         Ok(())

@@ -49,7 +49,6 @@ impl Stage for Metering {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use gatehouse_crds::config::{ProviderConfig, SidecarConfig};
 
@@ -66,7 +65,7 @@ mod tests {
         }))
         .unwrap();
         config.providers.insert("p".into(), provider);
-        let snapshot = Snapshot::build(config, &BTreeMap::new()).unwrap();
+        let snapshot = Snapshot::build(config, &gatehouse_crds::ProviderKeys::new()).unwrap();
         Target {
             provider: snapshot.providers["p"].clone(),
             model: "priced".into(),

@@ -15,6 +15,8 @@
 mod binaries;
 mod control_plane;
 mod pki;
+pub mod wait;
 
 pub use binaries::{Binaries, CommandOutput};
 pub use control_plane::ControlPlane;
+pub use wait::{eventually, reconciled_after};

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use gatehouse_crds::{ModelProvider, Route};
-use gatehouse_e2e::ControlPlane;
+use gatehouse_e2e::{ControlPlane, eventually, reconciled_after};
 use gatehouse_mock_provider::MockProvider;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -256,6 +256,48 @@ impl Operator {
     }
 }
 
+/// Set label `gatehouse.dev/test-touch=<n>` on the namespace: the operator's primary object, so it
+/// reconciles, and nothing it renders changes.
+async fn touch_namespace(client: &Client, ns: &str, n: u64) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::apply("e2e-touch"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"gatehouse.dev/test-touch": n.to_string()}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Wait until `operator` is idle: a reconcile that started after every earlier change finished
+/// without writing (see [`reconciled_after`]).
+async fn settled(
+    operator: &Operator,
+    http: &reqwest::Client,
+    client: &Client,
+    ns: &str,
+) -> Result<()> {
+    for _ in 0..10 {
+        let before = operator
+            .counter(http, "gatehouse_operator_api_writes_total")
+            .await?;
+        reconciled_after(
+            Duration::from_secs(30),
+            |n| touch_namespace(client, ns, n),
+            || operator.counter(http, "gatehouse_operator_reconciles_total"),
+        )
+        .await?;
+        let after = operator
+            .counter(http, "gatehouse_operator_api_writes_total")
+            .await?;
+        if after == before {
+            return Ok(());
+        }
+    }
+    bail!("the operator kept writing through 10 rounds of reconciles")
+}
+
 /// Write `keys` into `dir` exactly as the kubelet updates a Secret volume: a fresh timestamped
 /// folder, then `..data` swapped to it by an atomic rename, with one `name -> ..data/name` link per key.
 fn kubelet_write_keys(dir: &Path, keys: &[(String, Vec<u8>)]) -> Result<()> {
@@ -297,26 +339,6 @@ async fn mount_keys(client: &Client, ns: &str, dir: &Path) -> Result<()> {
         .map(|(k, v)| (k, v.0))
         .collect();
     kubelet_write_keys(dir, &keys)
-}
-
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut last_err = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn route_json(model: &str) -> serde_json::Value {
@@ -535,7 +557,15 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load is running (a few requests served) before the rotation starts.
+    let sent_by = |n: u64| {
+        let sent = sent.clone();
+        move || {
+            let now = sent.load(Ordering::Relaxed);
+            async move { Ok((now >= n).then_some(())) }
+        }
+    };
+    eventually("load started", Duration::from_secs(10), sent_by(10)).await?;
     secrets
         .patch("llm-key", &pp, &Patch::Apply(key_secret("sk-two")))
         .await?;
@@ -559,7 +589,14 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
         async move { Ok((seen.as_ref().and_then(|r| r.bearer()) == Some("sk-two")).then_some(())) }
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Some more requests after the switch, to catch a failure right after it.
+    let switched = sent.load(Ordering::Relaxed);
+    eventually(
+        "load after the switch",
+        Duration::from_secs(10),
+        sent_by(switched + 10),
+    )
+    .await?;
     stop.store(true, Ordering::Relaxed);
     load.await?;
     ensure!(
@@ -618,8 +655,9 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
     );
     println!("after provider deletion: {status} {message}");
 
-    // Restart the operator: nothing is written and nothing changes.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Restart the operator: nothing is written and nothing changes. First the first operator
+    // finishes what the deletion started (its last writes are the Route's status and an Event).
+    settled(&operator, &http, &admin, &ns).await?;
     let before = resource_versions(&admin, &ns).await?;
     let rss = operator.proc.rss_kib().unwrap_or_default();
     let writes_first = operator
@@ -654,7 +692,15 @@ async fn operator_to_sidecar_end_to_end() -> Result<()> {
         },
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The positive signal that it has seen everything: a reconcile that started after a touch of
+    // the namespace, itself after the first full reconcile, has finished. Only then does "no
+    // writes" mean something.
+    reconciled_after(
+        Duration::from_secs(30),
+        |n| touch_namespace(&admin, &ns, n),
+        || operator.counter(&http, "gatehouse_operator_reconciles_total"),
+    )
+    .await?;
     let writes = operator
         .counter(&http, "gatehouse_operator_api_writes_total")
         .await?;

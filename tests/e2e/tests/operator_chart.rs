@@ -7,7 +7,6 @@
 //! full reconcile and cleanup, and failing on any 403 in its log. The binary is built by the test
 //! (`cargo build -p gatehouse-operator`, a no-op when up to date).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -15,14 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use gatehouse_crds::{Budget, ModelProvider, Route};
-use gatehouse_e2e::ControlPlane;
+use gatehouse_e2e::{ControlPlane, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Probe, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
@@ -96,6 +96,29 @@ fn chart_lints_and_templates() -> Result<()> {
     ensure!(
         !typo.success,
         "values.schema.json should reject unknown keys"
+    );
+
+    // Without leader election old and new pods must never run together: Recreate.
+    let single = rendered_objects(
+        &cp.helm([
+            "template",
+            "gh",
+            &chart(),
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "operator.leaderElection=false",
+        ])?
+        .ok("helm template without leader election")?,
+    )?;
+    let deployment = single
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .context("deployment")?;
+    ensure!(
+        deployment["spec"]["strategy"]["type"].as_str() == Some("Recreate"),
+        "{:?}",
+        deployment["spec"]["strategy"]
     );
 
     // Cluster-wide by default; with watchNamespace the operator's rules are bound in that
@@ -185,12 +208,34 @@ async fn helm_install_creates_the_objects_with_least_privilege() -> Result<()> {
         .await?;
     let spec = deploy.spec.context("deployment spec")?;
     ensure!(spec.replicas == Some(2), "two replicas");
+    // A standby is Ready, so a rollout can start each new pod before it stops an old one.
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .context("rolling update strategy")?;
+    ensure!(
+        rolling.max_unavailable == Some(IntOrString::Int(0))
+            && rolling.max_surge == Some(IntOrString::Int(1)),
+        "{rolling:?}"
+    );
     let pod = spec.template.spec.context("pod spec")?;
     ensure!(pod.service_account_name.as_deref() == Some("gatehouse"));
     let args = pod.containers[0].args.clone().unwrap_or_default();
     ensure!(
         args.contains(&"--leader-election=true".to_string()),
         "{args:?}"
+    );
+    let probe_path = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    ensure!(
+        probe_path(&pod.containers[0].readiness_probe).as_deref() == Some("/readyz")
+            && probe_path(&pod.containers[0].liveness_probe).as_deref() == Some("/healthz"),
+        "probes: {:?}",
+        pod.containers[0]
     );
     for obj in [
         "serviceaccount/gatehouse",
@@ -370,27 +415,6 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`; the last error is reported.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(format!("{e:#}")),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

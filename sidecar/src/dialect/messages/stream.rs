@@ -22,23 +22,12 @@ pub fn inspect(payload: &[u8]) -> Result<Event, DecodeError> {
         #[serde(default)]
         message: Option<MessageProbe>,
         #[serde(default)]
-        usage: Option<UsageProbe>,
+        usage: Option<gatehouse_crds::usage::AnthropicUsage>,
     }
     #[derive(Deserialize)]
     struct MessageProbe {
         #[serde(default)]
-        usage: Option<UsageProbe>,
-    }
-    #[derive(Deserialize, Default)]
-    struct UsageProbe {
-        #[serde(default)]
-        input_tokens: Option<u64>,
-        #[serde(default)]
-        output_tokens: Option<u64>,
-        #[serde(default)]
-        cache_read_input_tokens: Option<u64>,
-        #[serde(default)]
-        cache_creation_input_tokens: Option<u64>,
+        usage: Option<gatehouse_crds::usage::AnthropicUsage>,
     }
     let probe: Probe = serde_json::from_slice(payload).map_err(|_| DecodeError::EventUntyped)?;
     let usage = probe.usage.or(probe.message.and_then(|m| m.usage));
@@ -46,13 +35,16 @@ pub fn inspect(payload: &[u8]) -> Result<Event, DecodeError> {
         "message_stop" => Event::Done,
         "error" => Event::Error,
         _ => Event::Data(usage.map(|u| {
-            let cached = u.cache_read_input_tokens.unwrap_or(0);
-            let prompt = u
-                .input_tokens
-                .map(|i| i + cached + u.cache_creation_input_tokens.unwrap_or(0));
+            // An event without `input_tokens` says nothing about the prompt: 0 here, and the
+            // merge keeps the prompt an earlier event reported.
+            let cached = u.cached_tokens();
             Usage {
-                prompt_tokens: prompt.unwrap_or(0),
-                completion_tokens: u.output_tokens.unwrap_or(0),
+                prompt_tokens: if u.reports_prompt() {
+                    u.prompt_tokens()
+                } else {
+                    0
+                },
+                completion_tokens: u.completion_tokens(),
                 prompt_tokens_details: (cached > 0).then_some(crate::usage::PromptDetails {
                     cached_tokens: Some(cached),
                 }),
