@@ -9,8 +9,10 @@
 
 mod embeddings;
 mod failure;
+mod stream;
 
 pub use embeddings::{embeddings, embeddings_request, embeddings_response};
+pub use stream::StreamDecoder;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,15 +21,13 @@ use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 
 use super::chat::{
-    ToolChoice, Turns, data_url, delta_chunk, function_tools, max_tokens, messages, new_id,
-    now_secs, openai_usage, path_segment, role, stop_list, tool_choice, usage_chunk,
-    warn_unhandled,
+    ToolChoice, Turns, data_url, function_tools, max_tokens, messages, new_id, now_secs,
+    openai_usage, path_segment, role, stop_list, tool_choice, warn_unhandled,
 };
 use super::chat_body::{self, Translated};
-use super::{Adapter, ChunkDecoder, Outgoing, StreamItem};
+use super::{Adapter, ChunkDecoder, Outgoing};
 use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
-use crate::sse::SseParser;
 use crate::state::{Credentials, Provider};
 
 /// The adapter of `gemini` providers.
@@ -506,122 +506,4 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
             "logprobs": null}],
         "usage": usage(value.get("usageMetadata").unwrap_or(&Value::Null)),
     }))
-}
-
-/// Gemini SSE (one `GenerateContentResponse` per event, no end marker: the stream is complete
-/// when a candidate carried a `finishReason` and the connection closed) → OpenAI chunks.
-#[derive(Debug)]
-pub struct StreamDecoder {
-    sse: SseParser,
-    id: String,
-    model: String,
-    created: u64,
-    started: bool,
-    tools: u64,
-    finished: bool,
-    usage: Option<Value>,
-}
-
-impl StreamDecoder {
-    /// A decoder for `model`.
-    pub fn new(model: &str) -> Self {
-        Self {
-            sse: SseParser::default(),
-            id: new_id("chatcmpl-"),
-            model: model.to_string(),
-            created: now_secs(),
-            started: false,
-            tools: 0,
-            finished: false,
-            usage: None,
-        }
-    }
-
-    fn delta(&self, delta: Value, finish: Option<&str>) -> StreamItem {
-        StreamItem::Chunk(delta_chunk(
-            &self.id,
-            self.created,
-            &self.model,
-            delta,
-            finish,
-        ))
-    }
-
-    fn event(&mut self, value: &Value, out: &mut Vec<StreamItem>) {
-        if let Some(error) = value.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("gemini reported an error")
-                .to_string();
-            out.push(StreamItem::Error { message });
-            return;
-        }
-        if !self.started {
-            self.started = true;
-            if let Some(id) = value.get("responseId").and_then(Value::as_str) {
-                self.id = id.to_string();
-            }
-            out.push(self.delta(json!({"role": "assistant", "content": ""}), None));
-        }
-        if let Some(meta) = value.get("usageMetadata") {
-            self.usage = Some(usage(meta));
-        }
-        let (text, calls, finish) = candidate_parts(value);
-        if !text.is_empty() {
-            out.push(self.delta(json!({"content": text}), None));
-        }
-        let had_calls = self.tools > 0 || !calls.is_empty();
-        for (name, args) in calls {
-            let index = self.tools;
-            self.tools += 1;
-            out.push(self.delta(
-                json!({"tool_calls": [{"index": index, "id": format!("call_{index}_{}", new_id("")),
-                    "type": "function", "function": {"name": name, "arguments": args.to_string()}}]}),
-                None,
-            ));
-        }
-        if let Some(finish) = finish
-            && !self.finished
-        {
-            self.finished = true;
-            out.push(self.delta(json!({}), Some(finish_reason(finish, had_calls))));
-        }
-    }
-}
-
-impl ChunkDecoder for StreamDecoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
-        for event in self.sse.push(bytes)? {
-            if event.data.trim().is_empty() {
-                continue;
-            }
-            let value = crate::sse::json_object(&event.data)?;
-            self.event(&value, out);
-        }
-        Ok(())
-    }
-
-    fn buffered(&self) -> usize {
-        self.sse.buffered()
-    }
-
-    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), DecodeError> {
-        if self.sse.has_partial() {
-            return Err(DecodeError::CutInEvent);
-        }
-        if !self.finished {
-            return Err(DecodeError::EndedEarly("without a finishReason"));
-        }
-        if let Some(u) = self.usage.take() {
-            out.push(StreamItem::Chunk(usage_chunk(
-                &self.id,
-                self.created,
-                &self.model,
-                u,
-            )));
-        }
-        out.push(StreamItem::Done);
-        Ok(())
-    }
 }
