@@ -8,7 +8,7 @@
 //! - A target that speaks the client's dialect (OpenAI-wire targets for OpenAI clients, Anthropic
 //!   for `/v1/messages`) gets the body back with the value of `model` spliced: one copy, no tree.
 //! - A translating target gets the body translated message by message from the bytes, on the
-//!   blocking pool when it is big: `/v1/messages` to OpenAI-wire targets (`providers::messages`),
+//!   blocking pool when it is big: `/v1/messages` to OpenAI-wire targets (`dialect::messages`),
 //!   chat to Anthropic, Gemini and Bedrock (`providers::chat_body`; an Anthropic client's body
 //!   through OpenAI's bytes first). Neither the request nor its translation exists as a tree.
 //! - Only embeddings to Gemini or Bedrock make [`Request::outgoing`] parse the whole body into the
