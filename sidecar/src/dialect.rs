@@ -93,30 +93,41 @@ pub trait ChunkEncoder: Send + Sync {
 }
 
 impl Dialect {
-    /// The request in OpenAI shape plus, for an Anthropic client, its own body (kept for
-    /// Anthropic targets) and the warnings of the translation.
+    /// The request in OpenAI shape, with the warnings of translating it. An Anthropic client's
+    /// own tree is dropped at once: a target that speaks Anthropic gets the client's bytes, never
+    /// this tree (`request::Request::outgoing`).
     pub fn inbound(
         self,
         op: Operation,
         map: Map<String, Value>,
         stream: bool,
     ) -> Result<Inbound, TranslateError> {
-        let (openai, native, warnings) = match self {
-            Self::OpenAi => (map, None, Vec::new()),
-            Self::Anthropic => {
-                let (openai, warnings) = messages::to_openai(&map)?;
-                (openai, Some(map), warnings)
-            }
+        let (openai, warnings) = match self {
+            Self::OpenAi => (map, Vec::new()),
+            Self::Anthropic => messages::to_openai(&map)?,
         };
         Ok(Inbound {
             dialect: self,
             op,
             openai,
-            native,
+            native: None,
             stream,
             warnings,
             anthropic_beta: None,
         })
+    }
+
+    /// The request's bytes in OpenAI shape (an Anthropic body translated message by message, no
+    /// tree; its `model` set to `model`), with the warnings of translating it.
+    pub fn openai_body(
+        self,
+        body: Bytes,
+        model: &str,
+    ) -> Result<(Bytes, Vec<String>), TranslateError> {
+        match self {
+            Self::OpenAi => Ok((body, Vec::new())),
+            Self::Anthropic => messages::to_openai_body(&body, model),
+        }
     }
 
     /// The body of a gateway error.

@@ -397,10 +397,7 @@ impl Request {
         let model = model.to_string();
         let (dialect, stream) = (self.dialect, self.index.stream);
         let mut out = offload(bytes.len(), move || {
-            let (openai, warnings) = match dialect {
-                Dialect::OpenAi => (bytes, Vec::new()),
-                Dialect::Anthropic => messages::to_openai_body(&bytes, &model)?,
-            };
+            let (openai, warnings) = dialect.openai_body(bytes, &model)?;
             let mut out = target
                 .adapter
                 .outgoing_from_body(&target, &model, &openai, stream)?;
@@ -461,19 +458,9 @@ fn inbound(
 ) -> Result<Inbound, ProxyError> {
     let map: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
-    let (openai, warnings) = match dialect {
-        Dialect::OpenAi => (map, Vec::new()),
-        Dialect::Anthropic => messages::to_openai(&map)?,
-    };
-    Ok(Inbound {
-        dialect,
-        op,
-        openai,
-        native: None,
-        stream,
-        warnings,
-        anthropic_beta,
-    })
+    let mut inbound = dialect.inbound(op, map, stream)?;
+    inbound.anthropic_beta = anthropic_beta;
+    Ok(inbound)
 }
 
 /// Run `f` on the blocking pool when the body is big, inline otherwise.

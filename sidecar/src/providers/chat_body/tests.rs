@@ -62,8 +62,7 @@ fn a_prefix_longer_than_the_headroom_is_still_written_in_front() {
 
 #[test]
 fn messages_are_walked_one_by_one_and_the_first_error_stops_the_walk() {
-    let body =
-        br#"{"model":"m","messages":[{"role":"user"},2,{"role":"x"}],"n":1,"messages2":0}"#;
+    let body = br#"{"model":"m","messages":[{"role":"user"},2,{"role":"x"}],"n":1,"messages2":0}"#;
     let (rest, messages) = split(body).unwrap();
     assert_eq!(rest.keys().collect::<Vec<_>>(), ["messages2", "model", "n"]);
     let mut seen = Vec::new();
@@ -249,9 +248,8 @@ fn the_bytes_path_refuses_what_the_tree_path_refuses_with_the_same_error() {
         }
     }
     for parameters in parameter_errors {
-        let body = format!(
-            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],{parameters}}}"#
-        );
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],{parameters}}}"#);
         refused += assert_same(body.as_bytes())
             .iter()
             .filter(|r| r.is_err())
