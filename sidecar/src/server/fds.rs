@@ -6,9 +6,10 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// (epoll, eventfd), the log, the manifests watcher and the files it reads, the kube client, DNS.
 pub const RESERVED: u64 = 128;
 
-/// Ceiling of the derived default. Each idle HTTP/1 connection holds about 10 KiB in the sidecar
-/// (buffers, task, socket state), so this bounds what idle connections can hold at roughly
-/// 100 MiB; an app that needs more connections to its own sidecar sets `--max-connections`.
+/// Ceiling of the derived default: an idle HTTP/1 connection still holds hyper's buffers, a task
+/// and socket state (an estimate of ~10 KiB each, not yet measured: see the bench), so this keeps
+/// what idle connections can hold near 100 MiB; an app that needs more connections to its own
+/// sidecar sets `--max-connections`.
 pub const DEFAULT_CEILING: usize = 8192;
 
 /// Connections the admin port accepts at once: probes and scrapes need a handful.
