@@ -92,6 +92,24 @@ pub struct Args {
     /// sending mid-body gets 408 and its connection is closed.
     #[arg(long, env = "GATEHOUSE_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
+    /// How long a client has to send a request's headers, in milliseconds, counted from the
+    /// connection's accept or the request's first byte. The app is on the same host, so complete
+    /// headers take microseconds; the default tolerates a stalled process and still closes a
+    /// slowloris client quickly.
+    #[arg(long, env = "GATEHOUSE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// How long a client connection with no request in flight stays open, in milliseconds. Above
+    /// the idle expiry of common clients (httpx, used by the OpenAI and Anthropic Python SDKs: 5 s;
+    /// Node's undici: 4 s; Go's net/http: 90 s) so the client retires a connection before the
+    /// sidecar closes it and no request is sent onto a closing connection.
+    #[arg(long, env = "GATEHOUSE_IDLE_TIMEOUT_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Client connections the proxy port keeps open at once. At the cap the longest-idle
+    /// connections are closed to make room; when none is idle, new connections wait. Default: half
+    /// the open-file limit left after a reserve (each request may hold an upstream connection
+    /// too), at most 8192.
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Upstream connect timeout in milliseconds.
     #[arg(long, env = "GATEHOUSE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
@@ -215,20 +233,47 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
         },
     ));
+    let timeouts = server::connection::Timeouts {
+        header_read: Duration::from_millis(args.header_read_timeout_ms),
+        idle: Duration::from_millis(args.idle_timeout_ms),
+    };
+    let nofile = server::fds::nofile();
+    let max_connections = args.max_connections.map_or_else(
+        || server::fds::default_max_connections(nofile),
+        |max| usize::try_from(max).unwrap_or(usize::MAX),
+    );
     let (shutdown, rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(server::serve(
+            "proxy",
             proxy_listener,
             server::proxy_handler(gateway),
+            server::Limits {
+                timeouts,
+                max_connections,
+            },
+            metrics.clone(),
             rx.clone(),
         )),
         tokio::spawn(server::serve(
+            "admin",
             admin_listener,
-            server::admin_handler(store.clone(), metrics),
+            server::admin_handler(store.clone(), metrics.clone()),
+            server::Limits {
+                timeouts,
+                max_connections: server::fds::ADMIN_MAX_CONNECTIONS,
+            },
+            metrics,
             rx,
         )),
     ];
-    tracing::info!(%proxy_addr, %admin_addr, "gatehouse-sidecar listening");
+    tracing::info!(
+        %proxy_addr,
+        %admin_addr,
+        max_connections,
+        open_file_limit = nofile,
+        "gatehouse-sidecar listening"
+    );
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -242,6 +287,9 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
 
 /// Run until SIGTERM or Ctrl-C, then shut down gracefully.
 pub async fn run(args: Args) -> Result<(), StartError> {
+    // Before `start` derives the connection cap from it. Only the binary does this: it changes
+    // the whole process.
+    server::fds::raise_nofile();
     let running = start(&args).await?;
     telemetry::shutdown_signal().await;
     tracing::info!("shutting down");

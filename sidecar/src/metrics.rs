@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +55,22 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels naming a listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// proxy or admin.
+    pub listener: &'static str,
+}
+
+/// Labels of a connection the sidecar closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// proxy or admin.
+    pub listener: &'static str,
+    /// header_timeout, idle_timeout, evicted (to make room at the connection cap) or shutdown.
+    pub reason: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -74,6 +91,12 @@ pub struct Metrics {
     pub client_disconnects: Family<RouteLabels, Counter>,
     /// Config reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Open client connections per listener.
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// Client connections the sidecar closed, by reason.
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    /// Failed accepts per listener (mostly: out of file descriptors).
+    pub accept_errors: Family<ListenerLabels, Counter>,
     registry: Registry,
 }
 
@@ -124,6 +147,24 @@ impl Metrics {
         );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("config_reloads", "Config reloads", reloads.clone());
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections the sidecar closed (timeouts, eviction at the cap, shutdown)",
+            connections_closed.clone(),
+        );
+        let accept_errors = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts of client connections",
+            accept_errors.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -133,6 +174,9 @@ impl Metrics {
             streams_broken,
             client_disconnects,
             reloads,
+            connections,
+            connections_closed,
+            accept_errors,
             registry,
         }
     }

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_crds::{Budget, Inputs, ModelProvider, Rendered, Route, SecretData, render};
-use k8s_openapi::api::core::v1::Secret;
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
 use super::Sink;
+
+mod secret;
 
 /// Why manifests could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,22 +55,53 @@ pub struct Manifests {
     namespace: String,
 }
 
-#[derive(Deserialize)]
+/// The fields every document is sorted by. Read by hand rather than through serde, whose errors
+/// quote the offending value: a document that is only a pasted key must not be logged.
+#[derive(Default)]
 struct Head {
-    #[serde(rename = "apiVersion", default)]
     api_version: String,
-    #[serde(default)]
     kind: String,
-    #[serde(default)]
-    metadata: HeadMeta,
+    name: String,
+    namespace: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-struct HeadMeta {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
+impl Head {
+    fn read(value: &serde_yaml::Value) -> Result<Self, String> {
+        use serde_yaml::Value;
+        if !value.is_mapping() {
+            return Err(format!(
+                "a document must be a map (an object), found {}",
+                secret::shape(value)
+            ));
+        }
+        let text = |parent: &Value, field: &str, path: &str| match parent.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!(
+                "{path} must be a string, found {}",
+                secret::shape(other)
+            )),
+        };
+        let (name, namespace) = match value.get("metadata") {
+            None | Some(Value::Null) => (None, None),
+            Some(meta @ Value::Mapping(_)) => (
+                text(meta, "name", "metadata.name")?,
+                text(meta, "namespace", "metadata.namespace")?,
+            ),
+            Some(other) => {
+                return Err(format!(
+                    "metadata must be a map, found {}",
+                    secret::shape(other)
+                ));
+            }
+        };
+        Ok(Self {
+            api_version: text(value, "apiVersion", "apiVersion")?.unwrap_or_default(),
+            kind: text(value, "kind", "kind")?.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            namespace,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -118,8 +150,10 @@ impl Manifests {
                 index: i + 1,
                 message,
             };
-            let value =
-                serde_yaml::Value::deserialize(document).map_err(|e| parse_error(e.to_string()))?;
+            // The first error ends the file: serde_yaml's document iterator does not recover
+            // from a syntax error (it repeats it, or panics on the next document).
+            let value = serde_yaml::Value::deserialize(document)
+                .map_err(|e| parse_error(yaml_error(text, &e)))?;
             if value.is_null() {
                 continue;
             }
@@ -140,23 +174,24 @@ impl Manifests {
         parse_error: &dyn Fn(String) -> LoadError,
         origin: &str,
     ) -> Result<(), LoadError> {
-        let head: Head =
-            serde_yaml::from_value(value.clone()).map_err(|e| parse_error(e.to_string()))?;
+        let head = Head::read(&value).map_err(parse_error)?;
         if head.kind == "List" {
-            #[derive(Deserialize)]
-            struct List {
-                #[serde(default)]
-                items: Vec<serde_yaml::Value>,
-            }
-            let list: List =
-                serde_yaml::from_value(value).map_err(|e| parse_error(e.to_string()))?;
-            for item in list.items {
+            let items = match value.get("items") {
+                None | Some(serde_yaml::Value::Null) => Vec::new(),
+                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+                Some(other) => {
+                    return Err(parse_error(format!(
+                        "items of a List must be a list, found {}",
+                        secret::shape(other)
+                    )));
+                }
+            };
+            for item in items {
                 self.add(item, objects, parse_error, origin)?;
             }
             return Ok(());
         }
         if head
-            .metadata
             .namespace
             .as_deref()
             .is_some_and(|ns| ns != self.namespace)
@@ -165,18 +200,18 @@ impl Manifests {
         }
         let ours = head.api_version == "gatehouse.dev/v1alpha1";
         let wrap = |kind: &str, e: serde_yaml::Error| {
-            parse_error(format!("invalid {kind} '{}': {e}", head.metadata.name))
+            parse_error(format!("invalid {kind} '{}': {e}", head.name))
         };
         match (ours, head.kind.as_str()) {
             (true, "ModelProvider" | "Route" | "Budget") | (false, "Secret") => {
-                if head.metadata.name.is_empty() {
+                if head.name.is_empty() {
                     return Err(parse_error(format!("{} without metadata.name", head.kind)));
                 }
-                let key = (head.kind.clone(), head.metadata.name.clone());
+                let key = (head.kind.clone(), head.name.clone());
                 if let Some(first) = objects.seen.insert(key, origin.to_string()) {
                     return Err(LoadError::Duplicate {
                         kind: head.kind.clone(),
-                        name: head.metadata.name.clone(),
+                        name: head.name.clone(),
                         first,
                         second: origin.to_string(),
                     });
@@ -198,12 +233,10 @@ impl Manifests {
                 .budgets
                 .push(serde_yaml::from_value(value).map_err(|e| wrap("Budget", e))?),
             _ => {
-                let secret: Secret =
-                    serde_yaml::from_value(value).map_err(|e| wrap("Secret", e))?;
-                objects.secrets.insert(
-                    head.metadata.name.clone(),
-                    gatehouse_crds::keys::secret_data(secret),
-                );
+                // Never through serde: its errors would quote the value, which is the key.
+                let data = secret::data(&value)
+                    .map_err(|e| parse_error(format!("invalid Secret '{}': {e}", head.name)))?;
+                objects.secrets.insert(head.name.clone(), data);
             }
         }
         Ok(())
@@ -261,6 +294,52 @@ impl Manifests {
     }
 }
 
+/// A YAML error's text, unless the document it is in may be a Secret: serde quotes the offending
+/// scalar (`!!int sk-…` gives `invalid value: string "sk-…", expected an integer`), and in a
+/// Secret that scalar is the key. Then only the position is given.
+fn yaml_error(text: &str, e: &serde_yaml::Error) -> String {
+    let document = match e.location() {
+        Some(at) => document_at(text, at.line()),
+        None => text,
+    };
+    if !mentions_secret(document) {
+        return e.to_string();
+    }
+    let at = e
+        .location()
+        .map(|at| format!(" at line {} column {}", at.line(), at.column()))
+        .unwrap_or_default();
+    format!(
+        "invalid YAML{at} in a document that may be a Secret (the parser's message is not shown: it can quote a value)"
+    )
+}
+
+/// The lines of the document holding 1-based `line`, between `---` separators.
+fn document_at(text: &str, line: usize) -> &str {
+    let mut start = 0;
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        let separator = l.starts_with("---");
+        if separator && i + 1 > line {
+            return &text[start..offset];
+        }
+        if separator {
+            start = offset;
+        }
+        offset += l.len();
+    }
+    &text[start..]
+}
+
+/// Whether `Secret` appears as a word (not as in `apiKeySecretRef`).
+fn mentions_secret(document: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    document.match_indices("Secret").any(|(i, m)| {
+        !document[..i].chars().next_back().is_some_and(word)
+            && !document[i + m.len()..].chars().next().is_some_and(word)
+    })
+}
+
 /// The YAML/JSON files at `path`: the file itself, or the folder's files recursively, sorted.
 fn files_under(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let read_err = |source| LoadError::Read {
@@ -293,4 +372,84 @@ fn files_under(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-live-0123456789abcdef";
+
+    fn load_error(yaml: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let e = Manifests::new(vec![dir.path().to_path_buf()], "default")
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(KEY), "the error quotes the key: {e}");
+        e
+    }
+
+    const PROVIDER: &str = "apiVersion: gatehouse.dev/v1alpha1\nkind: ModelProvider\nmetadata: {name: p}\nspec:\n  type: openai\n  apiKeySecretRef: {name: k, key: apiKey}\n";
+
+    #[test]
+    fn no_shape_of_secret_document_gets_its_value_into_the_error() {
+        for body in [
+            format!("stringData: {KEY}"),
+            format!("data: {KEY}"),
+            format!("stringData: [{KEY}]"),
+            format!("stringData:\n  apiKey: [{KEY}]"),
+            format!("stringData:\n  apiKey: {{nested: {KEY}}}"),
+            format!("data:\n  apiKey: {KEY}"),
+            format!("stringData:\n  apiKey: !!int {KEY}"),
+            format!("stringData:\n  apiKey: !!bool {KEY}"),
+            format!("data:\n  apiKey: !!float {KEY}"),
+            format!("stringData:\n  apiKey: \"{KEY}"),
+            format!("stringData:\n  {KEY}: a\n  {KEY}: b"),
+            format!("metadata: {KEY}"),
+        ] {
+            let yaml = format!(
+                "{PROVIDER}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\n{body}\n"
+            );
+            let e = load_error(&yaml);
+            assert!(e.contains("document 2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_document_that_is_only_a_key_is_not_quoted() {
+        let e = load_error(&format!("{PROVIDER}---\n{KEY}\n"));
+        assert!(e.contains("a document must be a map"), "{e}");
+        let e = load_error(&format!("kind: List\nitems: {KEY}\n"));
+        assert!(e.contains("items of a List must be a list"), "{e}");
+    }
+
+    #[test]
+    fn errors_outside_secrets_keep_the_parser_message() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            format!("{PROVIDER}  models: [a\n"),
+        )
+        .unwrap();
+        let e = Manifests::new(vec![dir.path().to_path_buf()], "default")
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("while parsing a flow sequence"), "{e}");
+        assert!(!e.contains("may be a Secret"), "{e}");
+    }
+
+    #[test]
+    fn secret_is_a_word_not_part_of_a_field_name() {
+        assert!(mentions_secret("kind: Secret\n"));
+        assert!(mentions_secret("{\"kind\":\"Secret\"}"));
+        assert!(!mentions_secret("  apiKeySecretRef: {name: k}\n"));
+        assert_eq!(
+            document_at("a: 1\n---\nb: 2\n---\nc: 3\n", 3),
+            "---\nb: 2\n"
+        );
+        assert_eq!(document_at("a: 1\n---\nb: 2\n", 1), "a: 1\n");
+    }
 }
