@@ -49,12 +49,14 @@ pub async fn body(
     }
     let declared = declared.map_or(0, |len| len as usize);
     let mut permit = budget.permit();
-    // A declared length is charged before a byte is read: shedding then costs nothing.
+    let mut body = req.into_body();
+    // A declared length is charged before a byte is read: shedding then costs no memory.
     if !permit.grow_to(declared) {
+        drop(permit);
+        discard(&mut body, limits, 0).await;
         return Err(ProxyError::Overloaded);
     }
     let mut buf = BytesMut::with_capacity(declared);
-    let mut body = req.into_body();
     loop {
         let frame = match tokio::time::timeout(limits.progress_timeout, body.frame()).await {
             Err(_) => {
@@ -78,6 +80,10 @@ pub async fn body(
             return Err(ProxyError::BodyTooLarge { limit });
         }
         if !permit.grow_to(total) {
+            let read = buf.len();
+            drop(buf);
+            drop(permit);
+            discard(&mut body, limits, read).await;
             return Err(ProxyError::Overloaded);
         }
         buf.extend_from_slice(&data);
@@ -86,4 +92,25 @@ pub async fn body(
         bytes: buf.freeze(),
         permit,
     })
+}
+
+/// Read and drop the rest of a body that is being shed, so the 503 reaches the client: a server
+/// that answers and closes while the client is still sending leaves unread bytes in the socket,
+/// and the kernel then resets the connection, often before the client has read the answer. Costs
+/// no memory (each piece is dropped as it arrives) and stops at the size limit, at the progress
+/// timeout or when the client stops: a body that is not drained closes the connection as before.
+async fn discard(body: &mut Incoming, limits: Limits, mut read: usize) {
+    loop {
+        match tokio::time::timeout(limits.progress_timeout, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    read = read.saturating_add(data.len());
+                    if read > limits.max_bytes {
+                        return;
+                    }
+                }
+            }
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return,
+        }
+    }
 }
