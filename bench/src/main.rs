@@ -792,15 +792,17 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
             (idle_rss, baseline_idle_rss.unwrap_or(0)),
         )?;
     }
+    // Stages before memory: the memory cases leave the machine reclaiming gigabytes (the
+    // baseline's), which would add noise to CPU figures taken after them.
+    if args.stages {
+        stages::report(&mut report, args, &dir, mock_addr).await?;
+    }
     if args.memory {
         let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];
         if let Some(bin) = &args.baseline_bin {
             bins.push((baseline_name.clone(), bin.clone()));
         }
         memory::report(&mut report, &bins, &dir, mock_addr).await?;
-    }
-    if args.stages {
-        stages::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.propagation > 0 {
         writeln!(report, "\n### Propagation on the real control plane\n")?;

@@ -71,6 +71,13 @@ spec:
         Scenario {
             name: "minimal",
             on: "routing, metering, metrics, access log (always on)",
+            manifests: plain.clone(),
+        },
+        // The same configuration again: how far apart two identical sidecars measure is the noise
+        // floor the other rows are read against.
+        Scenario {
+            name: "minimal, again",
+            on: "the same as minimal (noise floor)",
             manifests: plain,
         },
         Scenario {
@@ -93,7 +100,7 @@ pub async fn report(
     let bin = crate::procs::release_bin("gatehouse-sidecar")?;
     let mut running: Vec<(Scenario, Proc, SocketAddr)> = Vec::new();
     for scenario in scenarios(mock, keyed_mock) {
-        let path = dir.join(format!("stages-{}.yaml", scenario.name));
+        let path = dir.join(format!("stages-{}.yaml", running.len()));
         std::fs::write(&path, &scenario.manifests)?;
         let sidecar = super::start_sidecar(&bin, &path, None, 1).await?;
         running.push((scenario, sidecar.proc, sidecar.addr));
