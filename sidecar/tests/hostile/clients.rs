@@ -207,3 +207,67 @@ fn blocking_get(url: &str) -> String {
     .join()
     .unwrap()
 }
+
+/// A Secret manifest of the wrong shape is rejected on reload, and the value it carries (the key)
+/// is in no line the running binary logged, whatever the shape: serde's errors quote the value
+/// they refuse, so a Secret is never handed to it.
+#[test]
+fn a_malformed_secret_manifest_never_puts_its_value_in_the_log() {
+    let sidecar = SidecarProc::start(&bare_manifests(), &[]);
+    let path = sidecar.manifest_path().unwrap();
+    const VALUE: &str = "sk-live-malformed-secret-7f3a9c2e4b1d";
+    let b64 = "c2stbGl2ZS1tYWxmb3JtZWQtc2VjcmV0LTdmM2E5YzJlNGIxZA==";
+    let shapes = [
+        format!("stringData: {VALUE}"),
+        format!("data: {b64}"),
+        format!("stringData: [{VALUE}]"),
+        format!("stringData:\n  apiKey: {{nested: {VALUE}}}"),
+        format!("data:\n  apiKey: {VALUE}!"),
+        format!("stringData:\n  apiKey: \"{VALUE}"),
+    ];
+    let rejections = |sidecar: &SidecarProc| {
+        sidecar
+            .log()
+            .iter()
+            .filter(|l| l.contains("configuration rejected"))
+            .count()
+    };
+    for (i, shape) in shapes.iter().enumerate() {
+        let before = rejections(&sidecar);
+        let manifests = format!(
+            "{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bad-{i}}}\n{shape}\n",
+            bare_manifests()
+        );
+        std::fs::write(&path, manifests).unwrap();
+        // Wait for this write's rejection before writing the next shape.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if rejections(&sidecar) > before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shape {i} ({shape}) was not rejected:\n{}",
+                sidecar.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The sidecar still serves its last good config.
+    assert!(blocking_get(&sidecar.url("/v1/models")).contains("\"object\":\"list\""));
+    let log = sidecar.stop();
+    for line in &log {
+        assert!(
+            !line.contains(VALUE),
+            "the Secret's value reached the log: {line}"
+        );
+        assert!(
+            !line.contains(b64),
+            "the Secret's data reached the log: {line}"
+        );
+        assert!(
+            !line.contains("malformed-secret"),
+            "part of the value reached the log: {line}"
+        );
+    }
+}

@@ -89,6 +89,11 @@ impl SidecarProc {
         proc
     }
 
+    /// The manifests file written by [`Self::start`] (edit it to make the sidecar reload).
+    pub fn manifest_path(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("gatehouse.yaml"))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
