@@ -51,7 +51,9 @@ pub enum ProxyError {
     #[error("gatehouse is handling too many request bodies at once; retry shortly")]
     Overloaded,
     /// The client stopped sending its body.
-    #[error("the request body did not progress for {ms} ms")]
+    #[error(
+        "the request body did not arrive in time ({ms} ms without progress, or past the whole-body deadline)"
+    )]
     BodyTimeout {
         /// The progress timeout in milliseconds.
         ms: u64,

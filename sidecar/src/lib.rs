@@ -92,6 +92,11 @@ pub struct Args {
     /// sending mid-body gets 408 and its connection is closed.
     #[arg(long, env = "GATEHOUSE_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
+    /// Longest time in milliseconds for a whole request body to arrive. A client trickling its
+    /// body just inside the progress timeout would otherwise hold its share of the in-flight
+    /// budget (charged from the declared length) forever; past it, 408 and the connection is closed.
+    #[arg(long, env = "GATEHOUSE_BODY_DEADLINE_MS", default_value_t = 60_000)]
+    pub body_deadline_ms: u64,
     /// How long a client has to send a request's headers, in milliseconds, counted from the
     /// connection's accept or the request's first byte. The app is on the same host, so complete
     /// headers take microseconds; the default tolerates a stalled process and still closes a
@@ -231,6 +236,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             max_event_bytes: args.max_event_bytes,
             max_inflight_body_bytes: args.max_inflight_body_bytes,
             body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+            body_deadline: Duration::from_millis(args.body_deadline_ms),
         },
     ));
     let timeouts = server::connection::Timeouts {

@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_inflight_body_bytes: usize,
     /// Longest wait for the next piece of a request body before answering 408.
     pub body_read_timeout: Duration,
+    /// Longest time for a whole request body to arrive before answering 408.
+    pub body_deadline: Duration,
     /// Most bytes of upstream answers one attempt buffers (`limits`).
     pub max_response_bytes: usize,
     /// Most bytes held of one upstream stream event not complete yet (`limits`).
@@ -61,6 +63,7 @@ impl Default for Settings {
             max_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes: 128 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(10),
+            body_deadline: Duration::from_secs(60),
             max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
         }
@@ -167,6 +170,7 @@ impl Gateway {
         let limits = request::read::Limits {
             max_bytes: self.settings.max_body_bytes,
             progress_timeout: self.settings.body_read_timeout,
+            deadline: self.settings.body_deadline,
         };
         let body = request::read::body(req, limits, &self.budget).await?;
         let mut inbound = Request::parse(body, op, x.ctx.dialect, anthropic_beta).await?;

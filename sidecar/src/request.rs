@@ -265,8 +265,9 @@ pub struct Request {
     pub anthropic_beta: Option<HeaderValue>,
     /// The whole request in OpenAI shape, built the first time a translating target is attempted.
     tree: Option<Arc<Inbound>>,
-    /// The body's charge against the in-flight budget; lives as long as the body does.
-    _permit: BodyPermit,
+    /// The body's charge against the in-flight budget; lives as long as the body does, including
+    /// in a blocking-pool job that outlives the request (a job cannot be cancelled).
+    permit: Arc<BodyPermit>,
 }
 
 impl Request {
@@ -278,7 +279,8 @@ impl Request {
         anthropic_beta: Option<HeaderValue>,
     ) -> Result<Self, ProxyError> {
         let Body { bytes, permit } = body;
-        let index = offload(bytes.len(), {
+        let permit = Arc::new(permit);
+        let index = offload(bytes.len(), &permit, {
             let bytes = bytes.clone();
             move || Index::of(&bytes, op)
         })
@@ -290,7 +292,7 @@ impl Request {
             op,
             anthropic_beta: anthropic_beta.filter(|_| dialect == Dialect::Anthropic),
             tree: None,
-            _permit: permit,
+            permit,
         })
     }
 
@@ -346,7 +348,7 @@ impl Request {
         let size = self.body.len();
         let provider = provider.clone();
         let model = model.to_string();
-        offload(size, move || {
+        offload(size, &self.permit, move || {
             let mut out = providers::outgoing(&provider, &model, &tree)?;
             // What translating the client's dialect dropped applies to this attempt only.
             if !tree.warnings.is_empty() {
@@ -369,7 +371,7 @@ impl Request {
         let uri = provider.adapter.native_uri(provider, model, self.op)?;
         let bytes = self.body.clone();
         let upstream_model = model.to_string();
-        let (body, mut warnings) = offload(bytes.len(), move || {
+        let (body, mut warnings) = offload(bytes.len(), &self.permit, move || {
             messages::to_openai_body(&bytes, &upstream_model)
         })
         .await??;
@@ -396,7 +398,7 @@ impl Request {
         let target = provider.clone();
         let model = model.to_string();
         let (dialect, stream) = (self.dialect, self.index.stream);
-        let mut out = offload(bytes.len(), move || {
+        let mut out = offload(bytes.len(), &self.permit, move || {
             let (openai, warnings) = dialect.openai_body(bytes, &model)?;
             let mut out = target
                 .adapter
@@ -424,7 +426,7 @@ impl Request {
         let bytes = self.body.clone();
         let (op, dialect, stream) = (self.op, self.dialect, self.index.stream);
         let beta = self.anthropic_beta.clone();
-        let tree = offload(bytes.len(), move || {
+        let tree = offload(bytes.len(), &self.permit, move || {
             inbound(&bytes, op, dialect, stream, beta)
         })
         .await??;
@@ -463,17 +465,25 @@ fn inbound(
     Ok(inbound)
 }
 
-/// Run `f` on the blocking pool when the body is big, inline otherwise.
+/// Run `f` on the blocking pool when the body is big, inline otherwise. The job holds the body's
+/// budget charge until `f` and what it captured are gone: a job cannot be cancelled, so when the
+/// client leaves mid-parse the bytes stay charged for as long as the job still holds them.
 async fn offload<T: Send + 'static>(
     size: usize,
+    charge: &Arc<BodyPermit>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ProxyError> {
     if size < OFFLOAD_BYTES {
         return Ok(f());
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProxyError::Internal(format!("failed to parse request body: {e}")))
+    let charge = charge.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = f();
+        drop(charge);
+        out
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(format!("failed to parse request body: {e}")))
 }
 
 /// `s`, cut to [`MAX_QUOTED`] characters.

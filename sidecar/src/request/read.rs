@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Longest wait for the next piece of the body.
     pub progress_timeout: Duration,
+    /// Longest time for the whole body (and for draining a shed one).
+    pub deadline: Duration,
 }
 
 /// A complete request body and its charge against the budget (held as long as the bytes live).
@@ -48,20 +50,26 @@ pub async fn body(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let declared = declared.map_or(0, |len| len as usize);
+    // The whole body within `deadline`: the progress timeout alone lets a client trickle a byte
+    // just inside it forever while its declared length stays charged.
+    let until = tokio::time::Instant::now() + limits.deadline;
     let mut permit = budget.permit();
     let mut body = req.into_body();
     // A declared length is charged before a byte is read: shedding then costs no memory.
     if !permit.grow_to(declared) {
         drop(permit);
-        discard(&mut body, limits, 0).await;
+        discard(&mut body, limits, until, 0).await;
         return Err(ProxyError::Overloaded);
     }
     let mut buf = BytesMut::with_capacity(declared);
     loop {
-        let frame = match tokio::time::timeout(limits.progress_timeout, body.frame()).await {
+        let wait = limits
+            .progress_timeout
+            .min(until.saturating_duration_since(tokio::time::Instant::now()));
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
             Err(_) => {
                 return Err(ProxyError::BodyTimeout {
-                    ms: limits.progress_timeout.as_millis() as u64,
+                    ms: wait.as_millis() as u64,
                 });
             }
             Ok(None) => break,
@@ -83,7 +91,7 @@ pub async fn body(
             let read = buf.len();
             drop(buf);
             drop(permit);
-            discard(&mut body, limits, read).await;
+            discard(&mut body, limits, until, read).await;
             return Err(ProxyError::Overloaded);
         }
         buf.extend_from_slice(&data);
@@ -99,9 +107,17 @@ pub async fn body(
 /// and the kernel then resets the connection, often before the client has read the answer. Costs
 /// no memory (each piece is dropped as it arrives) and stops at the size limit, at the progress
 /// timeout or when the client stops: a body that is not drained closes the connection as before.
-async fn discard(body: &mut Incoming, limits: Limits, mut read: usize) {
+async fn discard(
+    body: &mut Incoming,
+    limits: Limits,
+    until: tokio::time::Instant,
+    mut read: usize,
+) {
     loop {
-        match tokio::time::timeout(limits.progress_timeout, body.frame()).await {
+        let wait = limits
+            .progress_timeout
+            .min(until.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, body.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     read = read.saturating_add(data.len());

@@ -409,6 +409,85 @@ async fn a_body_that_stops_half_way_gets_408_and_the_connection_is_closed() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A client that trickles its body one byte at a time, each just inside the progress timeout,
+/// would hold its declared length of the in-flight budget for ever: the whole-body deadline cuts
+/// it off with 408, and the budget it held is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_at_the_whole_body_deadline_and_its_budget_returned() {
+    let mock = quiet_mock().await;
+    // The budget holds exactly one declared 1 MiB body.
+    let declared = 1024 * 1024;
+    let sidecar = SidecarProc::start(
+        &manifests(&mock),
+        &[
+            "--body-read-timeout-ms",
+            "400",
+            "--body-deadline-ms",
+            "1500",
+            "--max-inflight-body-bytes",
+            &declared.to_string(),
+        ],
+    );
+    let stream = tokio::net::TcpStream::connect(&sidecar.proxy)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    // The answer is read as it comes, so a reset after it cannot swallow it.
+    let answer = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            Instant::now(),
+        )
+    });
+    let trickle = tokio::spawn(async move {
+        // One byte every 200 ms: always inside the 400 ms progress timeout.
+        while sent.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    // While it trickles, the budget is taken: another body is shed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::new();
+    let shed = post(
+        &client,
+        &sidecar.url("/v1/chat/completions"),
+        million_messages("pass", 1024),
+    )
+    .await;
+    assert_eq!(
+        shed.status(),
+        503,
+        "the trickled body did not hold the budget"
+    );
+    let (answer, answered) = answer.await.unwrap();
+    trickle.abort();
+    let took = answered.duration_since(sent);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the trickled body was not cut off at the deadline ({took:?})"
+    );
+    // The budget is back: the same request is served now.
+    let resp = post(
+        &client,
+        &sidecar.url("/v1/chat/completions"),
+        million_messages("pass", 1024),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_unknown_parameters_make_a_short_warning_and_the_request_works() {
     let mock = quiet_mock().await;

@@ -252,7 +252,7 @@ pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, 
     let family =
         Family::of(model).ok_or_else(|| DecodeError::UnknownEmbeddingModel(model.to_string()))?;
     let mut vectors: Vec<Value> = Vec::new();
-    let mut tokens = 0;
+    let mut tokens: u64 = 0;
     for (body, header_tokens) in answers {
         match family {
             Family::TitanV2 | Family::TitanV1 => {
@@ -263,11 +263,13 @@ pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, 
                             "bedrock titan response has no 'embedding' array",
                         ))?;
                 vectors.push(embedding.clone());
-                tokens += body
-                    .get("inputTextTokenCount")
-                    .and_then(Value::as_u64)
-                    .or(*header_tokens)
-                    .unwrap_or(0);
+                // Counts come from the upstream: saturate rather than overflow.
+                tokens = tokens.saturating_add(
+                    body.get("inputTextTokenCount")
+                        .and_then(Value::as_u64)
+                        .or(*header_tokens)
+                        .unwrap_or(0),
+                );
             }
             Family::CohereV3 => {
                 // `embeddings_floats` is a list of vectors; `embeddings_by_type` (asked for with
@@ -288,7 +290,8 @@ pub fn response(model: &str, answers: &[(Value, Option<u64>)]) -> Result<Value, 
                     });
                 }
                 vectors.extend(list.iter().cloned());
-                tokens += header_tokens.unwrap_or(0);
+                // Counts come from the upstream: saturate rather than overflow.
+                tokens = tokens.saturating_add(header_tokens.unwrap_or(0));
             }
         }
     }
