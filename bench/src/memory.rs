@@ -20,8 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::procs::{Proc, free_port, wait_http_ok};
-
 /// The sidecar's default `--max-body-bytes`.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
@@ -171,28 +169,6 @@ async fn send(addr: SocketAddr, path: &'static str, body: Bytes) -> u16 {
     attempt.await.unwrap_or(0)
 }
 
-/// Start `bin` over `manifests` with default flags on free ports.
-async fn start(bin: &Path, manifests: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
-    let port = free_port()?;
-    let admin = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let args = vec![
-        "--manifests".to_string(),
-        manifests.display().to_string(),
-        "--listen".to_string(),
-        addr.to_string(),
-        "--admin-listen".to_string(),
-        format!("127.0.0.1:{admin}"),
-    ];
-    let proc = Proc::spawn("gatehouse", bin, &args, None)?;
-    wait_http_ok(
-        &format!("http://127.0.0.1:{admin}/readyz"),
-        Duration::from_secs(10),
-    )
-    .await?;
-    Ok((proc, addr))
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
@@ -234,7 +210,8 @@ pub async fn report(
     writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
     for (name, bin) in bins {
         for case in &cases {
-            let (proc, addr) = start(bin, &manifest_path).await?;
+            let sidecar = crate::start_sidecar(bin, &manifest_path, None, 1).await?;
+            let (proc, addr) = (sidecar.proc, sidecar.addr);
             tokio::time::sleep(Duration::from_millis(200)).await;
             let (idle, _) = proc.memory_kib()?;
             proc.reset_peak()?;

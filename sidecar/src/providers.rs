@@ -68,6 +68,18 @@ pub struct Outgoing {
     pub warnings: Vec<String>,
 }
 
+impl Outgoing {
+    /// One call (every provider but Bedrock embeddings), with the parameters dropped on the way.
+    pub fn single(uri: Uri, body: Bytes, warnings: Vec<String>) -> Self {
+        Self {
+            uri,
+            body,
+            more: Vec::new(),
+            warnings,
+        }
+    }
+}
+
 /// One 2xx answer to one upstream call.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -254,12 +266,11 @@ pub fn outgoing(
     if is_native(adapter, inbound.dialect) {
         // The client's own body, only `model` rewritten.
         let body = inbound.native.as_ref().unwrap_or(&inbound.openai);
-        return Ok(Outgoing {
-            uri: adapter.native_uri(provider, model, inbound.op)?,
-            body: openai::encode_with_model(body, model)?,
-            more: Vec::new(),
-            warnings: Vec::new(),
-        });
+        return Ok(Outgoing::single(
+            adapter.native_uri(provider, model, inbound.op)?,
+            openai::encode_with_model(body, model)?,
+            Vec::new(),
+        ));
     }
     let mut out = adapter.outgoing(provider, model, inbound)?;
     // Client headers of a dialect reach only providers that speak that dialect natively.

@@ -331,12 +331,11 @@ impl Request {
         let adapter = provider.adapter;
         if self.is_native(adapter) {
             let uri = adapter.native_uri(provider, model, self.op)?;
-            return Ok(Outgoing {
+            return Ok(Outgoing::single(
                 uri,
-                body: self.index.with_model(&self.body, model)?,
-                more: Vec::new(),
-                warnings: Vec::new(),
-            });
+                self.index.with_model(&self.body, model)?,
+                Vec::new(),
+            ));
         }
         if self.dialect == Dialect::Anthropic && adapter.native() == Some(Dialect::OpenAi) {
             return self.messages_to_openai(provider, model).await;
@@ -378,12 +377,7 @@ impl Request {
         if self.anthropic_beta.is_some() {
             warnings.push(providers::beta_not_forwarded(provider));
         }
-        Ok(Outgoing {
-            uri,
-            body,
-            more: Vec::new(),
-            warnings,
-        })
+        Ok(Outgoing::single(uri, body, warnings))
     }
 
     /// A chat request for an Anthropic, Gemini or Bedrock target it is not native to: translated

@@ -151,14 +151,12 @@ pub fn outgoing(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(model, req, stream, &mut warnings)?;
-    Ok(Outgoing {
-        uri: messages_uri(provider)?,
-        body: serde_json::to_vec(&body)
-            .map_err(TranslateError::Encode)?
-            .into(),
-        more: Vec::new(),
+    let body = serde_json::to_vec(&body).map_err(TranslateError::Encode)?;
+    Ok(Outgoing::single(
+        messages_uri(provider)?,
+        body.into(),
         warnings,
-    })
+    ))
 }
 
 /// [`outgoing`] from the client's bytes, translated message by message.
@@ -170,12 +168,7 @@ pub(crate) fn outgoing_from_body(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request_body(model, body, stream, &mut warnings)?;
-    Ok(Outgoing {
-        uri: messages_uri(provider)?,
-        body,
-        more: Vec::new(),
-        warnings,
-    })
+    Ok(Outgoing::single(messages_uri(provider)?, body, warnings))
 }
 
 /// The translation itself (pure; golden-tested).

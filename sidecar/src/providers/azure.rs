@@ -106,10 +106,9 @@ pub fn outgoing(
     req: &Map<String, Value>,
     op: Operation,
 ) -> Result<Outgoing, TranslateError> {
-    Ok(Outgoing {
-        uri: uri(provider, deployment, op)?,
-        body: openai::encode_with_model(req, deployment)?,
-        more: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Ok(Outgoing::single(
+        uri(provider, deployment, op)?,
+        openai::encode_with_model(req, deployment)?,
+        Vec::new(),
+    ))
 }

@@ -183,14 +183,8 @@ pub fn outgoing(
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
     let uri = model_uri(provider, model, chat_action(stream))?;
-    Ok(Outgoing {
-        uri,
-        body: serde_json::to_vec(&body)
-            .map_err(TranslateError::Encode)?
-            .into(),
-        more: Vec::new(),
-        warnings,
-    })
+    let body = serde_json::to_vec(&body).map_err(TranslateError::Encode)?;
+    Ok(Outgoing::single(uri, body.into(), warnings))
 }
 
 /// [`outgoing`] from the client's bytes, translated message by message.
@@ -202,12 +196,11 @@ pub(crate) fn outgoing_from_body(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request_body(body, &mut warnings)?;
-    Ok(Outgoing {
-        uri: model_uri(provider, model, chat_action(stream))?,
+    Ok(Outgoing::single(
+        model_uri(provider, model, chat_action(stream))?,
         body,
-        more: Vec::new(),
         warnings,
-    })
+    ))
 }
 
 fn chat_action(stream: bool) -> &'static str {

@@ -134,12 +134,11 @@ pub fn outgoing(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request(req, &mut warnings)?;
-    Ok(Outgoing {
-        uri: uri(provider, model, chat_method(stream))?,
-        body: encode(&body)?,
-        more: Vec::new(),
+    Ok(Outgoing::single(
+        uri(provider, model, chat_method(stream))?,
+        encode(&body)?,
         warnings,
-    })
+    ))
 }
 
 /// [`outgoing`] from the client's bytes, translated message by message.
@@ -151,12 +150,11 @@ pub(crate) fn outgoing_from_body(
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
     let body = request_body(body, &mut warnings)?;
-    Ok(Outgoing {
-        uri: uri(provider, model, chat_method(stream))?,
+    Ok(Outgoing::single(
+        uri(provider, model, chat_method(stream))?,
         body,
-        more: Vec::new(),
         warnings,
-    })
+    ))
 }
 
 fn chat_method(stream: bool) -> &'static str {

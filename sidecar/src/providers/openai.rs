@@ -83,12 +83,11 @@ pub fn outgoing(
         Operation::Chat => provider.chat_url.clone(),
         Operation::Embeddings => provider.embeddings_url.clone(),
     };
-    Ok(Outgoing {
+    Ok(Outgoing::single(
         uri,
-        body: encode_with_model(req, model)?,
-        more: Vec::new(),
-        warnings: Vec::new(),
-    })
+        encode_with_model(req, model)?,
+        Vec::new(),
+    ))
 }
 
 /// `req` as JSON with `model` set to `model`.

@@ -13,12 +13,11 @@ pub fn embeddings(
     model: &str,
     req: &Map<String, Value>,
 ) -> Result<Outgoing, TranslateError> {
-    Ok(Outgoing {
-        uri: uri(provider, model, "batchEmbedContents")?,
-        body: encode(&embeddings_request(model, req)?)?,
-        more: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Ok(Outgoing::single(
+        uri(provider, model, "batchEmbedContents")?,
+        encode(&embeddings_request(model, req)?)?,
+        Vec::new(),
+    ))
 }
 
 /// The embeddings translation (pure; golden-tested). The requested `encoding_format` is kept in
