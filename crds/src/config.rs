@@ -101,7 +101,8 @@ pub struct ProviderConfig {
     pub region: Option<String>,
 }
 
-/// Prices in USD per million tokens.
+/// Prices in USD per million tokens. Unset optional rates fall back as documented on each field,
+/// so a price list that names only input and output still prices every token type.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Pricing {
@@ -109,9 +110,40 @@ pub struct Pricing {
     pub input_per_million: f64,
     /// USD per million completion tokens.
     pub output_per_million: f64,
-    /// USD per million cached prompt tokens; defaults to the input price when unset.
+    /// USD per million cached prompt tokens (cache reads); defaults to the input price when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_million: Option<f64>,
+    /// USD per million prompt tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`); defaults to the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<f64>,
+    /// USD per million reasoning tokens, where a provider bills them apart from output; defaults
+    /// to the output price (reasoning tokens are part of the completion tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_million: Option<f64>,
+    /// Rates of the long-context tier: when a request's prompt tokens exceed
+    /// `above_input_tokens`, every token of that request is priced at these rates instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContextPricing>,
+}
+
+/// The long-context tier of a model's pricing (e.g. Gemini 2.5 Pro above 200k prompt tokens).
+/// Unset optional rates fall back to this tier's input (or output) rate.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LongContextPricing {
+    /// The tier applies to requests with more prompt tokens than this.
+    pub above_input_tokens: u64,
+    /// USD per million prompt tokens.
+    pub input_per_million: f64,
+    /// USD per million completion tokens.
+    pub output_per_million: f64,
+    /// USD per million cached prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
+    /// USD per million cache-write tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<f64>,
 }
 
 /// A route: the aliases apps send as `model` and where they go.

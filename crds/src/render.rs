@@ -299,6 +299,7 @@ fn render_provider(
                         input_per_million: i,
                         output_per_million: o,
                         cached_input_per_million: None,
+                        ..Pricing::default()
                     },
                 );
             }
@@ -309,6 +310,7 @@ fn render_provider(
                         input_per_million: i,
                         output_per_million: o,
                         cached_input_per_million: Some(c),
+                        ..Pricing::default()
                     },
                 );
             }

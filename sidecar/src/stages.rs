@@ -225,6 +225,9 @@ pub struct Context {
     pub usage: Option<Usage>,
     /// Price of the answer in USD, when the model is priced.
     pub cost_usd: Option<f64>,
+    /// Whether `usage` (and so `cost_usd`) is an estimate: a stream cut upstream or dropped by
+    /// the client before the provider reported its usage.
+    pub usage_estimated: bool,
     /// Cache status.
     pub cache: CacheStatus,
     /// Parameters dropped or not forwarded, for `x-gatehouse-warning` (bounded).
@@ -255,6 +258,7 @@ impl Context {
             upstream_wait: Duration::ZERO,
             usage: None,
             cost_usd: None,
+            usage_estimated: false,
             cache: CacheStatus::Bypass,
             warnings: Warnings::default(),
             error: None,

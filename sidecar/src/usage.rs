@@ -49,6 +49,50 @@ impl Usage {
     }
 }
 
+/// A request's tokens split by how they are billed: the five types metering prices and the
+/// metrics count. `input` excludes the cached reads and cache writes; `output` excludes
+/// reasoning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Prompt tokens billed at the input rate.
+    pub input: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_read: u64,
+    /// Prompt tokens written to the provider's cache.
+    pub cache_write: u64,
+    /// Completion tokens other than reasoning.
+    pub output: u64,
+    /// Reasoning (thinking) tokens.
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    /// The token types with their metric label, in a fixed order.
+    pub fn by_type(&self) -> [(&'static str, u64); 5] {
+        [
+            ("input", self.input),
+            ("cached_read", self.cached_read),
+            ("cache_write", self.cache_write),
+            ("output", self.output),
+            ("reasoning", self.reasoning),
+        ]
+    }
+}
+
+impl Usage {
+    /// The tokens by billing type.
+    pub fn tokens(&self) -> Tokens {
+        let cached_read = self.cached_tokens();
+        Tokens {
+            input: self.prompt_tokens - cached_read,
+            cached_read,
+            cache_write: 0,
+            output: self.completion_tokens,
+            reasoning: 0,
+        }
+    }
+}
+
 /// The usage of a buffered response body, if it reports one.
 pub fn of_body(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
@@ -98,6 +142,7 @@ mod tests {
             input_per_million: 2.0,
             output_per_million: 8.0,
             cached_input_per_million: Some(0.5),
+            ..Pricing::default()
         };
         let expected = (600.0 * 2.0 + 400.0 * 0.5 + 500.0 * 8.0) / 1e6;
         assert!((usage.cost(&pricing) - expected).abs() < 1e-12);
@@ -117,6 +162,7 @@ mod tests {
             input_per_million: 1.0,
             output_per_million: 1.0,
             cached_input_per_million: None,
+            ..Pricing::default()
         };
         assert!((usage.cost(&pricing) - 10.0 / 1e6).abs() < 1e-15);
     }
