@@ -1,4 +1,5 @@
-//! Status conditions shared by every kind: the `Ready` condition and how render problems become it.
+//! Status conditions: the `Ready` condition every kind carries and how render problems become it,
+//! and the ModelProvider's `Priced` condition.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -8,6 +9,68 @@ use crate::render::{ObjectKind, Problem};
 pub const READY: &str = "Ready";
 /// Reason of a `Ready=True` condition.
 pub const REASON_READY: &str = "Ready";
+
+/// Type of the ModelProvider condition that says whether every model it is used with has a price.
+pub const PRICED: &str = "Priced";
+/// Reason of a `Priced=True` condition.
+pub const REASON_ALL_PRICED: &str = "AllModelsPriced";
+/// Reason of a `Priced=False` condition.
+pub const REASON_UNPRICED: &str = "UnpricedModels";
+
+/// Longest list of model names a `Priced` message spells out, in bytes; the rest are counted.
+const UNPRICED_LIST_MAX: usize = 512;
+
+/// The `Priced` condition of a ModelProvider, given the models it is used with that have no price
+/// ([`crate::Rendered::unpriced`], sorted).
+///
+/// False names them (as many as fit in about half a kilobyte, then how many more), so a platform
+/// team sees which models' cost is reported as unknown; unpriced models are still served.
+pub fn priced_condition(
+    unpriced: &[String],
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let (status, reason, message) = if unpriced.is_empty() {
+        (
+            "True",
+            REASON_ALL_PRICED,
+            "every model used with this provider has a price".to_string(),
+        )
+    } else {
+        let mut listed = String::new();
+        let mut shown = 0;
+        for model in unpriced {
+            if shown > 0 && listed.len() + model.len() + 2 > UNPRICED_LIST_MAX {
+                break;
+            }
+            if shown > 0 {
+                listed.push_str(", ");
+            }
+            // A single name is at most 256 bytes (CRD bound), so the first always fits.
+            listed.push_str(model);
+            shown += 1;
+        }
+        let more = unpriced.len() - shown;
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "no price in spec.models[].pricing or the built-in catalog for {listed}{more}; \
+             these models are served but their cost is reported as unknown"
+        );
+        ("False", REASON_UNPRICED, message)
+    };
+    Condition {
+        type_: PRICED.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation,
+        last_transition_time: now,
+    }
+}
 
 /// The `Ready` condition of one object, given every problem found while rendering its namespace.
 ///
@@ -93,6 +156,34 @@ mod tests {
         assert_eq!(c.status, "False");
         assert_eq!(c.reason, "DuplicateAlias");
         assert_eq!(c.message, "a; b");
+    }
+
+    #[test]
+    fn priced_names_unpriced_models_and_bounds_the_list() {
+        let c = priced_condition(&[], Some(4), time(1));
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Priced", "True", "AllModelsPriced")
+        );
+        assert_eq!(c.observed_generation, Some(4));
+
+        let c = priced_condition(&["my-llama".into(), "other".into()], None, time(1));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "UnpricedModels")
+        );
+        assert!(c.message.contains("my-llama, other;"), "{}", c.message);
+
+        let many: Vec<String> = (0..200).map(|i| format!("model-{i:03}")).collect();
+        let c = priced_condition(&many, None, time(1));
+        assert!(c.message.len() < 700, "{} bytes", c.message.len());
+        assert!(c.message.contains("model-000, model-001"));
+        let shown = c.message.matches("model-").count();
+        assert!(
+            c.message.contains(&format!(" and {} more", 200 - shown)),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

@@ -49,7 +49,13 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
         name = "Models",
         type_ = "integer",
         json_path = ".status.models",
-        description = "Number of models with prices in spec.models"
+        description = "Number of priced models (spec.models and Route targets)"
+    ),
+    printcolumn(
+        name = "Priced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Priced\")].status",
+        description = "Whether every model used with the provider has a price"
     ),
     printcolumn(
         name = "Ready",
@@ -95,9 +101,10 @@ pub struct ModelProviderSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 
-    /// Models served by this provider, with their prices (for the x-gatehouse-cost-usd response
-    /// header). Models not listed are still served; their cost is not reported. Names must be
-    /// unique.
+    /// Models served by this provider, each with an optional price that overrides the built-in
+    /// pricing catalog (prices feed the x-gatehouse-cost-usd response header, logs and metrics).
+    /// Models need not be listed: every model a Route sends to this provider is served, priced
+    /// from the catalog when it lists the model. Names must be unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = 256))]
@@ -158,31 +165,172 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// One model a provider serves and what it costs.
+/// One model a provider serves and, optionally, what it costs.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderModel {
     /// Upstream model name, as the provider expects it (e.g. `gpt-4o-mini`).
     #[schemars(length(min = 1, max = 256))]
     pub name: String,
-    /// Prices in USD per million tokens.
-    pub pricing: ModelPricing,
+    /// Prices in USD per million tokens. Overrides the built-in catalog for this provider's model;
+    /// when unset the catalog's price is used, and a model in neither is served unpriced (its
+    /// cost reported as unknown, and the `Priced` condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<ModelPricing>,
 }
 
-/// Prices in USD per million tokens, as decimal strings (e.g. `"0.15"`), so no precision is lost.
+/// Prices in USD per million tokens. Each price is a whole number (`5`) or a decimal string
+/// (`"2.50"`), as Kubernetes quantities are written; a bare YAML decimal (`2.5`) must be quoted.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelPricing {
-    /// USD per million prompt (input) tokens, e.g. `"2.50"`.
-    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,12})?$"))]
-    pub input_per_million: String,
-    /// USD per million completion (output) tokens, e.g. `"10.00"`.
-    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,12})?$"))]
-    pub output_per_million: String,
-    /// USD per million cached prompt tokens, e.g. `"1.25"`. Defaults to the input price.
+    /// USD per million prompt (input) tokens, e.g. `"2.50"` or `3`.
+    pub input_per_million: Price,
+    /// USD per million completion (output) tokens, e.g. `10`.
+    pub output_per_million: Price,
+    /// USD per million cached prompt tokens read from the provider's prompt cache, e.g. `"1.25"`.
+    /// Defaults to the input price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,12})?$"))]
-    pub cached_input_per_million: Option<String>,
+    pub cached_input_per_million: Option<Price>,
+    /// USD per million prompt tokens written to the provider's prompt cache (Anthropic's cache
+    /// writes), e.g. `"3.75"`. Defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<Price>,
+    /// USD per million reasoning tokens, for providers that bill them apart from output tokens.
+    /// Defaults to the output price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_million: Option<Price>,
+    /// A long-context tier: requests whose prompt exceeds `aboveInputTokens` tokens are priced
+    /// entirely at these rates (e.g. Gemini 2.5 Pro above 200k prompt tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<LongContextModelPricing>,
+}
+
+/// The long-context tier of a model's prices, in USD per million tokens.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LongContextModelPricing {
+    /// The tier applies to requests with more prompt tokens than this, e.g. `200000`.
+    #[schemars(range(min = 1, max = 100000000))]
+    pub above_input_tokens: i64,
+    /// USD per million prompt tokens in this tier.
+    pub input_per_million: Price,
+    /// USD per million completion tokens in this tier.
+    pub output_per_million: Price,
+    /// USD per million cached prompt tokens in this tier. Defaults to this tier's input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<Price>,
+    /// USD per million cache-write tokens in this tier. Defaults to this tier's input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<Price>,
+}
+
+/// A price in USD: a whole number (`5`) or a non-negative decimal string (`"2.50"`), like a
+/// Kubernetes quantity (int-or-string). Strings keep every digit the author wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Price {
+    /// Written as a YAML/JSON integer.
+    Whole(i64),
+    /// Written as a string.
+    Decimal(String),
+}
+
+/// Pattern of a price written as a string: up to 9 integer and 12 fractional digits.
+pub const PRICE_PATTERN: &str = r"^[0-9]{1,9}(\.[0-9]{1,12})?$";
+
+impl Price {
+    /// The price as a number, or `None` when it is negative, not a plain decimal (`"1,5"`,
+    /// `"1e3"`) or out of range.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Self::Whole(n) => (0..=999_999_999).contains(n).then_some(*n as f64),
+            Self::Decimal(s) => parse_decimal(s),
+        }
+    }
+}
+
+impl std::fmt::Display for Price {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole(n) => write!(f, "{n}"),
+            Self::Decimal(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Parse a non-negative decimal string (`"2.50"`) as [`PRICE_PATTERN`] allows it.
+pub(crate) fn parse_decimal(s: &str) -> Option<f64> {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+impl Serialize for Price {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Whole(n) => serializer.serialize_i64(*n),
+            Self::Decimal(s) => serializer.serialize_str(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Price;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a price: a whole number such as 5 or a decimal string such as \"2.50\"",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Price, E> {
+                Ok(Price::Whole(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Price, E> {
+                i64::try_from(v)
+                    .map(Price::Whole)
+                    .map_err(|_| E::custom(format!("price {v} is too large")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Price, E> {
+                Err(E::custom(format!(
+                    "price {v} must be a whole number or a quoted decimal string such as \"{v}\""
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Price, E> {
+                Ok(Price::Decimal(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl schemars::JsonSchema for Price {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Price".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    // Int-or-string, as Kubernetes declares quantities: the pattern applies to the string form,
+    // the bounds to the integer form. (No `anyOf` of the two types: kube's structural rewrite
+    // would empty its branches, and `x-kubernetes-int-or-string` alone says the same.)
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "pattern": PRICE_PATTERN,
+            "minimum": 0,
+            "maximum": 999_999_999,
+        })
+    }
 }
 
 /// Azure OpenAI settings.
@@ -211,6 +359,9 @@ pub struct BedrockSettings {
 pub struct ModelProviderStatus {
     /// Current state. `Ready` is True when the key resolved and the spec is usable; otherwise its
     /// reason (e.g. `SecretNotFound`, `KeyNotFound`, `InvalidKey`) and message say what to fix.
+    /// `Priced` is True (reason `AllModelsPriced`) when every model the provider is used with has
+    /// a price, from `spec.models[].pricing` or the built-in catalog; otherwise False with reason
+    /// `UnpricedModels` and a message naming them (their cost is reported as unknown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -221,8 +372,9 @@ pub struct ModelProviderStatus {
     /// Unset while the provider is not usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Number of models listed (with prices) in `spec.models`. Unset while the provider is not
-    /// usable.
+    /// Number of priced models: of `spec.models` and the models Routes send to this provider,
+    /// those with a price from `spec.models[].pricing` or the built-in catalog. Unset while the
+    /// provider is not usable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<i32>,
 }

@@ -3,19 +3,20 @@
 //! Pure: no I/O, deterministic output (sorted maps), problems returned as data so the operator can
 //! turn them into status conditions and events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
 use crate::budget::BudgetSpec;
+use crate::catalog;
 use crate::config::{
-    BudgetConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig, SidecarConfig,
-    TargetConfig, TimeoutConfig,
+    BudgetConfig, LongContextPricing, Pricing, ProviderConfig, ProviderKind, RetryConfig,
+    RouteConfig, SidecarConfig, TargetConfig, TimeoutConfig,
 };
 use crate::keys::{ProviderKeys, SecretData};
 use crate::provider::{
-    ANTHROPIC_ENDPOINT, AZURE_DEFAULT_API_VERSION, GEMINI_ENDPOINT, ModelProviderSpec,
-    OPENAI_ENDPOINT, ProviderType,
+    ANTHROPIC_ENDPOINT, AZURE_DEFAULT_API_VERSION, GEMINI_ENDPOINT, ModelPricing,
+    ModelProviderSpec, OPENAI_ENDPOINT, Price, ProviderType, parse_decimal,
 };
 use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
@@ -69,6 +70,11 @@ pub struct Rendered {
     pub keys: ProviderKeys,
     /// Problems found, sorted.
     pub problems: Vec<Problem>,
+    /// For every ModelProvider of the namespace (usable or not), the models it is used with (its
+    /// `spec.models` and the `model` of every Route target naming it) that have no price, neither
+    /// a valid override nor a catalog entry; sorted, empty when all are priced. Not a problem:
+    /// such models are still served, with their cost reported as unknown.
+    pub unpriced: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a duration string could not be parsed.
@@ -122,19 +128,6 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, DurationError> {
     Ok(total)
 }
 
-/// Parse a non-negative decimal string (`"2.50"`) as the CRD pattern allows it.
-fn parse_decimal(s: &str) -> Option<f64> {
-    let (int, frac) = match s.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (s, None),
-    };
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
-        return None;
-    }
-    s.parse::<f64>().ok().filter(|v| v.is_finite())
-}
-
 /// Reason of the problem every valid Budget carries until budgets are enforced.
 pub const NOT_ENFORCED: &str = "NotEnforced";
 
@@ -162,10 +155,41 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
     let mut providers: Vec<(String, &ModelProvider)> =
         inputs.providers.iter().map(|p| (p.name_any(), p)).collect();
     providers.sort_by(|a, b| a.0.cmp(&b.0));
+    // The models each provider is used with: the model of every Route target naming it, plus
+    // its own spec.models (below). Each gets a price now, so the sidecar prices a request with a
+    // map lookup and never consults the catalog.
+    let mut targeted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for route in inputs.routes {
+        for t in &route.spec.targets {
+            targeted
+                .entry(t.provider.as_str())
+                .or_default()
+                .insert(t.model.as_str());
+        }
+    }
+    let mut unpriced = BTreeMap::new();
     for (name, provider) in &providers {
-        if let Some((cfg, key)) =
-            render_provider(name, &provider.spec, inputs.secrets, &mut problems)
-        {
+        let mut used: BTreeSet<&str> = provider
+            .spec
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        used.extend(targeted.get(name.as_str()).into_iter().flatten());
+        let prices = price_models(name, &provider.spec, &used, &mut problems);
+        unpriced.insert(name.clone(), prices.unpriced);
+        if prices.invalid {
+            // Serving a model at a wrong price would misreport cost and break budgets: leave the
+            // provider out until the spec is fixed.
+            continue;
+        }
+        if let Some((cfg, key)) = render_provider(
+            name,
+            &provider.spec,
+            prices.models,
+            inputs.secrets,
+            &mut problems,
+        ) {
             if let Some(key) = key {
                 keys.insert(name.as_str(), key);
             }
@@ -206,7 +230,124 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         config,
         keys,
         problems,
+        unpriced,
     }
+}
+
+/// The prices of the models one provider is used with.
+#[derive(Debug, Default)]
+struct ProviderPrices {
+    /// Priced models, by upstream name.
+    models: BTreeMap<String, Pricing>,
+    /// Models with no price (an invalid override counts as none).
+    unpriced: Vec<String>,
+    /// Some override in spec.models is invalid (reported as a problem).
+    invalid: bool,
+}
+
+/// Price every model in `used`: the spec.models override first, else the catalog.
+fn price_models(
+    name: &str,
+    spec: &ModelProviderSpec,
+    used: &BTreeSet<&str>,
+    problems: &mut Problems,
+) -> ProviderPrices {
+    let kind = ProviderKind::from(spec.kind);
+    let mut out = ProviderPrices::default();
+    for &model in used {
+        let listed = spec.models.iter().find(|m| m.name == model);
+        let price = match listed.and_then(|m| m.pricing.as_ref()) {
+            Some(pricing) => {
+                let parsed = override_pricing(name, model, pricing, problems);
+                out.invalid |= parsed.is_none();
+                parsed
+            }
+            None => catalog::lookup(kind, model),
+        };
+        match price {
+            Some(p) => {
+                out.models.insert(model.to_string(), p);
+            }
+            None => out.unpriced.push(model.to_string()),
+        }
+    }
+    out
+}
+
+/// A `spec.models[].pricing` override as the rendered [`Pricing`]; `None` (with a problem per
+/// bad field) when any price is invalid.
+fn override_pricing(
+    provider: &str,
+    model: &str,
+    p: &ModelPricing,
+    problems: &mut Problems,
+) -> Option<Pricing> {
+    let mut bad: Vec<String> = Vec::new();
+    let long_context = p.long_context.as_ref().map(|t| {
+        if t.above_input_tokens < 1 {
+            bad.push(format!(
+                "spec.models[{model}].pricing.longContext.aboveInputTokens must be at least 1, \
+                 got {}",
+                t.above_input_tokens
+            ));
+        }
+        LongContextPricing {
+            above_input_tokens: u64::try_from(t.above_input_tokens).unwrap_or(0),
+            input_per_million: price(
+                model,
+                "longContext.inputPerMillion",
+                &t.input_per_million,
+                &mut bad,
+            ),
+            output_per_million: price(
+                model,
+                "longContext.outputPerMillion",
+                &t.output_per_million,
+                &mut bad,
+            ),
+            cached_input_per_million: t
+                .cached_input_per_million
+                .as_ref()
+                .map(|v| price(model, "longContext.cachedInputPerMillion", v, &mut bad)),
+            cache_write_per_million: t
+                .cache_write_per_million
+                .as_ref()
+                .map(|v| price(model, "longContext.cacheWritePerMillion", v, &mut bad)),
+        }
+    });
+    let pricing = Pricing {
+        input_per_million: price(model, "inputPerMillion", &p.input_per_million, &mut bad),
+        output_per_million: price(model, "outputPerMillion", &p.output_per_million, &mut bad),
+        cached_input_per_million: p
+            .cached_input_per_million
+            .as_ref()
+            .map(|v| price(model, "cachedInputPerMillion", v, &mut bad)),
+        cache_write_per_million: p
+            .cache_write_per_million
+            .as_ref()
+            .map(|v| price(model, "cacheWritePerMillion", v, &mut bad)),
+        reasoning_per_million: p
+            .reasoning_per_million
+            .as_ref()
+            .map(|v| price(model, "reasoningPerMillion", v, &mut bad)),
+        long_context,
+    };
+    let ok = bad.is_empty();
+    for message in bad {
+        problems.push(ObjectKind::ModelProvider, provider, "InvalidSpec", message);
+    }
+    ok.then_some(pricing)
+}
+
+/// One override price as a number; an invalid one is recorded in `bad` (and priced 0, unused).
+fn price(model: &str, field: &str, v: &Price, bad: &mut Vec<String>) -> f64 {
+    v.value().unwrap_or_else(|| {
+        bad.push(format!(
+            "spec.models[{model}].pricing.{field}: {v} is not a non-negative whole number or \
+             decimal such as \"2.50\""
+        ));
+        0.0
+    })
 }
 
 fn default_endpoint(spec: &ModelProviderSpec) -> Option<String> {
@@ -225,6 +366,7 @@ fn default_endpoint(spec: &ModelProviderSpec) -> Option<String> {
 fn render_provider(
     name: &str,
     spec: &ModelProviderSpec,
+    models: BTreeMap<String, Pricing>,
     secrets: &SecretData,
     problems: &mut Problems,
 ) -> Option<(ProviderConfig, Option<String>)> {
@@ -248,78 +390,6 @@ fn render_provider(
             "InvalidSpec",
             format!("spec.endpoint {endpoint:?} must be an http:// or https:// URL"),
         );
-        return None;
-    }
-
-    let mut models = BTreeMap::new();
-    let mut bad_price = false;
-    for model in &spec.models {
-        let p = &model.pricing;
-        let field = |f: &str, v: &str| {
-            format!(
-                "spec.models[{}].pricing.{f}: {v:?} is not a non-negative decimal such as \"2.50\"",
-                model.name
-            )
-        };
-        let input = parse_decimal(&p.input_per_million);
-        let output = parse_decimal(&p.output_per_million);
-        let cached = p
-            .cached_input_per_million
-            .as_deref()
-            .map(|c| (c, parse_decimal(c)));
-        if input.is_none() {
-            problems.push(
-                kind,
-                name,
-                "InvalidSpec",
-                field("inputPerMillion", &p.input_per_million),
-            );
-        }
-        if output.is_none() {
-            problems.push(
-                kind,
-                name,
-                "InvalidSpec",
-                field("outputPerMillion", &p.output_per_million),
-            );
-        }
-        if let Some((raw, None)) = cached {
-            problems.push(
-                kind,
-                name,
-                "InvalidSpec",
-                field("cachedInputPerMillion", raw),
-            );
-        }
-        match (input, output, cached) {
-            (Some(i), Some(o), None) => {
-                models.insert(
-                    model.name.clone(),
-                    Pricing {
-                        input_per_million: i,
-                        output_per_million: o,
-                        cached_input_per_million: None,
-                        ..Pricing::default()
-                    },
-                );
-            }
-            (Some(i), Some(o), Some((_, Some(c)))) => {
-                models.insert(
-                    model.name.clone(),
-                    Pricing {
-                        input_per_million: i,
-                        output_per_million: o,
-                        cached_input_per_million: Some(c),
-                        ..Pricing::default()
-                    },
-                );
-            }
-            _ => bad_price = true,
-        }
-    }
-    if bad_price {
-        // Serving a model at a wrong price would misreport cost and break budgets: leave the
-        // provider out until the spec is fixed.
         return None;
     }
 

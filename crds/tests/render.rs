@@ -424,6 +424,8 @@ fn golden_multi_provider_namespace() {
     insta::assert_yaml_snapshot!("problems", problems);
     let key_names: Vec<&str> = r.keys.iter().map(|(name, _)| name).collect();
     assert_eq!(key_names, ["anthropic", "azure", "openai"]);
+    // The self-hosted model and the (made-up) Bedrock id are not in the catalog.
+    insta::assert_yaml_snapshot!("unpriced", r.unpriced);
 }
 
 /// What the operator reports in status besides conditions: bedrock has no key (not usable), so

@@ -68,8 +68,15 @@ fn check_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         }
         return;
     }
-    let ty = schema["type"].as_str().unwrap_or_default();
+    // int-or-string (prices): no `type`; an integer or a string, as the apiserver checks it.
+    let int_or_string = schema["x-kubernetes-int-or-string"] == json!(true);
+    let ty = if int_or_string {
+        "integer or string"
+    } else {
+        schema["type"].as_str().unwrap_or_default()
+    };
     let type_ok = match ty {
+        "integer or string" => value.is_i64() || value.is_u64() || value.is_string(),
         "object" => value.is_object(),
         "array" => value.is_array(),
         "string" => value.is_string(),
@@ -308,6 +315,19 @@ fn valid_objects_are_accepted() {
         provider(
             json!({"type": "bedrock", "apiKeySecretRef": key_ref(), "bedrock": {"region": "us-east-1"}}),
         ),
+        // Prices as whole numbers or decimal strings (int-or-string), every rate, and models
+        // listed without prices (the catalog prices them).
+        provider(
+            json!({"type": "anthropic", "apiKeySecretRef": key_ref(), "models": [
+            {"name": "claude-sonnet-4-5", "pricing": {"inputPerMillion": 3, "outputPerMillion": 15,
+                "cachedInputPerMillion": "0.30", "cacheWritePerMillion": "3.75", "reasoningPerMillion": 15,
+                "longContext": {"aboveInputTokens": 200000, "inputPerMillion": 6, "outputPerMillion": "22.50",
+                    "cachedInputPerMillion": "0.60", "cacheWritePerMillion": "7.50"}}},
+            {"name": "claude-haiku-4-5"}]}),
+        ),
+        provider(
+            json!({"type": "openai", "apiKeySecretRef": key_ref(), "models": [{"name": "m", "pricing": {"inputPerMillion": 0, "outputPerMillion": "5"}}]}),
+        ),
         good_route(),
         route(json!({"targets": [{"provider": "a", "model": "m", "priority": 1, "weight": 0}]})),
         good_budget(),
@@ -380,12 +400,37 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
             "does not match",
         ),
         (
-            "price as number",
+            "price as a bare decimal number",
             with(
                 p(),
                 json!({"spec": {"models": [{"name": "m", "pricing": {"inputPerMillion": 1.5, "outputPerMillion": "1"}}]}}),
             ),
-            "expected string",
+            "expected integer or string",
+        ),
+        (
+            "negative whole price",
+            with(
+                p(),
+                json!({"spec": {"models": [{"name": "m", "pricing": {"inputPerMillion": 1, "outputPerMillion": -5}}]}}),
+            ),
+            "must be >= 0",
+        ),
+        (
+            "price with an exponent",
+            with(
+                p(),
+                json!({"spec": {"models": [{"name": "m", "pricing": {"inputPerMillion": "1e3", "outputPerMillion": 1}}]}}),
+            ),
+            "does not match",
+        ),
+        (
+            "long-context tier without a threshold",
+            with(
+                p(),
+                json!({"spec": {"models": [{"name": "m", "pricing": {"inputPerMillion": 1, "outputPerMillion": 2,
+                    "longContext": {"aboveInputTokens": 0, "inputPerMillion": 2, "outputPerMillion": 4}}}]}}),
+            ),
+            "must be >= 1",
         ),
         (
             "duplicate model names",

@@ -196,19 +196,17 @@ async fn reconcile_inner(ns: &str, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
 
-    let problems = &rendered.problems;
-    let config = &rendered.config;
     let provider_api = Api::<ModelProvider>::namespaced(client.clone(), ns);
     for p in &providers {
-        status::update(&provider_api, p, problems, config, &ctx.recorder, m).await?;
+        status::update(&provider_api, p, &rendered, &ctx.recorder, m).await?;
     }
     let route_api = Api::<Route>::namespaced(client.clone(), ns);
     for r in &routes {
-        status::update(&route_api, r, problems, config, &ctx.recorder, m).await?;
+        status::update(&route_api, r, &rendered, &ctx.recorder, m).await?;
     }
     let budget_api = Api::<Budget>::namespaced(client, ns);
     for b in &budgets {
-        status::update(&budget_api, b, problems, config, &ctx.recorder, m).await?;
+        status::update(&budget_api, b, &rendered, &ctx.recorder, m).await?;
     }
     Ok(Action::requeue(RESYNC))
 }

@@ -1,17 +1,19 @@
-//! Status of the custom resources: the `Ready` condition, `observedGeneration` and the observed
-//! fields of [`gatehouse_crds::observed`] (Route: aliases and usable/total targets; ModelProvider:
-//! endpoint and model count), written with server-side apply only when they change, and an Event
-//! whenever `Ready` changes.
+//! Status of the custom resources: the `Ready` condition (and the ModelProvider's `Priced`),
+//! `observedGeneration` and the observed fields of [`gatehouse_crds::observed`] (Route: aliases and
+//! usable/total targets; ModelProvider: endpoint and model count), written with server-side apply
+//! only when they change, and an Event whenever `Ready` changes or `Priced` turns (or stays) False
+//! with a new message.
 //!
 //! Only those fields are owned by this field manager, so the budget ledger can own the rest of
 //! `Budget.status` (spent, remaining, period) without the two fighting.
 
 use std::fmt::Debug;
 
-use gatehouse_crds::conditions::{READY, ready_condition, set_condition};
+use gatehouse_crds::conditions::{READY, priced_condition, ready_condition, set_condition};
 use gatehouse_crds::config::SidecarConfig;
 use gatehouse_crds::{
-    Budget, ModelProvider, ModelProviderStatus, ObjectKind, Problem, Route, RouteStatus, observed,
+    Budget, ModelProvider, ModelProviderStatus, ObjectKind, Problem, Rendered, Route, RouteStatus,
+    observed,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -44,10 +46,14 @@ pub trait Conditioned:
     fn desired_fields(&self, config: &SidecarConfig) -> serde_json::Value;
     /// The same fields as they are now, in the same shape.
     fn current_fields(&self) -> serde_json::Value;
+    /// Conditions besides `Ready` this kind carries, fresh from the render (transition times are
+    /// reconciled with the live ones by [`desired_patch`]).
+    fn other_conditions(&self, rendered: &Rendered, now: &Time) -> Vec<Condition>;
 }
 
 macro_rules! conditioned {
-    ($ty:ty, $kind:expr, |$obj:ident, $config:ident| $desired:expr, |$status:ident| $current:expr) => {
+    ($ty:ty, $kind:expr, |$obj:ident, $config:ident| $desired:expr, |$status:ident| $current:expr,
+     |$o:ident, $rendered:ident, $now:ident| $others:expr) => {
         impl Conditioned for $ty {
             const KIND: ObjectKind = $kind;
             fn conditions(&self) -> &[Condition] {
@@ -69,6 +75,10 @@ macro_rules! conditioned {
                     None => json!({}),
                 }
             }
+            fn other_conditions(&self, $rendered: &Rendered, $now: &Time) -> Vec<Condition> {
+                let $o = self;
+                $others
+            }
         }
     };
 }
@@ -83,7 +93,15 @@ conditioned!(
         endpoint: s.endpoint.clone(),
         models: s.models,
         ..ModelProviderStatus::default()
-    })
+    }),
+    |p, rendered, now| {
+        let unpriced = rendered
+            .unpriced
+            .get(&p.name_any())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        vec![priced_condition(unpriced, p.meta().generation, now.clone())]
+    }
 );
 conditioned!(
     Route,
@@ -95,14 +113,16 @@ conditioned!(
         total_targets: s.total_targets,
         targets: s.targets.clone(),
         ..RouteStatus::default()
-    })
+    }),
+    |_r, _rendered, _now| Vec::new()
 );
 // Budget.status.spent/remaining/period belong to the ledger, not to this field manager.
 conditioned!(
     Budget,
     ObjectKind::Budget,
     |_b, _config| json!({}),
-    |_s| json!({})
+    |_s| json!({}),
+    |_b, _rendered, _now| Vec::new()
 );
 
 /// The `Ready` condition `object` should carry, keeping its transition time when the status
@@ -118,21 +138,36 @@ pub fn desired_ready<K: Conditioned>(object: &K, problems: &[Problem], now: Time
         .unwrap_or(fresh)
 }
 
-/// The status patch for `object`: `Ready`, `observedGeneration` and the observed fields.
+/// Every condition `object` should carry (`Ready` first), each keeping its live transition time
+/// when its status did not flip.
+pub fn desired_conditions<K: Conditioned>(
+    object: &K,
+    rendered: &Rendered,
+    now: Time,
+) -> Vec<Condition> {
+    let mut out = vec![desired_ready(object, &rendered.problems, now.clone())];
+    for fresh in object.other_conditions(rendered, &now) {
+        let mut live = object.conditions().to_vec();
+        let type_ = fresh.type_.clone();
+        set_condition(&mut live, fresh.clone());
+        out.push(live.into_iter().find(|c| c.type_ == type_).unwrap_or(fresh));
+    }
+    out
+}
+
+/// The status patch for `object`: its conditions, `observedGeneration` and the observed fields.
 /// `None` when the live status already says all of it.
 pub fn desired_patch<K: Conditioned>(
     object: &K,
-    problems: &[Problem],
-    config: &SidecarConfig,
+    rendered: &Rendered,
     now: Time,
-) -> Option<(Condition, serde_json::Value)> {
-    let ready = desired_ready(object, problems, now);
+) -> Option<(Vec<Condition>, serde_json::Value)> {
+    let conditions = desired_conditions(object, rendered, now);
     let generation = object.meta().generation;
-    let fields = object.desired_fields(config);
-    let current = object.conditions().iter().find(|c| c.type_ == READY);
-    if current == Some(&ready)
-        && object.observed_generation() == generation
-        && object.current_fields() == fields
+    let fields = object.desired_fields(&rendered.config);
+    let live = object.conditions();
+    let unchanged = conditions.iter().all(|c| live.iter().any(|l| l == c));
+    if unchanged && object.observed_generation() == generation && object.current_fields() == fields
     {
         return None;
     }
@@ -140,27 +175,53 @@ pub fn desired_patch<K: Conditioned>(
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
     };
-    status.insert("conditions".into(), json!([ready]));
+    status.insert("conditions".into(), json!(conditions));
     status.insert("observedGeneration".into(), json!(generation));
-    Some((ready, serde_json::Value::Object(status)))
+    Some((conditions, serde_json::Value::Object(status)))
 }
 
-/// Patch the status of `object` if its `Ready` condition, `observedGeneration` or observed fields
-/// differ from what the render says, and publish an Event when `Ready` changed. Returns whether
-/// status was written.
+/// The Event a condition change deserves, if any: every change of `Ready` (Warning when False);
+/// `Priced` turning or staying False with a new message (Warning), and turning True again
+/// (Normal). A first `Priced=True` is not news.
+fn event_for(new: &Condition, old: Option<&Condition>) -> Option<Event> {
+    let changed = old.is_none_or(|c| {
+        (&c.status, &c.reason, &c.message) != (&new.status, &new.reason, &new.message)
+    });
+    if !changed {
+        return None;
+    }
+    let worth_it =
+        new.type_ == READY || new.status == "False" || old.is_some_and(|o| o.status == "False");
+    if !worth_it {
+        return None;
+    }
+    Some(Event {
+        type_: if new.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: new.reason.clone(),
+        note: Some(truncate(&new.message, 1000)),
+        action: "Render".to_string(),
+        secondary: None,
+    })
+}
+
+/// Patch the status of `object` if its conditions, `observedGeneration` or observed fields
+/// differ from what the render says, and publish an Event for each condition change worth one
+/// (see [`event_for`]). Returns whether status was written.
 pub async fn update<K: Conditioned>(
     api: &Api<K>,
     object: &K,
-    problems: &[Problem],
-    config: &SidecarConfig,
+    rendered: &Rendered,
     recorder: &Recorder,
     metrics: &Metrics,
 ) -> Result<bool, Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let Some((ready, status)) = desired_patch(object, problems, config, now) else {
+    let Some((conditions, status)) = desired_patch(object, rendered, now) else {
         return Ok(false);
     };
-    let current = object.conditions().iter().find(|c| c.type_ == READY);
     let name = object.name_any();
     let what = || {
         format!(
@@ -184,20 +245,10 @@ pub async fn update<K: Conditioned>(
     .map_err(|e| Error::kube(format!("patch status of {}", what()), e))?;
     metrics.write("status", "apply");
 
-    let changed = current.is_none_or(|c| {
-        (&c.status, &c.reason, &c.message) != (&ready.status, &ready.reason, &ready.message)
-    });
-    if changed {
-        let event = Event {
-            type_: if ready.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: ready.reason.clone(),
-            note: Some(truncate(&ready.message, 1000)),
-            action: "Render".to_string(),
-            secondary: None,
+    for new in &conditions {
+        let old = object.conditions().iter().find(|c| c.type_ == new.type_);
+        let Some(event) = event_for(new, old) else {
+            continue;
         };
         // An event is best effort: failing to record one must not fail the reconcile.
         match recorder.publish(&event, &object.object_ref(&())).await {
@@ -222,7 +273,18 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_crds::RouteStatus;
+    use gatehouse_crds::conditions::PRICED;
+    use gatehouse_crds::{ProviderKeys, RouteStatus};
+    use std::collections::BTreeMap;
+
+    fn rendered(problems: &[Problem], config: SidecarConfig) -> Rendered {
+        Rendered {
+            config,
+            keys: ProviderKeys::new(),
+            problems: problems.to_vec(),
+            unpriced: BTreeMap::new(),
+        }
+    }
 
     fn time(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
@@ -281,7 +343,7 @@ mod tests {
     #[test]
     fn observed_fields_are_written_only_when_they_change() {
         let mut r = route();
-        let (ready, patch) = desired_patch(&r, &[], &config(true), time(1)).unwrap();
+        let (conditions, patch) = desired_patch(&r, &rendered(&[], config(true)), time(1)).unwrap();
         assert_eq!(patch["targets"], "1/1");
         assert_eq!(patch["usableTargets"], 1);
         assert_eq!(patch["totalTargets"], 1);
@@ -290,12 +352,12 @@ mod tests {
 
         // The live status now says exactly that: nothing to write.
         let mut live: RouteStatus = serde_json::from_value(patch).unwrap();
-        live.conditions = vec![ready];
+        live.conditions = conditions;
         r.status = Some(live);
-        assert!(desired_patch(&r, &[], &config(true), time(9)).is_none());
+        assert!(desired_patch(&r, &rendered(&[], config(true)), time(9)).is_none());
 
         // The provider's target became unusable: only the observed fields changed, still a write.
-        let (_, patch) = desired_patch(&r, &[], &config(false), time(9)).unwrap();
+        let (_, patch) = desired_patch(&r, &rendered(&[], config(false)), time(9)).unwrap();
         assert_eq!(patch["targets"], "0/1");
     }
 
@@ -307,7 +369,7 @@ mod tests {
             "spec": {"type": "openaiCompatible", "endpoint": "http://x/v1/"}
         }))
         .unwrap();
-        let (_, patch) = desired_patch(&p, &[], &config(true), time(1)).unwrap();
+        let (_, patch) = desired_patch(&p, &rendered(&[], config(true)), time(1)).unwrap();
         assert_eq!(patch["endpoint"], "http://x/v1");
         assert_eq!(patch["models"], 0);
         let b: Budget = serde_json::from_value(json!({
@@ -317,8 +379,60 @@ mod tests {
             "status": {"spent": "0.5"}
         }))
         .unwrap();
-        let (_, patch) = desired_patch(&b, &[], &config(true), time(1)).unwrap();
+        let (_, patch) = desired_patch(&b, &rendered(&[], config(true)), time(1)).unwrap();
         let keys: Vec<&String> = patch.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["conditions", "observedGeneration"]);
+    }
+
+    #[test]
+    fn provider_carries_priced_and_events_follow_its_changes() {
+        let mut p: ModelProvider = serde_json::from_value(json!({
+            "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ModelProvider",
+            "metadata": {"name": "p", "namespace": "ns", "generation": 1},
+            "spec": {"type": "openaiCompatible", "endpoint": "http://x/v1"}
+        }))
+        .unwrap();
+        let mut r = rendered(&[], config(true));
+        r.unpriced.insert("p".into(), vec!["my-llama".into()]);
+        let (conditions, patch) = desired_patch(&p, &r, time(1)).unwrap();
+        let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [READY, PRICED]);
+        assert_eq!(patch["conditions"].as_array().unwrap().len(), 2);
+        let unpriced = conditions[1].clone();
+        assert_eq!(
+            (unpriced.status.as_str(), unpriced.reason.as_str()),
+            ("False", "UnpricedModels")
+        );
+        assert!(unpriced.message.contains("my-llama"));
+        // Priced=False does not make the provider unready: its models are still served.
+        assert_eq!(conditions[0].status, "True");
+
+        // Turning False is a Warning; the same condition again is not news.
+        let e = event_for(&unpriced, None).unwrap();
+        assert!(matches!(e.type_, EventType::Warning));
+        assert_eq!(e.reason, "UnpricedModels");
+        assert!(event_for(&unpriced, Some(&unpriced)).is_none());
+
+        // Live status says it: nothing to write. Then an override prices the model: True, with
+        // a Normal event, and a new transition time.
+        p.status = Some(ModelProviderStatus {
+            conditions: conditions.clone(),
+            observed_generation: Some(1),
+            ..serde_json::from_value(patch.clone()).unwrap()
+        });
+        assert!(desired_patch(&p, &r, time(5)).is_none());
+        r.unpriced.insert("p".into(), Vec::new());
+        let (conditions, _) = desired_patch(&p, &r, time(6)).unwrap();
+        let priced = &conditions[1];
+        assert_eq!(
+            (priced.status.as_str(), priced.reason.as_str()),
+            ("True", "AllModelsPriced")
+        );
+        assert_eq!(priced.last_transition_time, time(6));
+        let e = event_for(priced, Some(&unpriced)).unwrap();
+        assert!(matches!(e.type_, EventType::Normal));
+        // A provider priced from the start gets no Priced event; Ready still gets its first one.
+        assert!(event_for(priced, None).is_none());
+        assert!(event_for(&conditions[0], None).is_some());
     }
 }

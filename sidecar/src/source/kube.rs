@@ -154,6 +154,7 @@ fn publish(sink: &Sink, config: SidecarConfig, keys: ProviderKeys) {
             config,
             keys,
             problems: Vec::new(),
+            unpriced: Default::default(),
         },
         "kube",
     );
