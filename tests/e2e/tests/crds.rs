@@ -262,6 +262,24 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "spec.models[0].pricing.outputPerMillion",
     ),
     (
+        "price a bare decimal number (must be quoted)",
+        MP,
+        "spec:\n  type: openai\n  apiKeySecretRef: {name: k, key: k}\n  models:\n  - name: gpt-4o\n    pricing: {inputPerMillion: 2.5, outputPerMillion: 10}\n",
+        "spec.models[0].pricing.inputPerMillion",
+    ),
+    (
+        "price a negative whole number",
+        MP,
+        "spec:\n  type: openai\n  apiKeySecretRef: {name: k, key: k}\n  models:\n  - name: gpt-4o\n    pricing: {inputPerMillion: 2, outputPerMillion: -10}\n",
+        "spec.models[0].pricing.outputPerMillion",
+    ),
+    (
+        "long-context tier at 0 tokens",
+        MP,
+        "spec:\n  type: openai\n  apiKeySecretRef: {name: k, key: k}\n  models:\n  - name: gpt-4o\n    pricing: {inputPerMillion: 2, outputPerMillion: 10, longContext: {aboveInputTokens: 0, inputPerMillion: 4, outputPerMillion: 20}}\n",
+        "spec.models[0].pricing.longContext.aboveInputTokens",
+    ),
+    (
         "price missing output",
         MP,
         "spec:\n  type: openai\n  apiKeySecretRef: {name: k, key: k}\n  models:\n  - name: gpt-4o\n    pricing: {inputPerMillion: \"2.5\"}\n",
