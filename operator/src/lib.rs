@@ -127,6 +127,19 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
         stopped.clone(),
     ));
     tracing::info!(%admin_addr, "gatehouse-operator admin port listening");
+    // Parsed here, once, rather than in the first reconcile; and said where operators look.
+    match gatehouse_crds::catalog::source() {
+        Some(s) => tracing::info!(
+            source = %s.package,
+            version = %s.version,
+            as_of = %s.as_of,
+            "built-in pricing catalog loaded"
+        ),
+        None => tracing::error!(
+            "the built-in pricing catalog does not parse: models without a \
+             spec.models[].pricing override are unpriced"
+        ),
+    }
     let task = tokio::spawn(operate(args, client, metrics.clone(), health, stopped));
     Ok(Running {
         admin_addr,
