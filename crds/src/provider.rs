@@ -172,9 +172,10 @@ pub struct ProviderModel {
     /// Upstream model name, as the provider expects it (e.g. `gpt-4o-mini`).
     #[schemars(length(min = 1, max = 256))]
     pub name: String,
-    /// Prices in USD per million tokens. Overrides the built-in catalog for this provider's model;
-    /// when unset the catalog's price is used, and a model in neither is served unpriced (its
-    /// cost reported as unknown, and the `Priced` condition names it).
+    /// Prices in USD per million tokens, each a whole number (`5`) or a decimal string (`"2.50"`).
+    /// Overrides the built-in catalog for this provider's model; when unset the catalog's price
+    /// is used, and a model in neither is served unpriced (its cost reported as unknown, and the
+    /// `Priced` condition names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<ModelPricing>,
 }

@@ -129,6 +129,20 @@ fn kubectl_explain_shows_field_docs() -> Result<()> {
         target.to_lowercase().contains("lower"),
         "explain route.spec.targets.priority:\n{target}"
     );
+    // Prices: every rate documented, and the int-or-string format said where people look.
+    let pricing = cp.kubectl_ok(["explain", "modelprovider.spec.models.pricing"])?;
+    for needle in [
+        "whole number",
+        "cacheWritePerMillion",
+        "reasoningPerMillion",
+        "longContext",
+        "catalog",
+    ] {
+        ensure!(
+            pricing.contains(needle),
+            "explain modelprovider.spec.models.pricing lacks {needle:?}:\n{pricing}"
+        );
+    }
     let limit = cp.kubectl_ok(["explain", "budget.spec.limit"])?;
     ensure!(
         limit.contains("usd") && limit.contains("tokens"),
