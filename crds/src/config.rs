@@ -162,6 +162,99 @@ pub struct RouteConfig {
     pub retry: RetryConfig,
     /// Timeouts.
     pub timeouts: TimeoutConfig,
+    /// When a target is taken out of rotation for a while (outlier ejection).
+    #[serde(default, skip_serializing_if = "OutlierConfig::is_default")]
+    pub outlier: OutlierConfig,
+    /// Rules choosing a subset of `targets` by request features; the first match wins, else
+    /// every target serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Outlier ejection of a route's targets: a target that keeps failing is left out of the
+/// route's choices for a cooldown that doubles on each repeat, then one real request tests it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Whether targets are ejected at all.
+    pub enabled: bool,
+    /// Failed attempts in a row (any retryable failure) that eject a target; 0 turns this off.
+    pub consecutive_failures: u32,
+    /// Timed-out attempts in a row that eject a target; 0 turns this off.
+    pub consecutive_timeouts: u32,
+    /// Failed share of attempts, in percent, within one window that ejects a target; 0 turns
+    /// this off.
+    pub failure_rate_percent: u32,
+    /// Attempts a window needs before its failure rate counts.
+    pub failure_rate_min_requests: u32,
+    /// Length of the failure-rate window, in milliseconds.
+    pub window_ms: u64,
+    /// First cooldown, in milliseconds; doubled on each ejection in a row.
+    pub base_ejection_ms: u64,
+    /// Longest cooldown, in milliseconds.
+    pub max_ejection_ms: u64,
+}
+
+impl OutlierConfig {
+    /// Whether these are the defaults (left out of the rendered config).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            consecutive_timeouts: 2,
+            failure_rate_percent: 50,
+            failure_rate_min_requests: 20,
+            window_ms: 10_000,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+        }
+    }
+}
+
+/// A routing rule: when a request matches, only the named targets serve it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Rule name, for the `x-gatehouse-rule` header and the log.
+    pub name: String,
+    /// What the request must look like (every condition set must hold).
+    #[serde(rename = "match")]
+    pub matches: RuleMatch,
+    /// Indices into the route's `targets` that serve a matching request.
+    pub targets: Vec<usize>,
+}
+
+/// Conditions of a rule; an unset condition matches anything.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleMatch {
+    /// Estimated input tokens at least this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_input_tokens: Option<u64>,
+    /// Estimated input tokens at most this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+    /// Whether the request declares tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<bool>,
+    /// Whether the request carries images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<bool>,
+    /// Whether the request asks for JSON output (`response_format` json_object/json_schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_mode: Option<bool>,
+    /// Request headers (lower-case names) and the values they must equal.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Workload labels of the caller and the values they must equal.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub workload_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One upstream target of a route.
@@ -214,6 +307,10 @@ pub struct TimeoutConfig {
     /// For streams: from sending the request to the first chunk. `None` uses `attempt_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_ms: Option<u64>,
+    /// For streams: longest silence between two upstream reads once the stream is relayed.
+    /// `None`: only the request timeout bounds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
 
 impl Default for TimeoutConfig {
@@ -222,6 +319,7 @@ impl Default for TimeoutConfig {
             request_ms: 600_000,
             attempt_ms: 120_000,
             first_token_ms: None,
+            idle_ms: None,
         }
     }
 }

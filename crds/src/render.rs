@@ -9,8 +9,8 @@ use kube::ResourceExt;
 
 use crate::budget::BudgetSpec;
 use crate::config::{
-    BudgetConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig, SidecarConfig,
-    TargetConfig, TimeoutConfig,
+    BudgetConfig, OutlierConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig,
+    RuleConfig, RuleMatch as ConfigRuleMatch, SidecarConfig, TargetConfig, TimeoutConfig,
 };
 use crate::keys::{ProviderKeys, SecretData};
 use crate::provider::{
@@ -402,6 +402,8 @@ fn render_route(
 
     let mut targets = Vec::new();
     let mut unavailable = Vec::new();
+    // Names of the usable targets and their index in `targets`, for the rules.
+    let mut target_names: Vec<(String, usize)> = Vec::new();
     for (i, t) in spec.targets.iter().enumerate() {
         let drop = |reason: &str,
                     message: String,
@@ -437,6 +439,9 @@ fn render_route(
             );
             continue;
         };
+        if let Some(n) = &t.name {
+            target_names.push((n.clone(), targets.len()));
+        }
         targets.push(TargetConfig {
             provider: t.provider.clone(),
             model: t.model.clone(),
@@ -482,6 +487,15 @@ fn render_route(
     let first_token_ms = timeouts
         .and_then(|t| t.first_token.as_ref())
         .map(|v| duration("spec.timeouts.firstToken", Some(v), attempt_ms));
+    let idle_ms = timeouts
+        .and_then(|t| t.idle.as_ref())
+        .map(|v| duration("spec.timeouts.idle", Some(v), attempt_ms));
+    let outlier = render_outlier(spec.outlier.as_ref(), &mut duration);
+    let rules = spec
+        .rules
+        .iter()
+        .map(|r| render_rule(r, &target_names))
+        .collect();
 
     let attempts = match spec.retry.as_ref().map(|r| r.attempts) {
         None => retry_defaults.attempts,
@@ -512,7 +526,67 @@ fn render_route(
             request_ms,
             attempt_ms,
             first_token_ms,
+            idle_ms,
         },
+        outlier,
+        rules,
+    }
+}
+
+/// The outlier settings of a Route, defaults filled in.
+fn render_outlier(
+    policy: Option<&crate::route::OutlierPolicy>,
+    duration: &mut impl FnMut(&str, Option<&String>, u64) -> u64,
+) -> OutlierConfig {
+    let d = OutlierConfig::default();
+    let Some(p) = policy else { return d };
+    let count = |v: Option<i32>, default: u32| v.map_or(default, |v| u32::try_from(v).unwrap_or(0));
+    OutlierConfig {
+        enabled: p.enabled.unwrap_or(d.enabled),
+        consecutive_failures: count(p.consecutive_failures, d.consecutive_failures),
+        consecutive_timeouts: count(p.consecutive_timeouts, d.consecutive_timeouts),
+        failure_rate_percent: count(p.failure_rate_percent, d.failure_rate_percent).min(100),
+        failure_rate_min_requests: count(p.failure_rate_min_requests, d.failure_rate_min_requests)
+            .max(1),
+        window_ms: duration("spec.outlier.window", p.window.as_ref(), d.window_ms),
+        base_ejection_ms: duration(
+            "spec.outlier.baseEjection",
+            p.base_ejection.as_ref(),
+            d.base_ejection_ms,
+        ),
+        max_ejection_ms: duration(
+            "spec.outlier.maxEjection",
+            p.max_ejection.as_ref(),
+            d.max_ejection_ms,
+        ),
+    }
+}
+
+/// A rule of a Route, its target names turned into indices of the usable targets (a name whose
+/// target is not usable is left out; a rule left with none serves with every target).
+fn render_rule(rule: &crate::route::RouteRule, names: &[(String, usize)]) -> RuleConfig {
+    let m = &rule.matches;
+    let tokens = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
+    RuleConfig {
+        name: rule.name.clone(),
+        matches: ConfigRuleMatch {
+            min_input_tokens: tokens(m.min_input_tokens),
+            max_input_tokens: tokens(m.max_input_tokens),
+            tools: m.tools,
+            images: m.images,
+            json_mode: m.json_mode,
+            headers: m
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            workload_labels: m.workload_labels.clone(),
+        },
+        targets: rule
+            .targets
+            .iter()
+            .filter_map(|n| names.iter().find(|(name, _)| name == n).map(|(_, i)| *i))
+            .collect(),
     }
 }
 

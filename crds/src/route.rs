@@ -46,6 +46,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.rules) || self.rules.all(r, r.targets.all(n, self.targets.exists(t, has(t.name) && t.name == n)))").message("every spec.rules[].targets entry must name a target in spec.targets (spec.targets[].name)").field_path(".rules"),
+    validation = Rule::new("self.targets.all(a, !has(a.name) || self.targets.exists_one(b, has(b.name) && b.name == a.name))").message("spec.targets[].name must be unique").field_path(".targets"),
+    validation = Rule::new("!has(self.rules) || self.rules.all(a, self.rules.exists_one(b, b.name == a.name))").message("spec.rules[].name must be unique").field_path(".rules")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     /// Model names applications send in the request's `model` field to select this route, e.g.
@@ -65,15 +70,132 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
 
-    /// Time limits. Defaults: request 10m, attempt 2m, firstToken same as attempt.
+    /// Time limits. Defaults: request 10m, attempt 2m, firstToken same as attempt, idle unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+
+    /// When a failing target is taken out of rotation (outlier ejection). Defaults: eject after 5
+    /// failures or 2 timeouts in a row, or 50% failures over at least 20 attempts within 10s; for
+    /// 30s, doubling on each repeat up to 5m. The last healthy target of a Route is never ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierPolicy>,
+
+    /// Rules that send some requests to a subset of the targets, by request features (estimated
+    /// input tokens, tools, images, JSON mode, a header, the caller's workload labels). The first
+    /// rule that matches wins; a request no rule matches may go to every target. The matched rule
+    /// is named in the `x-gatehouse-rule` response header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rules: Vec<RouteRule>,
+}
+
+/// Outlier ejection settings of a Route.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("!has(self.baseEjection) || !has(self.maxEjection) || duration(self.baseEjection) <= duration(self.maxEjection)").message("outlier.baseEjection must not be longer than outlier.maxEjection").field_path(".baseEjection")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierPolicy {
+    /// Whether failing targets are ejected at all. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Failed attempts in a row (errors, 5xx, 429, timeouts, billing or key refusals) that eject a
+    /// target; 0 turns this check off. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: Option<i32>,
+    /// Timed-out attempts in a row that eject a target; 0 turns this check off. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_timeouts: Option<i32>,
+    /// Percentage of failed attempts within one window that ejects a target; 0 turns this check
+    /// off. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failure_rate_percent: Option<i32>,
+    /// Attempts a window must see before its failure rate counts. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub failure_rate_min_requests: Option<i32>,
+    /// Length of the failure-rate window, as a duration such as `10s`. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,9}(ms|s|m|h))+$"), length(max = 32))]
+    pub window: Option<String>,
+    /// First cooldown of an ejected target, doubled on each ejection in a row. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,9}(ms|s|m|h))+$"), length(max = 32))]
+    pub base_ejection: Option<String>,
+    /// Longest cooldown. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,9}(ms|s|m|h))+$"), length(max = 32))]
+    pub max_ejection: Option<String>,
+}
+
+/// A routing rule: requests it matches go only to the targets it names.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("!has(self.match.minInputTokens) || !has(self.match.maxInputTokens) || self.match.minInputTokens <= self.match.maxInputTokens").message("rules[].match.minInputTokens must not be larger than maxInputTokens").field_path(".match")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Rule name, unique within the Route; sent back in `x-gatehouse-rule`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// What a request must look like; every condition given must hold (none given: every
+    /// request matches).
+    #[serde(rename = "match", default)]
+    pub matches: RuleMatch,
+    /// Names of targets (`spec.targets[].name`) that serve matching requests, tried by their
+    /// priority and weight as usual.
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 63)))]
+    pub targets: Vec<String>,
+}
+
+/// Request features a rule matches on.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleMatch {
+    /// Estimated input tokens (prompt bytes / 4) at least this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_input_tokens: Option<i64>,
+    /// Estimated input tokens at most this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_input_tokens: Option<i64>,
+    /// Whether the request declares tools (true) or none (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<bool>,
+    /// Whether the request carries images (true) or none (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<bool>,
+    /// Whether the request asks for JSON output: OpenAI `response_format` `json_object` or
+    /// `json_schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_mode: Option<bool>,
+    /// Request headers and the exact values they must have, e.g. `x-gatehouse-tier: cheap`.
+    /// Names are matched case-insensitively.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(length(max = 8))]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Labels of the calling workload (the sidecar's pod) and the values they must have.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(length(max = 8))]
+    pub workload_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One upstream target of a Route.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTarget {
+    /// Optional name of this target, unique within the Route, for `spec.rules[].targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
     /// Name of a ModelProvider in the same namespace.
     #[schemars(length(min = 1, max = 253))]
     pub provider: String,
@@ -151,6 +273,11 @@ pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]{1,9}(ms|s|m|h))+$"), length(max = 32))]
     pub first_token: Option<String>,
+    /// Streaming requests: longest silence from the upstream once the stream has started; the
+    /// stream then ends with an error event. Default: unset (only `request` bounds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,9}(ms|s|m|h))+$"), length(max = 32))]
+    pub idle: Option<String>,
 }
 
 /// Observed state of a Route, written by the Gatehouse operator.

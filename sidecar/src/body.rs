@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::dialect::{Dialect, Event};
 use crate::error::DecodeError;
 use crate::providers::Translate;
+use crate::routing::health::TargetHandle;
 use crate::scrub::Scrubber;
 use crate::sse::{self, EventEnds};
 use crate::stages::{End, Exchange};
@@ -108,6 +109,11 @@ pin_project! {
         usage: Option<Usage>,
         #[pin]
         deadline: Sleep,
+        // `timeouts.idle`: the timer, the limit and when the upstream last sent anything. The
+        // timer is moved on only when it fires, not on every frame.
+        idle: Option<(Pin<Box<Sleep>>, Duration, Instant)>,
+        // The target that answered, told when its stream stalls or breaks.
+        health: Option<TargetHandle>,
         // The request's stages; taken when the stream ends, so its end hook runs once.
         exchange: Option<Exchange>,
     }
@@ -166,6 +172,10 @@ impl SseRelay {
             pending_error: None,
             usage: None,
             deadline: tokio::time::sleep_until(deadline),
+            idle: guard
+                .idle
+                .map(|d| (Box::pin(tokio::time::sleep(d)), d, Instant::now())),
+            health: guard.health,
             exchange: Some(exchange),
         }
     }
@@ -178,6 +188,10 @@ pub struct RelayGuard {
     pub max_event_bytes: usize,
     /// The scrubber of the attempt that answered.
     pub scrub: Scrubber,
+    /// Longest silence of the upstream (`timeouts.idle`); `None`: only the deadline bounds it.
+    pub idle: Option<Duration>,
+    /// The target that answered, told when its stream stalls or breaks.
+    pub health: Option<TargetHandle>,
 }
 
 impl SseRelayProj<'_> {
@@ -318,6 +332,31 @@ impl Body for SseRelay {
                 }
                 continue;
             }
+            if let Some((timer, limit, last)) = this.idle.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                let silent_until = *last + *limit;
+                if Instant::now() < silent_until {
+                    // Something arrived since the timer was set: wait out the rest.
+                    timer.as_mut().reset(silent_until);
+                    continue;
+                }
+                let message = format!(
+                    "the upstream stream stalled: nothing for {} ms (timeouts.idle)",
+                    limit.as_millis()
+                );
+                let events = this.take_events();
+                if !*this.finished {
+                    if let Some(h) = this.health.as_ref() {
+                        h.stalled();
+                    }
+                    this.end(End::StreamBroken, Some((&message, "upstream_idle_timeout")));
+                }
+                if let Some(events) = events {
+                    return Poll::Ready(Some(Ok(Frame::data(events))));
+                }
+                continue;
+            }
             // Drain every frame the upstream already has before answering: events that arrived
             // together leave together, in one write, instead of one syscall per event. The
             // upstream connection runs in a task of its own and hands its body over one frame at
@@ -350,6 +389,9 @@ impl Body for SseRelay {
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.idle_yields = 0;
+                    if let Some((_, _, last)) = this.idle.as_mut() {
+                        *last = Instant::now();
+                    }
                     // Trailers are not part of the SSE contract; only data is kept.
                     if let Ok(data) = frame.into_data() {
                         match this.translate.as_mut() {
@@ -377,6 +419,9 @@ impl Body for SseRelay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream broke");
+                    if let Some(h) = this.health.as_ref() {
+                        h.broke();
+                    }
                     let events = this.take_events();
                     if !*this.finished {
                         this.end(

@@ -433,6 +433,17 @@ impl AttemptError {
         !matches!(self, Self::Refused(_))
     }
 
+    /// What the attempt says about the target's health (`routing::health`): a refusal of the
+    /// request itself shows the target is up.
+    pub fn health_outcome(&self) -> crate::routing::health::Outcome {
+        use crate::routing::health::Outcome;
+        match self {
+            Self::Timeout(_) => Outcome::Timeout,
+            Self::Refused(_) => Outcome::Success,
+            _ => Outcome::Failure,
+        }
+    }
+
     /// Label for the attempts metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -441,6 +452,8 @@ impl AttemptError {
             Self::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "rate_limited"
             }
+            // Anthropic's 529 `overloaded_error`: the provider is saturated, not broken.
+            Self::Status { status, .. } if status.as_u16() == 529 => "overloaded",
             Self::Status { .. } => "server_error",
             Self::Auth(_) => "auth_failed",
             Self::Billing(_) => "billing_refused",

@@ -212,7 +212,11 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             source,
         })?;
     let store = Arc::new(Store::default());
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    metrics.register_collector(Box::new(routing::health::HealthCollector(
+        store.health().clone(),
+    )));
+    let metrics = Arc::new(metrics);
     let sink = Sink {
         store: store.clone(),
         metrics: metrics.clone(),

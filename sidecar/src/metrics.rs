@@ -28,7 +28,7 @@ pub struct RequestLabels {
 pub struct AttemptLabels {
     /// Provider name.
     pub provider: String,
-    /// success, connect_error, timeout, rate_limited, server_error, invalid_response, too_large,
+    /// success, connect_error, timeout, rate_limited, overloaded (529), server_error, invalid_response, too_large,
     /// auth_failed, billing_refused, client_error (the provider refused the request itself; the
     /// refusal went back to the client).
     pub outcome: &'static str,
@@ -179,6 +179,14 @@ impl Metrics {
             accept_errors,
             registry,
         }
+    }
+
+    /// Add metrics read at scrape time from elsewhere (the targets' health).
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
     }
 
     /// Text exposition format.

@@ -232,6 +232,12 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether a 429's body is read to tell a billing refusal from a rate limit (OpenAI's
+    /// `insufficient_quota`).
+    fn reads_rate_limit_body(&self) -> bool {
+        self.delay_in_body()
+    }
+
     /// The delay a 429 asks for in the provider's own way, when the common `retry-after-ms` and
     /// `retry-after` headers are absent. `body` is empty unless [`Adapter::delay_in_body`].
     fn rate_limit_delay(&self, _headers: &HeaderMap, _body: &[u8]) -> Option<Duration> {

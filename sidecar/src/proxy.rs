@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::providers::{self, Translate};
 use crate::request::budget::BodyBudget;
 use crate::request::{self, Request};
+use crate::routing::health::TargetHandle;
 use crate::scrub::Scrubber;
 use crate::stages::{self, Chain, Context, End, Exchange, Flow};
 use crate::state::{Store, Target};
@@ -93,6 +94,10 @@ enum Answer {
         deadline: Instant,
         /// The scrubber of the call that answered.
         scrub: Scrubber,
+        /// Longest upstream silence once relayed (`timeouts.idle`).
+        idle: Option<Duration>,
+        /// The target that answered, told when its stream stalls or breaks.
+        health: Option<TargetHandle>,
     },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
@@ -195,7 +200,18 @@ impl Gateway {
         if let Flow::Answer(body) = x.request(&mut inbound)? {
             return Ok(Answer::Complete { body, usage: None });
         }
-        attempt::run(&self.client, &self.settings, x, &route, &mut inbound).await
+        let health = self.store.health().route(&route);
+        let subset = None;
+        attempt::run(
+            &self.client,
+            &self.settings,
+            x,
+            &route,
+            &health,
+            subset,
+            &mut inbound,
+        )
+        .await
     }
 
     /// Turn the outcome into the client's response, run the answer and response hooks, and end
@@ -213,6 +229,8 @@ impl Gateway {
                 translate,
                 deadline,
                 scrub,
+                idle,
+                health,
             }) => {
                 x.ctx.streaming = true;
                 let mut response = Response::new(ProxyBody::empty());
@@ -223,6 +241,8 @@ impl Gateway {
                 let guard = RelayGuard {
                     max_event_bytes: self.settings.max_event_bytes,
                     scrub,
+                    idle,
+                    health,
                 };
                 let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));

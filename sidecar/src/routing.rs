@@ -1,5 +1,14 @@
 //! Which target an attempt goes to: priorities in ascending order, weighted random order within a
 //! priority, each target once per pass; a new pass starts over after a backoff.
+//!
+//! Within a priority, the first choice is latency-aware: two targets are drawn by weight (power of
+//! two choices) and the one with the lower cost (`health::TargetHealth::cost`: recent latency ×
+//! (requests in flight + 1)) goes first. Weights decide how often a target is among the two drawn;
+//! latency and load decide between them. With no latency known yet the first draw wins, so a new
+//! route splits exactly by weight. Ejected targets (`health`) are left out of a pass unless every
+//! target of the request's set is out: then the route serves degraded with all of them.
+
+pub mod health;
 
 use std::time::Duration;
 
@@ -7,6 +16,7 @@ use gatehouse_crds::config::RetryConfig;
 use rand::Rng;
 
 use crate::state::ServedRoute;
+use health::RouteHealth;
 
 /// The order in which one request tries its route's targets.
 #[derive(Debug)]
@@ -14,6 +24,10 @@ pub struct AttemptPlan {
     order: Vec<usize>,
     position: usize,
     pass: u32,
+    /// The targets this request may use (a rule's set), or all.
+    subset: Option<Vec<usize>>,
+    /// Every target of the set is ejected: try them anyway.
+    forced: bool,
 }
 
 /// The next target to try.
@@ -23,22 +37,77 @@ pub struct Next {
     pub target: usize,
     /// Wait this long before the attempt (zero unless a new pass starts).
     pub backoff: Duration,
+    /// The route is degraded (every target ejected): the target is tried whatever its health.
+    pub forced: bool,
 }
 
 impl AttemptPlan {
-    /// Plan for `route`, drawing weighted choices from `rng`.
+    /// Plan for `route` over all its targets, drawing weighted choices from `rng`.
     pub fn new(route: &ServedRoute, rng: &mut impl Rng) -> Self {
-        Self {
-            order: pass_order(route, rng),
+        Self::with(route, None, None, rng)
+    }
+
+    /// Plan for `route` over `subset` of its targets (all when `None`), leaving out what `health`
+    /// says is ejected and choosing by latency where it knows some.
+    pub fn with(
+        route: &ServedRoute,
+        health: Option<&RouteHealth>,
+        subset: Option<Vec<usize>>,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let mut plan = Self {
+            order: Vec::new(),
             position: 0,
             pass: 0,
+            subset,
+            forced: false,
+        };
+        plan.order = plan.pass_order(route, health, rng);
+        plan
+    }
+
+    /// Every target of this plan was skipped for its health: serve degraded from now on.
+    pub fn force(&mut self) {
+        self.forced = true;
+    }
+
+    /// Targets in one pass.
+    pub fn pass_len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// One pass: each priority group in order, drawn by weight with a power-of-two first choice
+    /// (weight 0 last, in declared order).
+    fn pass_order(
+        &mut self,
+        route: &ServedRoute,
+        health: Option<&RouteHealth>,
+        rng: &mut impl Rng,
+    ) -> Vec<usize> {
+        let now = health.map_or(0, RouteHealth::now_ms);
+        let in_set = |i: usize| self.subset.as_ref().is_none_or(|s| s.contains(&i));
+        let usable = |i: usize| health.is_none_or(|h| h.available(i, now));
+        if !self.forced
+            && !(0..route.config.targets.len()).any(|i| in_set(i) && usable(i))
+            && (0..route.config.targets.len()).any(in_set)
+        {
+            self.forced = true;
+            tracing::warn!(route = %route.name, "every target is ejected: serving degraded");
         }
+        let forced = self.forced;
+        pass_order(
+            route,
+            rng,
+            |i| in_set(i) && (forced || usable(i)),
+            |i| health.and_then(|h| h.target(i)).map_or(0, |t| t.cost()),
+        )
     }
 
     /// The next target, or `None` when the route has no targets.
     pub fn next(
         &mut self,
         route: &ServedRoute,
+        health: Option<&RouteHealth>,
         retry: &RetryConfig,
         rng: &mut impl Rng,
     ) -> Option<Next> {
@@ -46,24 +115,37 @@ impl AttemptPlan {
             return None;
         }
         let mut backoff = Duration::ZERO;
-        if self.position == self.order.len() {
+        if self.position >= self.order.len() {
             self.pass += 1;
             self.position = 0;
-            self.order = pass_order(route, rng);
+            self.order = self.pass_order(route, health, rng);
             backoff = backoff_for(retry, self.pass, rng);
         }
-        let target = self.order[self.position];
+        let target = *self.order.get(self.position)?;
         self.position += 1;
-        Some(Next { target, backoff })
+        Some(Next {
+            target,
+            backoff,
+            forced: self.forced,
+        })
     }
 }
 
-/// One pass: each priority group in order, shuffled by weight (weight 0 last, in declared order).
-fn pass_order(route: &ServedRoute, rng: &mut impl Rng) -> Vec<usize> {
+/// One pass over the targets `keep` admits: each priority group in order, shuffled by weight
+/// (weight 0 last, in declared order); of the first two drawn in a group, the one of lower
+/// `cost` goes first.
+fn pass_order(
+    route: &ServedRoute,
+    rng: &mut impl Rng,
+    keep: impl Fn(usize) -> bool,
+    cost: impl Fn(usize) -> u64,
+) -> Vec<usize> {
     let mut order = Vec::with_capacity(route.config.targets.len());
     for group in &route.groups {
+        let start = order.len();
         let mut weighted: Vec<(usize, u64)> = group
             .iter()
+            .filter(|&&i| keep(i))
             .filter_map(|&i| route.target(i).map(|t| (i, u64::from(t.weight))))
             .collect();
         // Weighted sampling without replacement: draw one proportional to weight, remove it, repeat.
@@ -79,6 +161,12 @@ fn pass_order(route: &ServedRoute, rng: &mut impl Rng) -> Vec<usize> {
                 pick -= *w;
             }
             order.push(weighted.remove(chosen).0);
+        }
+        let drawn = order.len() - start;
+        // Power of two choices: the cheaper of the first two weighted draws goes first (a tie
+        // keeps the first draw, so weights alone decide while nothing is known).
+        if drawn >= 2 && cost(order[start + 1]) < cost(order[start]) {
+            order.swap(start, start + 1);
         }
         order.extend(weighted.into_iter().map(|(i, _)| i));
     }
@@ -120,6 +208,8 @@ mod tests {
             unavailable: vec![],
             retry: RetryConfig::default(),
             timeouts: TimeoutConfig::default(),
+            outlier: Default::default(),
+            rules: vec![],
         };
         crate::state::tests_support::route("r", config)
     }
@@ -132,7 +222,9 @@ mod tests {
     ) -> Vec<String> {
         (0..n)
             .map(|_| {
-                let next = plan.next(route, &RetryConfig::default(), rng).unwrap();
+                let next = plan
+                    .next(route, None, &RetryConfig::default(), rng)
+                    .unwrap();
                 route.target(next.target).unwrap().provider.clone()
             })
             .collect()
@@ -157,7 +249,7 @@ mod tests {
             backoff_max_ms: 150,
         };
         let backoffs: Vec<Duration> = (0..6)
-            .map(|_| plan.next(&r, &retry, &mut rng).unwrap().backoff)
+            .map(|_| plan.next(&r, None, &retry, &mut rng).unwrap().backoff)
             .collect();
         assert_eq!(backoffs[0], Duration::ZERO);
         assert_eq!(backoffs[1], Duration::ZERO);
@@ -201,11 +293,84 @@ mod tests {
         }
     }
 
+    fn health_of(r: &ServedRoute) -> std::sync::Arc<RouteHealth> {
+        health::Health::default().route(r)
+    }
+
+    #[test]
+    fn power_of_two_choices_prefers_the_faster_target_and_weights_still_count() {
+        let r = route(&[("slow", 0, 1), ("fast", 0, 1)]);
+        let h = health_of(&r);
+        // Teach the health 10 ms for "fast", 200 ms for "slow".
+        for (i, ms) in [(0, 200), (1, 10)] {
+            h.begin(i, health::Admit::Yes)
+                .finish(health::Outcome::Success, Duration::from_millis(ms));
+        }
+        let mut rng = StdRng::seed_from_u64(9);
+        let first = |rng: &mut StdRng| {
+            let mut plan = AttemptPlan::with(&r, Some(&h), None, rng);
+            let next = plan
+                .next(&r, Some(&h), &RetryConfig::default(), rng)
+                .unwrap();
+            r.target(next.target).unwrap().provider.clone()
+        };
+        // Two targets: both are always drawn, the faster always goes first.
+        assert!((0..200).all(|_| first(&mut rng) == "fast"));
+        // In flight counts too: enough requests on "fast" make "slow" cheaper.
+        let held: Vec<_> = (0..30).map(|_| h.begin(1, health::Admit::Yes)).collect();
+        assert!((0..50).all(|_| first(&mut rng) == "slow"));
+        drop(held);
+
+        // Weights decide who is drawn: among three equal-latency targets a weight-8 one is
+        // first far more often than its weight-1 peers.
+        let r = route(&[("a", 0, 8), ("b", 0, 1), ("c", 0, 1)]);
+        let h = health_of(&r);
+        for i in 0..3 {
+            h.begin(i, health::Admit::Yes)
+                .finish(health::Outcome::Success, Duration::from_millis(50));
+        }
+        let mut firsts = std::collections::HashMap::new();
+        for _ in 0..2000 {
+            let mut plan = AttemptPlan::with(&r, Some(&h), None, &mut rng);
+            let next = plan
+                .next(&r, Some(&h), &RetryConfig::default(), &mut rng)
+                .unwrap();
+            *firsts.entry(next.target).or_insert(0) += 1;
+        }
+        assert!(firsts[&0] > 1400, "{firsts:?}");
+    }
+
+    #[test]
+    fn ejected_targets_leave_the_plan_unless_every_target_is_out() {
+        let r = route(&[("a", 0, 1), ("b", 1, 1)]);
+        let h = health_of(&r);
+        for _ in 0..5 {
+            h.begin(0, health::Admit::Yes)
+                .finish(health::Outcome::Failure, Duration::from_millis(1));
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut plan = AttemptPlan::with(&r, Some(&h), None, &mut rng);
+        assert_eq!(plan.pass_len(), 1);
+        let next = plan
+            .next(&r, Some(&h), &RetryConfig::default(), &mut rng)
+            .unwrap();
+        assert_eq!((next.target, next.forced), (1, false));
+        // A rule's set holding only the ejected target: served degraded.
+        let mut plan = AttemptPlan::with(&r, Some(&h), Some(vec![0]), &mut rng);
+        let next = plan
+            .next(&r, Some(&h), &RetryConfig::default(), &mut rng)
+            .unwrap();
+        assert_eq!((next.target, next.forced), (0, true));
+    }
+
     #[test]
     fn empty_route_has_no_next() {
         let r = route(&[]);
         let mut rng = StdRng::seed_from_u64(3);
         let mut plan = AttemptPlan::new(&r, &mut rng);
-        assert!(plan.next(&r, &RetryConfig::default(), &mut rng).is_none());
+        assert!(
+            plan.next(&r, None, &RetryConfig::default(), &mut rng)
+                .is_none()
+        );
     }
 }

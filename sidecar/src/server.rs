@@ -327,7 +327,7 @@ pub fn proxy_handler(
     }
 }
 
-/// The admin port's handler: `GET`/`HEAD` of `/healthz`, `/readyz`, `/metrics`; other methods get
+/// The admin port's handler: `GET`/`HEAD` of `/healthz`, `/readyz`, `/metrics`, `/targets`; other methods get
 /// 405 with `Allow`. HEAD is answered with GET's headers and no body (hyper omits a HEAD
 /// response's body).
 pub fn admin_handler(
@@ -368,6 +368,12 @@ pub fn admin_answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 Bytes::from_static(b"no configuration loaded yet\n"),
+            ),
+            // Every target's health: ejections, cooldowns, latency, in flight.
+            "/targets" => (
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(store.health().report().to_string()),
             ),
             "/metrics" => (
                 StatusCode::OK,

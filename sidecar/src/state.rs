@@ -156,6 +156,8 @@ pub struct ServedRoute {
     pub targets: Vec<Target>,
     /// Indices into `config.targets`, one group per priority, lowest priority first.
     pub groups: Vec<Vec<usize>>,
+    /// The targets' health (`routing::health`), looked up in the registry on first use.
+    pub health: std::sync::OnceLock<Arc<crate::routing::health::RouteHealth>>,
 }
 
 impl ServedRoute {
@@ -180,6 +182,7 @@ impl ServedRoute {
             config,
             targets,
             groups,
+            health: std::sync::OnceLock::new(),
         }
     }
 
@@ -294,6 +297,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Store {
     current: ArcSwapOption<Snapshot>,
+    /// The targets' health, kept across snapshots.
+    health: Arc<crate::routing::health::Health>,
 }
 
 impl Store {
@@ -305,6 +310,11 @@ impl Store {
     /// Replace the snapshot atomically.
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Some(Arc::new(snapshot)));
+    }
+
+    /// The targets' health, shared by every request and kept across reloads.
+    pub fn health(&self) -> &Arc<crate::routing::health::Health> {
+        &self.health
     }
 
     /// Whether a config has been loaded.
@@ -389,6 +399,8 @@ mod tests {
                 unavailable: vec![],
                 retry: RetryConfig::default(),
                 timeouts: TimeoutConfig::default(),
+                outlier: Default::default(),
+                rules: vec![],
             },
         );
         config

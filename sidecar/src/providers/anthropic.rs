@@ -118,7 +118,18 @@ impl Adapter for Anthropic {
         let error = failure::error_object(body);
         let billing = error
             .as_ref()
-            .and_then(|e| failure::known(e.get("type"), &["billing_error"]));
+            .and_then(|e| failure::known(e.get("type"), &["billing_error"]))
+            .or_else(|| {
+                // An empty account is refused with a plain 400 `invalid_request_error` whose
+                // message names the credit balance; only that message tells it from a bad
+                // request.
+                let e = error.as_ref()?;
+                let message = e.get("message")?.as_str()?.to_ascii_lowercase();
+                (status == StatusCode::BAD_REQUEST
+                    && failure::known(e.get("type"), &["invalid_request_error"]).is_some()
+                    && message.contains("credit balance is too low"))
+                .then_some("credit_balance_too_low")
+            });
         (billing.is_some() || status == StatusCode::PAYMENT_REQUIRED).then_some(AuthFailure {
             status,
             reason: billing,

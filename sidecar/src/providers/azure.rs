@@ -70,6 +70,19 @@ impl Adapter for Azure {
         openai::key_refused(status, body)
     }
 
+    fn billing_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        openai::billing_refused(status, body)
+    }
+
+    fn reads_rate_limit_body(&self) -> bool {
+        true
+    }
+
     fn rate_limit_delay(&self, headers: &HeaderMap, _body: &[u8]) -> Option<Duration> {
         openai::openai_reset(headers)
     }

@@ -351,6 +351,50 @@ mod tests {
     }
 
     #[test]
+    fn billing_refusals_each_provider_sends_are_told_from_rate_limits_and_bad_requests() {
+        let billing = |kind, status: u16, body: &[u8]| {
+            providers::adapter(kind).billing_refused(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                body,
+            )
+        };
+        // OpenAI (and Azure OpenAI): 429 insufficient_quota, as the API sends it.
+        let quota = br#"{"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}"#;
+        for kind in [ProviderKind::Openai, ProviderKind::AzureOpenAI] {
+            let f = billing(kind, 429, quota).unwrap();
+            assert_eq!(f.reason, Some("insufficient_quota"));
+            assert!(providers::adapter(kind).reads_rate_limit_body());
+        }
+        // A plain rate limit is not one.
+        let limit = br#"{"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}"#;
+        assert!(billing(ProviderKind::Openai, 429, limit).is_none());
+        // Anthropic: 400 invalid_request_error naming the credit balance.
+        let credit = br#"{"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+        let f = billing(ProviderKind::Anthropic, 400, credit).unwrap();
+        assert_eq!(f.reason, Some("credit_balance_too_low"));
+        // Any other 400 is the request's fault.
+        let bad = br#"{"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}"#;
+        assert!(billing(ProviderKind::Anthropic, 400, bad).is_none());
+        // 402 from anyone.
+        assert!(billing(ProviderKind::Gemini, 402, b"").is_some());
+    }
+
+    #[test]
+    fn anthropic_529_overloaded_is_retried_and_labelled() {
+        let e = crate::error::AttemptError::Status {
+            status: StatusCode::from_u16(529).unwrap(),
+            retry_after: None,
+        };
+        assert!(e.is_retryable());
+        assert_eq!(e.metric_label(), "overloaded");
+        assert_eq!(
+            crate::error::StatusClass::of(StatusCode::from_u16(529).unwrap()),
+            crate::error::StatusClass::Retry
+        );
+    }
+
+    #[test]
     fn go_durations_and_header_seconds() {
         assert_eq!(
             go_duration("1h2m3.5s"),

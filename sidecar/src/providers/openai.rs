@@ -58,9 +58,41 @@ impl Adapter for OpenAi {
         key_refused(status, body)
     }
 
+    fn billing_refused(
+        &self,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<AuthFailure> {
+        billing_refused(status, body)
+    }
+
+    fn reads_rate_limit_body(&self) -> bool {
+        true
+    }
+
     fn rate_limit_delay(&self, headers: &HeaderMap, _body: &[u8]) -> Option<Duration> {
         openai_reset(headers)
     }
+}
+
+/// OpenAI's (and Azure OpenAI's) billing refusal: 402, or a 429 whose `error.code` (or `type`)
+/// is `insufficient_quota` (the account is out of credit: waiting will not help, another target
+/// may).
+pub(crate) fn billing_refused(status: StatusCode, body: &[u8]) -> Option<AuthFailure> {
+    if status == StatusCode::PAYMENT_REQUIRED {
+        return Some(AuthFailure {
+            status,
+            reason: None,
+        });
+    }
+    let error = failure::error_object(body)?;
+    let reason = failure::known(error.get("code"), &["insufficient_quota"])
+        .or_else(|| failure::known(error.get("type"), &["insufficient_quota"]))?;
+    Some(AuthFailure {
+        status,
+        reason: Some(reason),
+    })
 }
 
 /// OpenAI's (and Azure OpenAI's) credentials refusal: 401/403, named by `error.code`.

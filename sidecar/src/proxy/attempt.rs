@@ -20,6 +20,7 @@ use crate::limits::ResponseBudget;
 use crate::providers::{Outgoing, Reply, Translate, failure};
 use crate::request::Request as Inbound;
 use crate::routing::AttemptPlan;
+use crate::routing::health::{Admit, Outcome, RouteHealth};
 use crate::scrub::Scrubber;
 use crate::stages::{AttemptRecord, Exchange};
 use crate::state::{Provider, ServedRoute};
@@ -42,22 +43,36 @@ pub(super) async fn run(
     settings: &Settings,
     x: &mut Exchange,
     route: &ServedRoute,
+    health: &std::sync::Arc<RouteHealth>,
+    subset: Option<Vec<usize>>,
     inbound: &mut Inbound,
 ) -> Result<Answer, ProxyError> {
     let retry = &route.config.retry;
     let timeouts = &route.config.timeouts;
     let deadline = x.ctx.start + Duration::from_millis(timeouts.request_ms);
     let max_attempts = retry.attempts.max(1) as usize;
-    let mut plan = AttemptPlan::new(route, &mut rand::rng());
+    let mut plan = AttemptPlan::with(route, Some(health), subset, &mut rand::rng());
+    // Targets skipped in a row for their health (ejected, or another request is testing it).
+    let mut skipped = 0;
     let mut failures: Vec<String> = Vec::new();
     let mut last: Option<AttemptError> = None;
     // The shortest delay a rate-limited target asked for: once it passes, that target (and so
     // the route) can serve again.
     let mut rate_limit_delay: Option<Duration> = None;
     while x.ctx.attempts.len() < max_attempts {
-        let Some(next) = plan.next(route, retry, &mut rand::rng()) else {
+        let Some(next) = plan.next(route, Some(health), retry, &mut rand::rng()) else {
             break;
         };
+        let admit = health.admit(next.target, health.now_ms(), next.forced);
+        if admit == Admit::No {
+            skipped += 1;
+            if skipped >= plan.pass_len().max(1) {
+                // A whole pass had nothing to try: serve degraded rather than not at all.
+                plan.force();
+            }
+            continue;
+        }
+        skipped = 0;
         if !next.backoff.is_zero() {
             if Instant::now() + next.backoff >= deadline {
                 break;
@@ -84,6 +99,7 @@ pub(super) async fn run(
             _ => attempt_limit,
         };
         let sent = Instant::now();
+        let held = health.begin(next.target, admit);
         let warnings = outgoing.warnings.clone();
         let result = tokio::time::timeout(
             limit,
@@ -106,6 +122,32 @@ pub(super) async fn run(
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AttemptError::Timeout(limit.as_millis() as u64)),
         };
+        let result = match result {
+            Ok(Answer::Stream {
+                first,
+                rest,
+                translate,
+                deadline,
+                scrub,
+                ..
+            }) => Ok(Answer::Stream {
+                first,
+                rest,
+                translate,
+                deadline,
+                scrub,
+                idle: timeouts.idle_ms.map(Duration::from_millis),
+                health: Some(held.handle()),
+            }),
+            other => other,
+        };
+        held.finish(
+            match &result {
+                Ok(_) => Outcome::Success,
+                Err(e) => e.health_outcome(),
+            },
+            elapsed,
+        );
         x.ctx.attempts.push(AttemptRecord {
             target: target.clone(),
             outcome: result
@@ -205,6 +247,8 @@ async fn attempt(
             translate,
             deadline,
             scrub,
+            idle: None,
+            health: None,
         });
     }
     // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
@@ -286,13 +330,18 @@ async fn send(
         // stalls after its head must not hold up the next attempt.
         let retry_after = if status != StatusCode::TOO_MANY_REQUESTS {
             None
-        } else if adapter.delay_in_body() {
+        } else if adapter.reads_rate_limit_body() {
             let body = match budget.read(&parts.headers, incoming).await {
                 Ok(body) => body,
                 Err(e @ AttemptError::TooLarge { .. }) => return Err(e),
                 // A 429 whose body breaks off is still a 429, without a delay.
                 Err(_) => Bytes::new(),
             };
+            // A 429 that says the account is out of quota is a billing refusal, not a rate
+            // limit: no delay to honour, and the answer, if every target fails, is not a 429.
+            if let Some(billing) = adapter.billing_refused(status, &parts.headers, &body) {
+                return Err(AttemptError::Billing(billing));
+            }
             failure::delay(adapter, &parts.headers, &body)
         } else {
             failure::delay(adapter, &parts.headers, &[])

@@ -162,6 +162,11 @@ impl Behaviour {
         }
     }
 
+    /// Send `chunks` content chunks of a stream, then nothing more, the connection left open.
+    pub fn stall_after(chunks: usize) -> Self {
+        Self::default().with_fault(Fault::StallAfter { chunks })
+    }
+
     /// Never answer; the request stays open until the client gives up or the mock stops.
     pub fn hang() -> Self {
         Self::default().with_fault(Fault::Hang)
@@ -312,6 +317,12 @@ pub enum Fault {
         #[serde(default = "default_stream_error_status")]
         status: u16,
     },
+    /// Send the role chunk and `chunks` content chunks, then go silent with the connection open:
+    /// a stream that stalls mid-answer. A non-streamed answer is sent whole.
+    StallAfter {
+        /// Content chunks sent before the stall.
+        chunks: usize,
+    },
     /// Never answer.
     Hang,
     /// 200 with an unparseable body.
@@ -335,6 +346,8 @@ pub(crate) struct StreamCut {
     pub(crate) half_last: bool,
     /// Abort the connection after it instead of ending the body.
     pub(crate) abort: bool,
+    /// Keep the connection open, silent, after it (neither end nor abort).
+    pub(crate) stall: bool,
 }
 
 impl Fault {
@@ -346,11 +359,19 @@ impl Fault {
                 chunks: chunks.min(total),
                 half_last: false,
                 abort: true,
+                stall: false,
+            }),
+            Fault::StallAfter { chunks } => Some(StreamCut {
+                chunks: chunks.min(total),
+                half_last: false,
+                abort: false,
+                stall: true,
             }),
             Fault::CutInside { chunks, clean_end } => Some(StreamCut {
                 chunks: (chunks + 1).min(total),
                 half_last: true,
                 abort: !clean_end,
+                stall: false,
             }),
             _ => None,
         }

@@ -34,6 +34,8 @@ pub(crate) struct Pacing {
     pub(crate) cut: bool,
     /// Send only the first half of the last event (a stream truncated inside an event or frame).
     pub(crate) half_last: bool,
+    /// After the last event, stay silent with the connection open (a stalled stream).
+    pub(crate) stall: bool,
 }
 
 impl Pacing {
@@ -50,6 +52,7 @@ impl Pacing {
             gate_from,
             cut: cut.is_some_and(|c| c.abort),
             half_last: cut.is_some_and(|c| c.half_last),
+            stall: cut.is_some_and(|c| c.stall),
         }
     }
 }
@@ -75,6 +78,9 @@ pub(crate) fn events(events: Vec<Bytes>, pacing: Pacing) -> Body {
         }
         let Some(event) = st.events.next() else {
             st.done = true;
+            if st.pacing.stall {
+                std::future::pending::<()>().await;
+            }
             return if st.pacing.cut {
                 // Let hyper flush what was sent (it flushes when the body is pending), so the
                 // client sees the head and the data before the connection dies.
