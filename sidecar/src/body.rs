@@ -304,6 +304,9 @@ impl Body for SseRelay {
                     let reason = reason.to_string();
                     this.end(End::StreamBroken, Some((&reason, "upstream_invalid_event")));
                 } else if *this.saw_done {
+                    if let Some(h) = this.health.as_ref() {
+                        h.completed();
+                    }
                     this.end(End::StreamComplete, None);
                 } else {
                     this.end(

@@ -141,13 +141,11 @@ pub(super) async fn run(
             }),
             other => other,
         };
-        held.finish(
-            match &result {
-                Ok(_) => Outcome::Success,
-                Err(e) => e.health_outcome(),
-            },
-            elapsed,
-        );
+        match &result {
+            Ok(Answer::Stream { .. }) => held.finish_stream_start(elapsed),
+            Ok(_) => held.finish(Outcome::Success, elapsed),
+            Err(e) => held.finish(e.health_outcome(), elapsed),
+        }
         x.ctx.attempts.push(AttemptRecord {
             target: target.clone(),
             outcome: result

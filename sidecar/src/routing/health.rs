@@ -356,11 +356,22 @@ impl RouteHealth {
         }
     }
 
-    /// Record `outcome` of an attempt to target `i` that took `elapsed`.
-    fn record(&self, i: usize, outcome: Outcome, elapsed: Duration, probe: bool) {
+    /// Record `outcome` of an attempt to target `i` that took `elapsed` (`None`: a report after
+    /// the attempt, no latency). `counted`: whether it goes into the streaks and the window (a
+    /// stream's start does not: its end does).
+    fn record(
+        &self,
+        i: usize,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+        probe: bool,
+        counted: bool,
+    ) {
         let Some(t) = self.target(i) else { return };
         // A timeout's latency is at least the limit: it steers choice away too.
-        t.observe_latency(elapsed);
+        if let Some(elapsed) = elapsed {
+            t.observe_latency(elapsed);
+        }
         if !self.config.enabled {
             return;
         }
@@ -369,7 +380,9 @@ impl RouteHealth {
             t.probing.store(false, Ordering::Release);
         }
         if outcome == Outcome::Success {
-            t.count(outcome, &self.config, now);
+            if counted {
+                t.count(outcome, &self.config, now);
+            }
             if t.heal(now) {
                 let (p, m) = self.name(i);
                 tracing::info!(route = %self.route, provider = p, model = m, "target healthy again");
@@ -431,12 +444,23 @@ pub struct AttemptHealth {
 
 impl AttemptHealth {
     /// The attempt ended with `outcome` after `elapsed`.
-    pub fn finish(mut self, outcome: Outcome, elapsed: Duration) {
+    pub fn finish(self, outcome: Outcome, elapsed: Duration) {
+        self.end(outcome, elapsed, true);
+    }
+
+    /// A stream's first event arrived after `elapsed`: the target is up (a test passes), but
+    /// the streaks wait for the stream's end ([`TargetHandle`]).
+    pub fn finish_stream_start(self, elapsed: Duration) {
+        self.end(Outcome::Success, elapsed, false);
+    }
+
+    fn end(mut self, outcome: Outcome, elapsed: Duration, counted: bool) {
         self.done = true;
         if let Some(t) = self.route.target(self.index) {
             t.inflight.fetch_sub(1, Ordering::Relaxed);
         }
-        self.route.record(self.index, outcome, elapsed, self.probe);
+        self.route
+            .record(self.index, outcome, Some(elapsed), self.probe, counted);
     }
 
     /// Report a failure that came after the attempt succeeded (a stream that broke or stalled).
@@ -477,13 +501,19 @@ impl TargetHandle {
             t.stalled();
         }
         self.route
-            .record(self.index, Outcome::Timeout, Duration::ZERO, false);
+            .record(self.index, Outcome::Timeout, None, false, true);
     }
 
     /// The stream broke upstream after it started: a failure of the target.
     pub fn broke(&self) {
         self.route
-            .record(self.index, Outcome::Failure, Duration::ZERO, false);
+            .record(self.index, Outcome::Failure, None, false, true);
+    }
+
+    /// The stream ended properly: a success of the target.
+    pub fn completed(&self) {
+        self.route
+            .record(self.index, Outcome::Success, None, false, true);
     }
 }
 
