@@ -330,6 +330,20 @@ fn valid_objects_are_accepted() {
         ),
         good_route(),
         route(json!({"targets": [{"provider": "a", "model": "m", "priority": 1, "weight": 0}]})),
+        // Outlier settings, the idle timeout and routing rules naming targets.
+        route(json!({
+            "targets": [{"name": "big", "provider": "a", "model": "m"},
+                        {"name": "small", "provider": "b", "model": "n", "priority": 1}],
+            "timeouts": {"attempt": "30s", "idle": "20s"},
+            "outlier": {"consecutiveFailures": 3, "consecutiveTimeouts": 1, "failureRatePercent": 40,
+                        "failureRateMinRequests": 10, "window": "30s", "baseEjection": "10s", "maxEjection": "5m"},
+            "rules": [
+                {"name": "cheap", "match": {"maxInputTokens": 1000, "tools": false,
+                    "headers": {"x-gatehouse-tier": "cheap"}, "workloadLabels": {"team": "search"}},
+                 "targets": ["small"]},
+                {"name": "json", "match": {"jsonMode": true, "images": false, "minInputTokens": 10}, "targets": ["big", "small"]}
+            ]
+        })),
         good_budget(),
         budget(
             json!({"limit": {"tokens": 1000000}, "period": "none", "enforcement": "soft", "failMode": "closed",
@@ -351,6 +365,59 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
     let b = good_budget;
     // (what is wrong, object, text the rejection must contain)
     let table: Vec<(&str, Value, &str)> = vec![
+        (
+            "rule naming a target that does not exist",
+            with(
+                r(),
+                json!({"spec": {"rules": [{"name": "x", "targets": ["nope"]}]}}),
+            ),
+            "must name a target in spec.targets",
+        ),
+        (
+            "two targets with one name",
+            route(
+                json!({"targets": [{"name": "a", "provider": "p", "model": "m"},
+                                     {"name": "a", "provider": "q", "model": "m"}]}),
+            ),
+            "spec.targets[].name must be unique",
+        ),
+        (
+            "two rules with one name",
+            route(
+                json!({"targets": [{"name": "a", "provider": "p", "model": "m"}],
+                         "rules": [{"name": "r", "targets": ["a"]}, {"name": "r", "targets": ["a"]}]}),
+            ),
+            "spec.rules[].name must be unique",
+        ),
+        (
+            "token range upside down",
+            route(
+                json!({"targets": [{"name": "a", "provider": "p", "model": "m"}],
+                         "rules": [{"name": "r", "match": {"minInputTokens": 10, "maxInputTokens": 5}, "targets": ["a"]}]}),
+            ),
+            "minInputTokens must not be larger",
+        ),
+        (
+            "base ejection longer than the max",
+            with(
+                r(),
+                json!({"spec": {"outlier": {"baseEjection": "10m", "maxEjection": "1m"}}}),
+            ),
+            "outlier.baseEjection must not be longer",
+        ),
+        (
+            "failure rate over 100",
+            with(
+                r(),
+                json!({"spec": {"outlier": {"failureRatePercent": 150}}}),
+            ),
+            "must be <= 100",
+        ),
+        (
+            "idle not a duration",
+            with(r(), json!({"spec": {"timeouts": {"idle": "soon"}}})),
+            "does not match",
+        ),
         (
             "unknown provider type",
             with(p(), json!({"spec": {"type": "cohere"}})),

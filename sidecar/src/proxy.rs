@@ -172,6 +172,12 @@ impl Gateway {
     ) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
         let anthropic_beta = req.headers().get("anthropic-beta").cloned();
+        // Only the headers some routing rule names are kept (none without rules).
+        x.ctx.rule_headers = snapshot
+            .rule_headers
+            .iter()
+            .filter_map(|n| req.headers().get(n).map(|v| (n.clone(), v.clone())))
+            .collect();
         let limits = request::read::Limits {
             max_bytes: self.settings.max_body_bytes,
             progress_timeout: self.settings.body_read_timeout,
@@ -201,7 +207,7 @@ impl Gateway {
             return Ok(Answer::Complete { body, usage: None });
         }
         let health = self.store.health().route(&route);
-        let subset = None;
+        let subset = x.ctx.rule_targets.clone();
         attempt::run(
             &self.client,
             &self.settings,

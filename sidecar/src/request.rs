@@ -55,6 +55,20 @@ pub struct Index {
     pub include_usage: bool,
     /// `encoding_format: "base64"`.
     pub base64: bool,
+    /// What routing rules read (`stages::rules`): a non-empty top-level `tools`, OpenAI's
+    /// `response_format` asking for JSON, where `messages` sits.
+    pub features: IndexFeatures,
+}
+
+/// Request features the index notes on its way through the top level, for routing rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFeatures {
+    /// A non-empty top-level `tools` array.
+    pub tools: bool,
+    /// `response_format.type` is `json_object` or `json_schema`.
+    pub json_mode: bool,
+    /// Where the `messages` value sits in the body.
+    pub messages_at: Option<Range<usize>>,
 }
 
 /// Top-level keys the index reads; everything else is skipped.
@@ -66,6 +80,8 @@ enum Key {
     Messages,
     Input,
     EncodingFormat,
+    Tools,
+    ResponseFormat,
     Other,
 }
 
@@ -91,6 +107,8 @@ impl Visitor<'_> for KeySeed {
             "messages" => Key::Messages,
             "input" => Key::Input,
             "encoding_format" => Key::EncodingFormat,
+            "tools" => Key::Tools,
+            "response_format" => Key::ResponseFormat,
             _ => Key::Other,
         })
     }
@@ -107,6 +125,8 @@ struct Found<'a> {
     messages: Option<&'a RawValue>,
     input: Option<&'a RawValue>,
     encoding_format: Option<&'a RawValue>,
+    tools: Option<&'a RawValue>,
+    response_format: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -135,6 +155,8 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::Messages => &mut found.messages,
                 Key::Input => &mut found.input,
                 Key::EncodingFormat => &mut found.encoding_format,
+                Key::Tools => &mut found.tools,
+                Key::ResponseFormat => &mut found.response_format,
             };
             *slot = Some(map.next_value()?);
         }
@@ -217,12 +239,29 @@ impl Index {
                     .ok_or_else(|| invalid("request body could not be indexed"))
             })
             .collect::<Result<_, _>>()?;
+        let features = IndexFeatures {
+            tools: found.tools.is_some_and(|t| {
+                let t = t.get().trim_start();
+                t.starts_with('[') && !t[1..].trim_start().starts_with(']')
+            }),
+            json_mode: found
+                .response_format
+                .filter(|f| f.get().len() <= 64 * 1024)
+                .and_then(|f| serde_json::from_str::<ResponseFormat<'_>>(f.get()).ok())
+                .is_some_and(|f| matches!(f.kind, Some("json_object" | "json_schema"))),
+            messages_at: found.messages.and_then(|m| {
+                let start = (m.get().as_ptr() as usize).wrapping_sub(base);
+                let end = start.saturating_add(m.get().len());
+                (end <= body.len()).then_some(start..end)
+            }),
+        };
         Ok(Self {
             alias,
             model_at,
             stream: op == Operation::Chat && stream,
             include_usage,
             base64,
+            features,
         })
     }
 
@@ -249,6 +288,13 @@ impl Index {
 struct StreamOptions<'a> {
     #[serde(borrow, default)]
     include_usage: Option<&'a RawValue>,
+}
+
+/// `response_format`: only its `type` is read.
+#[derive(serde::Deserialize)]
+struct ResponseFormat<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a str>,
 }
 
 /// One request of the proxy port, from its parsed top level to every attempt's upstream body.
@@ -294,6 +340,11 @@ impl Request {
             tree: None,
             permit,
         })
+    }
+
+    /// The body as the client sent it.
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// Whether the client asked for a stream.

@@ -24,6 +24,7 @@
 
 pub mod headers;
 pub mod metering;
+pub mod rules;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -54,7 +55,9 @@ pub fn chain(metrics: Arc<Metrics>) -> Chain {
         // redaction (request): before anything stores or sends the prompt (cache, upstream).
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
         // budget reserve: only for requests that will go upstream.
-        // route rules / downgrade: last before the attempts, may pick another target.
+        // Route rules: last before the attempts, they pick the targets the attempts use (a
+        // downgrade goes here too).
+        Box::new(rules::Rules),
         // -- attempts --
         // redaction (response): before anything reads or stores the answer.
         //
@@ -240,6 +243,12 @@ pub struct Context {
     pub head_elapsed: Option<Duration>,
     /// Whether the answer is a relayed stream.
     pub streaming: bool,
+    /// The request headers routing rules name (only those; see `Snapshot::rule_headers`).
+    pub rule_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The routing rule that matched (`stages::rules`).
+    pub rule: Option<Arc<str>>,
+    /// The targets that rule allows (indices into the route's targets); `None`: every target.
+    pub rule_targets: Option<Vec<usize>>,
 }
 
 impl Context {
@@ -265,6 +274,9 @@ impl Context {
             status: None,
             head_elapsed: None,
             streaming: false,
+            rule_headers: Vec::new(),
+            rule: None,
+            rule_targets: None,
         }
     }
 
@@ -477,9 +489,10 @@ mod tests {
     #[test]
     fn the_chain_is_in_design_order() {
         let chain = chain(Arc::new(Metrics::new()));
-        assert_eq!(chain.names(), ["metering", "headers", "telemetry"]);
-        // Nothing of today's stages reads requests, attempts or stream events.
-        assert!(chain.request.is_empty() && chain.attempt.is_empty() && chain.events.is_empty());
+        assert_eq!(chain.names(), ["rules", "metering", "headers", "telemetry"]);
+        // Only the rules read requests; nothing reads attempts or stream events.
+        assert_eq!(chain.request, [0]);
+        assert!(chain.attempt.is_empty() && chain.events.is_empty());
     }
 
     #[test]

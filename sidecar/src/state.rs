@@ -206,6 +206,8 @@ pub struct Snapshot {
     pub aliases: HashMap<String, Arc<ServedRoute>>,
     /// Provider by name.
     pub providers: HashMap<String, Arc<Provider>>,
+    /// Names of the request headers any routing rule matches on (kept per request, nothing else).
+    pub rule_headers: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -285,10 +287,20 @@ impl Snapshot {
                 aliases.insert(alias.clone(), route.clone());
             }
         }
+        let mut rule_headers: Vec<HeaderName> = config
+            .routes
+            .values()
+            .flat_map(|r| &r.rules)
+            .flat_map(|rule| rule.matches.headers.keys())
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        rule_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        rule_headers.dedup();
         Ok(Self {
             config,
             aliases,
             providers,
+            rule_headers,
         })
     }
 }

@@ -15,6 +15,7 @@
 
 #[path = "../hostile/proc.rs"]
 mod proc;
+mod rules;
 
 use std::time::{Duration, Instant};
 
