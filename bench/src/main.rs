@@ -5,6 +5,7 @@
 //! through-the-sidecar rounds so machine noise hits both alike. `--peers` adds LiteLLM and
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
+mod faults;
 mod load;
 mod memory;
 mod peers;
@@ -69,6 +70,12 @@ struct Args {
     /// Also measure what each stage of the request path costs (one sidecar per scenario).
     #[arg(long)]
     stages: bool,
+    /// Also measure what clients see when a provider goes bad (one scenario per fault).
+    #[arg(long)]
+    faults: bool,
+    /// Measure only the fault scenarios (implies --faults).
+    #[arg(long)]
+    faults_only: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -180,6 +187,7 @@ spec:
 struct Sidecar {
     proc: Proc,
     addr: SocketAddr,
+    admin: SocketAddr,
     ready_after: Duration,
 }
 
@@ -211,6 +219,7 @@ async fn start_sidecar(
     Ok(Sidecar {
         proc,
         addr,
+        admin: format!("127.0.0.1:{admin}").parse()?,
         ready_after,
     })
 }
@@ -440,6 +449,12 @@ fn added(us_with: u64, us_without: u64) -> String {
 async fn bench(args: &Args) -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    if args.faults_only {
+        let mut report = String::new();
+        faults::report(&mut report, args, &dir).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(report);
+    }
     let (_mock, mock_addr) = start_mock(args.stream_chunks).await?;
     let (_failing, failing_addr) = start_mock(args.stream_chunks).await?;
     set_mock_status(failing_addr, 503).await?;
@@ -796,6 +811,9 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     // baseline's), which would add noise to CPU figures taken after them.
     if args.stages {
         stages::report(&mut report, args, &dir, mock_addr).await?;
+    }
+    if args.faults {
+        faults::report(&mut report, args, &dir).await?;
     }
     if args.memory {
         let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];
