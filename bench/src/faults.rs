@@ -148,9 +148,10 @@ fn ms(us: u64) -> f64 {
 fn cells(o: &Outcome) -> String {
     let ok = 100.0 * (o.requests - o.errors) as f64 / o.requests.max(1) as f64;
     format!(
-        "{ok:.1}% | {:.1} | {:.1}",
+        "{ok:.1}% | {:.1} | {:.1} | {:.0}",
         ms(o.latency.value_at_quantile(0.5)),
-        ms(o.latency.value_at_quantile(0.99))
+        ms(o.latency.value_at_quantile(0.99)),
+        ms(o.latency.max())
     )
 }
 
@@ -171,9 +172,12 @@ pub async fn report(report: &mut String, args: &super::Args, dir: &Path) -> anyh
     )?;
     writeln!(
         report,
-        "| fault | before: ok, p50, p99 | during: ok, p50, p99 | after: ok, p50, p99 | time to eject | time to recover |"
+        "| fault | before: ok | p50 | p99 | max | during: ok | p50 | p99 | max | after: ok | p50 | p99 | max | time to eject | time to recover |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|")?;
+    writeln!(
+        report,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
     for (i, fault) in faults().into_iter().enumerate() {
         let (_primary_proc, primary) = super::start_mock(args.stream_chunks).await?;
         let (_secondary_proc, secondary) = super::start_mock(args.stream_chunks).await?;

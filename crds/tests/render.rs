@@ -466,3 +466,50 @@ fn routes_spec_for_missing() -> gatehouse_crds::RouteSpec {
     )
     .spec
 }
+
+#[test]
+fn rules_name_usable_targets_by_index_and_outlier_settings_fill_in_defaults() {
+    let rt = route(
+        "chat",
+        json!({
+            "targets": [
+                {"name": "gone", "provider": "nope", "model": "m"},
+                {"name": "big", "provider": "openai", "model": "gpt-4o"},
+                {"name": "small", "provider": "openai", "model": "gpt-4o-mini", "priority": 1},
+            ],
+            "timeouts": {"idle": "20s"},
+            "outlier": {"consecutiveTimeouts": 1, "baseEjection": "10s"},
+            "rules": [
+                {"name": "cheap", "match": {"maxInputTokens": 1000, "headers": {"X-Gatehouse-Tier": "cheap"}},
+                 "targets": ["small", "gone"]},
+                {"name": "only-gone", "match": {"tools": true}, "targets": ["gone"]},
+            ],
+        }),
+    );
+    let r = run(
+        &[openai("keys")],
+        &[rt],
+        &[],
+        &secrets(&[("keys", "api-key", b"sk-0123456789")]),
+    );
+    let chat = &r.config.routes["chat"];
+    assert_eq!(chat.targets.len(), 2);
+    assert_eq!(chat.timeouts.idle_ms, Some(20_000));
+    assert_eq!(chat.outlier.consecutive_timeouts, 1);
+    assert_eq!(chat.outlier.base_ejection_ms, 10_000);
+    assert_eq!(chat.outlier.consecutive_failures, 5, "default");
+    // "small" is the second usable target; "gone" was dropped, so its name resolves to nothing.
+    assert_eq!(chat.rules[0].name, "cheap");
+    assert_eq!(chat.rules[0].targets, [1]);
+    assert_eq!(chat.rules[0].matches.max_input_tokens, Some(1000));
+    assert_eq!(
+        chat.rules[0]
+            .matches
+            .headers
+            .get("x-gatehouse-tier")
+            .map(String::as_str),
+        Some("cheap"),
+        "header names are lower-cased"
+    );
+    assert!(chat.rules[1].targets.is_empty());
+}

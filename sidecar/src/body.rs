@@ -209,6 +209,9 @@ impl SseRelayProj<'_> {
                 Ok(Event::Data(None) | Event::Empty) => {}
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
+                    if let Some(h) = self.health.as_ref() {
+                        h.broke();
+                    }
                     valid = end;
                     self.end(End::StreamBroken, None);
                     break;
@@ -300,6 +303,12 @@ impl Body for SseRelay {
                     continue;
                 }
                 this.buf.clear();
+                if !*this.saw_done
+                    && let Some(h) = this.health.as_ref()
+                {
+                    // Garbage, or an end without the end marker: the target broke the stream.
+                    h.broke();
+                }
                 if let Some(reason) = this.failure.take() {
                     let reason = reason.to_string();
                     this.end(End::StreamBroken, Some((&reason, "upstream_invalid_event")));

@@ -1,12 +1,14 @@
 //! Which target an attempt goes to: priorities in ascending order, weighted random order within a
 //! priority, each target once per pass; a new pass starts over after a backoff.
 //!
-//! Within a priority, the first choice is latency-aware: two targets are drawn by weight (power of
-//! two choices) and the one with the lower cost (`health::TargetHealth::cost`: recent latency ×
-//! (requests in flight + 1)) goes first. Weights decide how often a target is among the two drawn;
-//! latency and load decide between them. With no latency known yet the first draw wins, so a new
-//! route splits exactly by weight. Ejected targets (`health`) are left out of a pass unless every
-//! target of the request's set is out: then the route serves degraded with all of them.
+//! Within a priority, the first choice is latency-aware: it is drawn with probability proportional
+//! to weight ÷ cost (`health::TargetHealth::cost`: recent latency × (requests in flight + 1)).
+//! Equal costs split exactly by weight; a target twice as slow (or twice as busy) gets half its
+//! weight's share, never none, so it keeps being measured. The rest of the priority follows by
+//! weight alone. (Power of two choices was the first design: with two targets both are always
+//! drawn, so weights stopped counting and the faster of two identical targets took everything.)
+//! Ejected targets (`health`) are left out of a pass unless every target of the request's set is
+//! out: then the route serves degraded with all of them.
 
 pub mod health;
 
@@ -76,8 +78,8 @@ impl AttemptPlan {
         self.order.len()
     }
 
-    /// One pass: each priority group in order, drawn by weight with a power-of-two first choice
-    /// (weight 0 last, in declared order).
+    /// One pass: each priority group in order, drawn by weight, the first pick weighted by
+    /// latency too (weight 0 last, in declared order).
     fn pass_order(
         &mut self,
         route: &ServedRoute,
@@ -132,8 +134,7 @@ impl AttemptPlan {
 }
 
 /// One pass over the targets `keep` admits: each priority group in order, shuffled by weight
-/// (weight 0 last, in declared order); of the first two drawn in a group, the one of lower
-/// `cost` goes first.
+/// (weight 0 last, in declared order); the first of a group is drawn by weight ÷ `cost`.
 fn pass_order(
     route: &ServedRoute,
     rng: &mut impl Rng,
@@ -142,12 +143,29 @@ fn pass_order(
 ) -> Vec<usize> {
     let mut order = Vec::with_capacity(route.config.targets.len());
     for group in &route.groups {
-        let start = order.len();
         let mut weighted: Vec<(usize, u64)> = group
             .iter()
             .filter(|&&i| keep(i))
             .filter_map(|&i| route.target(i).map(|t| (i, u64::from(t.weight))))
             .collect();
+        // The first pick: proportional to weight ÷ cost (only worth computing with a choice).
+        if weighted.iter().filter(|(_, w)| *w > 0).count() >= 2 {
+            let shares: Vec<f64> = weighted
+                .iter()
+                .map(|&(i, w)| w as f64 / cost(i).max(1) as f64)
+                .collect();
+            let total: f64 = shares.iter().sum();
+            let mut pick = rng.random::<f64>() * total;
+            let mut chosen = shares.iter().rposition(|s| *s > 0.0).unwrap_or(0);
+            for (pos, share) in shares.iter().enumerate() {
+                if pick < *share {
+                    chosen = pos;
+                    break;
+                }
+                pick -= share;
+            }
+            order.push(weighted.remove(chosen).0);
+        }
         // Weighted sampling without replacement: draw one proportional to weight, remove it, repeat.
         while weighted.iter().any(|(_, w)| *w > 0) {
             let total: u64 = weighted.iter().map(|(_, w)| *w).sum();
@@ -161,12 +179,6 @@ fn pass_order(
                 pick -= *w;
             }
             order.push(weighted.remove(chosen).0);
-        }
-        let drawn = order.len() - start;
-        // Power of two choices: the cheaper of the first two weighted draws goes first (a tie
-        // keeps the first draw, so weights alone decide while nothing is known).
-        if drawn >= 2 && cost(order[start + 1]) < cost(order[start]) {
-            order.swap(start, start + 1);
         }
         order.extend(weighted.into_iter().map(|(i, _)| i));
     }
@@ -298,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn power_of_two_choices_prefers_the_faster_target_and_weights_still_count() {
+    fn the_first_pick_prefers_the_faster_target_and_weights_still_count() {
         let r = route(&[("slow", 0, 1), ("fast", 0, 1)]);
         let h = health_of(&r);
         // Teach the health 10 ms for "fast", 200 ms for "slow".
@@ -314,15 +326,19 @@ mod tests {
                 .unwrap();
             r.target(next.target).unwrap().provider.clone()
         };
-        // Two targets: both are always drawn, the faster always goes first.
-        assert!((0..200).all(|_| first(&mut rng) == "fast"));
-        // In flight counts too: enough requests on "fast" make "slow" cheaper.
-        let held: Vec<_> = (0..30).map(|_| h.begin(1, health::Admit::Yes)).collect();
-        assert!((0..50).all(|_| first(&mut rng) == "slow"));
+        // 20x faster: first in 20 of 21 draws (about 952 of 1000), never all of them.
+        let fast = (0..1000).filter(|_| first(&mut rng) == "fast").count();
+        assert!((900..1000).contains(&fast), "fast first {fast} of 1000");
+        // In flight counts too: 59 requests on "fast" make it 3x the cost of "slow".
+        let held: Vec<_> = (0..59).map(|_| h.begin(1, health::Admit::Yes)).collect();
+        let fast = (0..1000).filter(|_| first(&mut rng) == "fast").count();
+        assert!(
+            (170..330).contains(&fast),
+            "fast first {fast} of 1000 (expected 250)"
+        );
         drop(held);
 
-        // Weights decide who is drawn: among three equal-latency targets a weight-8 one is
-        // first far more often than its weight-1 peers.
+        // Equal latencies: exactly the weights (8:1:1).
         let r = route(&[("a", 0, 8), ("b", 0, 1), ("c", 0, 1)]);
         let h = health_of(&r);
         for i in 0..3 {
@@ -337,7 +353,7 @@ mod tests {
                 .unwrap();
             *firsts.entry(next.target).or_insert(0) += 1;
         }
-        assert!(firsts[&0] > 1400, "{firsts:?}");
+        assert!((1520..1680).contains(&firsts[&0]), "{firsts:?}");
     }
 
     #[test]

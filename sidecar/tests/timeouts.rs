@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A Route `chat` over `targets` (provider names, one priority each, in order), model
-/// `gpt-4o-mini`, with `attempts` attempts and `timeouts` (a YAML flow mapping).
+/// `gpt-4o-mini`, with `attempts` attempts and `timeouts` (a YAML flow mapping), no ejection.
 fn route(targets: &[&str], attempts: u32, timeouts: &str) -> String {
     let targets: String = targets
         .iter()
@@ -56,6 +56,9 @@ spec:
     attempts: {attempts}
     backoff: {{base: 10ms, max: 20ms}}
   timeouts: {timeouts}
+  # Each test times targets out request after request to pin the limits; ejection would then
+  # skip them. Ejection has its own suite (tests/faults).
+  outlier: {{enabled: false}}
 "#
     )
 }
