@@ -419,6 +419,18 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "spec:\n  limit: {usd: \"5\"}\n  period: weekly\n  enforcement: strict\n",
         "spec.enforcement: Unsupported value: \"strict\"",
     ),
+    (
+        "route rule naming a target that does not exist",
+        ROUTE,
+        "spec:\n  targets: [{name: a, provider: p, model: m}]\n  rules: [{name: r, targets: [zz]}]\n",
+        "must name a target in spec.targets",
+    ),
+    (
+        "route outlier cooldown base longer than max",
+        ROUTE,
+        "spec:\n  targets: [{provider: p, model: m}]\n  outlier: {baseEjection: 10m, maxEjection: 1m}\n",
+        "outlier.baseEjection must not be longer than outlier.maxEjection",
+    ),
 ];
 
 #[test]
