@@ -73,6 +73,9 @@ pub(super) async fn run(
             continue;
         }
         skipped = 0;
+        // Held from here: a test request claimed above is released if this attempt never goes
+        // out (a request the target cannot express, the deadline).
+        let held = health.begin(next.target, admit);
         if !next.backoff.is_zero() {
             if Instant::now() + next.backoff >= deadline {
                 break;
@@ -99,7 +102,6 @@ pub(super) async fn run(
             _ => attempt_limit,
         };
         let sent = Instant::now();
-        let held = health.begin(next.target, admit);
         let warnings = outgoing.warnings.clone();
         let result = tokio::time::timeout(
             limit,
