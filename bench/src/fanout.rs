@@ -546,7 +546,7 @@ pub async fn report(plan: &Plan) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| apiserver CPU per Route change (all namespaces, fan-out to {n}, sweeps included) | {:.0} ms |",
+        "| apiserver CPU per Route change (the applies, the operator's renders and status writes, delivery to {n} watches) | {:.0} ms |",
         api_changes_cpu.as_secs_f64() * 1000.0 / plan.changes.max(1) as f64
     )?;
     writeln!(

@@ -216,6 +216,11 @@ fn fall_back(what: &str, failure: &Failure, interval: Duration) {
              limit: raise it on the node (sysctl -w {limit}=<more>)",
             failure.source
         ),
+        None if failure.source.kind() == io::ErrorKind::Unsupported => tracing::info!(
+            what,
+            poll_interval_ms = interval_ms,
+            "no inotify on this system; watching {what} by polling every {interval_ms} ms"
+        ),
         None => tracing::warn!(
             what,
             error = %failure.source,
