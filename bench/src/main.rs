@@ -5,6 +5,7 @@
 //! through-the-sidecar rounds so machine noise hits both alike. `--peers` adds LiteLLM and
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
+mod fanout;
 mod load;
 mod memory;
 mod peers;
@@ -69,6 +70,22 @@ struct Args {
     /// Also measure what each stage of the request path costs (one sidecar per scenario).
     #[arg(long)]
     stages: bool,
+    /// Instead of everything else: start this many kube-mode sidecars on a real control plane
+    /// and measure start success, Route change fan-out and what the fleet costs the apiserver.
+    #[arg(long, default_value_t = 0)]
+    fanout: usize,
+    /// Fan-out: namespaces the sidecars are spread over.
+    #[arg(long, default_value_t = 20)]
+    fanout_namespaces: usize,
+    /// Fan-out: Route changes timed.
+    #[arg(long, default_value_t = 5)]
+    fanout_changes: usize,
+    /// Fan-out: sidecars started at once before waiting for them to be ready.
+    #[arg(long, default_value_t = 50)]
+    fanout_batch: usize,
+    /// Fan-out: seconds the ready fleet idles while CPU is measured.
+    #[arg(long, default_value_t = 30)]
+    fanout_idle_secs: u64,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -111,16 +128,13 @@ impl Path_ {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.no_build && std::env::var_os("GATEHOUSE_BENCH_BIN_DIR").is_none() {
+        let mut packages = vec!["gatehouse-sidecar", "gatehouse-mock-provider"];
+        if args.fanout > 0 {
+            packages.push("gatehouse-operator");
+        }
         let status = std::process::Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "gatehouse-sidecar",
-                "-p",
-                "gatehouse-mock-provider",
-            ])
+            .args(["build", "--release", "--quiet"])
+            .args(packages.iter().flat_map(|p| ["-p", p]))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .context("failed to run cargo build")?;
@@ -130,7 +144,17 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(bench(&args))?;
+    let report = if args.fanout > 0 {
+        runtime.block_on(fanout::report(&fanout::Plan {
+            sidecars: args.fanout,
+            namespaces: args.fanout_namespaces.max(1),
+            changes: args.fanout_changes,
+            batch: args.fanout_batch.max(1),
+            idle_secs: args.fanout_idle_secs.max(1),
+        }))?
+    } else {
+        runtime.block_on(bench(&args))?
+    };
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report)?;

@@ -67,6 +67,15 @@ pub struct Args {
         default_value = "/var/run/gatehouse/keys"
     )]
     pub keys_dir: PathBuf,
+    /// How changes to the keys directory (kube mode) or the manifests (standalone mode) are
+    /// noticed: `auto` uses inotify and polls when inotify cannot be used (its per-user limits
+    /// are shared by every container of a node running as the same UID); `inotify` fails to start
+    /// instead; `poll` always polls.
+    #[arg(long, env = "GATEHOUSE_FILE_WATCH", value_enum, default_value = "auto")]
+    pub file_watch: source::files::Method,
+    /// Milliseconds between two polls of the watched files when polling.
+    #[arg(long, env = "GATEHOUSE_FILE_POLL_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub file_poll_interval_ms: u64,
     /// Namespace the sidecar serves; manifests in other namespaces are ignored.
     #[arg(long, env = "GATEHOUSE_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -139,9 +148,10 @@ pub enum StartError {
         /// I/O error.
         source: std::io::Error,
     },
-    /// The manifest or keys watcher could not start.
-    #[error("failed to watch manifests: {0}")]
-    Watch(#[from] notify::Error),
+    /// The keys directory or the manifests could not be watched with inotify, and
+    /// `--file-watch=inotify` forbids polling.
+    #[error(transparent)]
+    Watch(#[from] source::files::WatchError),
     /// Kube mode: the API client could not be configured.
     #[error(transparent)]
     Kube(#[from] source::kube::ClientError),
@@ -158,7 +168,7 @@ pub struct Running {
     pub store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _files: source::files::Watch,
     _kube: Option<source::kube::Watching>,
 }
 
@@ -217,14 +227,32 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    let (watcher, kube) = if args.kube || args.manifests.is_empty() {
+    // Every file the sidecar watches goes into this one watch: one inotify instance per sidecar.
+    let watch_settings = source::files::Settings {
+        method: args.file_watch,
+        poll_interval: Duration::from_millis(args.file_poll_interval_ms),
+    };
+    let (files, kube) = if args.kube || args.manifests.is_empty() {
         let client = source::kube::client(args.kube_token_file.as_deref()).await?;
         let keys = source::keys::KeysDir::new(args.keys_dir.clone());
-        let watching = source::kube::watch(client, &args.namespace, keys, sink)?;
-        (None, Some(watching))
+        let (files, rx) = source::files::watch(
+            format!("the keys directory {}", args.keys_dir.display()),
+            vec![source::files::Target::dir(&args.keys_dir)],
+            watch_settings,
+            &metrics,
+        )?;
+        let watching = source::kube::watch(client, &args.namespace, keys, rx, sink);
+        (files, Some(watching))
     } else {
-        let watcher = Manifests::new(args.manifests.clone(), args.namespace.clone()).watch(sink)?;
-        (Some(watcher), None)
+        let manifests = Manifests::new(args.manifests.clone(), args.namespace.clone());
+        let (files, rx) = source::files::watch(
+            manifests.describe(),
+            manifests.targets(),
+            watch_settings,
+            &metrics,
+        )?;
+        manifests.watch(sink, rx);
+        (files, None)
     };
     let gateway = Arc::new(Gateway::new(
         store.clone(),
@@ -286,7 +314,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store,
         shutdown,
         tasks,
-        _watcher: watcher,
+        _files: files,
         _kube: kube,
     })
 }

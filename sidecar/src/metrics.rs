@@ -55,6 +55,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of how the sidecar watches its files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileWatchLabels {
+    /// inotify or poll.
+    pub method: &'static str,
+}
+
 /// Labels naming a listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -91,6 +98,9 @@ pub struct Metrics {
     pub client_disconnects: Family<RouteLabels, Counter>,
     /// Config reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 for how the sidecar notices changes to its files (inotify, or poll when inotify cannot
+    /// be used), 0 for the other.
+    pub file_watch: Family<FileWatchLabels, Gauge>,
     /// Open client connections per listener.
     pub connections: Family<ListenerLabels, Gauge>,
     /// Client connections the sidecar closed, by reason.
@@ -147,6 +157,12 @@ impl Metrics {
         );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("config_reloads", "Config reloads", reloads.clone());
+        let file_watch = Family::<FileWatchLabels, Gauge>::default();
+        registry.register(
+            "config_file_watch",
+            "How changes to the keys directory or manifests are noticed: 1 for the method in use",
+            file_watch.clone(),
+        );
         let connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections",
@@ -174,6 +190,7 @@ impl Metrics {
             streams_broken,
             client_disconnects,
             reloads,
+            file_watch,
             connections,
             connections_closed,
             accept_errors,
