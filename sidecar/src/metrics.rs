@@ -1,13 +1,19 @@
 //! Prometheus metrics of the sidecar, served on the admin port.
 //!
 //! Label values come from the config (route, provider, model names), never from the request, so a
-//! client cannot blow up cardinality by sending random model names.
+//! client cannot blow up cardinality by sending random model names. The spend counters add the
+//! sidecar's own identity (one namespace and workload per sidecar) and the `x-gatehouse-tag`,
+//! the one label a request picks, capped by `--max-tags` (`stages::identity`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Labels of a finished request.
@@ -71,6 +77,88 @@ pub struct ClosedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of spend: who spent (the sidecar's workload, the request's tag) on what. Values are
+/// shared strings, so a label set for a lookup is built from reference counts, without
+/// allocating.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    /// Namespace of the workload.
+    pub namespace: Arc<str>,
+    /// The workload (`workload::Workload::name`).
+    pub workload: Arc<str>,
+    /// The request's `x-gatehouse-tag`, `other` past the cap, empty without one.
+    pub tag: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// Provider that answered.
+    pub provider: Arc<str>,
+    /// Upstream model that answered.
+    pub model: Arc<str>,
+}
+
+/// The tokens of one spend label set, one counter per billing type (`usage::Tokens`), exposed
+/// as one series per type (label `type`); one label-set lookup counts all five.
+#[derive(Debug, Default, Clone)]
+pub struct TokenCounts {
+    /// Prompt tokens billed at the input rate.
+    pub input: Counter,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_read: Counter,
+    /// Prompt tokens written to the provider's cache.
+    pub cache_write: Counter,
+    /// Completion tokens other than reasoning.
+    pub output: Counter,
+    /// Reasoning tokens.
+    pub reasoning: Counter,
+}
+
+impl TokenCounts {
+    /// Add a request's tokens.
+    pub fn add(&self, t: &crate::usage::Tokens) {
+        for (counter, n) in [
+            (&self.input, t.input),
+            (&self.cached_read, t.cached_read),
+            (&self.cache_write, t.cache_write),
+            (&self.output, t.output),
+            (&self.reasoning, t.reasoning),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+}
+
+#[derive(Debug, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+impl TypedMetric for TokenCounts {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for TokenCounts {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (r#type, counter) in [
+            ("input", &self.input),
+            ("cached_read", &self.cached_read),
+            ("cache_write", &self.cache_write),
+            ("output", &self.output),
+            ("reasoning", &self.reasoning),
+        ] {
+            encoder
+                .encode_family(&TypeLabel { r#type })?
+                .encode_counter::<NoLabelSet, _, u64>(&counter.get(), None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -97,6 +185,12 @@ pub struct Metrics {
     pub connections_closed: Family<ClosedLabels, Counter>,
     /// Failed accepts per listener (mostly: out of file descriptors).
     pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Tokens by type, per spend label set.
+    pub tokens: Family<SpendLabels, TokenCounts>,
+    /// USD spent (priced requests only), per spend label set.
+    pub cost_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    /// Requests whose new `x-gatehouse-tag` was counted as `other` (the `--max-tags` cap).
+    pub tags_overflowed: Counter,
     registry: Registry,
 }
 
@@ -165,6 +259,24 @@ impl Metrics {
             "Failed accepts of client connections",
             accept_errors.clone(),
         );
+        let tokens = Family::<SpendLabels, TokenCounts>::default();
+        registry.register(
+            "tokens",
+            "Tokens by type (input, cached_read, cache_write, output, reasoning), by workload, tag, route, provider and model",
+            tokens.clone(),
+        );
+        let cost_usd = Family::<SpendLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "USD spent on priced requests, by workload, tag, route, provider and model",
+            cost_usd.clone(),
+        );
+        let tags_overflowed = Counter::default();
+        registry.register(
+            "tags_overflowed",
+            "Requests whose x-gatehouse-tag was counted as 'other' (past --max-tags)",
+            tags_overflowed.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -177,6 +289,9 @@ impl Metrics {
             connections,
             connections_closed,
             accept_errors,
+            tokens,
+            cost_usd,
+            tags_overflowed,
             registry,
         }
     }
