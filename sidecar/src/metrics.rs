@@ -5,16 +5,21 @@
 //! sidecar's own identity (one namespace and workload per sidecar) and the `x-gatehouse-tag`,
 //! the one label a request picks, capped by `--max-tags` (`stages::identity`).
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+use crate::usage::Tokens;
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,66 +101,138 @@ pub struct SpendLabels {
     pub model: Arc<str>,
 }
 
-/// The tokens of one spend label set, one counter per billing type (`usage::Tokens`), exposed
-/// as one series per type (label `type`); one label-set lookup counts all five.
-#[derive(Debug, Default, Clone)]
-pub struct TokenCounts {
-    /// Prompt tokens billed at the input rate.
-    pub input: Counter,
-    /// Prompt tokens read from the provider's cache.
-    pub cached_read: Counter,
-    /// Prompt tokens written to the provider's cache.
-    pub cache_write: Counter,
-    /// Completion tokens other than reasoning.
-    pub output: Counter,
-    /// Reasoning tokens.
-    pub reasoning: Counter,
+/// The spend counters: per [`SpendLabels`], the tokens by type and the USD of priced requests,
+/// kept in one entry so that a request costs one lookup, exposed as two metrics
+/// (`gatehouse_tokens_total{..., type}` and `gatehouse_cost_usd_total`).
+#[derive(Debug, Default)]
+pub struct Spend {
+    entries: RwLock<HashMap<SpendLabels, SpendCounters>>,
 }
 
-impl TokenCounts {
-    /// Add a request's tokens.
-    pub fn add(&self, t: &crate::usage::Tokens) {
-        for (counter, n) in [
-            (&self.input, t.input),
-            (&self.cached_read, t.cached_read),
-            (&self.cache_write, t.cache_write),
-            (&self.output, t.output),
-            (&self.reasoning, t.reasoning),
-        ] {
+/// The counters of one spend label set.
+#[derive(Debug, Default)]
+struct SpendCounters {
+    /// In the order of `Tokens::by_type`.
+    tokens: [AtomicU64; 5],
+    usd: Counter<f64, AtomicU64>,
+    /// Whether any request of this label set was priced (an unpriced model has no USD series).
+    priced: AtomicBool,
+}
+
+impl SpendCounters {
+    fn add(&self, tokens: &Tokens, cost: Option<f64>) {
+        for (counter, (_, n)) in self.tokens.iter().zip(tokens.by_type()) {
             if n > 0 {
-                counter.inc_by(n);
+                counter.fetch_add(n, Ordering::Relaxed);
             }
+        }
+        if let Some(cost) = cost.filter(|c| c.is_finite() && *c >= 0.0) {
+            self.usd.inc_by(cost);
+            self.priced.store(true, Ordering::Relaxed);
         }
     }
 }
 
-#[derive(Debug, EncodeLabelSet)]
-struct TypeLabel {
+impl Spend {
+    /// Count a request's tokens and, when it was priced, its cost. Takes a read lock only, unless
+    /// the label set is new.
+    pub fn add(&self, labels: &SpendLabels, tokens: &Tokens, cost: Option<f64>) {
+        // A panic cannot leave the map half-updated (an insert is one call): a poisoned lock is
+        // still good to use.
+        if let Some(c) = self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(labels)
+        {
+            c.add(tokens, cost);
+            return;
+        }
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(labels.clone())
+            .or_default()
+            .add(tokens, cost);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpendLabels, SpendCounters>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A spend label set and a token type, borrowed for encoding.
+struct WithType<'a> {
+    labels: &'a SpendLabels,
     r#type: &'static str,
 }
 
-impl TypedMetric for TokenCounts {
-    const TYPE: MetricType = MetricType::Counter;
+impl EncodeLabelSet for WithType<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        #[derive(EncodeLabelSet)]
+        struct TypeLabel {
+            r#type: &'static str,
+        }
+        self.labels.encode(encoder)?;
+        TypeLabel {
+            r#type: self.r#type,
+        }
+        .encode(encoder)
+    }
 }
 
-impl EncodeMetric for TokenCounts {
+/// `gatehouse_tokens_total`: one series per spend label set and token type.
+#[derive(Debug)]
+struct TokensView(Arc<Spend>);
+
+impl EncodeMetric for TokensView {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (r#type, counter) in [
-            ("input", &self.input),
-            ("cached_read", &self.cached_read),
-            ("cache_write", &self.cache_write),
-            ("output", &self.output),
-            ("reasoning", &self.reasoning),
-        ] {
-            encoder
-                .encode_family(&TypeLabel { r#type })?
-                .encode_counter::<NoLabelSet, _, u64>(&counter.get(), None)?;
+        for (labels, c) in self.0.read().iter() {
+            for (counter, (r#type, _)) in c.tokens.iter().zip(Tokens::default().by_type()) {
+                let labels = WithType { labels, r#type };
+                encoder
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&counter.load(Ordering::Relaxed), None)?;
+            }
         }
         Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
         MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.read().is_empty()
+    }
+}
+
+/// `gatehouse_cost_usd_total`: one series per spend label set that was ever priced.
+#[derive(Debug)]
+struct CostView(Arc<Spend>);
+
+impl EncodeMetric for CostView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, c) in self.0.read().iter() {
+            if c.priced.load(Ordering::Relaxed) {
+                encoder
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, f64>(&c.usd.get(), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        !self
+            .0
+            .read()
+            .values()
+            .any(|c| c.priced.load(Ordering::Relaxed))
     }
 }
 
@@ -185,10 +262,8 @@ pub struct Metrics {
     pub connections_closed: Family<ClosedLabels, Counter>,
     /// Failed accepts per listener (mostly: out of file descriptors).
     pub accept_errors: Family<ListenerLabels, Counter>,
-    /// Tokens by type, per spend label set.
-    pub tokens: Family<SpendLabels, TokenCounts>,
-    /// USD spent (priced requests only), per spend label set.
-    pub cost_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    /// Tokens by type and USD, per spend label set.
+    pub spend: Arc<Spend>,
     /// Requests whose new `x-gatehouse-tag` was counted as `other` (the `--max-tags` cap).
     pub tags_overflowed: Counter,
     registry: Registry,
@@ -259,17 +334,16 @@ impl Metrics {
             "Failed accepts of client connections",
             accept_errors.clone(),
         );
-        let tokens = Family::<SpendLabels, TokenCounts>::default();
+        let spend = Arc::new(Spend::default());
         registry.register(
             "tokens",
             "Tokens by type (input, cached_read, cache_write, output, reasoning), by workload, tag, route, provider and model",
-            tokens.clone(),
+            TokensView(spend.clone()),
         );
-        let cost_usd = Family::<SpendLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "cost_usd",
             "USD spent on priced requests, by workload, tag, route, provider and model",
-            cost_usd.clone(),
+            CostView(spend.clone()),
         );
         let tags_overflowed = Counter::default();
         registry.register(
@@ -289,8 +363,7 @@ impl Metrics {
             connections,
             connections_closed,
             accept_errors,
-            tokens,
-            cost_usd,
+            spend,
             tags_overflowed,
             registry,
         }
@@ -307,4 +380,58 @@ impl Metrics {
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_counters_are_exposed_with_their_labels() {
+        let m = Metrics::new();
+        let labels = SpendLabels {
+            namespace: Arc::from("shop"),
+            workload: Arc::from("checkout"),
+            tag: Arc::from("summary"),
+            route: Arc::from("chat"),
+            provider: Arc::from("oai"),
+            model: Arc::from("gpt-4o-mini"),
+        };
+        let tokens = Tokens {
+            input: 10,
+            cached_read: 2,
+            cache_write: 0,
+            output: 5,
+            reasoning: 1,
+        };
+        assert!(
+            !m.encode().contains("gatehouse_tokens"),
+            "no series, no metric"
+        );
+        m.spend.add(&labels, &tokens, Some(0.125));
+        m.spend.add(&labels, &tokens, Some(0.125));
+        // An unpriced model: tokens, no USD series.
+        let unpriced = SpendLabels {
+            model: Arc::from("free"),
+            ..labels.clone()
+        };
+        m.spend.add(&unpriced, &tokens, None);
+        let text = m.encode();
+        let who = r#"namespace="shop",workload="checkout",tag="summary",route="chat",provider="oai",model="gpt-4o-mini""#;
+        for (ty, n) in [
+            ("input", 20),
+            ("cached_read", 4),
+            ("cache_write", 0),
+            ("output", 10),
+            ("reasoning", 2),
+        ] {
+            let line = format!("gatehouse_tokens_total{{{who},type=\"{ty}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains("# TYPE gatehouse_tokens counter"), "{text}");
+        let line = format!("gatehouse_cost_usd_total{{{who}}} 0.25");
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        assert!(text.contains(r#"model="free",type="input"} 10"#), "{text}");
+        assert!(!text.contains(r#"gatehouse_cost_usd_total{namespace="shop",workload="checkout",tag="summary",route="chat",provider="oai",model="free""#), "{text}");
+    }
 }

@@ -59,12 +59,8 @@ impl Telemetry {
             model: target.model.clone(),
         };
         self.metrics
-            .tokens
-            .get_or_create(&labels)
-            .add(&usage.tokens());
-        if let Some(cost) = ctx.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
-            self.metrics.cost_usd.get_or_create(&labels).inc_by(cost);
-        }
+            .spend
+            .add(&labels, &usage.tokens(), ctx.cost_usd);
     }
 }
 
