@@ -106,7 +106,10 @@ pub struct SpendLabels {
 /// (`gatehouse_tokens_total{..., type}` and `gatehouse_cost_usd_total`).
 #[derive(Debug, Default)]
 pub struct Spend {
-    entries: RwLock<HashMap<SpendLabels, SpendCounters>>,
+    /// foldhash rather than SipHash: the keys come from the config and the sidecar's identity,
+    /// plus at most `--max-tags` tags, so there is no flood to resist, and hashing six strings
+    /// per request is most of the lookup.
+    entries: RwLock<HashMap<SpendLabels, SpendCounters, foldhash::fast::RandomState>>,
 }
 
 /// The counters of one spend label set.
@@ -156,7 +159,12 @@ impl Spend {
             .add(tokens, cost);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpendLabels, SpendCounters>> {
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<
+        '_,
+        HashMap<SpendLabels, SpendCounters, foldhash::fast::RandomState>,
+    > {
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
     }
 }

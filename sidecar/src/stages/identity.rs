@@ -100,7 +100,8 @@ pub fn validate(value: &[u8]) -> Result<&str, ProxyError> {
 #[derive(Debug)]
 pub struct Tags {
     max: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
+    /// At most `max` entries, so foldhash (faster than SipHash) has no flood to resist.
+    seen: RwLock<HashSet<Arc<str>, foldhash::fast::RandomState>>,
     other: Arc<str>,
     overflowed: Counter,
 }
@@ -110,7 +111,7 @@ impl Tags {
     pub fn new(max: usize, overflowed: Counter) -> Self {
         Self {
             max,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(HashSet::default()),
             other: Arc::from(OTHER),
             overflowed,
         }
