@@ -25,11 +25,11 @@ use crate::usage::Tokens;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name, empty when no route matched.
-    pub route: String,
+    pub route: Arc<str>,
     /// Provider that answered, empty when none did.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// Upstream model, empty when none answered.
-    pub model: String,
+    pub model: Arc<str>,
     /// HTTP status sent to the client.
     pub status: u16,
 }
@@ -38,7 +38,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// success, connect_error, timeout, rate_limited, server_error, invalid_response, too_large,
     /// auth_failed, billing_refused, client_error (the provider refused the request itself; the
     /// refusal went back to the client).
@@ -49,7 +49,7 @@ pub struct AttemptLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Route name.
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 /// Labels of a gateway error.

@@ -95,16 +95,17 @@ impl Stage for Telemetry {
     fn on_end(&self, ctx: &mut Context, end: End) {
         let m = &self.metrics;
         let status = ctx.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
-        let route = ctx.route_name();
-        let (provider, model) = match &ctx.answered_by {
-            Some(t) => (&*t.provider.name, &*t.model),
-            None => ("", ""),
-        };
+        // Label values are shared strings: reference counts, no allocation per request.
+        let shared = |name: Option<&Arc<str>>| name.map_or_else(|| self.empty.clone(), Arc::clone);
+        let route_label = shared(ctx.route.as_ref().map(|r| &r.name));
+        let provider_label = shared(ctx.answered_by.as_ref().map(|t| &t.provider.name));
+        let model_label = shared(ctx.answered_by.as_ref().map(|t| &t.model));
+        let (route, provider, model) = (&*route_label, &*provider_label, &*model_label);
         m.requests
             .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                provider: provider.to_string(),
-                model: model.to_string(),
+                route: route_label.clone(),
+                provider: provider_label.clone(),
+                model: model_label.clone(),
                 status,
             })
             .inc();
@@ -114,7 +115,7 @@ impl Stage for Telemetry {
         if !route.is_empty() {
             m.request_duration
                 .get_or_create(&RouteLabels {
-                    route: route.to_string(),
+                    route: route_label.clone(),
                 })
                 .observe(elapsed.as_secs_f64());
         }
@@ -125,7 +126,7 @@ impl Stage for Telemetry {
         for attempt in &ctx.attempts {
             m.attempts
                 .get_or_create(&AttemptLabels {
-                    provider: attempt.target.provider.name.to_string(),
+                    provider: attempt.target.provider.name.clone(),
                     outcome: attempt.outcome,
                 })
                 .inc();
@@ -136,14 +137,14 @@ impl Stage for Telemetry {
         if end == End::StreamBroken {
             m.streams_broken
                 .get_or_create(&RouteLabels {
-                    route: route.to_string(),
+                    route: route_label.clone(),
                 })
                 .inc();
         }
         if end == End::ClientGone {
             m.client_disconnects
                 .get_or_create(&RouteLabels {
-                    route: route.to_string(),
+                    route: route_label.clone(),
                 })
                 .inc();
         }
