@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod upstream;
 pub mod usage;
 pub mod warnings;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,9 +77,35 @@ pub struct Args {
     /// Milliseconds between two polls of the watched files when polling.
     #[arg(long, env = "GATEHOUSE_FILE_POLL_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub file_poll_interval_ms: u64,
-    /// Namespace the sidecar serves; manifests in other namespaces are ignored.
+    /// Namespace the sidecar serves; manifests in other namespaces are ignored. Also the
+    /// namespace every request is attributed to (downward API `metadata.namespace`).
     #[arg(long, env = "GATEHOUSE_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// Identity: the pod the sidecar serves (downward API `metadata.name`).
+    #[arg(long, env = "GATEHOUSE_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Identity: the pod's ServiceAccount (downward API `spec.serviceAccountName`).
+    #[arg(long, env = "GATEHOUSE_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// Identity: the `workload` label of spend metrics and the access line. Default: the pod's
+    /// `app.kubernetes.io/name` label, else the pod name without its generated suffixes.
+    #[arg(long, env = "GATEHOUSE_WORKLOAD")]
+    pub workload: Option<String>,
+    /// Identity: pod labels as `key=value`, comma-separated (downward API
+    /// `metadata.labels['<key>']`; an empty value means the pod lacks the label). They win over
+    /// `--pod-labels-file`.
+    #[arg(long, env = "GATEHOUSE_POD_LABELS", value_delimiter = ',', value_parser = workload::parse_label)]
+    pub pod_labels: Vec<(String, String)>,
+    /// Identity: a downward-API labels file (`fieldPath: metadata.labels`), read at start.
+    #[arg(long, env = "GATEHOUSE_POD_LABELS_FILE")]
+    pub pod_labels_file: Option<PathBuf>,
+    /// Identity: the pod labels carried with the workload identity (comma-separated keys).
+    #[arg(long, env = "GATEHOUSE_WORKLOAD_LABELS", value_delimiter = ',', default_value = workload::DEFAULT_LABELS)]
+    pub workload_labels: Vec<String>,
+    /// Distinct `x-gatehouse-tag` values kept: the first this many seen are metric labels; later
+    /// new ones are counted as `other`.
+    #[arg(long, env = "GATEHOUSE_MAX_TAGS", default_value_t = stages::identity::DEFAULT_MAX_TAGS)]
+    pub max_tags: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "GATEHOUSE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -155,6 +182,24 @@ pub enum StartError {
     /// Kube mode: the API client could not be configured.
     #[error(transparent)]
     Kube(#[from] source::kube::ClientError),
+    /// The workload identity could not be built (the pod labels file).
+    #[error(transparent)]
+    Identity(#[from] workload::WorkloadError),
+}
+
+impl Args {
+    /// The workload identity these flags describe (reads `--pod-labels-file`).
+    pub fn workload(&self) -> Result<workload::Workload, workload::WorkloadError> {
+        workload::Workload::build(&workload::Sources {
+            namespace: &self.namespace,
+            pod: self.pod_name.as_deref(),
+            service_account: self.service_account.as_deref(),
+            workload: self.workload.as_deref(),
+            labels: &self.pod_labels,
+            labels_file: self.pod_labels_file.as_deref(),
+            allowed: &self.workload_labels,
+        })
+    }
 }
 
 /// A running sidecar.
@@ -196,6 +241,8 @@ impl Running {
 
 /// Bind the ports, start the config source and serve in the background.
 pub async fn start(args: &Args) -> Result<Running, StartError> {
+    // Built once, before anything listens: every request is attributed to it.
+    let workload = Arc::new(args.workload()?);
     let proxy_listener =
         TcpListener::bind(args.listen)
             .await
@@ -265,6 +312,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             max_inflight_body_bytes: args.max_inflight_body_bytes,
             body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
             body_deadline: Duration::from_millis(args.body_deadline_ms),
+            workload: workload.clone(),
+            max_tags: args.max_tags,
         },
     ));
     let timeouts = server::connection::Timeouts {
@@ -306,6 +355,11 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         %admin_addr,
         max_connections,
         open_file_limit = nofile,
+        namespace = %workload.namespace,
+        workload = %workload.name,
+        service_account = %workload.service_account,
+        pod = %workload.pod,
+        labels = ?workload.labels,
         "gatehouse-sidecar listening"
     );
     Ok(Running {

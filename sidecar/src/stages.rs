@@ -3,6 +3,8 @@
 //! A stage is a small type in its own module under `stages/`; [`chain`] lists them in order, once.
 //! Every hook runs in that order:
 //!
+//! - [`Stage::on_head`]: the request head arrived, before its body is read (every request,
+//!   whatever its path); the stage may refuse it (a malformed `x-gatehouse-tag`).
 //! - [`Stage::on_request`]: the request is parsed and its route known; the stage may answer early
 //!   (a cache hit, a 429 of a rate limit, a 400 of a block) or change the request.
 //! - [`Stage::before_attempt`]: before each upstream attempt; may change the target or the body
@@ -23,6 +25,7 @@
 //! the chain at all.
 
 pub mod headers;
+pub mod identity;
 pub mod metering;
 pub mod telemetry;
 
@@ -40,6 +43,7 @@ use crate::request::Request;
 use crate::state::{ServedRoute, Target};
 use crate::usage::Usage;
 use crate::warnings::Warnings;
+use crate::workload::Workload;
 
 /// Builds the chain: the one place that says which stages run and in which order.
 ///
@@ -47,9 +51,11 @@ use crate::warnings::Warnings;
 /// cache lookup → budget reserve → route rules / downgrade → *attempts* → redaction (response) →
 /// metering → budget settle → cache fill → metrics, audit line, traces. Stages that have not
 /// landed yet are marked where they go.
-pub fn chain(metrics: Arc<Metrics>) -> Chain {
+pub fn chain(metrics: Arc<Metrics>, workload: Arc<Workload>, max_tags: usize) -> Chain {
     let stages: Vec<Box<dyn Stage>> = vec![
-        // identity: first, everything after keys on who is calling.
+        // Identity: first, everything after keys on who is calling (and a malformed tag is
+        // refused before any work is spent on the request).
+        Box::new(identity::Identify::new(workload, max_tags, &metrics)),
         // rate limit: before any work is spent on a request that will be refused.
         // redaction (request): before anything stores or sends the prompt (cache, upstream).
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
@@ -76,6 +82,8 @@ pub fn chain(metrics: Arc<Metrics>) -> Chain {
 /// Which hooks a stage implements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hooks {
+    /// [`Stage::on_head`].
+    pub head: bool,
     /// [`Stage::on_request`].
     pub request: bool,
     /// [`Stage::before_attempt`].
@@ -107,6 +115,11 @@ pub trait Stage: Send + Sync + std::fmt::Debug {
 
     /// The hooks this stage implements.
     fn hooks(&self) -> Hooks;
+
+    /// The request head arrived (any path, body not read yet); refuse it or let it go on.
+    fn on_head(&self, _ctx: &mut Context, _headers: &HeaderMap) -> Result<(), ProxyError> {
+        Ok(())
+    }
 
     /// The request is parsed and routed; answer early or let it go on.
     fn on_request(&self, _ctx: &mut Context, _request: &mut Request) -> Result<Flow, ProxyError> {
@@ -177,16 +190,16 @@ impl CacheStatus {
     }
 }
 
-/// Who is calling. The sidecar serves one pod, so this is the pod's workload (set from the
-/// downward API); empty until the metering issue fills it in.
+/// Who is calling. The sidecar serves one pod, so this is the pod's workload, the sidecar's own
+/// (flags / downward API), never taken from the request; the identity stage fills it in.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
-    /// Namespace of the workload.
-    pub namespace: Option<Arc<str>>,
-    /// ServiceAccount of the workload.
-    pub service_account: Option<Arc<str>>,
-    /// The `x-gatehouse-tag` the app attributed the request to.
-    pub tag: Option<String>,
+    /// The workload (namespace, name, ServiceAccount, pod, labels); `None` only before the
+    /// identity stage ran (a request refused before it, or a chain without it).
+    pub workload: Option<Arc<Workload>>,
+    /// The `x-gatehouse-tag` the app attributed the request to, validated, or `other` past the
+    /// `--max-tags` cap; `None` when the request carried none.
+    pub tag: Option<Arc<str>>,
 }
 
 /// One finished upstream attempt.
@@ -270,7 +283,7 @@ impl Context {
 
     /// Route name, empty when none matched.
     pub fn route_name(&self) -> &str {
-        self.route.as_deref().map_or("", |r| r.name.as_str())
+        self.route.as_deref().map_or("", |r| &*r.name)
     }
 }
 
@@ -278,6 +291,7 @@ impl Context {
 #[derive(Debug)]
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
+    head: Vec<usize>,
     request: Vec<usize>,
     attempt: Vec<usize>,
     answer: Vec<usize>,
@@ -298,6 +312,7 @@ impl Chain {
                 .collect()
         };
         Self {
+            head: with(|h| h.head),
             request: with(|h| h.request),
             attempt: with(|h| h.attempt),
             answer: with(|h| h.answer),
@@ -338,6 +353,14 @@ impl Exchange {
             ctx,
             ended: false,
         }
+    }
+
+    /// Run the head hooks; the first error wins.
+    pub fn head(&mut self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        for stage in self.chain.each(&self.chain.head) {
+            stage.on_head(&mut self.ctx, headers)?;
+        }
+        Ok(())
     }
 
     /// Run the request hooks; the first early answer or error wins.
@@ -476,9 +499,14 @@ mod tests {
 
     #[test]
     fn the_chain_is_in_design_order() {
-        let chain = chain(Arc::new(Metrics::new()));
-        assert_eq!(chain.names(), ["metering", "headers", "telemetry"]);
-        // Nothing of today's stages reads requests, attempts or stream events.
+        let chain = chain(Arc::new(Metrics::new()), Arc::new(Workload::default()), 10);
+        assert_eq!(
+            chain.names(),
+            ["identity", "metering", "headers", "telemetry"]
+        );
+        // Only identity reads the head; nothing of today's stages reads requests, attempts or
+        // stream events.
+        assert_eq!(chain.head, [0]);
         assert!(chain.request.is_empty() && chain.attempt.is_empty() && chain.events.is_empty());
     }
 

@@ -154,7 +154,7 @@ pub(super) async fn run(
         failures.push("the request timeout expired before the first attempt".to_string());
     }
     Err(ProxyError::Exhausted {
-        route: route.name.clone(),
+        route: route.name.to_string(),
         attempts: x.ctx.attempts.len() as u32,
         summary: failures.join("; "),
         status,
