@@ -126,6 +126,21 @@ pub struct Args {
     /// (docs/benchmarks.md has the numbers). Raise it for a sidecar with several cores of its own.
     #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
+    /// Metering: `on` (the default) prices every answer and asks OpenAI providers for the usage
+    /// of streams whose client did not; `off` leaves it out of the request path, so nothing is
+    /// priced (`x-gatehouse-cost-usd: unknown`). Off exists for the bench to measure what
+    /// metering costs; a production sidecar keeps it on.
+    #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch)]
+    pub metering: bool,
+}
+
+/// `on` or `off`.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected 'on' or 'off', got '{other}'")),
+    }
 }
 
 /// Why the sidecar could not start.
@@ -237,6 +252,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             max_inflight_body_bytes: args.max_inflight_body_bytes,
             body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
             body_deadline: Duration::from_millis(args.body_deadline_ms),
+            metering: args.metering,
         },
     ));
     let timeouts = server::connection::Timeouts {

@@ -71,6 +71,15 @@ pub struct ClosedLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming a provider's model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Upstream model.
+    pub model: String,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -97,6 +106,8 @@ pub struct Metrics {
     pub connections_closed: Family<ClosedLabels, Counter>,
     /// Failed accepts per listener (mostly: out of file descriptors).
     pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Answered requests whose model has no price (their cost is `unknown`).
+    pub unpriced_requests: Family<ModelLabels, Counter>,
     registry: Registry,
 }
 
@@ -165,6 +176,12 @@ impl Metrics {
             "Failed accepts of client connections",
             accept_errors.clone(),
         );
+        let unpriced_requests = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "unpriced_requests",
+            "Answered requests whose model has no price in the catalog or the ModelProvider",
+            unpriced_requests.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -177,6 +194,7 @@ impl Metrics {
             connections,
             connections_closed,
             accept_errors,
+            unpriced_requests,
             registry,
         }
     }

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::body::{ProxyBody, RelayGuard, SseRelay};
+use crate::body::{ProxyBody, RelayGuard, SseRelay, StreamMeter};
 use crate::dialect::{Dialect, Operation};
 use crate::error::{AttemptError, ProxyError, Refusal};
 use crate::metrics::Metrics;
@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Most bytes held of one upstream stream event not complete yet (`limits`).
     pub max_event_bytes: usize,
+    /// Whether metering is in the chain (`--metering`).
+    pub metering: bool,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             body_deadline: Duration::from_secs(60),
             max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
+            metering: true,
         }
     }
 }
@@ -93,6 +96,8 @@ enum Answer {
         deadline: Instant,
         /// The scrubber of the call that answered.
         scrub: Scrubber,
+        /// What the relay does for metering.
+        meter: StreamMeter,
     },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
@@ -110,7 +115,7 @@ impl Gateway {
         Self {
             budget: BodyBudget::new(settings.max_inflight_body_bytes),
             store,
-            chain: Arc::new(stages::chain(metrics)),
+            chain: Arc::new(stages::chain(metrics, settings.metering)),
             client,
             settings,
         }
@@ -175,6 +180,8 @@ impl Gateway {
         let body = request::read::body(req, limits, &self.budget).await?;
         let mut inbound = Request::parse(body, op, x.ctx.dialect, anthropic_beta).await?;
         x.ctx.stream = inbound.stream();
+        inbound.metering = x.metered();
+        x.ctx.measured.request_bytes = inbound.body_len() as u64;
         let route = snapshot
             .aliases
             .get(&inbound.index.alias)
@@ -213,6 +220,7 @@ impl Gateway {
                 translate,
                 deadline,
                 scrub,
+                meter,
             }) => {
                 x.ctx.streaming = true;
                 let mut response = Response::new(ProxyBody::empty());
@@ -223,6 +231,7 @@ impl Gateway {
                 let guard = RelayGuard {
                     max_event_bytes: self.settings.max_event_bytes,
                     scrub,
+                    meter,
                 };
                 let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));

@@ -4,29 +4,159 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{ChunkEncoder, Event};
+use super::{ChunkEncoder, Data, Event};
 use crate::error::{DecodeError, error_body};
 use crate::providers::StreamItem;
 use crate::usage::Usage;
 
-/// Check one event's data: `[DONE]`, or a JSON object (an error event when it has `error`).
+/// Check one event's data: `[DONE]`, or a JSON object (an error event when it has `error`), and
+/// read what metering needs of it (usage, whether it has choices, how much text) in the same pass.
 pub fn inspect(data: &[u8]) -> Result<Event, DecodeError> {
     #[derive(Deserialize)]
     struct Probe {
-        #[serde(default)]
-        usage: Option<Usage>,
+        #[serde(default, deserialize_with = "present")]
+        usage: Option<Option<Usage>>,
         #[serde(default)]
         error: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        choices: Option<Choices>,
     }
     if data.trim_ascii() == b"[DONE]" {
         return Ok(Event::Done);
     }
     match serde_json::from_slice::<Probe>(data) {
         Ok(probe) if probe.error.is_some() => Ok(Event::Error),
-        Ok(probe) => Ok(Event::Data(probe.usage)),
+        Ok(probe) => {
+            let usage = probe.usage.flatten();
+            let choices = probe.choices.unwrap_or_default();
+            Ok(Event::Data(Data {
+                usage,
+                final_usage: usage.is_some(),
+                usage_key: probe.usage.is_some(),
+                no_choices: choices.count == 0,
+                text_bytes: choices.text_bytes,
+            }))
+        }
         Err(_) => Err(DecodeError::EventNotObject),
+    }
+}
+
+/// `Some(value)` for a key that is present, `null` included (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Bytes of a JSON string as written (escapes included), 0 for anything else.
+pub(crate) fn string_bytes(raw: Option<&RawValue>) -> u64 {
+    raw.map_or(0, |r| {
+        let s = r.get();
+        if s.starts_with('"') {
+            s.len().saturating_sub(2) as u64
+        } else {
+            0
+        }
+    })
+}
+
+/// A chunk's `choices`, counted and measured as they are read, never collected.
+#[derive(Debug, Default)]
+struct Choices {
+    count: usize,
+    text_bytes: u64,
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let mut out = Choices::default();
+                while let Some(choice) = seq.next_element::<Choice<'de>>()? {
+                    out.count += 1;
+                    out.text_bytes += choice.delta.map_or(0, |d| d.text_bytes());
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
+    #[serde(default)]
+    tool_calls: Option<ToolCalls>,
+}
+
+impl Delta<'_> {
+    fn text_bytes(&self) -> u64 {
+        string_bytes(self.content)
+            + string_bytes(self.reasoning_content)
+            + string_bytes(self.refusal)
+            + self.tool_calls.as_ref().map_or(0, |t| t.0)
+    }
+}
+
+/// Bytes of the `function.arguments` of a delta's tool calls.
+struct ToolCalls(u64);
+
+impl<'de> Deserialize<'de> for ToolCalls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Call<'a> {
+            #[serde(borrow, default)]
+            function: Option<Function<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Function<'a> {
+            #[serde(borrow, default)]
+            arguments: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            name: Option<&'a RawValue>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ToolCalls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of tool calls")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ToolCalls, E> {
+                Ok(ToolCalls(0))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolCalls, A::Error> {
+                let mut bytes = 0;
+                while let Some(call) = seq.next_element::<Call<'de>>()? {
+                    if let Some(f) = call.function {
+                        bytes += string_bytes(f.arguments) + string_bytes(f.name);
+                    }
+                }
+                Ok(ToolCalls(bytes))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
