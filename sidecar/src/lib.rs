@@ -130,7 +130,7 @@ pub struct Args {
     /// of streams whose client did not; `off` leaves it out of the request path, so nothing is
     /// priced (`x-gatehouse-cost-usd: unknown`). Off exists for the bench to measure what
     /// metering costs; a production sidecar keeps it on.
-    #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch)]
+    #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub metering: bool,
 }
 
@@ -317,4 +317,25 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn metering_is_on_unless_switched_off() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gatehouse-sidecar", "--manifests", "m.yaml"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&[]).unwrap().metering);
+        assert!(parse(&["--metering", "on"]).unwrap().metering);
+        assert!(!parse(&["--metering", "off"]).unwrap().metering);
+        assert!(!parse(&["--metering=off"]).unwrap().metering);
+        assert!(parse(&["--metering", "maybe"]).is_err());
+    }
 }

@@ -611,6 +611,45 @@ mod tests {
     }
 
     #[test]
+    fn usage_is_asked_for_by_splicing_the_body() {
+        let cases = [
+            (
+                r#"{"model":"a","messages":[1],"stream":true}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"up","messages":[1],"stream":true}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{ },"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true },"messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{"x":1},"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true,"x":1},"messages":[1]}"#,
+            ),
+            (
+                r#"{"stream_options":{"include_usage": false},"model":"a","messages":[1]}"#,
+                r#"{"stream_options":{"include_usage": true},"model":"up","messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":null,"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true},"messages":[1]}"#,
+            ),
+        ];
+        for (body, want) in cases {
+            let index = Index::of(body.as_bytes(), Operation::Chat).unwrap();
+            let out = index.native_body(body.as_bytes(), "up", true).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            let unchanged = index.native_body(body.as_bytes(), "up", false).unwrap();
+            assert_eq!(
+                unchanged,
+                index.with_model(body.as_bytes(), "up").unwrap(),
+                "{body}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+        }
+    }
+
+    #[test]
     fn index_reads_routing_fields_and_splices_model() {
         let body = br#" { "x": {"model": "inner"}, "model" : "a\u0062", "stream":true,
             "stream_options": {"include_usage": true, "other": [1]},
