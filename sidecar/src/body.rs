@@ -55,7 +55,7 @@ impl FirstEventScan {
             let Some(end) = self.ends.next(buf, self.start) else {
                 return FirstEvent::Incomplete;
             };
-            match dialect.inspect(sse::data(&buf[self.start..end]).as_deref()) {
+            match dialect.inspect(sse::data(&buf[self.start..end]).as_deref(), false) {
                 Ok(Event::Empty) => self.start = end,
                 Ok(Event::Error) => return FirstEvent::Invalid(DecodeError::ErrorFirst),
                 Ok(_) => return FirstEvent::Valid,
@@ -187,6 +187,8 @@ pub struct StreamMeter {
     pub strip_usage: bool,
     /// Write the cost into the usage of the final usage event ([`wire::COST_FIELD`]).
     pub in_band_cost: bool,
+    /// Count the answer text relayed, for the estimate of a stream that ends without its usage.
+    pub measure_text: bool,
 }
 
 /// Hand what the relay measured to the exchange as the stream ends: a translated stream's usage
@@ -228,10 +230,10 @@ impl SseRelayProj<'_> {
         let mut edited: Option<BytesMut> = None;
         let mut copied = 0;
         while let Some(end) = self.ends.next(self.buf, valid) {
-            let edit = match self
-                .dialect
-                .inspect(sse::data(&self.buf[valid..end]).as_deref())
-            {
+            let edit = match self.dialect.inspect(
+                sse::data(&self.buf[valid..end]).as_deref(),
+                self.meter.measure_text,
+            ) {
                 Ok(Event::Done) => {
                     *self.saw_done = true;
                     Edit::Keep
@@ -643,7 +645,7 @@ mod tests {
 
     #[test]
     fn inspect_reads_usage_done_and_multiline_data() {
-        let inspect = |event: &[u8]| Dialect::OpenAi.inspect(sse::data(event).as_deref());
+        let inspect = |event: &[u8]| Dialect::OpenAi.inspect(sse::data(event).as_deref(), true);
         assert!(matches!(inspect(b"data: [DONE]\n\n"), Ok(Event::Done)));
         match inspect(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",

@@ -191,13 +191,14 @@ impl Dialect {
         }
     }
 
-    /// Check one event's data (`None`: the event has none) as the relay forwards it.
-    pub fn inspect(self, data: Option<&[u8]>) -> Result<Event, DecodeError> {
+    /// Check one event's data (`None`: the event has none) as the relay forwards it; with
+    /// `measure`, also count its answer text (metering's estimate of a cut stream).
+    pub fn inspect(self, data: Option<&[u8]>, measure: bool) -> Result<Event, DecodeError> {
         let Some(data) = data else {
             return Ok(Event::Empty);
         };
         match self {
-            Self::OpenAi => openai::inspect(data),
+            Self::OpenAi => openai::inspect(data, measure),
             Self::Anthropic => messages::inspect(data),
         }
     }

@@ -407,6 +407,7 @@ impl Request {
             strip_usage: self.asks_usage() && !translated,
             in_band_cost: self.metering
                 && (self.dialect == Dialect::Anthropic || self.index.include_usage),
+            measure_text: self.metering,
         }
     }
 

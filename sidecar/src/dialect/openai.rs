@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::Deserializer;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -14,31 +14,34 @@ use crate::providers::StreamItem;
 use crate::usage::Usage;
 
 /// Check one event's data: `[DONE]`, or a JSON object (an error event when it has `error`), and
-/// read what metering needs of it (usage, whether it has choices, how much text) in the same pass.
-pub fn inspect(data: &[u8]) -> Result<Event, DecodeError> {
+/// read what metering needs of it in the same pass: its usage, whether it has choices, and (when
+/// `measure`) how much answer text it carries.
+pub fn inspect(data: &[u8], measure: bool) -> Result<Event, DecodeError> {
     #[derive(Deserialize)]
-    struct Probe {
+    struct Probe<'a> {
         #[serde(default, deserialize_with = "present")]
         usage: Option<Option<Usage>>,
         #[serde(default)]
         error: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        choices: Option<Choices>,
+        #[serde(borrow, default)]
+        choices: Option<&'a RawValue>,
     }
     if data.trim_ascii() == b"[DONE]" {
         return Ok(Event::Done);
     }
-    match serde_json::from_slice::<Probe>(data) {
+    match serde_json::from_slice::<Probe<'_>>(data) {
         Ok(probe) if probe.error.is_some() => Ok(Event::Error),
         Ok(probe) => {
             let usage = probe.usage.flatten();
-            let choices = probe.choices.unwrap_or_default();
+            let choices = probe.choices.map_or("", |c| c.get()).as_bytes();
             Ok(Event::Data(Data {
                 usage,
                 final_usage: usage.is_some(),
                 usage_key: probe.usage.is_some(),
-                no_choices: choices.count == 0,
-                text_bytes: choices.text_bytes,
+                no_choices: choices
+                    .strip_prefix(b"[")
+                    .is_none_or(|rest| rest.trim_ascii_start().starts_with(b"]")),
+                text_bytes: if measure { text_bytes(choices) } else { 0 },
             }))
         }
         Err(_) => Err(DecodeError::EventNotObject),
@@ -62,102 +65,56 @@ pub(crate) fn string_bytes(raw: Option<&RawValue>) -> u64 {
     })
 }
 
-/// A chunk's `choices`, counted and measured as they are read, never collected.
-#[derive(Debug, Default)]
-struct Choices {
-    count: usize,
-    text_bytes: u64,
-}
+/// The keys of a chunk's choices whose string values are answer text: content, refusal,
+/// reasoning (`reasoning_content`, as DeepSeek and vLLM send it) and tool-call arguments.
+const TEXT_KEYS: [&str; 4] = [
+    "\"content\":",
+    "\"refusal\":",
+    "\"reasoning_content\":",
+    "\"arguments\":",
+];
 
-impl<'de> Deserialize<'de> for Choices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choices;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array of choices")
+/// Bytes of answer text in a chunk's `choices` (raw JSON, already validated by the probe):
+/// the string values of [`TEXT_KEYS`], found by a search for the quoted key (a quote inside a
+/// JSON string is escaped, so a match is a key) rather than a parse, which costs about twice as
+/// much per event.
+fn text_bytes(choices: &[u8]) -> u64 {
+    use std::sync::LazyLock;
+    static FINDERS: LazyLock<[memchr::memmem::Finder<'static>; 4]> =
+        LazyLock::new(|| TEXT_KEYS.map(memchr::memmem::Finder::new));
+    let mut total = 0;
+    for finder in FINDERS.iter() {
+        let mut from = 0;
+        while let Some(at) = finder.find(&choices[from..]) {
+            let mut i = from + at + finder.needle().len();
+            while choices.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
-                Ok(Choices::default())
+            from = i;
+            if choices.get(i) != Some(&b'"') {
+                continue;
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
-                let mut out = Choices::default();
-                while let Some(choice) = seq.next_element::<Choice<'de>>()? {
-                    out.count += 1;
-                    out.text_bytes += choice.delta.map_or(0, |d| d.text_bytes());
+            let start = i + 1;
+            let mut j = start;
+            // The closing quote: the first one not escaped.
+            while let Some(k) = choices
+                .get(j..)
+                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+            {
+                if choices[j + k] == b'\\' {
+                    j += k + 2;
+                    continue;
                 }
-                Ok(out)
+                total += (j + k - start) as u64;
+                from = j + k + 1;
+                break;
+            }
+            if from < start {
+                break;
             }
         }
-        d.deserialize_any(V)
     }
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<&'a RawValue>,
-    #[serde(default)]
-    tool_calls: Option<ToolCalls>,
-}
-
-impl Delta<'_> {
-    fn text_bytes(&self) -> u64 {
-        string_bytes(self.content)
-            + string_bytes(self.reasoning_content)
-            + string_bytes(self.refusal)
-            + self.tool_calls.as_ref().map_or(0, |t| t.0)
-    }
-}
-
-/// Bytes of the `function.arguments` of a delta's tool calls.
-struct ToolCalls(u64);
-
-impl<'de> Deserialize<'de> for ToolCalls {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Call<'a> {
-            #[serde(borrow, default)]
-            function: Option<Function<'a>>,
-        }
-        #[derive(Deserialize)]
-        struct Function<'a> {
-            #[serde(borrow, default)]
-            arguments: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            name: Option<&'a RawValue>,
-        }
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ToolCalls;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array of tool calls")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<ToolCalls, E> {
-                Ok(ToolCalls(0))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolCalls, A::Error> {
-                let mut bytes = 0;
-                while let Some(call) = seq.next_element::<Call<'de>>()? {
-                    if let Some(f) = call.function {
-                        bytes += string_bytes(f.arguments) + string_bytes(f.name);
-                    }
-                }
-                Ok(ToolCalls(bytes))
-            }
-        }
-        d.deserialize_any(V)
-    }
+    total
 }
 
 /// `data: {"error": {...}}`, the event that ends a broken stream.
@@ -233,6 +190,40 @@ impl ChunkEncoder for StreamEncoder {
                 out.put_slice(&error_body(&message, "api_error", "upstream_error"));
                 out.put_slice(b"\n\n");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(data: &str) -> Data {
+        match inspect(data.as_bytes(), true) {
+            Ok(Event::Data(d)) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inspect_measures_the_answer_text_of_every_kind() {
+        let d = measured(
+            r#"{"choices":[{"index":0,"delta":{"content":"he said \"hi\"","refusal":null,
+                "reasoning_content":"hmm","tool_calls":[{"function":{"name":"f","arguments":"{\"a\":1}"}}]},
+                "content_filter_results":{"hate":{"filtered":false}}}],"usage":null}"#,
+        );
+        // `he said \"hi\"` (14 as written), `hmm` (3), `{\"a\":1}` (9).
+        assert_eq!(d.text_bytes, 14 + 3 + 9);
+        assert!(d.usage_key && d.usage.is_none() && !d.no_choices && !d.final_usage);
+        let d = measured(r#"{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
+        assert!(d.no_choices && d.final_usage && d.usage_key);
+        assert_eq!(d.text_bytes, 0);
+        let d = measured(r#"{"id":"x"}"#);
+        assert!(d.no_choices && !d.usage_key);
+        // Without `measure`, no text is counted.
+        match inspect(br#"{"choices":[{"delta":{"content":"abc"}}]}"#, false) {
+            Ok(Event::Data(d)) => assert_eq!(d.text_bytes, 0),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -187,4 +187,95 @@ mod tests {
         metering.on_end(&mut failed, End::Answered);
         assert_eq!((failed.usage, failed.cost_usd), (None, None));
     }
+
+    /// What metering costs per request, for the bench (numbers only mean something in release):
+    /// `cargo test --release -p gatehouse-sidecar --lib metering::tests::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_request() {
+        use std::hint::black_box;
+        use std::time::Instant;
+
+        use bytes::BytesMut;
+
+        let metering = Metering::new(Arc::new(Metrics::new()));
+        let mut ctx = Context::new(Dialect::OpenAi);
+        ctx.answered_by = Some(target());
+        let usage = Usage::new(1200, 300, 1024, 0, 64);
+        let n = 200_000u32;
+        // A buffered answer: priced, and the header's text.
+        let t = Instant::now();
+        for _ in 0..n {
+            ctx.usage = Some(black_box(usage));
+            ctx.cost_usd = None;
+            metering.on_answer(&mut ctx, &mut Bytes::new());
+            let mut text = Vec::with_capacity(24);
+            wire::write_cost(&mut text, ctx.cost_usd);
+            black_box(http::HeaderValue::from_bytes(&text).ok());
+        }
+        let buffered = t.elapsed() / n;
+        // A 20-chunk stream whose client did not ask for usage: each chunk's `"usage":null`
+        // removed and copied around, the usage chunk dropped (the relay's inspection of each
+        // event, which runs with metering off too, is left out).
+        let events: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                format!(
+                    "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+                )
+                .into_bytes()
+            })
+            .collect();
+        let t = Instant::now();
+        for _ in 0..n / 20 {
+            let mut out = BytesMut::with_capacity(4096);
+            for e in &events {
+                if let Some(cut) = wire::without(black_box(e), "usage") {
+                    out.extend_from_slice(&e[..cut.start]);
+                    out.extend_from_slice(&e[cut.end..]);
+                }
+            }
+            black_box(out);
+        }
+        let stripped = t.elapsed() / (n / 20);
+        // The cost spliced into the usage chunk a client asked for.
+        let chunk = br#"data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":300}}"#;
+        let t = Instant::now();
+        for _ in 0..n {
+            let cost = cost_of(&ctx, &usage);
+            let (at, _) = wire::cost_at(black_box(chunk), "usage").unwrap_or((0, false));
+            let mut field = Vec::with_capacity(40);
+            wire::write_cost(&mut field, cost);
+            black_box((at, field));
+        }
+        let in_band = t.elapsed() / n;
+        // The relay's inspection of 20 chunks: today's (usage, choices counted, text measured)
+        // against one that reads usage and error only, as before metering measured text.
+        #[derive(serde::Deserialize)]
+        struct UsageOnly {
+            #[serde(default)]
+            _usage: Option<Usage>,
+            #[serde(default)]
+            _error: Option<serde::de::IgnoredAny>,
+        }
+        let data: Vec<&[u8]> = events.iter().map(|e| &e[6..e.len() - 2]).collect();
+        let t = Instant::now();
+        for _ in 0..n / 20 {
+            for d in &data {
+                black_box(crate::dialect::openai::inspect(black_box(d), true).is_ok());
+            }
+        }
+        let inspect = t.elapsed() / (n / 20);
+        let t = Instant::now();
+        for _ in 0..n / 20 {
+            for d in &data {
+                black_box(serde_json::from_slice::<UsageOnly>(black_box(d)).is_ok());
+            }
+        }
+        let usage_only = t.elapsed() / (n / 20);
+        println!(
+            "metering: buffered answer {buffered:?}/request; 20-chunk stream, usage stripped, \
+             {stripped:?}/request; in-band cost {in_band:?}/stream; inspecting 20 chunks \
+             {inspect:?} (usage and error only: {usage_only:?})"
+        );
+    }
 }
