@@ -8,6 +8,7 @@
 mod fanout;
 mod load;
 mod memory;
+mod metering;
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
@@ -86,6 +87,9 @@ struct Args {
     /// Fan-out: seconds the ready fleet idles while CPU is measured.
     #[arg(long, default_value_t = 30)]
     fanout_idle_secs: u64,
+    /// Also measure what metering costs: the sidecar with metering on against `--metering off`.
+    #[arg(long)]
+    metering: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -213,10 +217,21 @@ async fn start_sidecar(
     log: Option<&Path>,
     worker_threads: u16,
 ) -> anyhow::Result<Sidecar> {
+    start_sidecar_with(bin, manifests, log, worker_threads, &[]).await
+}
+
+/// [`start_sidecar`] with extra flags.
+async fn start_sidecar_with(
+    bin: &Path,
+    manifests: &Path,
+    log: Option<&Path>,
+    worker_threads: u16,
+    extra: &[&str],
+) -> anyhow::Result<Sidecar> {
     let port = free_port()?;
     let admin = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let args = vec![
+    let mut args = vec![
         "--manifests".to_string(),
         manifests.display().to_string(),
         "--listen".to_string(),
@@ -226,6 +241,7 @@ async fn start_sidecar(
         "--worker-threads".to_string(),
         worker_threads.to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let proc = Proc::spawn("gatehouse", bin, &args, log)?;
     let ready_after = wait_http_ok(
         &format!("http://127.0.0.1:{admin}/readyz"),
@@ -820,6 +836,9 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     // baseline's), which would add noise to CPU figures taken after them.
     if args.stages {
         stages::report(&mut report, args, &dir, mock_addr).await?;
+    }
+    if args.metering {
+        metering::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.memory {
         let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];

@@ -162,6 +162,21 @@ pub struct Args {
     /// (docs/benchmarks.md has the numbers). Raise it for a sidecar with several cores of its own.
     #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
+    /// Metering: `on` (the default) prices every answer and asks OpenAI providers for the usage
+    /// of streams whose client did not; `off` leaves it out of the request path, so nothing is
+    /// priced (`x-gatehouse-cost-usd: unknown`). Off exists for the bench to measure what
+    /// metering costs; a production sidecar keeps it on.
+    #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub metering: bool,
+}
+
+/// `on` or `off`.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected 'on' or 'off', got '{other}'")),
+    }
 }
 
 /// Why the sidecar could not start.
@@ -314,6 +329,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             body_deadline: Duration::from_millis(args.body_deadline_ms),
             workload: workload.clone(),
             max_tags: args.max_tags,
+            metering: args.metering,
         },
     ));
     let timeouts = server::connection::Timeouts {
@@ -383,4 +399,25 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn metering_is_on_unless_switched_off() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gatehouse-sidecar", "--manifests", "m.yaml"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&[]).unwrap().metering);
+        assert!(parse(&["--metering", "on"]).unwrap().metering);
+        assert!(!parse(&["--metering", "off"]).unwrap().metering);
+        assert!(!parse(&["--metering=off"]).unwrap().metering);
+        assert!(parse(&["--metering", "maybe"]).is_err());
+    }
 }

@@ -251,6 +251,15 @@ impl EncodeMetric for CostView {
     }
 }
 
+/// Labels naming a provider's model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model.
+    pub model: Arc<str>,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -284,6 +293,8 @@ pub struct Metrics {
     pub spend: Arc<Spend>,
     /// Requests whose new `x-gatehouse-tag` was counted as `other` (the `--max-tags` cap).
     pub tags_overflowed: Counter,
+    /// Answered requests whose model has no price (their cost is `unknown`).
+    pub unpriced_requests: Family<ModelLabels, Counter>,
     registry: Registry,
 }
 
@@ -375,6 +386,12 @@ impl Metrics {
             "Requests whose x-gatehouse-tag was counted as 'other' (past --max-tags)",
             tags_overflowed.clone(),
         );
+        let unpriced_requests = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "unpriced_requests",
+            "Answered requests whose model has no price in the catalog or the ModelProvider",
+            unpriced_requests.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -390,6 +407,7 @@ impl Metrics {
             accept_errors,
             spend,
             tags_overflowed,
+            unpriced_requests,
             registry,
         }
     }

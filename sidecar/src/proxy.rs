@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::body::{ProxyBody, RelayGuard, SseRelay};
+use crate::body::{ProxyBody, RelayGuard, SseRelay, StreamMeter};
 use crate::dialect::{Dialect, Operation};
 use crate::error::{AttemptError, ProxyError, Refusal};
 use crate::metrics::Metrics;
@@ -62,6 +62,8 @@ pub struct Settings {
     pub workload: Arc<Workload>,
     /// Distinct `x-gatehouse-tag` values kept before new ones count as `other`.
     pub max_tags: usize,
+    /// Whether metering is in the chain (`--metering`).
+    pub metering: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +77,7 @@ impl Default for Settings {
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
             workload: Arc::new(Workload::default()),
             max_tags: stages::identity::DEFAULT_MAX_TAGS,
+            metering: true,
         }
     }
 }
@@ -102,6 +105,8 @@ enum Answer {
         deadline: Instant,
         /// The scrubber of the call that answered.
         scrub: Scrubber,
+        /// What the relay does for metering.
+        meter: StreamMeter,
     },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
@@ -123,6 +128,7 @@ impl Gateway {
                 metrics,
                 settings.workload.clone(),
                 settings.max_tags,
+                settings.metering,
             )),
             client,
             settings,
@@ -190,6 +196,8 @@ impl Gateway {
         let body = request::read::body(req, limits, &self.budget).await?;
         let mut inbound = Request::parse(body, op, x.ctx.dialect, anthropic_beta).await?;
         x.ctx.stream = inbound.stream();
+        inbound.metering = x.metered();
+        x.ctx.measured.request_bytes = inbound.body_len() as u64;
         let route = snapshot
             .aliases
             .get(&inbound.index.alias)
@@ -228,6 +236,7 @@ impl Gateway {
                 translate,
                 deadline,
                 scrub,
+                meter,
             }) => {
                 x.ctx.streaming = true;
                 let mut response = Response::new(ProxyBody::empty());
@@ -238,6 +247,7 @@ impl Gateway {
                 let guard = RelayGuard {
                     max_event_bytes: self.settings.max_event_bytes,
                     scrub,
+                    meter,
                 };
                 let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));

@@ -41,7 +41,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::request::Request;
 use crate::state::{ServedRoute, Target};
-use crate::usage::Usage;
+use crate::usage::{Measured, Usage};
 use crate::warnings::Warnings;
 use crate::workload::Workload;
 
@@ -51,8 +51,16 @@ use crate::workload::Workload;
 /// cache lookup → budget reserve → route rules / downgrade → *attempts* → redaction (response) →
 /// metering → budget settle → cache fill → metrics, audit line, traces. Stages that have not
 /// landed yet are marked where they go.
-pub fn chain(metrics: Arc<Metrics>, workload: Arc<Workload>, max_tags: usize) -> Chain {
-    let stages: Vec<Box<dyn Stage>> = vec![
+///
+/// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
+/// costs): no usage is asked for or stripped, nothing is priced.
+pub fn chain(
+    metrics: Arc<Metrics>,
+    workload: Arc<Workload>,
+    max_tags: usize,
+    metering: bool,
+) -> Chain {
+    let mut stages: Vec<Box<dyn Stage>> = vec![
         // Identity: first, everything after keys on who is calling (and a malformed tag is
         // refused before any work is spent on the request).
         Box::new(identity::Identify::new(workload, max_tags, &metrics)),
@@ -66,7 +74,7 @@ pub fn chain(metrics: Arc<Metrics>, workload: Arc<Workload>, max_tags: usize) ->
         //
         // Metering: cost from the usage the answer reported, before anything reads the cost
         // (the cost header on a buffered answer, budget settle, the access line).
-        Box::new(metering::Metering),
+        Box::new(metering::Metering::new(metrics.clone())),
         // budget settle and cache fill go here: after metering, before the record.
         //
         // The `x-gatehouse-*` headers: on the response head, after metering so a buffered
@@ -76,6 +84,9 @@ pub fn chain(metrics: Arc<Metrics>, workload: Arc<Workload>, max_tags: usize) ->
         // did; one record per request whatever happened.
         Box::new(telemetry::Telemetry::new(metrics)),
     ];
+    if !metering {
+        stages.retain(|s| s.name() != "metering");
+    }
     Chain::new(stages)
 }
 
@@ -241,6 +252,8 @@ pub struct Context {
     /// Whether `usage` (and so `cost_usd`) is an estimate: a stream cut upstream or dropped by
     /// the client before the provider reported its usage.
     pub usage_estimated: bool,
+    /// What the gateway measured itself (request size, relayed text), for estimates.
+    pub measured: Measured,
     /// Cache status.
     pub cache: CacheStatus,
     /// Parameters dropped or not forwarded, for `x-gatehouse-warning` (bounded).
@@ -272,6 +285,7 @@ impl Context {
             usage: None,
             cost_usd: None,
             usage_estimated: false,
+            measured: Measured::default(),
             cache: CacheStatus::Bypass,
             warnings: Warnings::default(),
             error: None,
@@ -298,6 +312,7 @@ pub struct Chain {
     events: Vec<usize>,
     response: Vec<usize>,
     end: Vec<usize>,
+    metered: bool,
 }
 
 impl Chain {
@@ -319,6 +334,7 @@ impl Chain {
             events: with(|h| h.events),
             response: with(|h| h.response),
             end: with(|h| h.end),
+            metered: stages.iter().any(|s| s.name() == "metering"),
             stages,
         }
     }
@@ -385,6 +401,12 @@ impl Exchange {
         for stage in self.chain.each(&self.chain.answer) {
             stage.on_answer(&mut self.ctx, body);
         }
+    }
+
+    /// Whether metering is in the chain (the request path then asks OpenAI providers for the
+    /// usage of streams and writes the in-band cost).
+    pub fn metered(&self) -> bool {
+        self.chain.metered
     }
 
     /// Whether any stage looks at stream events (the relay skips the hook otherwise).
@@ -499,11 +521,25 @@ mod tests {
 
     #[test]
     fn the_chain_is_in_design_order() {
-        let chain = chain(Arc::new(Metrics::new()), Arc::new(Workload::default()), 10);
+        let chain = chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+        );
         assert_eq!(
             chain.names(),
             ["identity", "metering", "headers", "telemetry"]
         );
+        assert!(chain.metered);
+        let off = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            false,
+        );
+        assert_eq!(off.names(), ["identity", "headers", "telemetry"]);
+        assert!(!off.metered);
         // Only identity reads the head; nothing of today's stages reads requests, attempts or
         // stream events.
         assert_eq!(chain.head, [0]);

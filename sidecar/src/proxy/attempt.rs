@@ -199,12 +199,14 @@ async fn attempt(
             settings.max_event_bytes,
         )
         .await?;
+        let meter = inbound.stream_meter(translate.is_some());
         return Ok(Answer::Stream {
             first,
             rest,
             translate,
             deadline,
             scrub,
+            meter,
         });
     }
     // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure
