@@ -303,10 +303,11 @@ async fn access_line(id: &str) -> Value {
     }
 }
 
-/// The cost an access line reports.
+/// The cost an access line reports (a decimal string, as in the header).
 fn logged_cost(line: &Value) -> f64 {
     line["cost_usd"]
-        .as_f64()
+        .as_str()
+        .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no cost in {line}"))
 }
 
@@ -625,6 +626,7 @@ async fn a_stream_cut_upstream_is_charged_its_prompt_and_the_text_relayed() {
     let expected = (prompt * 1000.0 + output * 3000.0) / 1e6;
     let line = access_line(&id).await;
     assert!(close(logged_cost(&line), expected), "{line} != {expected}");
+    assert_eq!(line["cost_estimated"], true, "{line}");
 }
 
 #[tokio::test]
@@ -657,6 +659,7 @@ async fn a_stream_its_client_cancels_is_charged_an_estimate() {
     let expected = (16.0 * 1000.0 + 16.0 * 100.0 + 8.0 * 1250.0 + output * 3000.0) / 1e6;
     let line = access_line(&id).await;
     assert!(close(logged_cost(&line), expected), "{line} != {expected}");
+    assert_eq!(line["cost_estimated"], true, "{line}");
     gate.release(100);
 }
 
