@@ -6,8 +6,10 @@
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
 mod faults;
+mod fanout;
 mod load;
 mod memory;
+mod metering;
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
@@ -76,6 +78,25 @@ struct Args {
     /// Measure only the fault scenarios (implies --faults).
     #[arg(long)]
     faults_only: bool,
+    /// Instead of everything else: start this many kube-mode sidecars on a real control plane
+    /// and measure start success, Route change fan-out and what the fleet costs the apiserver.
+    #[arg(long, default_value_t = 0)]
+    fanout: usize,
+    /// Fan-out: namespaces the sidecars are spread over.
+    #[arg(long, default_value_t = 20)]
+    fanout_namespaces: usize,
+    /// Fan-out: Route changes timed.
+    #[arg(long, default_value_t = 5)]
+    fanout_changes: usize,
+    /// Fan-out: sidecars started at once before waiting for them to be ready.
+    #[arg(long, default_value_t = 50)]
+    fanout_batch: usize,
+    /// Fan-out: seconds the ready fleet idles while CPU is measured.
+    #[arg(long, default_value_t = 30)]
+    fanout_idle_secs: u64,
+    /// Also measure what metering costs: the sidecar with metering on against `--metering off`.
+    #[arg(long)]
+    metering: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -118,16 +139,13 @@ impl Path_ {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.no_build && std::env::var_os("GATEHOUSE_BENCH_BIN_DIR").is_none() {
+        let mut packages = vec!["gatehouse-sidecar", "gatehouse-mock-provider"];
+        if args.fanout > 0 {
+            packages.push("gatehouse-operator");
+        }
         let status = std::process::Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "gatehouse-sidecar",
-                "-p",
-                "gatehouse-mock-provider",
-            ])
+            .args(["build", "--release", "--quiet"])
+            .args(packages.iter().flat_map(|p| ["-p", p]))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .context("failed to run cargo build")?;
@@ -137,7 +155,17 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(bench(&args))?;
+    let report = if args.fanout > 0 {
+        runtime.block_on(fanout::report(&fanout::Plan {
+            sidecars: args.fanout,
+            namespaces: args.fanout_namespaces.max(1),
+            changes: args.fanout_changes,
+            batch: args.fanout_batch.max(1),
+            idle_secs: args.fanout_idle_secs.max(1),
+        }))?
+    } else {
+        runtime.block_on(bench(&args))?
+    };
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report)?;
@@ -197,10 +225,21 @@ async fn start_sidecar(
     log: Option<&Path>,
     worker_threads: u16,
 ) -> anyhow::Result<Sidecar> {
+    start_sidecar_with(bin, manifests, log, worker_threads, &[]).await
+}
+
+/// [`start_sidecar`] with extra flags.
+async fn start_sidecar_with(
+    bin: &Path,
+    manifests: &Path,
+    log: Option<&Path>,
+    worker_threads: u16,
+    extra: &[&str],
+) -> anyhow::Result<Sidecar> {
     let port = free_port()?;
     let admin = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let args = vec![
+    let mut args = vec![
         "--manifests".to_string(),
         manifests.display().to_string(),
         "--listen".to_string(),
@@ -210,6 +249,7 @@ async fn start_sidecar(
         "--worker-threads".to_string(),
         worker_threads.to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let proc = Proc::spawn("gatehouse", bin, &args, log)?;
     let ready_after = wait_http_ok(
         &format!("http://127.0.0.1:{admin}/readyz"),
@@ -814,6 +854,8 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     }
     if args.faults {
         faults::report(&mut report, args, &dir).await?;
+    if args.metering {
+        metering::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.memory {
         let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];

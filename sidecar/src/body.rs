@@ -16,14 +16,15 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::dialect::{Dialect, Event};
+use crate::dialect::{Data, Dialect, Event};
 use crate::error::DecodeError;
 use crate::providers::Translate;
 use crate::routing::health::TargetHandle;
 use crate::scrub::Scrubber;
 use crate::sse::{self, EventEnds};
+use crate::stages::metering::wire;
 use crate::stages::{End, Exchange};
-use crate::usage::Usage;
+use crate::usage::{Measured, Usage};
 
 /// Result of reading the first event of a stream, before it is committed to the client.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ impl FirstEventScan {
             let Some(end) = self.ends.next(buf, self.start) else {
                 return FirstEvent::Incomplete;
             };
-            match dialect.inspect(sse::data(&buf[self.start..end]).as_deref()) {
+            match dialect.inspect(sse::data(&buf[self.start..end]).as_deref(), false) {
                 Ok(Event::Empty) => self.start = end,
                 Ok(Event::Error) => return FirstEvent::Invalid(DecodeError::ErrorFirst),
                 Ok(_) => return FirstEvent::Valid,
@@ -68,16 +69,6 @@ impl FirstEventScan {
 /// [`FirstEventScan::check`] of a whole buffer at once.
 pub fn first_event(buf: &[u8], dialect: Dialect) -> FirstEvent {
     FirstEventScan::default().check(buf, dialect)
-}
-
-/// Merge usage reported in pieces (Anthropic: prompt first, completion at the end).
-fn merge_usage(old: Option<Usage>, new: Usage) -> Usage {
-    let Some(old) = old else { return new };
-    Usage {
-        prompt_tokens: old.prompt_tokens.max(new.prompt_tokens),
-        completion_tokens: old.completion_tokens.max(new.completion_tokens),
-        prompt_tokens_details: new.prompt_tokens_details.or(old.prompt_tokens_details),
-    }
 }
 
 pin_project! {
@@ -107,6 +98,9 @@ pin_project! {
         finished: bool,
         pending_error: Option<Bytes>,
         usage: Option<Usage>,
+        // What metering measured of the stream so far.
+        measured: Measured,
+        meter: StreamMeter,
         #[pin]
         deadline: Sleep,
         // `timeouts.idle`: the timer, the limit and when the upstream last sent anything. The
@@ -123,7 +117,8 @@ pin_project! {
             let this = this.project();
             // Dropped before its end: the client went away mid-stream.
             if let Some(mut exchange) = this.exchange.take() {
-                exchange.ctx.usage = *this.usage;
+                let usage = this.translate.as_ref().and_then(Translate::usage);
+                record(&mut exchange, usage, *this.usage, *this.measured);
                 exchange.end(End::ClientGone);
             }
         }
@@ -171,6 +166,8 @@ impl SseRelay {
             finished: false,
             pending_error: None,
             usage: None,
+            measured: Measured::default(),
+            meter: guard.meter,
             deadline: tokio::time::sleep_until(deadline),
             idle: guard
                 .idle
@@ -192,21 +189,71 @@ pub struct RelayGuard {
     pub idle: Option<Duration>,
     /// The target that answered, told when its stream stalls or breaks.
     pub health: Option<TargetHandle>,
+    /// What the relay does for metering.
+    pub meter: StreamMeter,
+}
+
+/// What the relay does for metering, besides reading each event's usage and text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamMeter {
+    /// The gateway asked the provider for usage the client did not ask for: remove the usage-only
+    /// chunk and every chunk's `usage` member before the client sees them.
+    pub strip_usage: bool,
+    /// Write the cost into the usage of the final usage event ([`wire::COST_FIELD`]).
+    pub in_band_cost: bool,
+    /// Count the answer text relayed, for the estimate of a stream that ends without its usage.
+    pub measure_text: bool,
+}
+
+/// Hand what the relay measured to the exchange as the stream ends: a translated stream's usage
+/// comes from the provider's own report (`translated`), even when the client did not ask to see
+/// it.
+fn record(
+    exchange: &mut Exchange,
+    translated: Option<Usage>,
+    relayed: Option<Usage>,
+    mut measured: Measured,
+) {
+    if translated.is_some() {
+        measured.final_usage = true;
+    }
+    measured.request_bytes = exchange.ctx.measured.request_bytes;
+    exchange.ctx.measured = measured;
+    exchange.ctx.usage = translated.or(relayed);
+}
+
+/// How one event changes on its way to the client.
+enum Edit {
+    /// Not at all.
+    Keep,
+    /// Left out (the usage-only chunk the client did not ask for).
+    Drop,
+    /// These bytes of it removed.
+    Cut(std::ops::Range<usize>),
+    /// The cost field written at this offset (with a comma after it when the object has more).
+    Cost(usize, bool, Option<f64>),
 }
 
 impl SseRelayProj<'_> {
     /// Take the complete, valid events from the buffer. On an invalid one, stop there and queue
-    /// the error event that ends the stream.
+    /// the error event that ends the stream. Metering reads each event's usage and text on the
+    /// way, and edits the events it must (`StreamMeter`): the batch is then copied around them.
     fn take_events(&mut self) -> Option<Bytes> {
         let mut valid = 0;
+        // Events edited so far, and where the unedited rest starts.
+        let mut edited: Option<BytesMut> = None;
+        let mut copied = 0;
         while let Some(end) = self.ends.next(self.buf, valid) {
-            match self
-                .dialect
-                .inspect(sse::data(&self.buf[valid..end]).as_deref())
-            {
-                Ok(Event::Done) => *self.saw_done = true,
-                Ok(Event::Data(Some(usage))) => *self.usage = Some(merge_usage(*self.usage, usage)),
-                Ok(Event::Data(None) | Event::Empty) => {}
+            let edit = match self.dialect.inspect(
+                sse::data(&self.buf[valid..end]).as_deref(),
+                self.meter.measure_text,
+            ) {
+                Ok(Event::Done) => {
+                    *self.saw_done = true;
+                    Edit::Keep
+                }
+                Ok(Event::Data(data)) => self.meter_event(&data, valid..end),
+                Ok(Event::Empty) => Edit::Keep,
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.
                     if let Some(h) = self.health.as_ref() {
@@ -221,12 +268,46 @@ impl SseRelayProj<'_> {
                     self.end(End::StreamBroken, Some((&reason, "upstream_invalid_event")));
                     break;
                 }
+            };
+            if !matches!(edit, Edit::Keep) {
+                let out = edited.get_or_insert_with(|| BytesMut::with_capacity(self.buf.len()));
+                out.extend_from_slice(&self.buf[copied..valid]);
+                let event = &self.buf[valid..end];
+                match edit {
+                    Edit::Keep | Edit::Drop => {}
+                    Edit::Cut(cut) => {
+                        out.extend_from_slice(&event[..cut.start]);
+                        out.extend_from_slice(&event[cut.end..]);
+                    }
+                    Edit::Cost(at, comma, cost) => {
+                        let mut field = Vec::with_capacity(40);
+                        field.push(b'"');
+                        field.extend_from_slice(wire::COST_FIELD.as_bytes());
+                        field.extend_from_slice(b"\":");
+                        wire::write_cost(&mut field, cost);
+                        if comma {
+                            field.push(b',');
+                        }
+                        out.extend_from_slice(&event[..at]);
+                        out.extend_from_slice(&field);
+                        out.extend_from_slice(&event[at..]);
+                    }
+                }
+                copied = end;
             }
             valid = end;
         }
-        let mut events =
-            (valid > 0).then(|| self.scrub.scrub_bytes(self.buf.split_to(valid).freeze()));
+        let taken = (valid > 0).then(|| self.buf.split_to(valid).freeze());
         self.ends.consumed(valid);
+        let taken = match (edited, taken) {
+            (Some(mut out), Some(taken)) => {
+                out.extend_from_slice(&taken[copied..]);
+                // Every event of the batch may have been dropped.
+                (!out.is_empty()).then(|| out.freeze())
+            }
+            (_, taken) => taken,
+        };
+        let mut events = taken.map(|t| self.scrub.scrub_bytes(t));
         if let (Some(events), Some(exchange)) = (events.as_mut(), self.exchange.as_mut())
             && exchange.wants_events()
         {
@@ -241,6 +322,40 @@ impl SseRelayProj<'_> {
             self.ends.reset();
         }
         events
+    }
+
+    /// Read what metering needs of one data event (at `at` in the buffer) and say how it changes.
+    fn meter_event(&mut self, data: &Data, at: std::ops::Range<usize>) -> Edit {
+        self.measured.text_bytes += data.text_bytes;
+        if let Some(usage) = data.usage {
+            *self.usage = Some(Usage::merge(*self.usage, usage));
+            self.measured.final_usage |= data.final_usage;
+        }
+        let event = &self.buf[at];
+        if self.meter.strip_usage && data.usage_key {
+            if data.no_choices && data.usage.is_some() {
+                return Edit::Drop;
+            }
+            return wire::without(event, "usage").map_or(Edit::Keep, Edit::Cut);
+        }
+        if self.meter.in_band_cost && data.final_usage {
+            // A translated stream's own report is the exact one (an Anthropic client's events
+            // cannot carry reasoning tokens).
+            let usage = self
+                .translate
+                .as_ref()
+                .and_then(Translate::usage)
+                .or(*self.usage)
+                .unwrap_or_default();
+            let cost = self
+                .exchange
+                .as_ref()
+                .and_then(|x| crate::stages::metering::cost_of(&x.ctx, &usage));
+            if let Some((offset, comma)) = wire::cost_at(event, "usage") {
+                return Edit::Cost(offset, comma, cost);
+            }
+        }
+        Edit::Keep
     }
 
     /// After a read: if the event being received (or the frame a translator holds) has grown
@@ -270,13 +385,9 @@ impl SseRelayProj<'_> {
             let message = self.scrub.scrub_str(message);
             *self.pending_error = Some(self.dialect.error_event(&message, code));
         }
-        // A translated stream's usage comes from the provider's own report, even when the client
-        // did not ask to see it.
-        if let Some(u) = self.translate.as_ref().and_then(Translate::usage) {
-            *self.usage = Some(u);
-        }
         if let Some(mut exchange) = self.exchange.take() {
-            exchange.ctx.usage = *self.usage;
+            let translated = self.translate.as_ref().and_then(Translate::usage);
+            record(&mut exchange, translated, *self.usage, *self.measured);
             exchange.end(end);
         }
     }
@@ -591,17 +702,19 @@ mod tests {
 
     #[test]
     fn inspect_reads_usage_done_and_multiline_data() {
-        let inspect = |event: &[u8]| Dialect::OpenAi.inspect(sse::data(event).as_deref());
+        let inspect = |event: &[u8]| Dialect::OpenAi.inspect(sse::data(event).as_deref(), true);
         assert!(matches!(inspect(b"data: [DONE]\n\n"), Ok(Event::Done)));
         match inspect(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
         ) {
-            Ok(Event::Data(Some(u))) => assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4)),
+            Ok(Event::Data(Data { usage: Some(u), .. })) => {
+                assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4))
+            }
             _ => panic!("usage not read"),
         }
         assert!(matches!(
             inspect(b"data: {\"a\":\ndata: 1}\n\n"),
-            Ok(Event::Data(None))
+            Ok(Event::Data(Data { usage: None, .. }))
         ));
         assert!(inspect(b"data: {\"a\":\n\n").is_err());
     }

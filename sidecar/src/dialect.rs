@@ -80,10 +80,27 @@ pub enum Event {
     Empty,
     /// The end marker of a complete answer (`[DONE]`, `message_stop`).
     Done,
-    /// A data event, with the usage it reports, if any.
-    Data(Option<Usage>),
+    /// A data event, with what metering reads of it.
+    Data(Data),
     /// An in-band error event from the upstream, relayed as-is.
     Error,
+}
+
+/// What metering reads of one data event, on the relay's one pass over it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Data {
+    /// The usage it reports, if any.
+    pub usage: Option<Usage>,
+    /// Whether that usage is the provider's final report (OpenAI: any usage object, sent once at
+    /// the end; Anthropic: `message_delta`).
+    pub final_usage: bool,
+    /// OpenAI: the chunk has a `usage` key (`null` included).
+    pub usage_key: bool,
+    /// OpenAI: the chunk's `choices` is empty (the usage-only chunk, Azure's prompt-filter chunk).
+    pub no_choices: bool,
+    /// Bytes of answer text it carries (content, reasoning, tool-call arguments; JSON-escaped),
+    /// for an estimate of the output when the final usage never comes.
+    pub text_bytes: u64,
 }
 
 /// Writes OpenAI chunks in the client's dialect.
@@ -174,13 +191,14 @@ impl Dialect {
         }
     }
 
-    /// Check one event's data (`None`: the event has none) as the relay forwards it.
-    pub fn inspect(self, data: Option<&[u8]>) -> Result<Event, DecodeError> {
+    /// Check one event's data (`None`: the event has none) as the relay forwards it; with
+    /// `measure`, also count its answer text (metering's estimate of a cut stream).
+    pub fn inspect(self, data: Option<&[u8]>, measure: bool) -> Result<Event, DecodeError> {
         let Some(data) = data else {
             return Ok(Event::Empty);
         };
         match self {
-            Self::OpenAi => openai::inspect(data),
+            Self::OpenAi => openai::inspect(data, measure),
             Self::Anthropic => messages::inspect(data),
         }
     }

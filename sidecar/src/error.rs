@@ -16,6 +16,10 @@ pub enum ProxyError {
     /// The request body is not valid JSON or not the expected shape.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The `x-gatehouse-tag` header is malformed (the value is not quoted back: it is the
+    /// client's, and may be anything).
+    #[error("invalid x-gatehouse-tag header: {0}")]
+    InvalidTag(&'static str),
     /// The request cannot be translated for its target (or from the client's dialect).
     #[error(transparent)]
     Translate(TranslateError),
@@ -84,7 +88,9 @@ impl ProxyError {
     /// HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) | Self::Translate(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::InvalidTag(_) | Self::Translate(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -101,6 +107,7 @@ impl ProxyError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_)
+            | Self::InvalidTag(_)
             | Self::Translate(_)
             | Self::BodyTooLarge { .. }
             | Self::UnknownModel(_)
@@ -122,6 +129,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) | Self::Translate(_) => "invalid_request",
+            Self::InvalidTag(_) => "invalid_tag",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::UnknownModel(_) => "model_not_found",
             Self::NotFound(_) => "not_found",

@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod upstream;
 pub mod usage;
 pub mod warnings;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,9 +68,44 @@ pub struct Args {
         default_value = "/var/run/gatehouse/keys"
     )]
     pub keys_dir: PathBuf,
-    /// Namespace the sidecar serves; manifests in other namespaces are ignored.
+    /// How changes to the keys directory (kube mode) or the manifests (standalone mode) are
+    /// noticed: `auto` uses inotify and polls when inotify cannot be used (its per-user limits
+    /// are shared by every container of a node running as the same UID); `inotify` fails to start
+    /// instead; `poll` always polls.
+    #[arg(long, env = "GATEHOUSE_FILE_WATCH", value_enum, default_value = "auto")]
+    pub file_watch: source::files::Method,
+    /// Milliseconds between two polls of the watched files when polling.
+    #[arg(long, env = "GATEHOUSE_FILE_POLL_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub file_poll_interval_ms: u64,
+    /// Namespace the sidecar serves; manifests in other namespaces are ignored. Also the
+    /// namespace every request is attributed to (downward API `metadata.namespace`).
     #[arg(long, env = "GATEHOUSE_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// Identity: the pod the sidecar serves (downward API `metadata.name`).
+    #[arg(long, env = "GATEHOUSE_POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Identity: the pod's ServiceAccount (downward API `spec.serviceAccountName`).
+    #[arg(long, env = "GATEHOUSE_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// Identity: the `workload` label of spend metrics and the access line. Default: the pod's
+    /// `app.kubernetes.io/name` label, else the pod name without its generated suffixes.
+    #[arg(long, env = "GATEHOUSE_WORKLOAD")]
+    pub workload: Option<String>,
+    /// Identity: pod labels as `key=value`, comma-separated (downward API
+    /// `metadata.labels['<key>']`; an empty value means the pod lacks the label). They win over
+    /// `--pod-labels-file`.
+    #[arg(long, env = "GATEHOUSE_POD_LABELS", value_delimiter = ',', value_parser = workload::parse_label)]
+    pub pod_labels: Vec<(String, String)>,
+    /// Identity: a downward-API labels file (`fieldPath: metadata.labels`), read at start.
+    #[arg(long, env = "GATEHOUSE_POD_LABELS_FILE")]
+    pub pod_labels_file: Option<PathBuf>,
+    /// Identity: the pod labels carried with the workload identity (comma-separated keys).
+    #[arg(long, env = "GATEHOUSE_WORKLOAD_LABELS", value_delimiter = ',', default_value = workload::DEFAULT_LABELS)]
+    pub workload_labels: Vec<String>,
+    /// Distinct `x-gatehouse-tag` values kept: the first this many seen are metric labels; later
+    /// new ones are counted as `other`.
+    #[arg(long, env = "GATEHOUSE_MAX_TAGS", default_value_t = stages::identity::DEFAULT_MAX_TAGS)]
+    pub max_tags: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "GATEHOUSE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -126,6 +162,21 @@ pub struct Args {
     /// (docs/benchmarks.md has the numbers). Raise it for a sidecar with several cores of its own.
     #[arg(long, env = "GATEHOUSE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
+    /// Metering: `on` (the default) prices every answer and asks OpenAI providers for the usage
+    /// of streams whose client did not; `off` leaves it out of the request path, so nothing is
+    /// priced (`x-gatehouse-cost-usd: unknown`). Off exists for the bench to measure what
+    /// metering costs; a production sidecar keeps it on.
+    #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub metering: bool,
+}
+
+/// `on` or `off`.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected 'on' or 'off', got '{other}'")),
+    }
 }
 
 /// Why the sidecar could not start.
@@ -139,12 +190,31 @@ pub enum StartError {
         /// I/O error.
         source: std::io::Error,
     },
-    /// The manifest or keys watcher could not start.
-    #[error("failed to watch manifests: {0}")]
-    Watch(#[from] notify::Error),
+    /// The keys directory or the manifests could not be watched with inotify, and
+    /// `--file-watch=inotify` forbids polling.
+    #[error(transparent)]
+    Watch(#[from] source::files::WatchError),
     /// Kube mode: the API client could not be configured.
     #[error(transparent)]
     Kube(#[from] source::kube::ClientError),
+    /// The workload identity could not be built (the pod labels file).
+    #[error(transparent)]
+    Identity(#[from] workload::WorkloadError),
+}
+
+impl Args {
+    /// The workload identity these flags describe (reads `--pod-labels-file`).
+    pub fn workload(&self) -> Result<workload::Workload, workload::WorkloadError> {
+        workload::Workload::build(&workload::Sources {
+            namespace: &self.namespace,
+            pod: self.pod_name.as_deref(),
+            service_account: self.service_account.as_deref(),
+            workload: self.workload.as_deref(),
+            labels: &self.pod_labels,
+            labels_file: self.pod_labels_file.as_deref(),
+            allowed: &self.workload_labels,
+        })
+    }
 }
 
 /// A running sidecar.
@@ -158,7 +228,7 @@ pub struct Running {
     pub store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _files: source::files::Watch,
     _kube: Option<source::kube::Watching>,
 }
 
@@ -186,6 +256,8 @@ impl Running {
 
 /// Bind the ports, start the config source and serve in the background.
 pub async fn start(args: &Args) -> Result<Running, StartError> {
+    // Built once, before anything listens: every request is attributed to it.
+    let workload = Arc::new(args.workload()?);
     let proxy_listener =
         TcpListener::bind(args.listen)
             .await
@@ -221,14 +293,32 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    let (watcher, kube) = if args.kube || args.manifests.is_empty() {
+    // Every file the sidecar watches goes into this one watch: one inotify instance per sidecar.
+    let watch_settings = source::files::Settings {
+        method: args.file_watch,
+        poll_interval: Duration::from_millis(args.file_poll_interval_ms),
+    };
+    let (files, kube) = if args.kube || args.manifests.is_empty() {
         let client = source::kube::client(args.kube_token_file.as_deref()).await?;
         let keys = source::keys::KeysDir::new(args.keys_dir.clone());
-        let watching = source::kube::watch(client, &args.namespace, keys, sink)?;
-        (None, Some(watching))
+        let (files, rx) = source::files::watch(
+            format!("the keys directory {}", args.keys_dir.display()),
+            vec![source::files::Target::dir(&args.keys_dir)],
+            watch_settings,
+            &metrics,
+        )?;
+        let watching = source::kube::watch(client, &args.namespace, keys, rx, sink);
+        (files, Some(watching))
     } else {
-        let watcher = Manifests::new(args.manifests.clone(), args.namespace.clone()).watch(sink)?;
-        (Some(watcher), None)
+        let manifests = Manifests::new(args.manifests.clone(), args.namespace.clone());
+        let (files, rx) = source::files::watch(
+            manifests.describe(),
+            manifests.targets(),
+            watch_settings,
+            &metrics,
+        )?;
+        manifests.watch(sink, rx);
+        (files, None)
     };
     let gateway = Arc::new(Gateway::new(
         store.clone(),
@@ -241,6 +331,9 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             max_inflight_body_bytes: args.max_inflight_body_bytes,
             body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
             body_deadline: Duration::from_millis(args.body_deadline_ms),
+            workload: workload.clone(),
+            max_tags: args.max_tags,
+            metering: args.metering,
         },
     ));
     let timeouts = server::connection::Timeouts {
@@ -282,6 +375,11 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         %admin_addr,
         max_connections,
         open_file_limit = nofile,
+        namespace = %workload.namespace,
+        workload = %workload.name,
+        service_account = %workload.service_account,
+        pod = %workload.pod,
+        labels = ?workload.labels,
         "gatehouse-sidecar listening"
     );
     Ok(Running {
@@ -290,7 +388,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store,
         shutdown,
         tasks,
-        _watcher: watcher,
+        _files: files,
         _kube: kube,
     })
 }
@@ -305,4 +403,25 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn metering_is_on_unless_switched_off() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gatehouse-sidecar", "--manifests", "m.yaml"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&[]).unwrap().metering);
+        assert!(parse(&["--metering", "on"]).unwrap().metering);
+        assert!(!parse(&["--metering", "off"]).unwrap().metering);
+        assert!(!parse(&["--metering=off"]).unwrap().metering);
+        assert!(parse(&["--metering", "maybe"]).is_err());
+    }
 }

@@ -1,24 +1,35 @@
 //! Prometheus metrics of the sidecar, served on the admin port.
 //!
 //! Label values come from the config (route, provider, model names), never from the request, so a
-//! client cannot blow up cardinality by sending random model names.
+//! client cannot blow up cardinality by sending random model names. The spend counters add the
+//! sidecar's own identity (one namespace and workload per sidecar) and the `x-gatehouse-tag`,
+//! the one label a request picks, capped by `--max-tags` (`stages::identity`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::usage::Tokens;
+
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name, empty when no route matched.
-    pub route: String,
+    pub route: Arc<str>,
     /// Provider that answered, empty when none did.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// Upstream model, empty when none answered.
-    pub model: String,
+    pub model: Arc<str>,
     /// HTTP status sent to the client.
     pub status: u16,
 }
@@ -27,7 +38,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Arc<str>,
     /// success, connect_error, timeout, rate_limited, overloaded (529), server_error, invalid_response, too_large,
     /// auth_failed, billing_refused, client_error (the provider refused the request itself; the
     /// refusal went back to the client).
@@ -38,7 +49,7 @@ pub struct AttemptLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Route name.
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 /// Labels of a gateway error.
@@ -55,6 +66,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of how the sidecar watches its files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileWatchLabels {
+    /// inotify or poll.
+    pub method: &'static str,
+}
+
 /// Labels naming a listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -69,6 +87,177 @@ pub struct ClosedLabels {
     pub listener: &'static str,
     /// header_timeout, idle_timeout, evicted (to make room at the connection cap) or shutdown.
     pub reason: &'static str,
+}
+
+/// Labels of spend: who spent (the sidecar's workload, the request's tag) on what. Values are
+/// shared strings, so a label set for a lookup is built from reference counts, without
+/// allocating.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    /// Namespace of the workload.
+    pub namespace: Arc<str>,
+    /// The workload (`workload::Workload::name`).
+    pub workload: Arc<str>,
+    /// The request's `x-gatehouse-tag`, `other` past the cap, empty without one.
+    pub tag: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// Provider that answered.
+    pub provider: Arc<str>,
+    /// Upstream model that answered.
+    pub model: Arc<str>,
+}
+
+/// The spend counters: per [`SpendLabels`], the tokens by type and the USD of priced requests,
+/// kept in one entry so that a request costs one lookup, exposed as two metrics
+/// (`gatehouse_tokens_total{..., type}` and `gatehouse_cost_usd_total`).
+#[derive(Debug, Default)]
+pub struct Spend {
+    /// foldhash rather than SipHash: the keys come from the config and the sidecar's identity,
+    /// plus at most `--max-tags` tags, so there is no flood to resist, and hashing six strings
+    /// per request is most of the lookup.
+    entries: RwLock<HashMap<SpendLabels, SpendCounters, foldhash::fast::RandomState>>,
+}
+
+/// The counters of one spend label set.
+#[derive(Debug, Default)]
+struct SpendCounters {
+    /// In the order of `Tokens::by_type`.
+    tokens: [AtomicU64; 5],
+    usd: Counter<f64, AtomicU64>,
+    /// Whether any request of this label set was priced (an unpriced model has no USD series).
+    priced: AtomicBool,
+}
+
+impl SpendCounters {
+    fn add(&self, tokens: &Tokens, cost: Option<f64>) {
+        for (counter, (_, n)) in self.tokens.iter().zip(tokens.by_type()) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if let Some(cost) = cost.filter(|c| c.is_finite() && *c >= 0.0) {
+            self.usd.inc_by(cost);
+            self.priced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Spend {
+    /// Count a request's tokens and, when it was priced, its cost. Takes a read lock only, unless
+    /// the label set is new.
+    pub fn add(&self, labels: &SpendLabels, tokens: &Tokens, cost: Option<f64>) {
+        // A panic cannot leave the map half-updated (an insert is one call): a poisoned lock is
+        // still good to use.
+        if let Some(c) = self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(labels)
+        {
+            c.add(tokens, cost);
+            return;
+        }
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(labels.clone())
+            .or_default()
+            .add(tokens, cost);
+    }
+
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<
+        '_,
+        HashMap<SpendLabels, SpendCounters, foldhash::fast::RandomState>,
+    > {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A spend label set and a token type, borrowed for encoding.
+struct WithType<'a> {
+    labels: &'a SpendLabels,
+    r#type: &'static str,
+}
+
+impl EncodeLabelSet for WithType<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        #[derive(EncodeLabelSet)]
+        struct TypeLabel {
+            r#type: &'static str,
+        }
+        self.labels.encode(encoder)?;
+        TypeLabel {
+            r#type: self.r#type,
+        }
+        .encode(encoder)
+    }
+}
+
+/// `gatehouse_tokens_total`: one series per spend label set and token type.
+#[derive(Debug)]
+struct TokensView(Arc<Spend>);
+
+impl EncodeMetric for TokensView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, c) in self.0.read().iter() {
+            for (counter, (r#type, _)) in c.tokens.iter().zip(Tokens::default().by_type()) {
+                let labels = WithType { labels, r#type };
+                encoder
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&counter.load(Ordering::Relaxed), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.read().is_empty()
+    }
+}
+
+/// `gatehouse_cost_usd_total`: one series per spend label set that was ever priced.
+#[derive(Debug)]
+struct CostView(Arc<Spend>);
+
+impl EncodeMetric for CostView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, c) in self.0.read().iter() {
+            if c.priced.load(Ordering::Relaxed) {
+                encoder
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, _, f64>(&c.usd.get(), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        !self
+            .0
+            .read()
+            .values()
+            .any(|c| c.priced.load(Ordering::Relaxed))
+    }
+}
+
+/// Labels naming a provider's model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Upstream model.
+    pub model: Arc<str>,
 }
 
 /// All metrics, registered once.
@@ -91,12 +280,21 @@ pub struct Metrics {
     pub client_disconnects: Family<RouteLabels, Counter>,
     /// Config reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 for how the sidecar notices changes to its files (inotify, or poll when inotify cannot
+    /// be used), 0 for the other.
+    pub file_watch: Family<FileWatchLabels, Gauge>,
     /// Open client connections per listener.
     pub connections: Family<ListenerLabels, Gauge>,
     /// Client connections the sidecar closed, by reason.
     pub connections_closed: Family<ClosedLabels, Counter>,
     /// Failed accepts per listener (mostly: out of file descriptors).
     pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Tokens by type and USD, per spend label set.
+    pub spend: Arc<Spend>,
+    /// Requests whose new `x-gatehouse-tag` was counted as `other` (the `--max-tags` cap).
+    pub tags_overflowed: Counter,
+    /// Answered requests whose model has no price (their cost is `unknown`).
+    pub unpriced_requests: Family<ModelLabels, Counter>,
     registry: Registry,
 }
 
@@ -147,6 +345,12 @@ impl Metrics {
         );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("config_reloads", "Config reloads", reloads.clone());
+        let file_watch = Family::<FileWatchLabels, Gauge>::default();
+        registry.register(
+            "config_file_watch",
+            "How changes to the keys directory or manifests are noticed: 1 for the method in use",
+            file_watch.clone(),
+        );
         let connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections",
@@ -165,6 +369,29 @@ impl Metrics {
             "Failed accepts of client connections",
             accept_errors.clone(),
         );
+        let spend = Arc::new(Spend::default());
+        registry.register(
+            "tokens",
+            "Tokens by type (input, cached_read, cache_write, output, reasoning), by workload, tag, route, provider and model",
+            TokensView(spend.clone()),
+        );
+        registry.register(
+            "cost_usd",
+            "USD spent on priced requests, by workload, tag, route, provider and model",
+            CostView(spend.clone()),
+        );
+        let tags_overflowed = Counter::default();
+        registry.register(
+            "tags_overflowed",
+            "Requests whose x-gatehouse-tag was counted as 'other' (past --max-tags)",
+            tags_overflowed.clone(),
+        );
+        let unpriced_requests = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "unpriced_requests",
+            "Answered requests whose model has no price in the catalog or the ModelProvider",
+            unpriced_requests.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -174,9 +401,13 @@ impl Metrics {
             streams_broken,
             client_disconnects,
             reloads,
+            file_watch,
             connections,
             connections_closed,
             accept_errors,
+            spend,
+            tags_overflowed,
+            unpriced_requests,
             registry,
         }
     }
@@ -200,4 +431,58 @@ impl Metrics {
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_counters_are_exposed_with_their_labels() {
+        let m = Metrics::new();
+        let labels = SpendLabels {
+            namespace: Arc::from("shop"),
+            workload: Arc::from("checkout"),
+            tag: Arc::from("summary"),
+            route: Arc::from("chat"),
+            provider: Arc::from("oai"),
+            model: Arc::from("gpt-4o-mini"),
+        };
+        let tokens = Tokens {
+            input: 10,
+            cached_read: 2,
+            cache_write: 0,
+            output: 5,
+            reasoning: 1,
+        };
+        assert!(
+            !m.encode().contains("gatehouse_tokens"),
+            "no series, no metric"
+        );
+        m.spend.add(&labels, &tokens, Some(0.125));
+        m.spend.add(&labels, &tokens, Some(0.125));
+        // An unpriced model: tokens, no USD series.
+        let unpriced = SpendLabels {
+            model: Arc::from("free"),
+            ..labels.clone()
+        };
+        m.spend.add(&unpriced, &tokens, None);
+        let text = m.encode();
+        let who = r#"namespace="shop",workload="checkout",tag="summary",route="chat",provider="oai",model="gpt-4o-mini""#;
+        for (ty, n) in [
+            ("input", 20),
+            ("cached_read", 4),
+            ("cache_write", 0),
+            ("output", 10),
+            ("reasoning", 2),
+        ] {
+            let line = format!("gatehouse_tokens_total{{{who},type=\"{ty}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains("# TYPE gatehouse_tokens counter"), "{text}");
+        let line = format!("gatehouse_cost_usd_total{{{who}}} 0.25");
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        assert!(text.contains(r#"model="free",type="input"} 10"#), "{text}");
+        assert!(!text.contains(r#"gatehouse_cost_usd_total{namespace="shop",workload="checkout",tag="summary",route="chat",provider="oai",model="free""#), "{text}");
+    }
 }

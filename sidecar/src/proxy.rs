@@ -2,13 +2,15 @@
 //!
 //! 1. a per-request [`Context`] (request id, start time) inside an [`Exchange`], which runs the
 //!    stages' end hook exactly once however the request ends;
-//! 2. the config snapshot is loaded once (a reload never changes a request's rules), the body read
+//! 2. the stages' head hooks, on every request before its body is read (identity and the
+//!    `x-gatehouse-tag`; a malformed tag is a 400);
+//! 3. the config snapshot is loaded once (a reload never changes a request's rules), the body read
 //!    within the size limit, parsed and validated in the client's dialect (4xx on bad input, before
 //!    any upstream work), and the model alias resolved to a route;
-//! 3. the stages' request hooks (they may answer early);
-//! 4. the attempts ([`attempt`]): targets in the route's order, each through its provider's
+//! 4. the stages' request hooks (they may answer early);
+//! 5. the attempts ([`attempt`]): targets in the route's order, each through its provider's
 //!    adapter, retried per the retry table (`AttemptError::is_retryable`);
-//! 5. the answer: buffered JSON through the answer hooks, or a relayed stream (`body::SseRelay`)
+//! 6. the answer: buffered JSON through the answer hooks, or a relayed stream (`body::SseRelay`)
 //!    that takes the exchange over and runs the event hooks; the response head through the
 //!    response hooks (the `x-gatehouse-*` headers).
 //!
@@ -26,7 +28,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::body::{ProxyBody, RelayGuard, SseRelay};
+use crate::body::{ProxyBody, RelayGuard, SseRelay, StreamMeter};
 use crate::dialect::{Dialect, Operation};
 use crate::error::{AttemptError, ProxyError, Refusal};
 use crate::metrics::Metrics;
@@ -39,6 +41,7 @@ use crate::stages::{self, Chain, Context, End, Exchange, Flow};
 use crate::state::{Store, Target};
 use crate::upstream::UpstreamClient;
 use crate::usage::Usage;
+use crate::workload::Workload;
 
 /// Settings of the request path that do not come from the custom resources.
 #[derive(Debug, Clone)]
@@ -56,6 +59,12 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Most bytes held of one upstream stream event not complete yet (`limits`).
     pub max_event_bytes: usize,
+    /// The workload every request is attributed to.
+    pub workload: Arc<Workload>,
+    /// Distinct `x-gatehouse-tag` values kept before new ones count as `other`.
+    pub max_tags: usize,
+    /// Whether metering is in the chain (`--metering`).
+    pub metering: bool,
 }
 
 impl Default for Settings {
@@ -67,6 +76,9 @@ impl Default for Settings {
             body_deadline: Duration::from_secs(60),
             max_response_bytes: crate::limits::DEFAULT_MAX_RESPONSE_BYTES,
             max_event_bytes: crate::limits::DEFAULT_MAX_EVENT_BYTES,
+            workload: Arc::new(Workload::default()),
+            max_tags: stages::identity::DEFAULT_MAX_TAGS,
+            metering: true,
         }
     }
 }
@@ -98,6 +110,8 @@ enum Answer {
         idle: Option<Duration>,
         /// The target that answered, told when its stream stalls or breaks.
         health: Option<TargetHandle>,
+        /// What the relay does for metering.
+        meter: StreamMeter,
     },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
@@ -115,7 +129,12 @@ impl Gateway {
         Self {
             budget: BodyBudget::new(settings.max_inflight_body_bytes),
             store,
-            chain: Arc::new(stages::chain(metrics)),
+            chain: Arc::new(stages::chain(
+                metrics,
+                settings.workload.clone(),
+                settings.max_tags,
+                settings.metering,
+            )),
             client,
             settings,
         }
@@ -135,16 +154,18 @@ impl Gateway {
         let dialect = call.map_or(Dialect::OpenAi, |(_, d)| d);
         // Dropped with this future if the client goes away: the end hook still runs.
         let mut x = Exchange::new(self.chain.clone(), Context::new(dialect));
-        let result = match (call, req.method(), path) {
-            (Some((op, _)), _, _) => self.call(req, op, &mut x).await,
-            (None, &Method::GET, "/models") => self.models(),
-            (None, _, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
+        // The head hooks (identity and its tag) see every request, before its body is read.
+        let result = match (x.head(req.headers()), call, req.method(), path) {
+            (Err(e), ..) => Err(e),
+            (Ok(()), Some((op, _)), _, _) => self.call(req, op, &mut x).await,
+            (Ok(()), None, &Method::GET, "/models") => self.models(),
+            (Ok(()), None, _, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
                 Err(ProxyError::MethodNotAllowed {
                     method: req.method().to_string(),
                     path: req.uri().path().to_string(),
                 })
             }
-            (None, _, _) => Err(ProxyError::NotFound(req.uri().path().to_string())),
+            (Ok(()), None, _, _) => Err(ProxyError::NotFound(req.uri().path().to_string())),
         };
         self.respond(x, result)
     }
@@ -186,6 +207,8 @@ impl Gateway {
         let body = request::read::body(req, limits, &self.budget).await?;
         let mut inbound = Request::parse(body, op, x.ctx.dialect, anthropic_beta).await?;
         x.ctx.stream = inbound.stream();
+        inbound.metering = x.metered();
+        x.ctx.measured.request_bytes = inbound.body_len() as u64;
         let route = snapshot
             .aliases
             .get(&inbound.index.alias)
@@ -199,7 +222,7 @@ impl Gateway {
                 route.config.unavailable.join("; ")
             };
             return Err(ProxyError::NoTargets {
-                route: route.name.clone(),
+                route: route.name.to_string(),
                 reason,
             });
         }
@@ -237,6 +260,7 @@ impl Gateway {
                 scrub,
                 idle,
                 health,
+                meter,
             }) => {
                 x.ctx.streaming = true;
                 let mut response = Response::new(ProxyBody::empty());
@@ -249,6 +273,7 @@ impl Gateway {
                     scrub,
                     idle,
                     health,
+                    meter,
                 };
                 let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));

@@ -26,6 +26,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::body::StreamMeter;
 use crate::dialect::{Dialect, Inbound, Operation, messages};
 use crate::error::ProxyError;
 use crate::providers::{self, Adapter, Outgoing, Translate};
@@ -53,6 +54,9 @@ pub struct Index {
     pub stream: bool,
     /// `stream_options.include_usage: true`.
     pub include_usage: bool,
+    /// Where the value of `stream_options` sits, and the value of its `include_usage`.
+    stream_options_at: Option<Range<usize>>,
+    include_usage_at: Option<Range<usize>>,
     /// `encoding_format: "base64"`.
     pub base64: bool,
     /// What routing rules read (`stages::rules`): a non-empty top-level `tools`, OpenAI's
@@ -216,11 +220,11 @@ impl Index {
             Some("true") => true,
             Some(_) => return Err(invalid("'stream' must be a boolean")),
         };
-        let include_usage = found
+        let include_usage_raw = found
             .stream_options
             .and_then(|o| serde_json::from_str::<StreamOptions<'_>>(o.get()).ok())
-            .and_then(|o| o.include_usage)
-            .is_some_and(|u| u.get().trim() == "true");
+            .and_then(|o| o.include_usage);
+        let include_usage = include_usage_raw.is_some_and(|u| u.get().trim() == "true");
         // A string of more than a few bytes cannot be "base64", however escaped.
         let base64 = found
             .encoding_format
@@ -228,16 +232,17 @@ impl Index {
             .and_then(|f| serde_json::from_str::<String>(f.get()).ok())
             .is_some_and(|f| f == "base64");
         let base = body.as_ptr() as usize;
+        let at = |raw: &RawValue| {
+            let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
+            let end = start.saturating_add(raw.get().len());
+            (end <= body.len())
+                .then_some(start..end)
+                .ok_or_else(|| invalid("request body could not be indexed"))
+        };
         let model_at = found
             .model_at
             .iter()
-            .map(|raw| {
-                let start = (raw.get().as_ptr() as usize).wrapping_sub(base);
-                let end = start.saturating_add(raw.get().len());
-                (end <= body.len())
-                    .then_some(start..end)
-                    .ok_or_else(|| invalid("request body could not be indexed"))
-            })
+            .map(|raw| at(raw))
             .collect::<Result<_, _>>()?;
         let features = IndexFeatures {
             tools: found.tools.is_some_and(|t| {
@@ -260,6 +265,8 @@ impl Index {
             model_at,
             stream: op == Operation::Chat && stream,
             include_usage,
+            stream_options_at: found.stream_options.map(at).transpose()?,
+            include_usage_at: include_usage_raw.map(at).transpose()?,
             base64,
             features,
         })
@@ -267,20 +274,74 @@ impl Index {
 
     /// `body` with every top-level `model` value replaced by `model`.
     pub fn with_model(&self, body: &[u8], model: &str) -> Result<Bytes, ProxyError> {
+        self.native_body(body, model, false)
+    }
+
+    /// `body` with every top-level `model` value replaced by `model` and, with `ask_usage`,
+    /// `stream_options.include_usage` set to `true` (metering asks an OpenAI provider for the
+    /// usage of a stream whose client did not; the relay removes what the client did not ask
+    /// for). Byte splices into one copy, no tree.
+    pub fn native_body(
+        &self,
+        body: &[u8],
+        model: &str,
+        ask_usage: bool,
+    ) -> Result<Bytes, ProxyError> {
         let model = serde_json::to_vec(model)
             .map_err(|e| ProxyError::InvalidRequest(format!("failed to encode request: {e}")))?;
-        let replaced: usize = self.model_at.iter().map(|r| r.len()).sum();
-        let mut out = Vec::with_capacity(
-            (body.len() - replaced).saturating_add(model.len() * self.model_at.len()),
-        );
+        // (where, bytes replaced, what goes there), in body order.
+        let mut edits: Vec<(Range<usize>, &[u8])> = self
+            .model_at
+            .iter()
+            .map(|r| (r.clone(), &model[..]))
+            .collect();
+        if ask_usage && let Some(edit) = self.usage_edit(body) {
+            edits.push(edit);
+            edits.sort_by_key(|(r, _)| r.start);
+        }
+        let replaced: usize = edits.iter().map(|(r, _)| r.len()).sum();
+        let added: usize = edits.iter().map(|(_, b)| b.len()).sum();
+        let mut out = Vec::with_capacity((body.len() - replaced).saturating_add(added));
         let mut at = 0;
-        for range in &self.model_at {
+        for (range, bytes) in &edits {
             out.extend_from_slice(&body[at..range.start]);
-            out.extend_from_slice(&model);
+            out.extend_from_slice(bytes);
             at = range.end;
         }
         out.extend_from_slice(&body[at..]);
         Ok(Bytes::from(out))
+    }
+
+    /// The splice that makes `stream_options.include_usage` true.
+    fn usage_edit(&self, body: &[u8]) -> Option<(Range<usize>, &'static [u8])> {
+        if let Some(r) = &self.include_usage_at {
+            return Some((r.clone(), b"true"));
+        }
+        match &self.stream_options_at {
+            // `stream_options` without `include_usage`: first member of the object.
+            Some(r) if body.get(r.start) == Some(&b'{') => {
+                let empty = body[r.start + 1..r.end]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    == Some(&b'}');
+                let insert = if empty {
+                    &b"\"include_usage\":true"[..]
+                } else {
+                    &b"\"include_usage\":true,"[..]
+                };
+                Some((r.start + 1..r.start + 1, insert))
+            }
+            // `null` (or anything else, which the provider would refuse anyway).
+            Some(r) => Some((r.clone(), &b"{\"include_usage\":true}"[..])),
+            // No `stream_options`: first member of the body (a body has `model` and `messages`).
+            None => {
+                let open = body.iter().position(|b| *b == b'{')?;
+                Some((
+                    open + 1..open + 1,
+                    &b"\"stream_options\":{\"include_usage\":true},"[..],
+                ))
+            }
+        }
     }
 }
 
@@ -314,6 +375,8 @@ pub struct Request {
     /// The body's charge against the in-flight budget; lives as long as the body does, including
     /// in a blocking-pool job that outlives the request (a job cannot be cancelled).
     permit: Arc<BodyPermit>,
+    /// Whether the request is metered (`--metering`): its OpenAI streams then ask for usage.
+    pub metering: bool,
 }
 
 impl Request {
@@ -339,6 +402,7 @@ impl Request {
             anthropic_beta: anthropic_beta.filter(|_| dialect == Dialect::Anthropic),
             tree: None,
             permit,
+            metering: true,
         })
     }
 
@@ -372,6 +436,32 @@ impl Request {
         self.index.base64
     }
 
+    /// Bytes of the client's body.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether metering asks an OpenAI-wire provider for the usage of this stream: an OpenAI
+    /// client's stream that did not ask for it itself (an Anthropic client's translated body
+    /// always asks).
+    pub fn asks_usage(&self) -> bool {
+        self.metering
+            && self.dialect == Dialect::OpenAi
+            && self.index.stream
+            && !self.index.include_usage
+    }
+
+    /// What the relay does for metering on a stream answered with `translated` (or not).
+    pub fn stream_meter(&self, translated: bool) -> StreamMeter {
+        StreamMeter {
+            // A translated stream's encoder already writes only what the client asked for.
+            strip_usage: self.asks_usage() && !translated,
+            in_band_cost: self.metering
+                && (self.dialect == Dialect::Anthropic || self.index.include_usage),
+            measure_text: self.metering,
+        }
+    }
+
     /// The upstream request for one attempt at `provider` with upstream model `model`. A request
     /// the provider cannot express is a 400 naming the parameter.
     pub async fn outgoing(
@@ -384,7 +474,8 @@ impl Request {
             let uri = adapter.native_uri(provider, model, self.op)?;
             return Ok(Outgoing::single(
                 uri,
-                self.index.with_model(&self.body, model)?,
+                self.index
+                    .native_body(&self.body, model, self.asks_usage())?,
                 Vec::new(),
             ));
         }
@@ -569,6 +660,45 @@ mod tests {
         }
         assert!(Index::of(br#"{"model":"m"}"#, Operation::Embeddings).is_err());
         assert!(Index::of(br#"{"model":"m","input":"x"}"#, Operation::Embeddings).is_ok());
+    }
+
+    #[test]
+    fn usage_is_asked_for_by_splicing_the_body() {
+        let cases = [
+            (
+                r#"{"model":"a","messages":[1],"stream":true}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"up","messages":[1],"stream":true}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{ },"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true },"messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{"x":1},"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true,"x":1},"messages":[1]}"#,
+            ),
+            (
+                r#"{"stream_options":{"include_usage": false},"model":"a","messages":[1]}"#,
+                r#"{"stream_options":{"include_usage": true},"model":"up","messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":null,"messages":[1]}"#,
+                r#"{"model":"up","stream_options":{"include_usage":true},"messages":[1]}"#,
+            ),
+        ];
+        for (body, want) in cases {
+            let index = Index::of(body.as_bytes(), Operation::Chat).unwrap();
+            let out = index.native_body(body.as_bytes(), "up", true).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            let unchanged = index.native_body(body.as_bytes(), "up", false).unwrap();
+            assert_eq!(
+                unchanged,
+                index.with_model(body.as_bytes(), "up").unwrap(),
+                "{body}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where the config comes from. Standalone mode reads the manifests a user would `kubectl apply`;
 //! kube mode watches the rendered config object and the mounted keys directory.
 
+pub mod files;
 pub mod keys;
 pub mod kube;
 pub mod manifests;

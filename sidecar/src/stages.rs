@@ -3,6 +3,8 @@
 //! A stage is a small type in its own module under `stages/`; [`chain`] lists them in order, once.
 //! Every hook runs in that order:
 //!
+//! - [`Stage::on_head`]: the request head arrived, before its body is read (every request,
+//!   whatever its path); the stage may refuse it (a malformed `x-gatehouse-tag`).
 //! - [`Stage::on_request`]: the request is parsed and its route known; the stage may answer early
 //!   (a cache hit, a 429 of a rate limit, a 400 of a block) or change the request.
 //! - [`Stage::before_attempt`]: before each upstream attempt; may change the target or the body
@@ -23,6 +25,7 @@
 //! the chain at all.
 
 pub mod headers;
+pub mod identity;
 pub mod metering;
 pub mod rules;
 pub mod telemetry;
@@ -39,8 +42,9 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::request::Request;
 use crate::state::{ServedRoute, Target};
-use crate::usage::Usage;
+use crate::usage::{Measured, Usage};
 use crate::warnings::Warnings;
+use crate::workload::Workload;
 
 /// Builds the chain: the one place that says which stages run and in which order.
 ///
@@ -48,9 +52,19 @@ use crate::warnings::Warnings;
 /// cache lookup → budget reserve → route rules / downgrade → *attempts* → redaction (response) →
 /// metering → budget settle → cache fill → metrics, audit line, traces. Stages that have not
 /// landed yet are marked where they go.
-pub fn chain(metrics: Arc<Metrics>) -> Chain {
-    let stages: Vec<Box<dyn Stage>> = vec![
-        // identity: first, everything after keys on who is calling.
+///
+/// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
+/// costs): no usage is asked for or stripped, nothing is priced.
+pub fn chain(
+    metrics: Arc<Metrics>,
+    workload: Arc<Workload>,
+    max_tags: usize,
+    metering: bool,
+) -> Chain {
+    let mut stages: Vec<Box<dyn Stage>> = vec![
+        // Identity: first, everything after keys on who is calling (and a malformed tag is
+        // refused before any work is spent on the request).
+        Box::new(identity::Identify::new(workload, max_tags, &metrics)),
         // rate limit: before any work is spent on a request that will be refused.
         // redaction (request): before anything stores or sends the prompt (cache, upstream).
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
@@ -63,7 +77,7 @@ pub fn chain(metrics: Arc<Metrics>) -> Chain {
         //
         // Metering: cost from the usage the answer reported, before anything reads the cost
         // (the cost header on a buffered answer, budget settle, the access line).
-        Box::new(metering::Metering),
+        Box::new(metering::Metering::new(metrics.clone())),
         // budget settle and cache fill go here: after metering, before the record.
         //
         // The `x-gatehouse-*` headers: on the response head, after metering so a buffered
@@ -73,12 +87,17 @@ pub fn chain(metrics: Arc<Metrics>) -> Chain {
         // did; one record per request whatever happened.
         Box::new(telemetry::Telemetry::new(metrics)),
     ];
+    if !metering {
+        stages.retain(|s| s.name() != "metering");
+    }
     Chain::new(stages)
 }
 
 /// Which hooks a stage implements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hooks {
+    /// [`Stage::on_head`].
+    pub head: bool,
     /// [`Stage::on_request`].
     pub request: bool,
     /// [`Stage::before_attempt`].
@@ -110,6 +129,11 @@ pub trait Stage: Send + Sync + std::fmt::Debug {
 
     /// The hooks this stage implements.
     fn hooks(&self) -> Hooks;
+
+    /// The request head arrived (any path, body not read yet); refuse it or let it go on.
+    fn on_head(&self, _ctx: &mut Context, _headers: &HeaderMap) -> Result<(), ProxyError> {
+        Ok(())
+    }
 
     /// The request is parsed and routed; answer early or let it go on.
     fn on_request(&self, _ctx: &mut Context, _request: &mut Request) -> Result<Flow, ProxyError> {
@@ -180,16 +204,16 @@ impl CacheStatus {
     }
 }
 
-/// Who is calling. The sidecar serves one pod, so this is the pod's workload (set from the
-/// downward API); empty until the metering issue fills it in.
+/// Who is calling. The sidecar serves one pod, so this is the pod's workload, the sidecar's own
+/// (flags / downward API), never taken from the request; the identity stage fills it in.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
-    /// Namespace of the workload.
-    pub namespace: Option<Arc<str>>,
-    /// ServiceAccount of the workload.
-    pub service_account: Option<Arc<str>>,
-    /// The `x-gatehouse-tag` the app attributed the request to.
-    pub tag: Option<String>,
+    /// The workload (namespace, name, ServiceAccount, pod, labels); `None` only before the
+    /// identity stage ran (a request refused before it, or a chain without it).
+    pub workload: Option<Arc<Workload>>,
+    /// The `x-gatehouse-tag` the app attributed the request to, validated, or `other` past the
+    /// `--max-tags` cap; `None` when the request carried none.
+    pub tag: Option<Arc<str>>,
 }
 
 /// One finished upstream attempt.
@@ -231,6 +255,8 @@ pub struct Context {
     /// Whether `usage` (and so `cost_usd`) is an estimate: a stream cut upstream or dropped by
     /// the client before the provider reported its usage.
     pub usage_estimated: bool,
+    /// What the gateway measured itself (request size, relayed text), for estimates.
+    pub measured: Measured,
     /// Cache status.
     pub cache: CacheStatus,
     /// Parameters dropped or not forwarded, for `x-gatehouse-warning` (bounded).
@@ -268,6 +294,7 @@ impl Context {
             usage: None,
             cost_usd: None,
             usage_estimated: false,
+            measured: Measured::default(),
             cache: CacheStatus::Bypass,
             warnings: Warnings::default(),
             error: None,
@@ -282,7 +309,7 @@ impl Context {
 
     /// Route name, empty when none matched.
     pub fn route_name(&self) -> &str {
-        self.route.as_deref().map_or("", |r| r.name.as_str())
+        self.route.as_deref().map_or("", |r| &*r.name)
     }
 }
 
@@ -290,12 +317,14 @@ impl Context {
 #[derive(Debug)]
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
+    head: Vec<usize>,
     request: Vec<usize>,
     attempt: Vec<usize>,
     answer: Vec<usize>,
     events: Vec<usize>,
     response: Vec<usize>,
     end: Vec<usize>,
+    metered: bool,
 }
 
 impl Chain {
@@ -310,12 +339,14 @@ impl Chain {
                 .collect()
         };
         Self {
+            head: with(|h| h.head),
             request: with(|h| h.request),
             attempt: with(|h| h.attempt),
             answer: with(|h| h.answer),
             events: with(|h| h.events),
             response: with(|h| h.response),
             end: with(|h| h.end),
+            metered: stages.iter().any(|s| s.name() == "metering"),
             stages,
         }
     }
@@ -352,6 +383,14 @@ impl Exchange {
         }
     }
 
+    /// Run the head hooks; the first error wins.
+    pub fn head(&mut self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        for stage in self.chain.each(&self.chain.head) {
+            stage.on_head(&mut self.ctx, headers)?;
+        }
+        Ok(())
+    }
+
     /// Run the request hooks; the first early answer or error wins.
     pub fn request(&mut self, request: &mut Request) -> Result<Flow, ProxyError> {
         for stage in self.chain.each(&self.chain.request) {
@@ -374,6 +413,12 @@ impl Exchange {
         for stage in self.chain.each(&self.chain.answer) {
             stage.on_answer(&mut self.ctx, body);
         }
+    }
+
+    /// Whether metering is in the chain (the request path then asks OpenAI providers for the
+    /// usage of streams and writes the in-band cost).
+    pub fn metered(&self) -> bool {
+        self.chain.metered
     }
 
     /// Whether any stage looks at stream events (the relay skips the hook otherwise).
@@ -488,10 +533,29 @@ mod tests {
 
     #[test]
     fn the_chain_is_in_design_order() {
-        let chain = chain(Arc::new(Metrics::new()));
-        assert_eq!(chain.names(), ["rules", "metering", "headers", "telemetry"]);
-        // Only the rules read requests; nothing reads attempts or stream events.
-        assert_eq!(chain.request, [0]);
+        let chain = chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+        );
+        assert_eq!(
+            chain.names(),
+            ["identity", "rules", "metering", "headers", "telemetry"]
+        );
+        assert!(chain.metered);
+        let off = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            false,
+        );
+        assert_eq!(off.names(), ["identity", "rules", "headers", "telemetry"]);
+        assert!(!off.metered);
+        // Only identity reads the head and only the rules read requests; nothing reads attempts
+        // or stream events.
+        assert_eq!(chain.head, [0]);
+        assert_eq!(chain.request, [1]);
         assert!(chain.attempt.is_empty() && chain.events.is_empty());
     }
 

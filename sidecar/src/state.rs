@@ -51,8 +51,8 @@ pub enum SnapshotError {
 /// A provider ready to be called.
 #[derive(Debug)]
 pub struct Provider {
-    /// ModelProvider name.
-    pub name: String,
+    /// ModelProvider name (shared, so metric label sets clone it without allocating).
+    pub name: Arc<str>,
     /// Protocol family.
     pub kind: ProviderKind,
     /// The adapter of that family: how requests are built, sent and read back.
@@ -148,8 +148,8 @@ pub struct Target {
 /// by priority.
 #[derive(Debug)]
 pub struct ServedRoute {
-    /// Route name.
-    pub name: String,
+    /// Route name (shared, so metric label sets clone it without allocating).
+    pub name: Arc<str>,
     /// The rendered route.
     pub config: RouteConfig,
     /// `config.targets`, in the same order, with their providers.
@@ -161,7 +161,7 @@ pub struct ServedRoute {
 }
 
 impl ServedRoute {
-    fn new(name: String, config: RouteConfig, targets: Vec<Target>) -> Self {
+    fn new(name: &str, config: RouteConfig, targets: Vec<Target>) -> Self {
         let mut priorities: Vec<i32> = config.targets.iter().map(|t| t.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
@@ -178,7 +178,7 @@ impl ServedRoute {
             })
             .collect();
         Self {
-            name,
+            name: Arc::from(name),
             config,
             targets,
             groups,
@@ -252,7 +252,7 @@ impl Snapshot {
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
-                    name: name.clone(),
+                    name: Arc::from(name.as_str()),
                     kind: p.kind,
                     adapter: providers::adapter(p.kind),
                     chat_url,
@@ -282,7 +282,7 @@ impl Snapshot {
                     }),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let route = Arc::new(ServedRoute::new(name.clone(), r.clone(), targets));
+            let route = Arc::new(ServedRoute::new(name, r.clone(), targets));
             for alias in &r.aliases {
                 aliases.insert(alias.clone(), route.clone());
             }
@@ -427,7 +427,7 @@ mod tests {
         );
         let snapshot = Snapshot::build(config("real"), &ProviderKeys::new()).unwrap();
         let route = &snapshot.aliases["chat"];
-        assert_eq!(route.resolved(0).unwrap().provider.name, "real");
+        assert_eq!(&*route.resolved(0).unwrap().provider.name, "real");
         assert_eq!(&*route.resolved(0).unwrap().model, "m");
     }
 }
@@ -437,6 +437,6 @@ pub(crate) mod tests_support {
     use super::*;
 
     pub(crate) fn route(name: &str, config: RouteConfig) -> ServedRoute {
-        ServedRoute::new(name.to_string(), config, Vec::new())
+        ServedRoute::new(name, config, Vec::new())
     }
 }

@@ -1,21 +1,32 @@
-//! Token usage as OpenAI reports it, and its price.
+//! Token usage in OpenAI's shape (the gateway's lingua franca), split by how each token type is
+//! billed, its price, and the estimate of a stream that ended before its provider reported usage.
+//!
+//! Every provider's report becomes this one shape on the way in (docs/architecture.md,
+//! "Metering"): OpenAI and Azure OpenAI report it as it is (`prompt_tokens_details.cached_tokens`,
+//! `completion_tokens_details.reasoning_tokens`); Anthropic's cache reads and writes, Gemini's
+//! cached content and thoughts, Bedrock Converse's cache reads and writes are translated into it by
+//! their adapters. Cache writes travel as `prompt_tokens_details.cache_write_tokens`, a field
+//! OpenAI does not define (the official SDKs keep unknown fields).
 
 use gatehouse_crds::config::Pricing;
 use gatehouse_crds::usage::AnthropicUsage;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-/// The `usage` object of a chat completion or of the last stream chunk.
+/// The `usage` object of a chat completion, an embeddings list or the last stream chunk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens, cached ones included.
-    #[serde(default)]
+    /// Prompt tokens, cached reads and cache writes included.
+    #[serde(default, deserialize_with = "count")]
     pub prompt_tokens: u64,
     /// Completion tokens, reasoning included.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub completion_tokens: u64,
     /// Breakdown of the prompt tokens.
     #[serde(default)]
     pub prompt_tokens_details: Option<PromptDetails>,
+    /// Breakdown of the completion tokens.
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
 }
 
 /// `usage.prompt_tokens_details`.
@@ -24,29 +35,22 @@ pub struct PromptDetails {
     /// Prompt tokens served from the provider's cache.
     #[serde(default)]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache on this call (Anthropic, Bedrock).
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
 }
 
-impl Usage {
-    /// Cached prompt tokens, never more than the prompt.
-    pub fn cached_tokens(&self) -> u64 {
-        self.prompt_tokens_details
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
-            .min(self.prompt_tokens)
-    }
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct CompletionDetails {
+    /// Completion tokens the model spent reasoning (OpenAI's o-series, Gemini's thoughts).
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
 
-    /// Price in USD.
-    pub fn cost(&self, pricing: &Pricing) -> f64 {
-        let cached = self.cached_tokens();
-        let uncached = self.prompt_tokens - cached;
-        let cached_price = pricing
-            .cached_input_per_million
-            .unwrap_or(pricing.input_per_million);
-        (uncached as f64 * pricing.input_per_million
-            + cached as f64 * cached_price
-            + self.completion_tokens as f64 * pricing.output_per_million)
-            / 1_000_000.0
-    }
+/// A token count that may be `null` (0).
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
 }
 
 /// A request's tokens split by how they are billed: the five types metering prices and the
@@ -80,16 +84,129 @@ impl Tokens {
 }
 
 impl Usage {
-    /// The tokens by billing type.
+    /// A usage from its parts: `prompt` includes `cached` and `cache_write`, `completion`
+    /// includes `reasoning`. Zero breakdowns are left out, as providers leave them out.
+    pub fn new(
+        prompt: u64,
+        completion: u64,
+        cached: u64,
+        cache_write: u64,
+        reasoning: u64,
+    ) -> Self {
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            prompt_tokens_details: (cached > 0 || cache_write > 0).then_some(PromptDetails {
+                cached_tokens: Some(cached),
+                cache_write_tokens: (cache_write > 0).then_some(cache_write),
+            }),
+            completion_tokens_details: (reasoning > 0).then_some(CompletionDetails {
+                reasoning_tokens: Some(reasoning),
+            }),
+        }
+    }
+
+    /// Cached prompt tokens, never more than the prompt.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+            .min(self.prompt_tokens)
+    }
+
+    /// Prompt tokens written to the cache, never more than the prompt's uncached part.
+    pub fn cache_write_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .and_then(|d| d.cache_write_tokens)
+            .unwrap_or(0)
+            .min(self.prompt_tokens - self.cached_tokens())
+    }
+
+    /// Reasoning tokens, never more than the completion.
+    pub fn reasoning_tokens(&self) -> u64 {
+        self.completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0)
+            .min(self.completion_tokens)
+    }
+
+    /// The tokens by billing type; they add up to `prompt_tokens + completion_tokens`.
     pub fn tokens(&self) -> Tokens {
         let cached_read = self.cached_tokens();
+        let cache_write = self.cache_write_tokens();
+        let reasoning = self.reasoning_tokens();
         Tokens {
-            input: self.prompt_tokens - cached_read,
+            input: self.prompt_tokens - cached_read - cache_write,
             cached_read,
-            cache_write: 0,
-            output: self.completion_tokens,
-            reasoning: 0,
+            cache_write,
+            output: self.completion_tokens - reasoning,
+            reasoning,
         }
+    }
+
+    /// Price in USD: each token type at its rate. A request whose prompt is longer than the
+    /// long-context tier's threshold has every token priced at the tier's rates. Unset rates fall
+    /// back as `Pricing` documents: cached reads and cache writes to the input rate, reasoning to
+    /// the output rate (in the long-context tier, to the tier's input and output rates).
+    pub fn cost(&self, pricing: &Pricing) -> f64 {
+        let t = self.tokens();
+        let (input, cached, write, output, reasoning) = match &pricing.long_context {
+            Some(tier) if self.prompt_tokens > tier.above_input_tokens => (
+                tier.input_per_million,
+                tier.cached_input_per_million
+                    .unwrap_or(tier.input_per_million),
+                tier.cache_write_per_million
+                    .unwrap_or(tier.input_per_million),
+                tier.output_per_million,
+                tier.output_per_million,
+            ),
+            _ => (
+                pricing.input_per_million,
+                pricing
+                    .cached_input_per_million
+                    .unwrap_or(pricing.input_per_million),
+                pricing
+                    .cache_write_per_million
+                    .unwrap_or(pricing.input_per_million),
+                pricing.output_per_million,
+                pricing
+                    .reasoning_per_million
+                    .unwrap_or(pricing.output_per_million),
+            ),
+        };
+        (t.input as f64 * input
+            + t.cached_read as f64 * cached
+            + t.cache_write as f64 * write
+            + t.output as f64 * output
+            + t.reasoning as f64 * reasoning)
+            / 1_000_000.0
+    }
+
+    /// Merge usage reported in pieces (Anthropic: the prompt in `message_start`, the completion
+    /// in `message_delta`): each count is the largest reported, each breakdown the latest.
+    pub fn merge(old: Option<Usage>, new: Usage) -> Usage {
+        let Some(old) = old else { return new };
+        Usage {
+            prompt_tokens: old.prompt_tokens.max(new.prompt_tokens),
+            completion_tokens: old.completion_tokens.max(new.completion_tokens),
+            prompt_tokens_details: new.prompt_tokens_details.or(old.prompt_tokens_details),
+            completion_tokens_details: new
+                .completion_tokens_details
+                .or(old.completion_tokens_details),
+        }
+    }
+
+    /// The OpenAI shape of an Anthropic `usage` object (the arithmetic is
+    /// [`AnthropicUsage::prompt_tokens`]'s, shared with the operator side). Anthropic counts
+    /// thinking inside `output_tokens` and does not report it apart.
+    pub fn from_anthropic(u: &AnthropicUsage) -> Self {
+        Self::new(
+            u.prompt_tokens(),
+            u.completion_tokens(),
+            u.cached_tokens(),
+            u.cache_creation_input_tokens.unwrap_or(0),
+            0,
+        )
     }
 }
 
@@ -103,8 +220,7 @@ pub fn of_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<WithUsage>(body).ok()?.usage
 }
 
-/// The usage of a buffered Anthropic message (cache reads and writes count as prompt tokens, reads
-/// as cached ones).
+/// The usage of a buffered Anthropic message.
 pub fn of_anthropic_body(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
     struct Message {
@@ -114,23 +230,58 @@ pub fn of_anthropic_body(body: &[u8]) -> Option<Usage> {
     Some(Usage::from_anthropic(&u))
 }
 
-impl Usage {
-    /// The OpenAI shape of an Anthropic `usage` object (the arithmetic is
-    /// [`AnthropicUsage::prompt_tokens`]'s, shared with the operator side).
-    pub fn from_anthropic(u: &AnthropicUsage) -> Self {
-        Self {
-            prompt_tokens: u.prompt_tokens(),
-            completion_tokens: u.completion_tokens(),
-            prompt_tokens_details: Some(PromptDetails {
-                cached_tokens: Some(u.cached_tokens()),
-            }),
+/// Bytes of text per token the estimates assume. Byte-pair tokenizers average about four bytes
+/// of English text per token (OpenAI's rule of thumb); code, JSON and non-Latin scripts run
+/// denser (two to three bytes per token), so an estimate may be low by up to half for them and
+/// high by about a quarter for plain English prose.
+pub const BYTES_PER_TOKEN: u64 = 4;
+
+/// Tokens in `bytes` bytes of text, by [`BYTES_PER_TOKEN`] (rounded up).
+pub fn estimate_tokens(bytes: u64) -> u64 {
+    bytes.div_ceil(BYTES_PER_TOKEN)
+}
+
+/// What the gateway measured of a request itself, for an estimate when a stream ends before its
+/// provider reported the final usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// Bytes of the client's request body. The prompt estimate is this over
+    /// [`BYTES_PER_TOKEN`]: the body's JSON (keys, roles, quotes, about 30 bytes a message) and
+    /// any parameters count as prompt, so it runs high for short prompts.
+    pub request_bytes: u64,
+    /// Bytes of answer text relayed to the client (content, tool-call arguments, reasoning as the
+    /// stream carried them, JSON-escaped).
+    pub text_bytes: u64,
+    /// Whether the provider's final usage report was seen (OpenAI's usage chunk, Anthropic's
+    /// `message_delta`, a translated stream's usage).
+    pub final_usage: bool,
+}
+
+impl Measured {
+    /// The usage to charge for a stream that ended without its final report: what the provider
+    /// reported so far, with the prompt estimated when it reported none and the completion at
+    /// least what the relayed text suggests.
+    pub fn estimate(&self, reported: Option<Usage>) -> Usage {
+        let mut usage = reported.unwrap_or_default();
+        if usage.prompt_tokens == 0 {
+            usage.prompt_tokens = estimate_tokens(self.request_bytes);
         }
+        usage.completion_tokens = usage
+            .completion_tokens
+            .max(estimate_tokens(self.text_bytes));
+        usage
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use gatehouse_crds::config::LongContextPricing;
+
     use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
 
     #[test]
     fn cached_tokens_are_priced_at_the_cached_rate() {
@@ -145,31 +296,127 @@ mod tests {
             ..Pricing::default()
         };
         let expected = (600.0 * 2.0 + 400.0 * 0.5 + 500.0 * 8.0) / 1e6;
-        assert!((usage.cost(&pricing) - expected).abs() < 1e-12);
+        assert!(close(usage.cost(&pricing), expected));
     }
 
     #[test]
-    fn cached_price_defaults_to_input_price_and_is_capped_by_prompt() {
-        let usage = Usage {
-            prompt_tokens: 10,
-            completion_tokens: 0,
-            prompt_tokens_details: Some(PromptDetails {
-                cached_tokens: Some(50),
-            }),
-        };
-        assert_eq!(usage.cached_tokens(), 10);
+    fn every_token_type_has_its_rate() {
+        let usage: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":1000,"completion_tokens":500,
+                "prompt_tokens_details":{"cached_tokens":400,"cache_write_tokens":100,"audio_tokens":null},
+                "completion_tokens_details":{"reasoning_tokens":200,"accepted_prediction_tokens":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            usage.tokens(),
+            Tokens {
+                input: 500,
+                cached_read: 400,
+                cache_write: 100,
+                output: 300,
+                reasoning: 200
+            }
+        );
         let pricing = Pricing {
-            input_per_million: 1.0,
-            output_per_million: 1.0,
-            cached_input_per_million: None,
+            input_per_million: 3.0,
+            output_per_million: 15.0,
+            cached_input_per_million: Some(0.3),
+            cache_write_per_million: Some(3.75),
+            reasoning_per_million: Some(20.0),
+            long_context: None,
+        };
+        let expected =
+            (500.0 * 3.0 + 400.0 * 0.3 + 100.0 * 3.75 + 300.0 * 15.0 + 200.0 * 20.0) / 1e6;
+        assert!(close(usage.cost(&pricing), expected));
+        // Unset rates: cached reads and writes at the input rate, reasoning at the output rate.
+        let plain = Pricing {
+            input_per_million: 3.0,
+            output_per_million: 15.0,
             ..Pricing::default()
         };
-        assert!((usage.cost(&pricing) - 10.0 / 1e6).abs() < 1e-15);
+        assert!(close(
+            usage.cost(&plain),
+            (1000.0 * 3.0 + 500.0 * 15.0) / 1e6
+        ));
     }
 
     #[test]
-    fn body_without_usage_has_none() {
+    fn the_long_context_tier_prices_every_token_of_a_long_prompt() {
+        let pricing = Pricing {
+            input_per_million: 1.25,
+            output_per_million: 10.0,
+            cached_input_per_million: Some(0.31),
+            long_context: Some(LongContextPricing {
+                above_input_tokens: 200_000,
+                input_per_million: 2.5,
+                output_per_million: 15.0,
+                cached_input_per_million: Some(0.625),
+                cache_write_per_million: None,
+            }),
+            ..Pricing::default()
+        };
+        let at = Usage::new(200_000, 1000, 50_000, 0, 100);
+        let at_cost = (150_000.0 * 1.25 + 50_000.0 * 0.31 + 900.0 * 10.0 + 100.0 * 10.0) / 1e6;
+        assert!(
+            close(at.cost(&pricing), at_cost),
+            "at the threshold: base rates"
+        );
+        let above = Usage::new(200_001, 1000, 50_000, 1, 100);
+        let above_cost =
+            (150_000.0 * 2.5 + 50_000.0 * 0.625 + 2.5 + 900.0 * 15.0 + 100.0 * 15.0) / 1e6;
+        assert!(close(above.cost(&pricing), above_cost), "above: tier rates");
+    }
+
+    #[test]
+    fn breakdowns_are_capped_by_what_they_break_down() {
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            prompt_tokens_details: Some(PromptDetails {
+                cached_tokens: Some(8),
+                cache_write_tokens: Some(50),
+            }),
+            completion_tokens_details: Some(CompletionDetails {
+                reasoning_tokens: Some(9),
+            }),
+        };
+        let t = usage.tokens();
+        assert_eq!((t.input, t.cached_read, t.cache_write), (0, 8, 2));
+        assert_eq!((t.output, t.reasoning), (0, 3));
+    }
+
+    #[test]
+    fn anthropic_cache_writes_are_cache_writes() {
+        let u: AnthropicUsage = serde_json::from_str(
+            r#"{"input_tokens":10,"output_tokens":7,"cache_creation_input_tokens":100,"cache_read_input_tokens":1000}"#,
+        )
+        .unwrap();
+        let t = Usage::from_anthropic(&u).tokens();
+        assert_eq!(
+            (t.input, t.cached_read, t.cache_write, t.output),
+            (10, 1000, 100, 7)
+        );
+    }
+
+    #[test]
+    fn null_counts_are_zero_and_bodies_without_usage_have_none() {
+        let u: Usage =
+            serde_json::from_str(r#"{"prompt_tokens":5,"completion_tokens":null}"#).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (5, 0));
         assert_eq!(of_body(br#"{"id":"x"}"#), None);
         assert_eq!(of_body(b"not json"), None);
+    }
+
+    #[test]
+    fn an_estimate_keeps_what_was_reported_and_fills_the_rest_from_bytes() {
+        let m = Measured {
+            request_bytes: 401,
+            text_bytes: 40,
+            final_usage: false,
+        };
+        assert_eq!(m.estimate(None), Usage::new(101, 10, 0, 0, 0));
+        // Anthropic reported the prompt in message_start and one output token so far.
+        let reported = Usage::new(30, 1, 20, 0, 0);
+        assert_eq!(m.estimate(Some(reported)), Usage::new(30, 10, 20, 0, 0));
     }
 }

@@ -144,6 +144,8 @@ def manifests(work: Path) -> Path:
             spec["azure"] = {"apiVersion": "2024-10-21"}
         if p.type == "bedrock":
             spec["bedrock"] = {"region": "us-east-1"}
+        # Every chat model priced (USD per million tokens), so tests can check costs.
+        spec["models"] = [{"name": p.model, "pricing": PRICING}]
         docs.append({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "ModelProvider",
                      "metadata": {"name": p.name}, "spec": spec})
         routes = [(f"via-{p.name}", p.model)]
@@ -167,11 +169,39 @@ def manifests(work: Path) -> Path:
     return path
 
 
+# The price of every chat model, and what a request of `prompt` and `completion` tokens costs.
+PRICING = {"inputPerMillion": "1", "outputPerMillion": "2"}
+
+
+def cost(prompt: int, completion: int) -> float:
+    return (prompt * 1 + completion * 2) / 1e6
+
+
 @dataclass
 class Stack:
     base_url: str  # the sidecar, for the anthropic SDK (it adds /v1/messages)
     openai_base_url: str  # the sidecar's /v1, for the openai SDK
     providers: dict[str, Provider]
+    log: Path  # the sidecar's log (text format)
+
+    def access_line(self, request_id: str, timeout: float = 5.0) -> str:
+        """The access-log line of `request_id`, once the request ended (a stream's line is
+        written when the stream ends)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log.read_text().splitlines():
+                if "gatehouse::access" in line and request_id in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no access line for {request_id}")
+            time.sleep(0.02)
+
+    def logged_cost(self, request_id: str) -> float | None:
+        """The `cost_usd` of a request's access line; None when it has none."""
+        import re
+
+        m = re.search(r"cost_usd=([0-9.eE+-]+)", self.access_line(request_id))
+        return float(m.group(1)) if m else None
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +223,7 @@ def stack():
             )
             procs.append(sidecar)
             wait_http(f"http://127.0.0.1:{admin}/readyz", sidecar, log)
-            yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", BY_NAME)
+            yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", BY_NAME, log)
         finally:
             for proc in procs:
                 proc.terminate()

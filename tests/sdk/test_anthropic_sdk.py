@@ -6,7 +6,15 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from conftest import ALL, EXPECTED_RETRY_AFTER, LANDED, MESSAGES_LANDED, RATE_LIMIT_SECS, route_params
+from conftest import (
+    ALL,
+    EXPECTED_RETRY_AFTER,
+    LANDED,
+    MESSAGES_LANDED,
+    RATE_LIMIT_SECS,
+    cost,
+    route_params,
+)
 
 # Inbound Messages needs the endpoint itself and the target's adapter.
 ROUTES = route_params(ALL, landed=LANDED if MESSAGES_LANDED else set())
@@ -65,6 +73,35 @@ def test_stream(client, provider):
     assert final.stop_reason == "end_turn"
     assert final.usage.input_tokens == 5
     assert final.usage.output_tokens == 5
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_stream_cost_on_message_delta(client, stack, provider):
+    raw = client.messages.with_raw_response.create(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "Say hello to the gateway"}],
+        stream=True,
+    )
+    request_id = raw.headers["x-gatehouse-request-id"]
+    events = list(raw.parse())
+    (delta,) = [e for e in events if e.type == "message_delta"]
+    assert isinstance(delta, anthropic.types.RawMessageDeltaEvent)
+    # The extension field is kept by the SDK's model.
+    expected = cost(5, 5)
+    assert delta.usage.gatehouse_cost_usd == pytest.approx(expected, abs=1e-12)
+    assert stack.logged_cost(request_id) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("provider", ROUTES)
+def test_message_cost_header(client, provider):
+    raw = client.messages.with_raw_response.create(
+        model=f"via-{provider.name}",
+        max_tokens=256,
+        messages=[{"role": "user", "content": "Say hello to the gateway"}],
+    )
+    assert raw.headers["x-gatehouse-cost-usd"] == f"{cost(5, 5):.8f}"
+    assert raw.parse().usage.input_tokens == 5
 
 
 @pytest.mark.parametrize("provider", ROUTES)

@@ -8,7 +8,14 @@ import json
 import openai
 import pytest
 
-from conftest import ALL, EXPECTED_RETRY_AFTER, RATE_LIMIT_SECS, WITH_EMBEDDINGS, route_params
+from conftest import (
+    ALL,
+    EXPECTED_RETRY_AFTER,
+    RATE_LIMIT_SECS,
+    WITH_EMBEDDINGS,
+    cost,
+    route_params,
+)
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -101,6 +108,72 @@ def test_chat_stream_with_usage(client, provider):
     assert usage.prompt_tokens == PROMPT_WORDS
     assert usage.completion_tokens == 5
     assert usage.total_tokens == PROMPT_WORDS + 5
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_chat_cost_header(client, provider):
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"via-{provider.name}", messages=MESSAGES
+    )
+    # USD with 8 decimals.
+    assert raw.headers["x-gatehouse-cost-usd"] == f"{cost(PROMPT_WORDS, 5):.8f}"
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_stream_cost_in_band(client, provider):
+    chunks = list(
+        client.chat.completions.create(
+            model=f"via-{provider.name}",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    # The extension field is kept by the SDK's model, as an attribute and in model_extra.
+    assert usage.gatehouse_cost_usd == pytest.approx(cost(PROMPT_WORDS, 5), abs=1e-12)
+    assert usage.model_extra["gatehouse_cost_usd"] == usage.gatehouse_cost_usd
+    assert usage.prompt_tokens == PROMPT_WORDS
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+def test_stream_without_include_usage_sees_no_usage_and_is_metered(client, stack, provider):
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"via-{provider.name}", messages=MESSAGES, stream=True
+    )
+    request_id = raw.headers["x-gatehouse-request-id"]
+    chunks = list(raw.parse())
+    # Exactly what the provider sends a client that does not ask: no usage-only chunk at the
+    # end, no `usage` on any chunk (not even null).
+    assert all(c.choices for c in chunks), [c.model_dump() for c in chunks]
+    assert all(c.usage is None and "usage" not in c.model_fields_set for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == expected_text(provider)
+    # OpenAI-wire providers were asked for the usage all the same.
+    if provider.type in ("openai", "openaiCompatible", "azureOpenAI"):
+        (sent,) = provider.requests()
+        assert sent["body"]["stream_options"] == {"include_usage": True}
+    # And the request is metered with the provider's usage.
+    assert stack.logged_cost(request_id) == pytest.approx(cost(PROMPT_WORDS, 5), abs=1e-12)
+
+
+@pytest.mark.parametrize("provider", route_params(["openai", "anthropic", "gemini", "bedrock"]))
+def test_cancelled_stream_is_metered_as_estimated(client, stack, provider):
+    provider.push({"chunk_delay_ms": 300, "chunks": 20})
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"via-{provider.name}", messages=MESSAGES, stream=True
+    )
+    request_id = raw.headers["x-gatehouse-request-id"]
+    stream = raw.parse()
+    first = next(iter(stream))
+    assert first.choices
+    stream.close()
+    line = stack.access_line(request_id)
+    assert "client_gone" in line, line
+    # Charged: at least the prompt, estimated from the request when the provider had not said.
+    logged = stack.logged_cost(request_id)
+    assert logged is not None and logged > 0, line
 
 
 def weather_messages():

@@ -360,24 +360,18 @@ pub fn stop_reason(finish: Option<&str>) -> &'static str {
     }
 }
 
-/// OpenAI `usage` → Anthropic `usage` (cached prompt tokens are cache reads).
+/// OpenAI `usage` → Anthropic `usage` (cached prompt tokens are cache reads, the gateway's
+/// `cache_write_tokens` cache writes; both are outside `input_tokens`, as Anthropic counts them).
 pub(super) fn usage(u: Option<&Value>) -> Value {
-    let n = |k: &str| {
-        u.and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let cached = u
-        .and_then(|u| u.get("prompt_tokens_details"))
-        .and_then(|d| d.get("cached_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let prompt = n("prompt_tokens");
+    let t = u
+        .and_then(|u| serde_json::from_value::<crate::usage::Usage>(u.clone()).ok())
+        .unwrap_or_default()
+        .tokens();
     json!({
-        "input_tokens": prompt.saturating_sub(cached),
-        "output_tokens": n("completion_tokens"),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
+        "input_tokens": t.input,
+        "output_tokens": t.output.saturating_add(t.reasoning),
+        "cache_creation_input_tokens": t.cache_write,
+        "cache_read_input_tokens": t.cached_read,
     })
 }
 

@@ -428,7 +428,8 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// Anthropic `usage` → OpenAI `usage` (cache reads and writes are prompt tokens; reads are cached).
+/// Anthropic `usage` → OpenAI `usage` (cache reads and writes are prompt tokens; reads are cached,
+/// writes `cache_write_tokens`; thinking is inside `output_tokens`, not reported apart).
 pub fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64);
     let u = gatehouse_crds::usage::AnthropicUsage {
@@ -440,7 +441,9 @@ pub fn usage(u: &Value) -> Value {
     openai_usage(
         u.prompt_tokens(),
         u.completion_tokens(),
-        Some(u.cached_tokens()),
+        u.cached_tokens(),
+        u.cache_creation_input_tokens.unwrap_or(0),
+        0,
     )
 }
 

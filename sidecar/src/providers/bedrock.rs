@@ -441,14 +441,21 @@ pub fn finish_reason(reason: Option<&str>) -> &'static str {
     }
 }
 
-/// Converse `usage` → OpenAI usage.
+/// Converse `usage` → OpenAI usage. `inputTokens` excludes the cache reads
+/// (`cacheReadInputTokens`) and writes (`cacheWriteInputTokens`), as Anthropic's `input_tokens`
+/// does; `totalTokens` is the sum of all four.
 pub fn usage(u: &Value) -> Value {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = n("cacheReadInputTokens");
+    let written = n("cacheWriteInputTokens");
     openai_usage(
-        n("inputTokens") + cached + n("cacheWriteInputTokens"),
+        n("inputTokens")
+            .saturating_add(cached)
+            .saturating_add(written),
         n("outputTokens"),
-        Some(cached),
+        cached,
+        written,
+        0,
     )
 }
 

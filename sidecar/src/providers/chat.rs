@@ -74,18 +74,38 @@ pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: Value) -> 
     c
 }
 
-/// OpenAI `usage` from prompt (cached included), completion and cached counts.
-pub(crate) fn openai_usage(prompt: u64, completion: u64, cached: Option<u64>) -> Value {
+/// OpenAI `usage` from prompt (cached reads and cache writes included), completion (reasoning
+/// included), cached-read, cache-write and reasoning counts. OpenAI's own breakdowns are
+/// `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`; cache
+/// writes, which OpenAI does not report, go in `prompt_tokens_details.cache_write_tokens` (the
+/// official SDKs keep unknown fields), so metering and an Anthropic client still see them.
+pub(crate) fn openai_usage(
+    prompt: u64,
+    completion: u64,
+    cached: u64,
+    cache_write: u64,
+    reasoning: u64,
+) -> Value {
     let mut usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": prompt.saturating_add(completion),
+        "prompt_tokens_details": {"cached_tokens": cached},
     });
-    if let (Some(cached), Some(obj)) = (cached, usage.as_object_mut()) {
-        obj.insert(
-            "prompt_tokens_details".to_string(),
-            json!({"cached_tokens": cached}),
-        );
+    if let Some(obj) = usage.as_object_mut() {
+        if cache_write > 0
+            && let Some(details) = obj
+                .get_mut("prompt_tokens_details")
+                .and_then(Value::as_object_mut)
+        {
+            details.insert("cache_write_tokens".to_string(), json!(cache_write));
+        }
+        if reasoning > 0 {
+            obj.insert(
+                "completion_tokens_details".to_string(),
+                json!({"reasoning_tokens": reasoning}),
+            );
+        }
     }
     usage
 }

@@ -421,13 +421,20 @@ pub fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
     }
 }
 
-/// `usageMetadata` → OpenAI usage.
+/// `usageMetadata` → OpenAI usage. Gemini counts apart what OpenAI counts together:
+/// `totalTokenCount` is the sum of `promptTokenCount` (cached content included),
+/// `toolUsePromptTokenCount`, `candidatesTokenCount` and `thoughtsTokenCount`, and thoughts are
+/// billed as output. So the prompt is prompt plus tool-use prompt, the completion candidates plus
+/// thoughts, of which the thoughts are reasoning.
 pub fn usage(meta: &Value) -> Value {
     let n = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let thoughts = n("thoughtsTokenCount");
     openai_usage(
-        n("promptTokenCount"),
-        n("candidatesTokenCount") + n("thoughtsTokenCount"),
-        Some(n("cachedContentTokenCount")),
+        n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount")),
+        n("candidatesTokenCount").saturating_add(thoughts),
+        n("cachedContentTokenCount"),
+        0,
+        thoughts,
     )
 }
 

@@ -196,7 +196,7 @@ pub(super) async fn run(
         failures.push("the request timeout expired before the first attempt".to_string());
     }
     Err(ProxyError::Exhausted {
-        route: route.name.clone(),
+        route: route.name.to_string(),
         attempts: x.ctx.attempts.len() as u32,
         summary: failures.join("; "),
         status,
@@ -241,6 +241,7 @@ async fn attempt(
             settings.max_event_bytes,
         )
         .await?;
+        let meter = inbound.stream_meter(translate.is_some());
         return Ok(Answer::Stream {
             first,
             rest,
@@ -249,6 +250,7 @@ async fn attempt(
             scrub,
             idle: None,
             health: None,
+            meter,
         });
     }
     // Answers are joined in input order (`buffered`, not `buffer_unordered`); the first failure

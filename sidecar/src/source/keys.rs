@@ -3,14 +3,12 @@
 //! The kubelet writes a Secret volume as `..<timestamp>/` folders plus a `..data` symlink to the
 //! current one, and one symlink per key (`name -> ..data/name`). An update writes a new folder and
 //! swaps `..data` atomically by rename, so a reader that opens `name` sees either all old or all new
-//! keys. We watch the directory itself (not the files, whose inodes change on every swap) and re-read
-//! everything on any event.
+//! keys. The directory itself is watched (not the files, whose inodes change on every swap; see
+//! `files`) and everything is re-read on any change.
 
 use std::path::{Path, PathBuf};
 
 use gatehouse_crds::ProviderKeys;
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Where the keys Secret is mounted.
 #[derive(Debug, Clone)]
@@ -55,23 +53,6 @@ impl KeysDir {
             keys.insert(name, value.trim());
         }
         Ok(keys)
-    }
-
-    /// Send `()` on `tx` whenever something in the directory changes. Watches the parent too when
-    /// the directory does not exist yet, so a late mount is noticed.
-    pub fn watch(&self, tx: UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
-                }
-            })?;
-        if self.path.is_dir() {
-            watcher.watch(&self.path, RecursiveMode::NonRecursive)?;
-        } else if let Some(parent) = self.path.parent().filter(|p| p.is_dir()) {
-            watcher.watch(parent, RecursiveMode::NonRecursive)?;
-        }
-        Ok(watcher)
     }
 }
 

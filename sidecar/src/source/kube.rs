@@ -42,11 +42,11 @@ pub async fn client(token_file: Option<&Path>) -> Result<Client, ClientError> {
     Client::try_from(config).map_err(|e| ClientError(e.to_string()))
 }
 
-/// The running source; dropping it stops the watches.
+/// The running source; dropping it stops the watch of the config (the keys directory's watch is
+/// the caller's).
 #[derive(Debug)]
 pub struct Watching {
     task: JoinHandle<()>,
-    _keys: notify::RecommendedWatcher,
 }
 
 impl Drop for Watching {
@@ -65,15 +65,15 @@ pub fn parse(cm: &ConfigMap) -> Result<SidecarConfig, String> {
     serde_json::from_str(json).map_err(|e| format!("failed to parse {CONFIG_KEY}: {e}"))
 }
 
-/// Start watching config `namespace/gatehouse-config` and the keys directory.
+/// Start watching config `namespace/gatehouse-config`, and re-read the keys directory on every
+/// message of `keys_rx` (from a [`super::files`] watch of it).
 pub fn watch(
     client: Client,
     namespace: &str,
     keys: KeysDir,
+    mut keys_rx: mpsc::UnboundedReceiver<()>,
     sink: Sink,
-) -> notify::Result<Watching> {
-    let (keys_tx, mut keys_rx) = mpsc::unbounded_channel::<()>();
-    let keys_watcher = keys.watch(keys_tx)?;
+) -> Watching {
     let api = Api::<ConfigMap>::namespaced(client, namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={CONFIG_NAME}"));
     let task = tokio::spawn(async move {
@@ -126,10 +126,7 @@ pub fn watch(
             }
         }
     });
-    Ok(Watching {
-        task,
-        _keys: keys_watcher,
-    })
+    Watching { task }
 }
 
 fn read_keys(keys: &KeysDir, sink: &Sink) -> Option<ProviderKeys> {

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_crds::{Budget, Inputs, ModelProvider, Rendered, Route, SecretData, render};
-use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
-use super::Sink;
+use super::{Sink, files};
 
 mod secret;
 
@@ -242,29 +241,30 @@ impl Manifests {
         Ok(())
     }
 
-    /// Load now, then re-load whenever a file under the paths changes; an invalid edit keeps the
-    /// last good config. Returns the watcher, which must be kept alive.
-    pub fn watch(self, sink: Sink) -> Result<notify::RecommendedWatcher, notify::Error> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
+    /// What to watch: a folder with its sub-folders, a file through its folder (editors and
+    /// `kubectl`-style tools replace files by rename, which a watch on the file itself would lose).
+    pub fn targets(&self) -> Vec<files::Target> {
+        self.paths
+            .iter()
+            .map(|path| {
+                if path.is_dir() {
+                    files::Target::tree(path)
+                } else {
+                    files::Target::file(path)
                 }
-            })?;
-        for path in &self.paths {
-            // Watch a file's folder: editors and `kubectl`-style tools replace files by rename,
-            // which a watch on the file itself would lose.
-            if path.is_dir() {
-                watcher.watch(path, RecursiveMode::Recursive)?;
-            } else {
-                let parent = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                watcher.watch(parent, RecursiveMode::NonRecursive)?;
-            }
-        }
+            })
+            .collect()
+    }
+
+    /// How logs and errors name the manifests.
+    pub fn describe(&self) -> String {
+        let paths: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        format!("the manifests {}", paths.join(", "))
+    }
+
+    /// Load now, then re-load on every message of `rx` (from a [`files`] watch of
+    /// [`Manifests::targets`]); an invalid edit keeps the last good config.
+    pub fn watch(self, sink: Sink, mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) {
         tokio::spawn(async move {
             let mut last: Option<Rendered> = None;
             loop {
@@ -290,7 +290,6 @@ impl Manifests {
                 }
             }
         });
-        Ok(watcher)
     }
 }
 

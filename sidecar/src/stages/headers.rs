@@ -1,6 +1,6 @@
 //! The `x-gatehouse-*` response headers: request id, route, provider, model, attempts, cost
-//! (buffered answers with known pricing; a stream's cost is in its access line), cache status
-//! and warnings.
+//! (buffered answers: USD with 8 decimals, or `unknown` for an unpriced model; a stream's cost is
+//! in its access line and in-band), cache status and warnings.
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -22,7 +22,7 @@ impl Stage for Headers {
         }
     }
 
-    fn on_response(&self, ctx: &Context, _status: StatusCode, headers: &mut HeaderMap) {
+    fn on_response(&self, ctx: &Context, status: StatusCode, headers: &mut HeaderMap) {
         insert(headers, "x-gatehouse-request-id", &ctx.request_id);
         if let Some(route) = &ctx.route {
             insert(headers, "x-gatehouse-route", &route.name);
@@ -37,8 +37,22 @@ impl Stage for Headers {
                 HeaderValue::from(ctx.attempts.len()),
             );
         }
-        if let Some(cost) = ctx.cost_usd {
-            insert(headers, "x-gatehouse-cost-usd", &format!("{cost:.8}"));
+        // A buffered answer's cost; `unknown` when its model is unpriced (or metering is off).
+        // A stream's head leaves before its usage is known: its cost is in its access line and,
+        // when the client asked for usage, in the stream (`metering::wire::COST_FIELD`).
+        if status.is_success() && !ctx.streaming && ctx.answered_by.is_some() {
+            match ctx.cost_usd {
+                Some(cost) => {
+                    let mut text = Vec::with_capacity(24);
+                    super::metering::wire::write_cost(&mut text, Some(cost));
+                    if let Ok(v) = HeaderValue::from_bytes(&text) {
+                        headers.insert("x-gatehouse-cost-usd", v);
+                    }
+                }
+                None => {
+                    headers.insert("x-gatehouse-cost-usd", HeaderValue::from_static("unknown"));
+                }
+            }
         }
         headers.insert(
             "x-gatehouse-cache",

@@ -100,15 +100,12 @@ pub fn first_match<'a>(
         .find(|r| matches(&r.matches, features, headers, labels))
 }
 
-/// The caller's workload labels.
-///
-/// Seam: the sidecar serves one pod, whose labels the identity work (branch `identity`:
-/// `Identity::workload`, `--pod-labels`) puts into the context. Until that lands on this branch
-/// no labels are known, so a rule that names workload labels never matches; once it does, this
-/// returns `ctx.identity.workload.as_ref().map(|w| &w.labels)`.
-fn caller_labels(_ctx: &Context) -> &BTreeMap<String, String> {
+/// The caller's workload labels: the pod labels the sidecar's identity carries (the
+/// `--workload-labels` allow-list of `--pod-labels` / `--pod-labels-file`); a rule naming a label
+/// outside that list never matches.
+fn caller_labels(ctx: &Context) -> &BTreeMap<String, String> {
     static NONE: BTreeMap<String, String> = BTreeMap::new();
-    &NONE
+    ctx.identity.workload.as_ref().map_or(&NONE, |w| &w.labels)
 }
 
 impl Stage for Rules {

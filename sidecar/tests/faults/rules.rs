@@ -1,6 +1,6 @@
 //! Routing rules through the binary: each request feature picks its rule's target set, in both
-//! dialects, and the rule is named in `x-gatehouse-rule`. Workload labels are matched in the unit
-//! tests of `stages::rules` (the binary learns its pod's labels with the identity work).
+//! dialects, and the rule is named in `x-gatehouse-rule`; a rule on workload labels matches the
+//! labels the sidecar's identity carries (`--pod-labels`), never a request header.
 
 use gatehouse_mock_provider::MockProvider;
 use serde_json::{Value, json};
@@ -185,4 +185,41 @@ async fn each_feature_selects_its_rules_targets_in_both_dialects() {
     sidecar.wait_log(std::time::Duration::from_secs(5), |j| {
         j["fields"]["rule"] == "with-tools" || j["rule"] == "with-tools"
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_workload_labels_matches_the_pods_own_labels_only() {
+    let mock = mock().await;
+    let client = reqwest::Client::new();
+    let send = |sidecar: &SidecarProc, dialect: &str| {
+        let (path, body) = request(dialect, "hi", false, false, false);
+        client
+            .post(sidecar.url(&path))
+            // A header naming the label must not stand in for the pod's own labels.
+            .header("team", "search")
+            .header("x-gatehouse-team", "search")
+            .json(&body)
+            .send()
+    };
+    let search = SidecarProc::start_with_env(
+        &manifests(&mock),
+        &[],
+        &[("GATEHOUSE_POD_LABELS", "team=search,app.kubernetes.io/name=finder")],
+    );
+    let other = SidecarProc::start_with_env(
+        &manifests(&mock),
+        &[],
+        &[("GATEHOUSE_POD_LABELS", "team=payments")],
+    );
+    for dialect in ["openai", "anthropic"] {
+        let resp = send(&search, dialect).await.unwrap();
+        assert_eq!(resp.status(), 200, "{dialect}");
+        assert_eq!(resp.headers()["x-gatehouse-rule"], "team-search", "{dialect}");
+        assert_eq!(resp.headers()["x-gatehouse-model"], "m-cheap", "{dialect}");
+
+        let resp = send(&other, dialect).await.unwrap();
+        assert_eq!(resp.status(), 200, "{dialect}");
+        assert!(resp.headers().get("x-gatehouse-rule").is_none(), "{dialect}");
+        assert_eq!(resp.headers()["x-gatehouse-model"], "m-default", "{dialect}");
+    }
 }

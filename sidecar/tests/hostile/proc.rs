@@ -24,20 +24,31 @@ impl SidecarProc {
     /// Start over `manifests` (YAML text written to a temp dir) with extra flags, and wait until it
     /// listens and has applied a config.
     pub fn start(manifests: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(manifests, extra_args, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (`GATEHOUSE_*` flags).
+    pub fn start_with_env(manifests: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("gatehouse.yaml"), manifests).unwrap();
-        let mut proc = Self::spawn(dir.path(), extra_args);
+        let mut proc = Self::spawn_with_env(dir.path(), extra_args, env);
         proc._dir = Some(dir);
         proc
     }
 
     /// Start over an existing manifests path.
     pub fn spawn(manifests: &Path, extra_args: &[&str]) -> Self {
+        Self::spawn_with_env(manifests, extra_args, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_with_env(manifests: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse-sidecar"))
             .arg("--manifests")
             .arg(manifests)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

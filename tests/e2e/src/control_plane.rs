@@ -294,6 +294,11 @@ impl ControlPlane {
             .join("\n")
     }
 
+    /// Process id of the kube-apiserver (to read its memory and CPU from `/proc`).
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.id()
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server(&self) -> &str {
         &self.server

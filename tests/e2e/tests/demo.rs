@@ -88,6 +88,9 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "data: [DONE]",
         "model_not_found",
         "served through the new alias",
+        // The identity the demo gives the sidecar as the downward API would, and the tag.
+        "gatehouse_tokens_total{namespace=\"default\",workload=\"app\",tag=\"demo-summary\",route=\"chat\",provider=\"local\",model=\"llama-3.1-8b-instruct\",type=\"input\"}",
+        "gatehouse_cost_usd_total{namespace=\"default\",workload=\"app\",tag=\"\",route=\"chat\"",
         "name: gatehouse-config",
         "\"gatehouse.dev/config-v1alpha1\"",
     ] {

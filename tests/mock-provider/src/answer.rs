@@ -59,6 +59,10 @@ pub(crate) struct Answer<'a> {
     pub(crate) output_tokens: u64,
     /// Prompt tokens reported as served from a cache (capped at the prompt).
     pub(crate) cached_tokens: u64,
+    /// Prompt tokens reported as written to the cache (capped at the rest of the prompt).
+    pub(crate) cache_write_tokens: u64,
+    /// Of `output_tokens`, those spent reasoning.
+    pub(crate) reasoning_tokens: u64,
 }
 
 impl<'a> Answer<'a> {
@@ -80,6 +84,10 @@ impl<'a> Answer<'a> {
             None
         };
         let cached_tokens = behaviour.cached_tokens.min(prompt.words);
+        let cache_write_tokens = behaviour
+            .cache_write_tokens
+            .min(prompt.words - cached_tokens);
+        let reasoning_tokens = behaviour.reasoning_tokens;
         if let Some(call) = call {
             let arguments_json = serde_json::to_string(&call.arguments).unwrap_or_default();
             let pieces = split_in_three(&arguments_json);
@@ -96,6 +104,8 @@ impl<'a> Answer<'a> {
                 finish: Finish::ToolUse,
                 input_tokens: prompt.words,
                 cached_tokens,
+                cache_write_tokens,
+                reasoning_tokens,
             };
         }
         let mut words = answer_words(behaviour, model);
@@ -113,6 +123,8 @@ impl<'a> Answer<'a> {
             finish,
             input_tokens: prompt.words,
             cached_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
         }
     }
 

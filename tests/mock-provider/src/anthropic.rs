@@ -147,8 +147,8 @@ fn stop_reason(finish: Finish) -> &'static str {
 
 fn usage(answer: &Answer<'_>, output_tokens: u64) -> Value {
     json!({
-        "input_tokens": answer.input_tokens - answer.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": answer.input_tokens - answer.cached_tokens - answer.cache_write_tokens,
+        "cache_creation_input_tokens": answer.cache_write_tokens,
         "cache_read_input_tokens": answer.cached_tokens,
         "output_tokens": output_tokens,
         "service_tier": "standard",

@@ -270,13 +270,13 @@ fn stop_reason(finish: Finish) -> &'static str {
 }
 
 fn usage(answer: &Answer<'_>) -> Value {
-    let input = answer.input_tokens - answer.cached_tokens;
+    let input = answer.input_tokens - answer.cached_tokens - answer.cache_write_tokens;
     json!({
         "inputTokens": input,
         "outputTokens": answer.output_tokens,
-        "totalTokens": input + answer.output_tokens + answer.cached_tokens,
+        "totalTokens": answer.input_tokens + answer.output_tokens,
         "cacheReadInputTokens": answer.cached_tokens,
-        "cacheWriteInputTokens": 0,
+        "cacheWriteInputTokens": answer.cache_write_tokens,
     })
 }
 

@@ -38,8 +38,14 @@ pub struct Behaviour {
     pub content: Option<String>,
     /// Reported `usage.prompt_tokens_details.cached_tokens` (capped at `prompt_tokens`).
     pub cached_tokens: u64,
-    /// Reported `usage.completion_tokens_details.reasoning_tokens` (added to `completion_tokens`).
+    /// Reported `usage.completion_tokens_details.reasoning_tokens` (added to `completion_tokens`;
+    /// Gemini: `thoughtsTokenCount`, apart from `candidatesTokenCount`; Anthropic and Bedrock
+    /// count thinking inside their output tokens).
     pub reasoning_tokens: u64,
+    /// Reported prompt tokens written to the cache: Anthropic `cache_creation_input_tokens`,
+    /// Bedrock `cacheWriteInputTokens` (capped at the prompt tokens not read from the cache).
+    /// OpenAI-wire flavours and Gemini do not report cache writes.
+    pub cache_write_tokens: u64,
     /// Answer with this tool call (whatever the request says, unless its last message is a tool
     /// result). Without it the mock calls a declared tool on its own when the last user message
     /// mentions "weather" (see [`ToolCall::auto`]).
@@ -99,6 +105,7 @@ impl Default for Behaviour {
             content: None,
             cached_tokens: 0,
             reasoning_tokens: 0,
+            cache_write_tokens: 0,
             tool_call: None,
             gate: None,
         }
@@ -226,6 +233,12 @@ impl Behaviour {
     /// Reported reasoning tokens.
     pub fn reasoning_tokens(mut self, tokens: u64) -> Self {
         self.reasoning_tokens = tokens;
+        self
+    }
+
+    /// Reported cache-write tokens (Anthropic, Bedrock).
+    pub fn cache_write_tokens(mut self, tokens: u64) -> Self {
+        self.cache_write_tokens = tokens;
         self
     }
 

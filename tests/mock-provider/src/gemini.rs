@@ -190,15 +190,22 @@ fn finish_reason(finish: Finish) -> &'static str {
     }
 }
 
+/// `usageMetadata` with `candidates` visible output tokens so far. Thoughts come before the
+/// answer, so every event reports all of them, in `thoughtsTokenCount`: Gemini counts them apart
+/// from `candidatesTokenCount` (`totalTokenCount` is the sum of prompt, candidates and thoughts).
 fn usage(answer: &Answer<'_>, candidates: u64) -> Value {
+    let thoughts = answer.reasoning_tokens;
     let mut usage = json!({
         "promptTokenCount": answer.input_tokens,
         "candidatesTokenCount": candidates,
-        "totalTokenCount": answer.input_tokens + candidates,
+        "totalTokenCount": answer.input_tokens + candidates + thoughts,
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": answer.input_tokens}],
     });
     if answer.cached_tokens > 0 {
         usage["cachedContentTokenCount"] = json!(answer.cached_tokens);
+    }
+    if thoughts > 0 {
+        usage["thoughtsTokenCount"] = json!(thoughts);
     }
     usage
 }
@@ -292,7 +299,7 @@ pub(crate) fn handle(
             &id,
             parts,
             Some(finish_reason(answer.finish)),
-            usage(&answer, answer.output_tokens),
+            usage(&answer, answer.output_tokens - answer.reasoning_tokens),
         ),
         &behaviour.fault,
     )
@@ -309,7 +316,7 @@ fn stream_response(
     let mut pieces: Vec<(Value, u64)> = match &answer.tool_call {
         Some(call) => vec![(
             json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
-            answer.output_tokens,
+            answer.output_tokens - answer.reasoning_tokens,
         )],
         None => (0..answer.words.len())
             .map(|i| (json!([{"text": answer.chunk_text(i)}]), i as u64 + 1))

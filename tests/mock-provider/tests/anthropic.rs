@@ -86,6 +86,23 @@ async fn message_has_anthropic_shape() {
 }
 
 #[tokio::test]
+async fn cache_writes_are_reported_apart_from_input_and_reads() {
+    let mock = MockProvider::start().await.unwrap();
+    mock.push(
+        Behaviour::normal()
+            .cached_tokens(2)
+            .cache_write_tokens(1)
+            .reasoning_tokens(4),
+    );
+    let v: Value = post(&mock, None, &body(false)).await.json().await.unwrap();
+    // 5 prompt tokens: 2 read, 1 written, 2 neither; thinking counts as output.
+    assert_eq!(v["usage"]["input_tokens"], 2);
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 2);
+    assert_eq!(v["usage"]["cache_creation_input_tokens"], 1);
+    assert_eq!(v["usage"]["output_tokens"], 9);
+}
+
+#[tokio::test]
 async fn max_tokens_stops_with_max_tokens() {
     let mock = MockProvider::start().await.unwrap();
     let mut b = body(false);

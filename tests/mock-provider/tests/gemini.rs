@@ -43,6 +43,21 @@ fn sse(text: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
+async fn thoughts_are_counted_apart_from_candidates() {
+    let mock = MockProvider::with_api_key("gm").start().await.unwrap();
+    mock.push(Behaviour::normal().reasoning_tokens(7));
+    let v: Value = post(&mock, "generateContent", Some("gm"), &body())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let u = &v["usageMetadata"];
+    assert_eq!(u["candidatesTokenCount"], 5);
+    assert_eq!(u["thoughtsTokenCount"], 7);
+    assert_eq!(u["totalTokenCount"], 5 + 5 + 7);
+}
+
+#[tokio::test]
 async fn generate_content_shape() {
     let mock = MockProvider::with_api_key("gm").start().await.unwrap();
     mock.push(Behaviour::normal().cached_tokens(2));

@@ -2,11 +2,15 @@
 //! the relay runs on each Anthropic event, and the error event that ends a broken stream.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{stop_reason, usage};
-use crate::dialect::{ChunkEncoder, Event};
+use crate::dialect::openai::string_bytes;
+use crate::dialect::{ChunkEncoder, Data, Event};
 use crate::error::DecodeError;
 use crate::providers::StreamItem;
 use crate::providers::chat::new_id;
@@ -16,40 +20,53 @@ use crate::usage::Usage;
 /// `message_start.message.usage` (prompt) and `message_delta.usage` (completion).
 pub fn inspect(payload: &[u8]) -> Result<Event, DecodeError> {
     #[derive(Deserialize)]
-    struct Probe {
-        #[serde(rename = "type")]
-        kind: String,
+    struct Probe<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
         #[serde(default)]
         message: Option<MessageProbe>,
         #[serde(default)]
         usage: Option<gatehouse_crds::usage::AnthropicUsage>,
+        #[serde(borrow, default)]
+        delta: Option<DeltaProbe<'a>>,
     }
     #[derive(Deserialize)]
     struct MessageProbe {
         #[serde(default)]
         usage: Option<gatehouse_crds::usage::AnthropicUsage>,
     }
-    let probe: Probe = serde_json::from_slice(payload).map_err(|_| DecodeError::EventUntyped)?;
+    #[derive(Deserialize)]
+    struct DeltaProbe<'a> {
+        #[serde(borrow, default)]
+        text: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        partial_json: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        thinking: Option<&'a RawValue>,
+    }
+    let probe: Probe<'_> =
+        serde_json::from_slice(payload).map_err(|_| DecodeError::EventUntyped)?;
     let usage = probe.usage.or(probe.message.and_then(|m| m.usage));
-    Ok(match probe.kind.as_str() {
+    Ok(match &*probe.kind {
         "message_stop" => Event::Done,
         "error" => Event::Error,
-        _ => Event::Data(usage.map(|u| {
-            // An event without `input_tokens` says nothing about the prompt: 0 here, and the
-            // merge keeps the prompt an earlier event reported.
-            let cached = u.cached_tokens();
-            Usage {
-                prompt_tokens: if u.reports_prompt() {
-                    u.prompt_tokens()
-                } else {
-                    0
-                },
-                completion_tokens: u.completion_tokens(),
-                prompt_tokens_details: (cached > 0).then_some(crate::usage::PromptDetails {
-                    cached_tokens: Some(cached),
-                }),
-            }
-        })),
+        kind => Event::Data(Data {
+            usage: usage.map(|u| {
+                // An event without `input_tokens` says nothing about the prompt: 0 here, and the
+                // merge keeps the prompt an earlier event reported.
+                let mut usage = Usage::from_anthropic(&u);
+                if !u.reports_prompt() {
+                    usage.prompt_tokens = 0;
+                    usage.prompt_tokens_details = None;
+                }
+                usage
+            }),
+            final_usage: kind == "message_delta" && usage.is_some(),
+            text_bytes: probe.delta.map_or(0, |d| {
+                string_bytes(d.text) + string_bytes(d.partial_json) + string_bytes(d.thinking)
+            }),
+            ..Data::default()
+        }),
     })
 }
 
@@ -246,6 +263,7 @@ impl StreamEncoder {
                     "output_tokens": u.get("output_tokens").cloned().unwrap_or(json!(0)),
                     "input_tokens": u.get("input_tokens").cloned().unwrap_or(json!(0)),
                     "cache_read_input_tokens": u.get("cache_read_input_tokens").cloned().unwrap_or(json!(0)),
+                    "cache_creation_input_tokens": u.get("cache_creation_input_tokens").cloned().unwrap_or(json!(0)),
                 },
             }),
         );
