@@ -5,8 +5,8 @@
 //! through-the-sidecar rounds so machine noise hits both alike. `--peers` adds LiteLLM and
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
-mod faults;
 mod fanout;
+mod faults;
 mod load;
 mod memory;
 mod metering;
@@ -854,6 +854,7 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     }
     if args.faults {
         faults::report(&mut report, args, &dir).await?;
+    }
     if args.metering {
         metering::report(&mut report, args, &dir, mock_addr).await?;
     }

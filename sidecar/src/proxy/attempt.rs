@@ -131,6 +131,7 @@ pub(super) async fn run(
                 translate,
                 deadline,
                 scrub,
+                meter,
                 ..
             }) => Ok(Answer::Stream {
                 first,
@@ -138,6 +139,7 @@ pub(super) async fn run(
                 translate,
                 deadline,
                 scrub,
+                meter,
                 idle: timeouts.idle_ms.map(Duration::from_millis),
                 health: Some(held.handle()),
             }),

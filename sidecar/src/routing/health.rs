@@ -256,7 +256,7 @@ impl TargetHealth {
 /// The health of one route's targets (in `ServedRoute::targets` order) and its settings.
 #[derive(Debug)]
 pub struct RouteHealth {
-    route: String,
+    route: Arc<str>,
     config: OutlierConfig,
     targets: Vec<Arc<TargetHealth>>,
     names: Vec<(String, String)>,

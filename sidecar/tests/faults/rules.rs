@@ -204,7 +204,10 @@ async fn a_rule_on_workload_labels_matches_the_pods_own_labels_only() {
     let search = SidecarProc::start_with_env(
         &manifests(&mock),
         &[],
-        &[("GATEHOUSE_POD_LABELS", "team=search,app.kubernetes.io/name=finder")],
+        &[(
+            "GATEHOUSE_POD_LABELS",
+            "team=search,app.kubernetes.io/name=finder",
+        )],
     );
     let other = SidecarProc::start_with_env(
         &manifests(&mock),
@@ -214,12 +217,23 @@ async fn a_rule_on_workload_labels_matches_the_pods_own_labels_only() {
     for dialect in ["openai", "anthropic"] {
         let resp = send(&search, dialect).await.unwrap();
         assert_eq!(resp.status(), 200, "{dialect}");
-        assert_eq!(resp.headers()["x-gatehouse-rule"], "team-search", "{dialect}");
+        assert_eq!(
+            resp.headers()["x-gatehouse-rule"],
+            "team-search",
+            "{dialect}"
+        );
         assert_eq!(resp.headers()["x-gatehouse-model"], "m-cheap", "{dialect}");
 
         let resp = send(&other, dialect).await.unwrap();
         assert_eq!(resp.status(), 200, "{dialect}");
-        assert!(resp.headers().get("x-gatehouse-rule").is_none(), "{dialect}");
-        assert_eq!(resp.headers()["x-gatehouse-model"], "m-default", "{dialect}");
+        assert!(
+            resp.headers().get("x-gatehouse-rule").is_none(),
+            "{dialect}"
+        );
+        assert_eq!(
+            resp.headers()["x-gatehouse-model"],
+            "m-default",
+            "{dialect}"
+        );
     }
 }
