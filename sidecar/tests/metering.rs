@@ -732,3 +732,40 @@ async fn with_metering_off_nothing_is_asked_for_or_priced() {
     let sent = mock.last_request().unwrap().body.unwrap();
     assert!(sent.get("stream_options").is_none(), "{sent}");
 }
+
+// -- embeddings -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn embeddings_are_priced_at_the_input_rate_and_estimated_when_unreported() {
+    let (_mock, sidecar) = setup().await;
+    for f in FLAVOURS
+        .iter()
+        .filter(|f| matches!(f.name, "openai" | "compatible" | "azure" | "gemini"))
+    {
+        let body = json!({"model": format!("r-{}", f.name), "input": ["one two three", "four"]});
+        let resp = post(&sidecar, "/v1/embeddings", &body).await;
+        assert_eq!(resp.status(), 200, "{}", f.name);
+        let cost: f64 = header(&resp, "x-gatehouse-cost-usd")
+            .unwrap_or_else(|| panic!("{}: no cost header", f.name))
+            .parse()
+            .unwrap();
+        let id = header(&resp, "x-gatehouse-request-id").unwrap().to_string();
+        let answer: Value = resp.json().await.unwrap();
+        let line = access_line(&id).await;
+        let reported = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        if reported > 0 {
+            // Reported prompt tokens, all at the input rate; no output.
+            let expected = reported as f64 * 1000.0 / 1e6;
+            assert!(close(cost, expected), "{}: {cost} != {expected}", f.name);
+            assert_eq!(line["cost_estimated"], false, "{}: {line}", f.name);
+            assert_eq!(line["input_tokens"], reported, "{}: {line}", f.name);
+        } else {
+            // Gemini's embeddings report no tokens: the prompt is estimated from the request.
+            let request_bytes = serde_json::to_vec(&body).unwrap().len() as f64;
+            let expected = (request_bytes / 4.0).ceil() * 1000.0 / 1e6;
+            assert!(close(cost, expected), "{}: {cost} != {expected}", f.name);
+            assert_eq!(line["cost_estimated"], true, "{}: {line}", f.name);
+        }
+        assert!(close(logged_cost(&line), cost), "{}: {line}", f.name);
+    }
+}
