@@ -150,15 +150,7 @@ pub async fn report(plan: &Plan) -> anyhow::Result<String> {
 
     let cp = ControlPlane::start()?;
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    cp.kubectl_ok(["apply", "-f", &format!("{repo}/crds")])?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelproviders.gatehouse.dev",
-        "crd/routes.gatehouse.dev",
-        "crd/budgets.gatehouse.dev",
-    ])?;
+    cp.install_crds(std::path::Path::new(&format!("{repo}/crds")))?;
     let admin = cp.admin_client().await?;
     let (_mock, mock_addr) = crate::start_mock(1).await?;
 

@@ -32,17 +32,7 @@ fn control_plane() -> Result<&'static ControlPlane> {
     INSTALLED
         .get_or_init(|| {
             let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-            cp.kubectl_ok(["apply", "-f", &crds.to_string_lossy()])
-                .and_then(|_| {
-                    cp.kubectl_ok([
-                        "wait",
-                        "--for=condition=Established",
-                        "--timeout=60s",
-                        "crd/modelproviders.gatehouse.dev",
-                        "crd/routes.gatehouse.dev",
-                        "crd/budgets.gatehouse.dev",
-                    ])
-                })
+            cp.install_crds(&crds)
                 .map(|_| ())
                 .map_err(|e| format!("{e:#}"))
         })

@@ -65,6 +65,13 @@ impl fmt::Debug for ControlPlane {
     }
 }
 
+/// The CustomResourceDefinitions Gatehouse installs, as kubectl names them.
+pub const GATEHOUSE_CRDS: [&str; 3] = [
+    "crd/modelproviders.gatehouse.dev",
+    "crd/routes.gatehouse.dev",
+    "crd/budgets.gatehouse.dev",
+];
+
 impl ControlPlane {
     /// The control plane shared by every test in this test binary, started on first use.
     /// Tests sharing it must keep to their own namespaces ([`ControlPlane::create_namespace`])
@@ -445,6 +452,21 @@ impl ControlPlane {
             &self.tool_env(),
             Some(stdin.as_bytes()),
         )
+    }
+
+    /// Applies the CRD manifests in `dir` (the repo's `crds/`) and waits until every Gatehouse
+    /// CRD is Established; returns kubectl apply's output.
+    pub fn install_crds(&self, dir: &Path) -> Result<String> {
+        let out = self.kubectl_ok(["apply", "-f", &dir.to_string_lossy()])?;
+        self.wait_crds_established()?;
+        Ok(out)
+    }
+
+    /// Waits (up to 60 s) until every Gatehouse CRD is Established.
+    pub fn wait_crds_established(&self) -> Result<()> {
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(GATEHOUSE_CRDS);
+        self.kubectl_ok(args).map(|_| ())
     }
 
     /// Runs kubectl and returns its stdout, or an error with its stderr if it failed.

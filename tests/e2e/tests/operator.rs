@@ -55,16 +55,7 @@ fn build() -> Result<()> {
 }
 
 fn install_crds(cp: &ControlPlane) -> Result<()> {
-    cp.kubectl_ok(["apply", "-f", &repo_root().join("crds").to_string_lossy()])?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelproviders.gatehouse.dev",
-        "crd/routes.gatehouse.dev",
-        "crd/budgets.gatehouse.dev",
-    ])?;
-    Ok(())
+    cp.install_crds(&repo_root().join("crds")).map(|_| ())
 }
 
 /// The shared control plane with the CRDs installed and both binaries built, once per test binary.

@@ -526,14 +526,7 @@ async fn operator_reconciles_with_only_the_chart_rbac(watch_namespace: bool) -> 
         install.extend(["--set", &watch_value]);
     }
     cp.helm(install)?.ok("helm install")?;
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelproviders.gatehouse.dev",
-        "crd/routes.gatehouse.dev",
-        "crd/budgets.gatehouse.dev",
-    ])?;
+    cp.wait_crds_established()?;
 
     // RBAC is served from informer caches: start the operator only once every binding of the
     // chart is in effect, so an early 403 in its log means a missing rule and not a slow cache.

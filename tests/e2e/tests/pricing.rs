@@ -46,17 +46,7 @@ fn setup() -> Result<&'static ControlPlane> {
             return Err("cargo build -p gatehouse-operator failed".into());
         }
         let crds = repo_root().join("crds");
-        cp.kubectl_ok(["apply", "-f", &crds.to_string_lossy()])
-            .and_then(|_| {
-                cp.kubectl_ok([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/modelproviders.gatehouse.dev",
-                    "crd/routes.gatehouse.dev",
-                    "crd/budgets.gatehouse.dev",
-                ])
-            })
+        cp.install_crds(&crds)
             .map(|_| ())
             .map_err(|e| format!("{e:#}"))
     })
