@@ -119,32 +119,16 @@ pub(super) async fn run(
         .await;
         let elapsed = sent.elapsed();
         x.ctx.upstream_wait += elapsed;
-        let result = match result {
+        let mut result = match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AttemptError::Timeout(limit.as_millis() as u64)),
         };
-        let result = match result {
-            Ok(Answer::Stream {
-                first,
-                rest,
-                translate,
-                deadline,
-                scrub,
-                meter,
-                ..
-            }) => Ok(Answer::Stream {
-                first,
-                rest,
-                translate,
-                deadline,
-                scrub,
-                meter,
-                idle: timeouts.idle_ms.map(Duration::from_millis),
-                health: Some(held.handle()),
-            }),
-            other => other,
-        };
+        // A relayed stream keeps reporting to its target's health, and `timeouts.idle` bounds it.
+        if let Ok(Answer::Stream { idle, health, .. }) = &mut result {
+            *idle = timeouts.idle_ms.map(Duration::from_millis);
+            *health = Some(held.handle());
+        }
         match &result {
             Ok(Answer::Stream { .. }) => held.finish_stream_start(elapsed),
             Ok(_) => held.finish(Outcome::Success, elapsed),
