@@ -350,6 +350,42 @@ pub struct BudgetConfig {
     /// `open` (serve when the budget ledger is unreachable) or `closed` (reject). Default `open`.
     #[serde(default = "default_fail_mode")]
     pub fail_mode: String,
+    /// With period `custom`: its length in seconds, counted from the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<u64>,
+    /// Soft thresholds in percent of the limit (ascending, each 1..=99): past each, answers carry
+    /// `x-gatehouse-budget: warn` and the operator records one Warning event per period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<u8>,
+    /// Past a threshold, send covered requests to a cheaper Route's targets instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade: Option<DowngradeConfig>,
+}
+
+impl BudgetConfig {
+    /// The limit on the ledger's integer units.
+    pub fn limit(&self) -> crate::ledger::Limit {
+        crate::ledger::Limit {
+            nano_usd: self.limit_usd.map(crate::ledger::usd_to_nanos),
+            tokens: self.limit_tokens,
+        }
+    }
+
+    /// The period, `None` when the config names one this version does not know.
+    pub fn period(&self) -> Option<crate::ledger::Period> {
+        crate::ledger::Period::parse(&self.period, self.period_seconds)
+    }
+}
+
+/// A budget's downgrade: past `at_percent` of the limit, covered requests are served by the
+/// targets of Route `route` (same namespace) instead of their own.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DowngradeConfig {
+    /// Percent of the limit (1..=99) from which requests are downgraded.
+    pub at_percent: u8,
+    /// The Route whose targets serve downgraded requests.
+    pub route: String,
 }
 
 fn default_fail_mode() -> String {

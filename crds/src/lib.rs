@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod config;
 pub mod contract;
 pub mod keys;
+pub mod ledger;
 pub mod observed;
 pub mod provider;
 pub mod render;

@@ -658,5 +658,8 @@ fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Opti
         service_accounts,
         workload_selector: scope.workload_selector,
         fail_mode: spec.fail_mode.as_str().to_string(),
+        period_seconds: None,
+        thresholds: Vec::new(),
+        downgrade: None,
     })
 }
