@@ -168,11 +168,6 @@ impl LedgerClient {
         })
     }
 
-    /// Whether any URL is configured.
-    pub fn has_urls(&self) -> bool {
-        !self.urls.is_empty()
-    }
-
     /// One sync: the preferred URL, then the others, following `not_leader` redirects.
     pub async fn sync(&mut self, request: &SyncRequest) -> Result<SyncResponse, SyncError> {
         let body = Bytes::from(serde_json::to_vec(request).map_err(|e| SyncError::Invalid {

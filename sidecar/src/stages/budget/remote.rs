@@ -8,8 +8,8 @@
 //!
 //! - at least every `sync_after_ms` of the last answer, and before a lease has a quarter of its
 //!   time left;
-//! - at once when a request found no room, or a reservation left less than twice the demand of
-//!   one sync interval (the low-water mark), at most one sync per [`MIN_GAP`];
+//! - at once when a request found no room, or a reservation left the lease less than one sync
+//!   interval of recent demand (the low-water mark), at most one sync per [`MIN_GAP`];
 //! - after a failed sync, with a backoff from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]; while
 //!   it fails the ledger is unreachable: leases are spent until they run out or expire, then each
 //!   Budget's failMode decides (no request waits on an unreachable ledger);
@@ -40,8 +40,9 @@ use super::policy::{Budgets, Policy};
 use crate::metrics::{Metrics, SyncLabels};
 use crate::state::Store;
 
-/// Shortest time between two syncs asked for by requests.
-pub const MIN_GAP: Duration = Duration::from_millis(10);
+/// Shortest time between two syncs asked for by requests: near a Budget's limit, where leases
+/// are small, every reservation may ask for one; this caps a sidecar at 20 syncs a second.
+pub const MIN_GAP: Duration = Duration::from_millis(50);
 
 /// First backoff after a failed sync.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -541,11 +542,8 @@ async fn run(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
 ) {
-    if !client.has_urls() {
-        tracing::warn!(
-            "no --ledger-url is set: the budget ledger cannot be reached, so every budget is enforced by its failMode"
-        );
-    }
+    // Without `--ledger-url` the first sync (made once the config has a Budget) fails with
+    // `NoUrl` and says so, once.
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut woken = false;
