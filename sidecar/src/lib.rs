@@ -432,6 +432,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             budget: stages::budget::Settings {
                 wait: Duration::from_millis(args.budget_wait_ms),
                 default_output_tokens: args.budget_default_output_tokens,
+                carried_labels: args.workload_labels.clone(),
             },
         },
     ));

@@ -29,7 +29,7 @@ pub mod ledger;
 pub mod policy;
 pub mod remote;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use gatehouse_crds::ledger::{Amount, usd_to_nanos};
@@ -41,7 +41,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use self::ledger::{Admission, Grant, Ledger, Standing, Ticket};
-use self::policy::Policy;
+use self::policy::{Budgets, Policy};
 use super::{Context, End, Flow, Hooks, Stage};
 use crate::error::ProxyError;
 use crate::metrics::{BudgetLabels, Metrics};
@@ -118,6 +118,9 @@ pub struct Settings {
     pub wait: Duration,
     /// `--budget-default-output-tokens`.
     pub default_output_tokens: u64,
+    /// `--workload-labels`: the pod labels the identity carries, the only ones a workload
+    /// selector can see.
+    pub carried_labels: Vec<String>,
 }
 
 impl Default for Settings {
@@ -125,6 +128,10 @@ impl Default for Settings {
         Self {
             wait: Duration::from_millis(DEFAULT_WAIT_MS),
             default_output_tokens: estimate::DEFAULT_OUTPUT_TOKENS,
+            carried_labels: crate::workload::DEFAULT_LABELS
+                .split(',')
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -140,6 +147,7 @@ pub fn stages(
             ledger: ledger.clone(),
             metrics,
             settings,
+            checked: Mutex::new(Weak::new()),
         },
         Settle { ledger },
     )
@@ -151,6 +159,9 @@ pub struct Reserve {
     ledger: Arc<dyn Ledger>,
     metrics: Arc<Metrics>,
     settings: Settings,
+    /// The Budgets last checked for selectors on labels the identity does not carry (one
+    /// warning per config, not per request; weak, so it keeps no old config alive).
+    checked: Mutex<Weak<Budgets>>,
 }
 
 /// Settles a request's reservation with its metered cost.
@@ -160,6 +171,28 @@ pub struct Settle {
 }
 
 impl Reserve {
+    /// Warn, once per config, about a workload selector on a label outside `--workload-labels`:
+    /// the sidecar sees such a label as absent, so the Budget may cover less than meant.
+    fn check_selectors(&self, budgets: &Arc<Budgets>) {
+        // Contended: another request is checking (or just checked) this config.
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return;
+        };
+        if std::ptr::eq(checked.as_ptr(), Arc::as_ptr(budgets)) {
+            return;
+        }
+        *checked = Arc::downgrade(budgets);
+        drop(checked);
+        for policy in budgets.all() {
+            for key in policy.selector_keys() {
+                if !self.settings.carried_labels.iter().any(|l| l == key) {
+                    tracing::warn!(budget = %policy.name, label = key,
+                        "the budget's workload selector reads a pod label the sidecar does not carry (--workload-labels); it is seen as absent");
+                }
+            }
+        }
+    }
+
     /// Where the covering Budgets stand, the downgrade, the estimate.
     fn decide(&self, ctx: &Context, request: &Request, covering: Vec<Arc<Policy>>) -> Decision {
         let mut standings = Vec::with_capacity(covering.len());
@@ -314,6 +347,7 @@ impl Stage for Reserve {
                     (Some(snapshot), Some(route), Some(workload))
                         if !snapshot.budgets.is_empty() =>
                     {
+                        self.check_selectors(&snapshot.budgets);
                         snapshot.budgets.covering(&route.name, workload)
                     }
                     _ => return Ok(Flow::Continue),

@@ -172,6 +172,16 @@ impl Policy {
                 .is_none_or(|s| s.matches(&workload.labels))
     }
 
+    /// The label keys its workload selector reads.
+    pub fn selector_keys(&self) -> impl Iterator<Item = &str> {
+        self.selector.iter().flat_map(|s| {
+            s.labels
+                .keys()
+                .map(String::as_str)
+                .chain(s.expressions.iter().map(Expression::key))
+        })
+    }
+
     /// Whether `fraction` of the limit is past the first soft threshold (or, for a soft budget,
     /// past the limit itself).
     pub fn warns_at(&self, fraction: f64) -> bool {
@@ -195,6 +205,14 @@ enum Expression {
     NotIn(String, Vec<String>),
     Exists(String),
     DoesNotExist(String),
+}
+
+impl Expression {
+    fn key(&self) -> &str {
+        match self {
+            Self::In(k, _) | Self::NotIn(k, _) | Self::Exists(k) | Self::DoesNotExist(k) => k,
+        }
+    }
 }
 
 impl Selector {
