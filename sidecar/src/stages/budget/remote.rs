@@ -873,7 +873,8 @@ mod tests {
         r.settle(t, usd(10));
         assert!(r.degraded().iter().all(|(_, d)| !d));
         // The leases expire (their sync was sent long ago).
-        let long_ago = Instant::now() - Duration::from_secs(600);
+        // Just over the 60 s lease ago.
+        let long_ago = Instant::now() - Duration::from_secs(61);
         sync(&r, long_ago, |req| Ok(granted(req, PERIOD, 1_000, 3_000)));
         sync(&r, Instant::now(), |_| unreachable());
         assert!(matches!(
