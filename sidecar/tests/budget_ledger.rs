@@ -66,6 +66,8 @@ struct State {
     limits: BTreeMap<String, u64>,
     /// Budgets answered as unknown.
     unknown: BTreeSet<String>,
+    /// Most nano-USD granted in one sync (a ledger handing out fair shares near a limit).
+    slice: Option<u64>,
     lease_ttl_ms: u64,
     sync_after_ms: u64,
 }
@@ -94,6 +96,7 @@ impl FakeLedger {
             instances: BTreeMap::new(),
             limits: BTreeMap::new(),
             unknown: BTreeSet::new(),
+            slice: None,
             lease_ttl_ms,
             sync_after_ms,
         }));
@@ -233,7 +236,8 @@ fn apply(s: &mut State, sync: &SyncRequest) -> SyncResponse {
         let more = match s.limits.get(&a.name) {
             Some(limit) => a.want.nano_usd.min(limit.saturating_sub(committed(s, me))),
             None => a.want.nano_usd,
-        };
+        }
+        .min(s.slice.unwrap_or(u64::MAX));
         me.granted.nano_usd += more;
         me.granted.tokens += a.want.tokens;
         s.instances.insert(key, me);
@@ -684,5 +688,41 @@ async fn an_https_ledger_is_trusted_through_the_ca_file_only() {
     assert!(
         metrics.contains(r#"gatehouse_ledger_syncs_total{result="unreachable"}"#),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waits_through_partial_grants_within_its_bound() {
+    let mock = MockProvider::start().await.unwrap();
+    let ledger = FakeLedger::start(10_000, 5_000).await;
+    // A third of what one request reserves per sync: it takes several syncs to fit one.
+    ledger.state.lock().unwrap().slice = Some(usd_to_nanos(0.018));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "t");
+    let sidecar = start(
+        &mock,
+        &budget("b", "chat", "closed"),
+        vec![ledger.url()],
+        &token,
+        |_| {},
+    )
+    .await;
+    let resp = chat(&sidecar, "chat").await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert!(ledger.syncs().len() >= 3, "{} syncs", ledger.syncs().len());
+    // With too little time to wait for them, the same request is refused.
+    let hasty = start(
+        &mock,
+        &budget("b", "chat", "closed"),
+        vec![ledger.url()],
+        &token,
+        |args| args.budget_wait_ms = 0,
+    )
+    .await;
+    let resp = chat(&hasty, "chat").await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "no live lease within the wait: fail closed"
     );
 }

@@ -7,8 +7,8 @@
 //!   estimate ([`estimate`]) at the price of the most expensive target the request may go to.
 //!   A hard Budget without room refuses with 429 `budget_exceeded` in the client's dialect,
 //!   `Retry-After` until its period ends (none for period `none`), and the Budget named. A
-//!   reservation that does not fit in a lease the ledger may still grow waits for one sync, at
-//!   most `--budget-wait-ms`, then is refused or let through as the failMode says.
+//!   reservation that does not fit in a lease the ledger may still grow waits for syncs, at
+//!   most `--budget-wait-ms` in all, then is refused or let through as the failMode says.
 //! - **Warn and downgrade**: where each covering Budget stands decides, before the estimate,
 //!   `x-gatehouse-budget: warn` (past its first threshold; a soft Budget past its limit) and a
 //!   downgrade: past its `atPercent` the request goes to the downgrade Route's targets instead
@@ -39,6 +39,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::time::Instant;
 
 use self::ledger::{Admission, Grant, Ledger, Standing, Ticket};
 use self::policy::{Budgets, Policy};
@@ -93,7 +94,8 @@ pub struct Decision {
     amount: Amount,
     /// The Budget that downgrades the request, and to which Route.
     downgrade: Option<(Arc<str>, Arc<ServedRoute>)>,
-    waited: bool,
+    /// Until when the request may wait for the ledger, from its first wait.
+    deadline: Option<Instant>,
     ticket: Option<Ticket>,
     /// Set once decided.
     pub outcome: Option<Outcome>,
@@ -223,7 +225,7 @@ impl Reserve {
             standings,
             amount,
             downgrade,
-            waited: false,
+            deadline: None,
             ticket: None,
             outcome: None,
         }
@@ -241,7 +243,8 @@ impl Reserve {
 
     /// Reserve; the decision goes back into `ctx` whatever happens.
     fn admit(&self, ctx: &mut Context, d: &mut Decision) -> Result<Flow, ProxyError> {
-        match self.ledger.reserve(&d.covering, d.amount, d.waited) {
+        let may_wait = d.deadline.is_none_or(|deadline| Instant::now() < deadline);
+        match self.ledger.reserve(&d.covering, d.amount, may_wait) {
             Admission::Reserved(ticket) => {
                 let mut outcome = Outcome::Ok;
                 for ((policy, grant), standing) in ticket.accounts.iter().zip(&d.standings) {
@@ -274,10 +277,13 @@ impl Reserve {
                 Ok(Flow::Continue)
             }
             Admission::Wait(wait) => {
-                d.waited = true;
-                let bound = self.settings.wait;
+                // Waits for syncs until the lease has room, at most `--budget-wait-ms` in all:
+                // a sync may grant only part of what is needed (a fair share near the limit).
+                let deadline = *d
+                    .deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.wait);
                 Ok(Flow::Wait(Box::pin(async move {
-                    let _ = tokio::time::timeout(bound, wait).await;
+                    let _ = tokio::time::timeout_at(deadline, wait).await;
                 })))
             }
             Admission::Exceeded { budget, resets } => {

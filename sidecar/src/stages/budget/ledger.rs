@@ -117,9 +117,9 @@ pub trait Ledger: Send + Sync + Debug {
     /// Where each of `policies` stands, in order, into `out`.
     fn standing(&self, policies: &[Arc<Policy>], out: &mut Vec<Standing>);
 
-    /// Reserve `amount` in every one of `policies`, or in none. `waited`: the request already
-    /// waited once for the ledger; it is not asked to wait again.
-    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, waited: bool) -> Admission;
+    /// Reserve `amount` in every one of `policies`, or in none. `may_wait`: the request's time
+    /// to wait for the ledger is not up; without it, no room is a refusal (or the failMode).
+    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, may_wait: bool) -> Admission;
 
     /// The request ended: `actual` is spent in each account of `ticket`, the rest of its
     /// reservation returns.
@@ -369,7 +369,7 @@ impl Ledger for Local {
         self.standing_at(policies, out, Timestamp::now());
     }
 
-    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, _waited: bool) -> Admission {
+    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, _may_wait: bool) -> Admission {
         self.reserve_at(policies, amount, Timestamp::now())
     }
 
