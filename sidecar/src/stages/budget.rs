@@ -86,6 +86,41 @@ impl Outcome {
     }
 }
 
+/// What one covering Budget made of a request: the `outcome` label of
+/// `gatehouse_budget_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Ok,
+    Warn,
+    Downgraded,
+    FailOpen,
+    Exceeded,
+    FailClosed,
+}
+
+impl Decided {
+    /// Every outcome, in the order of the discriminants.
+    const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Warn,
+        Self::Downgraded,
+        Self::FailOpen,
+        Self::Exceeded,
+        Self::FailClosed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Downgraded => "downgraded",
+            Self::FailOpen => "fail_open",
+            Self::Exceeded => "exceeded",
+            Self::FailClosed => "fail_closed",
+        }
+    }
+}
+
 /// What the budget stage decided for one request (in `Context::budget`).
 #[derive(Debug)]
 pub struct Decision {
@@ -231,14 +266,29 @@ impl Reserve {
         }
     }
 
-    fn count(&self, budget: &Arc<str>, outcome: &'static str) {
-        self.metrics
-            .budget_decisions
-            .get_or_create(&BudgetLabels {
-                budget: budget.clone(),
-                outcome,
-            })
-            .inc();
+    fn count(&self, policy: &Policy, outcome: Decided) {
+        let counters = policy.decisions.get_or_init(|| {
+            Decided::ALL
+                .iter()
+                .map(|o| {
+                    self.metrics
+                        .budget_decisions
+                        .get_or_create(&BudgetLabels {
+                            budget: policy.name.clone(),
+                            outcome: o.as_str(),
+                        })
+                        .clone()
+                })
+                .collect()
+        });
+        if let Some(counter) = counters.get(outcome as usize) {
+            counter.inc();
+        }
+    }
+
+    /// The covering Budget named `budget`, for counting a refusal.
+    fn named<'a>(d: &'a Decision, budget: &str) -> Option<&'a Policy> {
+        d.covering.iter().find(|p| &*p.name == budget).map(|p| &**p)
     }
 
     /// Reserve; the decision goes back into `ctx` whatever happens.
@@ -248,18 +298,18 @@ impl Reserve {
             Admission::Reserved(ticket) => {
                 let mut outcome = Outcome::Ok;
                 for ((policy, grant), standing) in ticket.accounts.iter().zip(&d.standings) {
-                    let label = match grant {
-                        Grant::FailOpen => "fail_open",
+                    let decided = match grant {
+                        Grant::FailOpen => Decided::FailOpen,
                         Grant::Lease
                             if d.downgrade.as_ref().is_some_and(|(b, _)| *b == policy.name) =>
                         {
-                            "downgraded"
+                            Decided::Downgraded
                         }
-                        Grant::Lease if policy.warns_at(standing.fraction) => "warn",
-                        Grant::Lease => "ok",
+                        Grant::Lease if policy.warns_at(standing.fraction) => Decided::Warn,
+                        Grant::Lease => Decided::Ok,
                     };
-                    self.count(&policy.name, label);
-                    if label == "warn" {
+                    self.count(policy, decided);
+                    if decided == Decided::Warn {
                         outcome = outcome.max(Outcome::Warn);
                     }
                 }
@@ -287,7 +337,9 @@ impl Reserve {
                 })))
             }
             Admission::Exceeded { budget, resets } => {
-                self.count(&budget, "exceeded");
+                if let Some(policy) = Self::named(d, &budget) {
+                    self.count(policy, Decided::Exceeded);
+                }
                 d.outcome = Some(Outcome::Exceeded);
                 tracing::debug!(request_id = %ctx.request_id, %budget, "budget exhausted, request refused");
                 Err(ProxyError::BudgetExceeded {
@@ -297,7 +349,9 @@ impl Reserve {
                 })
             }
             Admission::Unavailable { budget } => {
-                self.count(&budget, "fail_closed");
+                if let Some(policy) = Self::named(d, &budget) {
+                    self.count(policy, Decided::FailClosed);
+                }
                 d.outcome = Some(Outcome::Unavailable);
                 Err(ProxyError::BudgetUnavailable {
                     budget: budget.to_string(),

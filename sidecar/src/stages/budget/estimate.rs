@@ -3,7 +3,8 @@
 //! - **Input tokens:** the body's bytes / 3 ([`BYTES_PER_INPUT_TOKEN`], JSON included), plus
 //!   [`IMAGE_TOKENS`] per mention of an image part type in `messages` (`"image"`, `"image_url"`,
 //!   `"input_image"` as JSON strings: an Anthropic image part names it once, an OpenAI one twice,
-//!   as its type and its key). Tokenizers average about 4 bytes per token on English and code and
+//!   as its type and its key; counted in bodies under 256 KiB, whose bytes alone would reserve
+//!   less than their images may cost). Tokenizers average about 4 bytes per token on English and code and
 //!   about 3 on CJK text, so bytes / 3 is above the real count for most prompts; an image by URL
 //!   is a few bytes for up to about 1,600 tokens (Anthropic's largest), hence the allowance.
 //! - **Output tokens:** `max_completion_tokens` or `max_tokens` (the larger, when both are set;
@@ -46,11 +47,14 @@ pub struct Tokens {
 /// The tokens `request` may use.
 pub fn tokens(request: &Request, default_output: u64) -> Tokens {
     let body = request.body();
+    // A body big enough to be parsed off the request thread is not scanned on it either; its
+    // bytes / 3 already reserve far more than its image parts could add.
     let images = request
         .index
         .features
         .messages_at
         .clone()
+        .filter(|_| body.len() < crate::request::OFFLOAD_BYTES)
         .and_then(|r| body.get(r))
         .map_or(0, count_images);
     let input = (body.len() as u64)

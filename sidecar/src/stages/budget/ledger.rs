@@ -25,6 +25,10 @@ use super::policy::Policy;
 /// A wait for the ledger (a sync); the budget stage bounds it.
 pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The accounts of a ledger by key. foldhash rather than SipHash: the names come from the
+/// config, and the lookups are on every covered request.
+pub(super) type Accounts<V> = HashMap<AccountKey, V, foldhash::fast::RandomState>;
+
 /// An account on the ledger: its kind and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountKey {
@@ -218,7 +222,7 @@ pub(super) fn fits_in(limit: Limit, available: Amount, amount: Amount) -> bool {
 /// The ledger of a sidecar that is the only spender: exact, in memory.
 #[derive(Debug, Default)]
 pub struct Local {
-    accounts: Mutex<HashMap<AccountKey, LocalAccount>>,
+    accounts: Mutex<Accounts<LocalAccount>>,
 }
 
 /// One Budget's period on the local ledger.
@@ -271,7 +275,7 @@ impl Local {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountKey, LocalAccount>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Accounts<LocalAccount>> {
         // Every update is a few additions: a panic cannot leave an account half-written.
         self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -22,7 +22,6 @@
 //! names a new period, spend settled after the report was sent starts the new period (it is
 //! counted once, there) and the rest starts from zero.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +33,8 @@ use tokio::time::Instant;
 
 use super::client::{ClientError, LedgerClient, Settings as ClientSettings, SyncError};
 use super::ledger::{
-    AccountKey, Admission, Grant, Ledger, Room, Standing, Ticket, Verdict, Wait, fits_in, verdict,
+    AccountKey, Accounts, Admission, Grant, Ledger, Room, Standing, Ticket, Verdict, Wait, fits_in,
+    verdict,
 };
 use super::policy::{Budgets, Policy};
 use crate::metrics::{Metrics, SyncLabels};
@@ -102,7 +102,7 @@ impl Shared {
 /// Every account and the state of the connection to the ledger.
 #[derive(Debug, Default)]
 struct Book {
-    accounts: HashMap<AccountKey, Entry>,
+    accounts: Accounts<Entry>,
     /// Syncs prepared so far.
     started: u64,
     /// Whether the last sync answered (`None`: none finished yet).
@@ -714,6 +714,7 @@ impl Ledger for Remote {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::path::PathBuf;
 
     use super::super::ledger::tests::{policy, usd};
