@@ -131,7 +131,7 @@ pub enum Flow {
     /// Answer with this buffered body (a JSON answer in the client's dialect), no attempt.
     Answer(Bytes),
     /// Wait for this, then ask the same stage again. The stage bounds the wait and must not
-    /// wait forever (the budget stage waits once per request, at most `--budget-wait-ms`).
+    /// wait forever (the budget stage waits at most `--budget-wait-ms` per request in all).
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 

@@ -66,6 +66,8 @@ struct State {
     limits: BTreeMap<String, u64>,
     /// Budgets answered as unknown.
     unknown: BTreeSet<String>,
+    /// Most nano-USD granted in one sync (a ledger handing out fair shares near a limit).
+    slice: Option<u64>,
     lease_ttl_ms: u64,
     sync_after_ms: u64,
 }
@@ -77,6 +79,15 @@ struct FakeLedger {
 
 impl FakeLedger {
     async fn start(lease_ttl_ms: u64, sync_after_ms: u64) -> Self {
+        Self::start_with(lease_ttl_ms, sync_after_ms, None).await
+    }
+
+    /// Over https, with this server certificate.
+    async fn start_with(
+        lease_ttl_ms: u64,
+        sync_after_ms: u64,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -85,6 +96,7 @@ impl FakeLedger {
             instances: BTreeMap::new(),
             limits: BTreeMap::new(),
             unknown: BTreeSet::new(),
+            slice: None,
             lease_ttl_ms,
             sync_after_ms,
         }));
@@ -95,11 +107,19 @@ impl FakeLedger {
                     return;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -216,7 +236,8 @@ fn apply(s: &mut State, sync: &SyncRequest) -> SyncResponse {
         let more = match s.limits.get(&a.name) {
             Some(limit) => a.want.nano_usd.min(limit.saturating_sub(committed(s, me))),
             None => a.want.nano_usd,
-        };
+        }
+        .min(s.slice.unwrap_or(u64::MAX));
         me.granted.nano_usd += more;
         me.granted.tokens += a.want.tokens;
         s.instances.insert(key, me);
@@ -610,4 +631,98 @@ async fn a_budget_the_ledger_does_not_know_follows_its_fail_mode() {
         r#"gatehouse_budget_degraded{budget="closed-b"} 1"#,
     )
     .await;
+}
+
+/// A throwaway CA (PEM) and a TLS acceptor serving a certificate it signed for 127.0.0.1.
+fn tls() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (
+        ca_cert.pem(),
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    )
+}
+
+#[tokio::test]
+async fn an_https_ledger_is_trusted_through_the_ca_file_only() {
+    let mock = MockProvider::start().await.unwrap();
+    let (ca, acceptor) = tls();
+    let ledger = FakeLedger::start_with(10_000, 100, Some(acceptor)).await;
+    let url = format!("https://{}", ledger.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "t");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let budgets = budget("b", "chat", "closed");
+    let trusted = start(&mock, &budgets, vec![url.clone()], &token, |args| {
+        args.ledger_ca_file = Some(ca_file);
+    })
+    .await;
+    assert_eq!(chat(&trusted, "chat").await.status(), 200);
+    assert!(!ledger.syncs().is_empty());
+    // Without the CA file the compiled-in roots do not know this CA: no sync gets through, and
+    // the fail-closed budget refuses.
+    let untrusted = start(&mock, &budgets, vec![url], &token, |_| {}).await;
+    assert_eq!(chat(&untrusted, "chat").await.status(), 503);
+    let metrics = untrusted.metrics().await;
+    assert!(
+        metrics.contains(r#"gatehouse_ledger_syncs_total{result="unreachable"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waits_through_partial_grants_within_its_bound() {
+    let mock = MockProvider::start().await.unwrap();
+    let ledger = FakeLedger::start(10_000, 5_000).await;
+    // A third of what one request reserves per sync: it takes several syncs to fit one.
+    ledger.state.lock().unwrap().slice = Some(usd_to_nanos(0.018));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "t");
+    let sidecar = start(
+        &mock,
+        &budget("b", "chat", "closed"),
+        vec![ledger.url()],
+        &token,
+        |_| {},
+    )
+    .await;
+    let resp = chat(&sidecar, "chat").await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert!(ledger.syncs().len() >= 3, "{} syncs", ledger.syncs().len());
+    // With too little time to wait for them, the same request is refused.
+    let hasty = start(
+        &mock,
+        &budget("b", "chat", "closed"),
+        vec![ledger.url()],
+        &token,
+        |args| args.budget_wait_ms = 0,
+    )
+    .await;
+    let resp = chat(&hasty, "chat").await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "no live lease within the wait: fail closed"
+    );
 }

@@ -7,8 +7,8 @@
 //!   estimate ([`estimate`]) at the price of the most expensive target the request may go to.
 //!   A hard Budget without room refuses with 429 `budget_exceeded` in the client's dialect,
 //!   `Retry-After` until its period ends (none for period `none`), and the Budget named. A
-//!   reservation that does not fit in a lease the ledger may still grow waits for one sync, at
-//!   most `--budget-wait-ms`, then is refused or let through as the failMode says.
+//!   reservation that does not fit in a lease the ledger may still grow waits for syncs, at
+//!   most `--budget-wait-ms` in all, then is refused or let through as the failMode says.
 //! - **Warn and downgrade**: where each covering Budget stands decides, before the estimate,
 //!   `x-gatehouse-budget: warn` (past its first threshold; a soft Budget past its limit) and a
 //!   downgrade: past its `atPercent` the request goes to the downgrade Route's targets instead
@@ -39,6 +39,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::time::Instant;
 
 use self::ledger::{Admission, Grant, Ledger, Standing, Ticket};
 use self::policy::{Budgets, Policy};
@@ -85,6 +86,41 @@ impl Outcome {
     }
 }
 
+/// What one covering Budget made of a request: the `outcome` label of
+/// `gatehouse_budget_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Ok,
+    Warn,
+    Downgraded,
+    FailOpen,
+    Exceeded,
+    FailClosed,
+}
+
+impl Decided {
+    /// Every outcome, in the order of the discriminants.
+    const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Warn,
+        Self::Downgraded,
+        Self::FailOpen,
+        Self::Exceeded,
+        Self::FailClosed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Downgraded => "downgraded",
+            Self::FailOpen => "fail_open",
+            Self::Exceeded => "exceeded",
+            Self::FailClosed => "fail_closed",
+        }
+    }
+}
+
 /// What the budget stage decided for one request (in `Context::budget`).
 #[derive(Debug)]
 pub struct Decision {
@@ -93,7 +129,8 @@ pub struct Decision {
     amount: Amount,
     /// The Budget that downgrades the request, and to which Route.
     downgrade: Option<(Arc<str>, Arc<ServedRoute>)>,
-    waited: bool,
+    /// Until when the request may wait for the ledger, from its first wait.
+    deadline: Option<Instant>,
     ticket: Option<Ticket>,
     /// Set once decided.
     pub outcome: Option<Outcome>,
@@ -223,40 +260,56 @@ impl Reserve {
             standings,
             amount,
             downgrade,
-            waited: false,
+            deadline: None,
             ticket: None,
             outcome: None,
         }
     }
 
-    fn count(&self, budget: &Arc<str>, outcome: &'static str) {
-        self.metrics
-            .budget_decisions
-            .get_or_create(&BudgetLabels {
-                budget: budget.clone(),
-                outcome,
-            })
-            .inc();
+    fn count(&self, policy: &Policy, outcome: Decided) {
+        let counters = policy.decisions.get_or_init(|| {
+            Decided::ALL
+                .iter()
+                .map(|o| {
+                    self.metrics
+                        .budget_decisions
+                        .get_or_create(&BudgetLabels {
+                            budget: policy.name.clone(),
+                            outcome: o.as_str(),
+                        })
+                        .clone()
+                })
+                .collect()
+        });
+        if let Some(counter) = counters.get(outcome as usize) {
+            counter.inc();
+        }
+    }
+
+    /// The covering Budget named `budget`, for counting a refusal.
+    fn named<'a>(d: &'a Decision, budget: &str) -> Option<&'a Policy> {
+        d.covering.iter().find(|p| &*p.name == budget).map(|p| &**p)
     }
 
     /// Reserve; the decision goes back into `ctx` whatever happens.
     fn admit(&self, ctx: &mut Context, d: &mut Decision) -> Result<Flow, ProxyError> {
-        match self.ledger.reserve(&d.covering, d.amount, d.waited) {
+        let may_wait = d.deadline.is_none_or(|deadline| Instant::now() < deadline);
+        match self.ledger.reserve(&d.covering, d.amount, may_wait) {
             Admission::Reserved(ticket) => {
                 let mut outcome = Outcome::Ok;
                 for ((policy, grant), standing) in ticket.accounts.iter().zip(&d.standings) {
-                    let label = match grant {
-                        Grant::FailOpen => "fail_open",
+                    let decided = match grant {
+                        Grant::FailOpen => Decided::FailOpen,
                         Grant::Lease
                             if d.downgrade.as_ref().is_some_and(|(b, _)| *b == policy.name) =>
                         {
-                            "downgraded"
+                            Decided::Downgraded
                         }
-                        Grant::Lease if policy.warns_at(standing.fraction) => "warn",
-                        Grant::Lease => "ok",
+                        Grant::Lease if policy.warns_at(standing.fraction) => Decided::Warn,
+                        Grant::Lease => Decided::Ok,
                     };
-                    self.count(&policy.name, label);
-                    if label == "warn" {
+                    self.count(policy, decided);
+                    if decided == Decided::Warn {
                         outcome = outcome.max(Outcome::Warn);
                     }
                 }
@@ -274,14 +327,19 @@ impl Reserve {
                 Ok(Flow::Continue)
             }
             Admission::Wait(wait) => {
-                d.waited = true;
-                let bound = self.settings.wait;
+                // Waits for syncs until the lease has room, at most `--budget-wait-ms` in all:
+                // a sync may grant only part of what is needed (a fair share near the limit).
+                let deadline = *d
+                    .deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.wait);
                 Ok(Flow::Wait(Box::pin(async move {
-                    let _ = tokio::time::timeout(bound, wait).await;
+                    let _ = tokio::time::timeout_at(deadline, wait).await;
                 })))
             }
             Admission::Exceeded { budget, resets } => {
-                self.count(&budget, "exceeded");
+                if let Some(policy) = Self::named(d, &budget) {
+                    self.count(policy, Decided::Exceeded);
+                }
                 d.outcome = Some(Outcome::Exceeded);
                 tracing::debug!(request_id = %ctx.request_id, %budget, "budget exhausted, request refused");
                 Err(ProxyError::BudgetExceeded {
@@ -291,7 +349,9 @@ impl Reserve {
                 })
             }
             Admission::Unavailable { budget } => {
-                self.count(&budget, "fail_closed");
+                if let Some(policy) = Self::named(d, &budget) {
+                    self.count(policy, Decided::FailClosed);
+                }
                 d.outcome = Some(Outcome::Unavailable);
                 Err(ProxyError::BudgetUnavailable {
                     budget: budget.to_string(),

@@ -3,7 +3,8 @@
 //! - **Input tokens:** the body's bytes / 3 ([`BYTES_PER_INPUT_TOKEN`], JSON included), plus
 //!   [`IMAGE_TOKENS`] per mention of an image part type in `messages` (`"image"`, `"image_url"`,
 //!   `"input_image"` as JSON strings: an Anthropic image part names it once, an OpenAI one twice,
-//!   as its type and its key). Tokenizers average about 4 bytes per token on English and code and
+//!   as its type and its key; counted in bodies under 256 KiB, whose bytes alone would reserve
+//!   less than their images may cost). Tokenizers average about 4 bytes per token on English and code and
 //!   about 3 on CJK text, so bytes / 3 is above the real count for most prompts; an image by URL
 //!   is a few bytes for up to about 1,600 tokens (Anthropic's largest), hence the allowance.
 //! - **Output tokens:** `max_completion_tokens` or `max_tokens` (the larger, when both are set;
@@ -46,11 +47,14 @@ pub struct Tokens {
 /// The tokens `request` may use.
 pub fn tokens(request: &Request, default_output: u64) -> Tokens {
     let body = request.body();
+    // A body big enough to be parsed off the request thread is not scanned on it either; its
+    // bytes / 3 already reserve far more than its image parts could add.
     let images = request
         .index
         .features
         .messages_at
         .clone()
+        .filter(|_| body.len() < crate::request::OFFLOAD_BYTES)
         .and_then(|r| body.get(r))
         .map_or(0, count_images);
     let input = (body.len() as u64)
@@ -150,6 +154,75 @@ mod tests {
             output: 0,
         };
         assert!((ceiling(short, &tiered) - 0.001).abs() < 1e-12);
+    }
+
+    async fn request(body: &str, op: Operation, dialect: crate::dialect::Dialect) -> Request {
+        let budget = crate::request::budget::BodyBudget::new(1 << 20);
+        let body = crate::request::read::Body {
+            bytes: bytes::Bytes::from(body.to_string()),
+            permit: budget.permit(),
+        };
+        Request::parse(body, op, dialect, None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_are_the_body_over_three_and_the_output_limit() {
+        use crate::dialect::Dialect;
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#;
+        let t = tokens(&request(body, Operation::Chat, Dialect::OpenAi).await, 4096);
+        assert_eq!(t.input, (body.len() as u64).div_ceil(3));
+        assert_eq!(t.output, 100);
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let t = tokens(&request(body, Operation::Chat, Dialect::OpenAi).await, 4096);
+        assert_eq!(t.output, 4096, "no limit set: the default");
+        let body = r#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":[
+            {"type":"image","source":{"type":"url","url":"https://x"}}]}]}"#;
+        let t = tokens(
+            &request(body, Operation::Chat, Dialect::Anthropic).await,
+            4096,
+        );
+        assert_eq!(t.output, 7);
+        assert_eq!(t.input, (body.len() as u64).div_ceil(3) + IMAGE_TOKENS);
+        let body = r#"{"model":"m","input":"hello","max_tokens":9}"#;
+        let t = tokens(
+            &request(body, Operation::Embeddings, Dialect::OpenAi).await,
+            4096,
+        );
+        assert_eq!(t.output, 0, "embeddings produce no output tokens");
+    }
+
+    #[test]
+    fn the_reservation_is_priced_at_the_most_expensive_target() {
+        use gatehouse_crds::config::{ProviderConfig, SidecarConfig};
+        let mut config = SidecarConfig::empty("default");
+        let provider: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "type": "openai", "endpoint": "http://127.0.0.1:1/v1",
+            "models": {
+                "cheap": {"inputPerMillion": 1.0, "outputPerMillion": 1.0},
+                "dear": {"inputPerMillion": 10.0, "outputPerMillion": 30.0},
+            },
+        }))
+        .unwrap();
+        config.providers.insert("p".into(), provider);
+        let snapshot =
+            crate::state::Snapshot::build(config, &gatehouse_crds::ProviderKeys::new()).unwrap();
+        let target = |model: &str| Target {
+            provider: snapshot.providers["p"].clone(),
+            model: model.into(),
+        };
+        let t = Tokens {
+            input: 1_000,
+            output: 1_000,
+        };
+        let both = [target("cheap"), target("dear"), target("unpriced")];
+        assert_eq!(
+            amount(t, &both),
+            Amount {
+                nano_usd: 40_000_000,
+                tokens: 2_000
+            }
+        );
+        assert_eq!(amount(t, &[target("unpriced")]).nano_usd, 0);
     }
 
     #[test]

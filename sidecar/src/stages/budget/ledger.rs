@@ -25,6 +25,10 @@ use super::policy::Policy;
 /// A wait for the ledger (a sync); the budget stage bounds it.
 pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The accounts of a ledger by key. foldhash rather than SipHash: the names come from the
+/// config, and the lookups are on every covered request.
+pub(super) type Accounts<V> = HashMap<AccountKey, V, foldhash::fast::RandomState>;
+
 /// An account on the ledger: its kind and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountKey {
@@ -117,9 +121,9 @@ pub trait Ledger: Send + Sync + Debug {
     /// Where each of `policies` stands, in order, into `out`.
     fn standing(&self, policies: &[Arc<Policy>], out: &mut Vec<Standing>);
 
-    /// Reserve `amount` in every one of `policies`, or in none. `waited`: the request already
-    /// waited once for the ledger; it is not asked to wait again.
-    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, waited: bool) -> Admission;
+    /// Reserve `amount` in every one of `policies`, or in none. `may_wait`: the request's time
+    /// to wait for the ledger is not up; without it, no room is a refusal (or the failMode).
+    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, may_wait: bool) -> Admission;
 
     /// The request ended: `actual` is spent in each account of `ticket`, the rest of its
     /// reservation returns.
@@ -218,7 +222,7 @@ pub(super) fn fits_in(limit: Limit, available: Amount, amount: Amount) -> bool {
 /// The ledger of a sidecar that is the only spender: exact, in memory.
 #[derive(Debug, Default)]
 pub struct Local {
-    accounts: Mutex<HashMap<AccountKey, LocalAccount>>,
+    accounts: Mutex<Accounts<LocalAccount>>,
 }
 
 /// One Budget's period on the local ledger.
@@ -271,7 +275,7 @@ impl Local {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountKey, LocalAccount>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Accounts<LocalAccount>> {
         // Every update is a few additions: a panic cannot leave an account half-written.
         self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -369,7 +373,7 @@ impl Ledger for Local {
         self.standing_at(policies, out, Timestamp::now());
     }
 
-    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, _waited: bool) -> Admission {
+    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, _may_wait: bool) -> Admission {
         self.reserve_at(policies, amount, Timestamp::now())
     }
 

@@ -91,6 +91,9 @@ pub struct Policy {
     routes: Vec<String>,
     service_accounts: Vec<String>,
     selector: Option<Selector>,
+    /// Its `gatehouse_budget_decisions_total` counters, by outcome, taken from the metrics on
+    /// first use (the same series across config reloads), so a request costs an increment.
+    pub(super) decisions: std::sync::OnceLock<Vec<prometheus_client::metrics::counter::Counter>>,
 }
 
 impl Policy {
@@ -155,6 +158,7 @@ impl Policy {
             routes: config.routes.clone(),
             service_accounts: config.service_accounts.clone(),
             selector,
+            decisions: std::sync::OnceLock::new(),
         })
     }
 

@@ -3,8 +3,8 @@
 //!
 //! One task syncs, so one call is in flight at most, and requests never call the ledger
 //! themselves: they read and update the book under a lock, and a request whose reservation does
-//! not fit in its lease nudges the task and waits for the next sync that starts after it (the
-//! budget stage bounds that wait, `--budget-wait-ms`). The task syncs
+//! not fit in its lease nudges the task and waits for the next sync that starts after it, then
+//! tries again (the budget stage bounds those waits, `--budget-wait-ms` in all). The task syncs
 //!
 //! - at least every `sync_after_ms` of the last answer, and before a lease has a quarter of its
 //!   time left;
@@ -22,7 +22,6 @@
 //! names a new period, spend settled after the report was sent starts the new period (it is
 //! counted once, there) and the rest starts from zero.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +33,8 @@ use tokio::time::Instant;
 
 use super::client::{ClientError, LedgerClient, Settings as ClientSettings, SyncError};
 use super::ledger::{
-    AccountKey, Admission, Grant, Ledger, Room, Standing, Ticket, Verdict, Wait, fits_in, verdict,
+    AccountKey, Accounts, Admission, Grant, Ledger, Room, Standing, Ticket, Verdict, Wait, fits_in,
+    verdict,
 };
 use super::policy::{Budgets, Policy};
 use crate::metrics::{Metrics, SyncLabels};
@@ -102,7 +102,7 @@ impl Shared {
 /// Every account and the state of the connection to the ledger.
 #[derive(Debug, Default)]
 struct Book {
-    accounts: HashMap<AccountKey, Entry>,
+    accounts: Accounts<Entry>,
     /// Syncs prepared so far.
     started: u64,
     /// Whether the last sync answered (`None`: none finished yet).
@@ -225,7 +225,7 @@ impl Entry {
         amount: Amount,
         now: Instant,
         wall: Timestamp,
-        waited: bool,
+        may_wait: bool,
         reachable: Option<bool>,
     ) -> Room {
         let unreachable = reachable == Some(false);
@@ -246,15 +246,21 @@ impl Entry {
             if fits_in(self.policy.limit, self.available(), amount) {
                 return Room::Fits;
             }
-            if self.exhausted(amount, wall) || (waited && !unreachable) {
+            if self.exhausted(amount, wall) {
                 return Room::Exhausted;
             }
             if unreachable {
                 return Room::Unreachable;
             }
-            return Room::Short;
+            // The ledger answered but has not granted enough in the time the request may wait.
+            return if may_wait {
+                Room::Short
+            } else {
+                Room::Exhausted
+            };
         }
-        if unreachable || waited {
+        if unreachable || !may_wait {
+            // No live lease within the time the request may wait: as if unreachable.
             return Room::Unreachable;
         }
         Room::Short
@@ -610,7 +616,7 @@ impl Ledger for Remote {
         }
     }
 
-    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, waited: bool) -> Admission {
+    fn reserve(&self, policies: &[Arc<Policy>], amount: Amount, may_wait: bool) -> Admission {
         let now = Instant::now();
         let wall = Timestamp::now();
         let mut book = self.shared.lock();
@@ -619,7 +625,7 @@ impl Ledger for Remote {
         for policy in policies {
             let e = book.entry(policy);
             rooms.push((
-                e.room(amount, now, wall, waited, reachable),
+                e.room(amount, now, wall, may_wait, reachable),
                 &**policy,
                 e.period_end,
             ));
@@ -708,6 +714,7 @@ impl Ledger for Remote {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::path::PathBuf;
 
     use super::super::ledger::tests::{policy, usd};
@@ -798,7 +805,7 @@ mod tests {
         let r = remote();
         let p = policy("b", serde_json::json!({"limitUsd": 1.0}));
         let ps = std::slice::from_ref(&p);
-        assert!(matches!(r.reserve(ps, usd(600), false), Admission::Wait(_)));
+        assert!(matches!(r.reserve(ps, usd(600), true), Admission::Wait(_)));
         let request = sync(&r, Instant::now(), |req| {
             Ok(granted(req, PERIOD, 2_400, 2_400))
         });
@@ -811,20 +818,20 @@ mod tests {
         );
         assert_eq!(request.accounts[0].period_start, None);
         let tickets: Vec<Ticket> = (0..4)
-            .map(|_| reserved(r.reserve(ps, usd(600), false)))
+            .map(|_| reserved(r.reserve(ps, usd(600), true)))
             .collect();
         // The lease is spent; the ledger said the budget has more room, so wait for it once.
-        assert!(matches!(r.reserve(ps, usd(600), false), Admission::Wait(_)));
+        assert!(matches!(r.reserve(ps, usd(600), true), Admission::Wait(_)));
         assert!(
-            matches!(r.reserve(ps, usd(600), true), Admission::Exceeded { ref budget, resets }
+            matches!(r.reserve(ps, usd(600), false), Admission::Exceeded { ref budget, resets }
                 if &**budget == "b" && resets == Some(ts("2099-01-01T00:00:00Z"))),
-            "after a wait the ledger answered, no more room is a refusal"
+            "once the request may not wait any longer, no room is a refusal"
         );
         for t in tickets {
             r.settle(t, usd(100));
         }
         // 400 spent of 2400 granted: room again, and the report says so.
-        reserved(r.reserve(ps, usd(600), false));
+        reserved(r.reserve(ps, usd(600), true));
         let request = sync(&r, Instant::now(), |req| {
             Ok(granted(req, PERIOD, 2_400, 2_400))
         });
@@ -838,15 +845,15 @@ mod tests {
         let r = remote();
         let p = policy("b", serde_json::json!({"limitUsd": 0.000_001}));
         let ps = std::slice::from_ref(&p);
-        assert!(matches!(r.reserve(ps, usd(600), false), Admission::Wait(_)));
+        assert!(matches!(r.reserve(ps, usd(600), true), Admission::Wait(_)));
         // The ledger grants 300 and says 900 of the 1000 are committed: at most 100 more could
         // ever come, 400 is not enough for 600.
         sync(&r, Instant::now(), |req| Ok(granted(req, PERIOD, 300, 900)));
         assert!(matches!(
-            r.reserve(ps, usd(600), false),
+            r.reserve(ps, usd(600), true),
             Admission::Exceeded { .. }
         ));
-        reserved(r.reserve(ps, usd(300), false));
+        reserved(r.reserve(ps, usd(300), true));
     }
 
     #[test]
@@ -859,32 +866,30 @@ mod tests {
             serde_json::json!({"enforcement": "soft", "failMode": "closed"}),
         );
         let all = [open.clone(), closed.clone(), soft_closed.clone()];
-        assert!(matches!(
-            r.reserve(&all, usd(10), false),
-            Admission::Wait(_)
-        ));
+        assert!(matches!(r.reserve(&all, usd(10), true), Admission::Wait(_)));
         sync(&r, Instant::now(), |req| {
             Ok(granted(req, PERIOD, 1_000, 3_000))
         });
         // The ledger goes away: the leases are still good.
         sync(&r, Instant::now(), |_| unreachable());
-        let t = reserved(r.reserve(&all, usd(10), false));
+        let t = reserved(r.reserve(&all, usd(10), true));
         assert!(t.accounts.iter().all(|(_, g)| *g == Grant::Lease));
         r.settle(t, usd(10));
         assert!(r.degraded().iter().all(|(_, d)| !d));
         // The leases expire (their sync was sent long ago).
-        let long_ago = Instant::now() - Duration::from_secs(600);
+        // Just over the 60 s lease ago.
+        let long_ago = Instant::now() - Duration::from_secs(61);
         sync(&r, long_ago, |req| Ok(granted(req, PERIOD, 1_000, 3_000)));
         sync(&r, Instant::now(), |_| unreachable());
         assert!(matches!(
-            r.reserve(&all, usd(10), false),
+            r.reserve(&all, usd(10), true),
             Admission::Unavailable { ref budget } if &**budget == "closed"
         ));
         assert!(matches!(
-            r.reserve(std::slice::from_ref(&soft_closed), usd(10), false),
+            r.reserve(std::slice::from_ref(&soft_closed), usd(10), true),
             Admission::Unavailable { ref budget } if &**budget == "soft"
         ));
-        let t = reserved(r.reserve(std::slice::from_ref(&open), usd(10), false));
+        let t = reserved(r.reserve(std::slice::from_ref(&open), usd(10), true));
         assert_eq!(t.accounts[0].1, Grant::FailOpen);
         r.settle(t, usd(10));
         let degraded: HashMap<_, _> = r.degraded().into_iter().collect();
@@ -912,16 +917,16 @@ mod tests {
         let r = remote();
         let p = policy("b", serde_json::json!({"limitUsd": 1.0}));
         let ps = std::slice::from_ref(&p);
-        assert!(matches!(r.reserve(ps, usd(100), false), Admission::Wait(_)));
+        assert!(matches!(r.reserve(ps, usd(100), true), Admission::Wait(_)));
         sync(&r, Instant::now(), |req| {
             Ok(granted(req, PERIOD, 10_000, 10_000))
         });
-        let t = reserved(r.reserve(ps, usd(100), false));
+        let t = reserved(r.reserve(ps, usd(100), true));
         r.settle(t, usd(70));
         let failed = sync(&r, Instant::now(), |_| unreachable());
         let again = sync(&r, Instant::now(), |req| {
             // While this sync is in flight another request settles.
-            let t = reserved(r.reserve(ps, usd(100), false));
+            let t = reserved(r.reserve(ps, usd(100), true));
             r.settle(t, usd(30));
             let mut answer = granted(req, "2026-12-01T00:00:00Z", 5_000, 5_000);
             answer.accounts[0].spent_total = usd(0);
@@ -953,14 +958,14 @@ mod tests {
         let r = remote();
         let p = policy("b", serde_json::json!({"failMode": "closed"}));
         let ps = std::slice::from_ref(&p);
-        assert!(matches!(r.reserve(ps, usd(1), false), Admission::Wait(_)));
+        assert!(matches!(r.reserve(ps, usd(1), true), Admission::Wait(_)));
         sync(&r, Instant::now(), |req| {
             let mut answer = granted(req, PERIOD, 0, 0);
             answer.accounts[0].known = false;
             Ok(answer)
         });
         assert!(matches!(
-            r.reserve(ps, usd(1), false),
+            r.reserve(ps, usd(1), true),
             Admission::Unavailable { .. }
         ));
         // Gone from the config and nothing left to report: dropped.
