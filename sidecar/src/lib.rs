@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod redact;
 pub mod request;
 pub mod routing;
 pub mod scrub;

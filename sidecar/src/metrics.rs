@@ -260,6 +260,17 @@ pub struct ModelLabels {
     pub model: Arc<str>,
 }
 
+/// Labels of values redaction found.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedactionLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The detector (a built-in name or a custom detector's, from the config).
+    pub detector: Arc<str>,
+    /// request (the prompt) or response (the answer).
+    pub direction: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -295,6 +306,8 @@ pub struct Metrics {
     pub tags_overflowed: Counter,
     /// Answered requests whose model has no price (their cost is `unknown`).
     pub unpriced_requests: Family<ModelLabels, Counter>,
+    /// Values redaction found, by route, detector and direction.
+    pub redactions: Family<RedactionLabels, Counter>,
     registry: Registry,
 }
 
@@ -392,6 +405,12 @@ impl Metrics {
             "Answered requests whose model has no price in the catalog or the ModelProvider",
             unpriced_requests.clone(),
         );
+        let redactions = Family::<RedactionLabels, Counter>::default();
+        registry.register(
+            "redactions",
+            "Sensitive values redaction found (masked, refused or restored), by route, detector and direction",
+            redactions.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -408,6 +427,7 @@ impl Metrics {
             spend,
             tags_overflowed,
             unpriced_requests,
+            redactions,
             registry,
         }
     }

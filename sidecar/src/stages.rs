@@ -27,6 +27,7 @@
 pub mod headers;
 pub mod identity;
 pub mod metering;
+pub mod redaction;
 pub mod rules;
 pub mod telemetry;
 
@@ -66,14 +67,18 @@ pub fn chain(
         // refused before any work is spent on the request).
         Box::new(identity::Identify::new(workload, max_tags, &metrics)),
         // rate limit: before any work is spent on a request that will be refused.
-        // redaction (request): before anything stores or sends the prompt (cache, upstream).
+        //
+        // Redaction: on the request, before anything stores or sends the prompt (cache,
+        // upstream); on the answer (its answer and event hooks run right after the attempts,
+        // first of all stages), before anything reads or stores it.
+        Box::new(redaction::Redaction::new(metrics.clone())),
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
         // budget reserve: only for requests that will go upstream.
         // Route rules: last before the attempts, they pick the targets the attempts use (a
         // downgrade goes here too).
         Box::new(rules::Rules),
         // -- attempts --
-        // redaction (response): before anything reads or stores the answer.
+        // (redaction, response side: the answer and event hooks of the stage above)
         //
         // Metering: cost from the usage the answer reported, before anything reads the cost
         // (the cost header on a buffered answer, budget settle, the access line).
@@ -275,6 +280,8 @@ pub struct Context {
     pub rule: Option<Arc<str>>,
     /// The targets that rule allows (indices into the route's targets); `None`: every target.
     pub rule_targets: Option<Vec<usize>>,
+    /// Redaction of this request (`stages::redaction`): placeholders, counts, stream hold-back.
+    pub redaction: Option<Box<redaction::State>>,
 }
 
 impl Context {
@@ -304,6 +311,7 @@ impl Context {
             rule_headers: Vec::new(),
             rule: None,
             rule_targets: None,
+            redaction: None,
         }
     }
 
@@ -541,7 +549,14 @@ mod tests {
         );
         assert_eq!(
             chain.names(),
-            ["identity", "rules", "metering", "headers", "telemetry"]
+            [
+                "identity",
+                "redaction",
+                "rules",
+                "metering",
+                "headers",
+                "telemetry"
+            ]
         );
         assert!(chain.metered);
         let off = super::chain(
@@ -550,13 +565,18 @@ mod tests {
             10,
             false,
         );
-        assert_eq!(off.names(), ["identity", "rules", "headers", "telemetry"]);
+        assert_eq!(
+            off.names(),
+            ["identity", "redaction", "rules", "headers", "telemetry"]
+        );
         assert!(!off.metered);
-        // Only identity reads the head and only the rules read requests; nothing reads attempts
-        // or stream events.
+        // Only identity reads the head; redaction then the rules read requests; only redaction
+        // reads stream events (first, right after the attempts); nothing reads attempts.
         assert_eq!(chain.head, [0]);
-        assert_eq!(chain.request, [1]);
-        assert!(chain.attempt.is_empty() && chain.events.is_empty());
+        assert_eq!(chain.request, [1, 2]);
+        assert_eq!(chain.events, [1]);
+        assert_eq!(chain.answer, [1, 3]);
+        assert!(chain.attempt.is_empty());
     }
 
     #[test]
