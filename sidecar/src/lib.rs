@@ -4,6 +4,7 @@
 //! The binary is thin: it parses [`Args`], starts telemetry and calls [`run`]. Tests call [`start`]
 //! to get a running sidecar on ephemeral ports.
 
+pub mod audit;
 pub mod body;
 pub mod dialect;
 pub mod error;
@@ -169,6 +170,18 @@ pub struct Args {
     /// metering costs; a production sidecar keeps it on.
     #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub metering: bool,
+    /// Audit log: write one JSON line per request to stdout (`on`) or not (`off`).
+    #[arg(long, env = "GATEHOUSE_AUDIT_STDOUT", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub audit_stdout: bool,
+    /// Audit log: write one JSON line per request to this file, rotated by size.
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Audit log: rotate the file before it grows past this many bytes.
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE_MAX_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub audit_file_max_bytes: u64,
+    /// Audit log: rotated files kept besides the current one (`audit.log.1`, ...).
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE_KEEP", default_value_t = 5)]
+    pub audit_file_keep: u32,
 }
 
 /// `on` or `off`.
@@ -201,6 +214,9 @@ pub enum StartError {
     /// The workload identity could not be built (the pod labels file).
     #[error(transparent)]
     Identity(#[from] workload::WorkloadError),
+    /// The audit log file could not be opened.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
 }
 
 impl Args {
@@ -290,6 +306,20 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store.health().clone(),
     )));
     let metrics = Arc::new(metrics);
+    let audit_settings = audit::Settings {
+        stdout: args.audit_stdout,
+        file: args.audit_file.clone(),
+        max_bytes: args.audit_file_max_bytes,
+        keep: args.audit_file_keep,
+    };
+    let audit = if audit_settings.enabled() {
+        Some(Arc::new(audit::Sink::start(
+            audit_settings,
+            metrics.audit_dropped.clone(),
+        )?))
+    } else {
+        None
+    };
     let sink = Sink {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -335,6 +365,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             workload: workload.clone(),
             max_tags: args.max_tags,
             metering: args.metering,
+            audit,
         },
     ));
     let timeouts = server::connection::Timeouts {

@@ -271,6 +271,17 @@ pub struct RedactionLabels {
     pub direction: &'static str,
 }
 
+/// Labels of requests a rate limit refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The limit's name (from the config).
+    pub limit: Arc<str>,
+    /// requests or tokens: the allowance that ran out.
+    pub unit: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -308,6 +319,10 @@ pub struct Metrics {
     pub unpriced_requests: Family<ModelLabels, Counter>,
     /// Values redaction found, by route, detector and direction.
     pub redactions: Family<RedactionLabels, Counter>,
+    /// Requests refused by a rate limit.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// Audit lines dropped because the writer could not keep up.
+    pub audit_dropped: Counter,
     registry: Registry,
 }
 
@@ -411,6 +426,18 @@ impl Metrics {
             "Sensitive values redaction found (masked, refused or restored), by route, detector and direction",
             redactions.clone(),
         );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by route, limit and the unit that ran out",
+            rate_limited.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_lines_dropped",
+            "Audit lines dropped because the audit writer could not keep up",
+            audit_dropped.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -428,6 +455,8 @@ impl Metrics {
             tags_overflowed,
             unpriced_requests,
             redactions,
+            rate_limited,
+            audit_dropped,
             registry,
         }
     }

@@ -65,6 +65,8 @@ pub struct Settings {
     pub max_tags: usize,
     /// Whether metering is in the chain (`--metering`).
     pub metering: bool,
+    /// Where audit lines go; `None`: no audit stage.
+    pub audit: Option<Arc<crate::audit::Sink>>,
 }
 
 impl Default for Settings {
@@ -79,6 +81,7 @@ impl Default for Settings {
             workload: Arc::new(Workload::default()),
             max_tags: stages::identity::DEFAULT_MAX_TAGS,
             metering: true,
+            audit: None,
         }
     }
 }
@@ -134,6 +137,7 @@ impl Gateway {
                 settings.workload.clone(),
                 settings.max_tags,
                 settings.metering,
+                settings.audit.clone(),
             )),
             client,
             settings,

@@ -73,6 +73,9 @@ pub struct IndexFeatures {
     pub json_mode: bool,
     /// Where the `messages` value sits in the body.
     pub messages_at: Option<Range<usize>>,
+    /// The most output tokens the request allows (`max_tokens`, `max_completion_tokens`), for
+    /// the rate limits' token estimate.
+    pub max_output: Option<u64>,
 }
 
 /// Top-level keys the index reads; everything else is skipped.
@@ -86,6 +89,7 @@ enum Key {
     EncodingFormat,
     Tools,
     ResponseFormat,
+    MaxTokens,
     Other,
 }
 
@@ -113,6 +117,7 @@ impl Visitor<'_> for KeySeed {
             "encoding_format" => Key::EncodingFormat,
             "tools" => Key::Tools,
             "response_format" => Key::ResponseFormat,
+            "max_tokens" | "max_completion_tokens" => Key::MaxTokens,
             _ => Key::Other,
         })
     }
@@ -131,6 +136,7 @@ struct Found<'a> {
     encoding_format: Option<&'a RawValue>,
     tools: Option<&'a RawValue>,
     response_format: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -161,6 +167,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::EncodingFormat => &mut found.encoding_format,
                 Key::Tools => &mut found.tools,
                 Key::ResponseFormat => &mut found.response_format,
+                Key::MaxTokens => &mut found.max_tokens,
             };
             *slot = Some(map.next_value()?);
         }
@@ -259,6 +266,7 @@ impl Index {
                 let end = start.saturating_add(m.get().len());
                 (end <= body.len()).then_some(start..end)
             }),
+            max_output: found.max_tokens.and_then(|m| m.get().trim().parse().ok()),
         };
         Ok(Self {
             alias,

@@ -24,9 +24,11 @@
 //! those, so a hook no stage uses costs a branch, and a stage that is not configured is not in
 //! the chain at all.
 
+pub mod audit;
 pub mod headers;
 pub mod identity;
 pub mod metering;
+pub mod ratelimit;
 pub mod redaction;
 pub mod rules;
 pub mod telemetry;
@@ -55,18 +57,27 @@ use crate::workload::Workload;
 /// landed yet are marked where they go.
 ///
 /// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
-/// costs): no usage is asked for or stripped, nothing is priced.
+/// costs): no usage is asked for or stripped, nothing is priced. Without an `audit` sink there is
+/// no audit stage.
 pub fn chain(
     metrics: Arc<Metrics>,
     workload: Arc<Workload>,
     max_tags: usize,
     metering: bool,
+    audit: Option<Arc<crate::audit::Sink>>,
 ) -> Chain {
     let mut stages: Vec<Box<dyn Stage>> = vec![
         // Identity: first, everything after keys on who is calling (and a malformed tag is
         // refused before any work is spent on the request).
-        Box::new(identity::Identify::new(workload, max_tags, &metrics)),
-        // rate limit: before any work is spent on a request that will be refused.
+        Box::new(identity::Identify::new(
+            workload.clone(),
+            max_tags,
+            &metrics,
+        )),
+        // Rate limits: right after identity (a limit may apply to some workloads only), before
+        // any work is spent on a request that will be refused; the token estimate is of the
+        // client's own body.
+        Box::new(ratelimit::RateLimit::new(metrics.clone(), workload, None)),
         //
         // Redaction: on the request, before anything stores or sends the prompt (cache,
         // upstream); on the answer (its answer and event hooks run right after the attempts,
@@ -92,6 +103,11 @@ pub fn chain(
         // did; one record per request whatever happened.
         Box::new(telemetry::Telemetry::new(metrics)),
     ];
+    // The audit line, with the access line: it sees every decision, and the prompt and answer
+    // (when the route opts in) as redaction left them.
+    if let Some(sink) = audit {
+        stages.push(Box::new(audit::Audit::new(sink)));
+    }
     if !metering {
         stages.retain(|s| s.name() != "metering");
     }
@@ -282,6 +298,10 @@ pub struct Context {
     pub rule_targets: Option<Vec<usize>>,
     /// Redaction of this request (`stages::redaction`): placeholders, counts, stream hold-back.
     pub redaction: Option<Box<redaction::State>>,
+    /// The rate limits' decision (`stages::ratelimit`), when any limit applied.
+    pub rate_limit: Option<Box<ratelimit::Decision>>,
+    /// The prompt and answer for the audit line, when the route opts in (`stages::audit`).
+    pub audit: Option<Box<audit::Capture>>,
 }
 
 impl Context {
@@ -312,6 +332,8 @@ impl Context {
             rule: None,
             rule_targets: None,
             redaction: None,
+            rate_limit: None,
+            audit: None,
         }
     }
 
@@ -546,11 +568,13 @@ mod tests {
             Arc::new(Workload::default()),
             10,
             true,
+            None,
         );
         assert_eq!(
             chain.names(),
             [
                 "identity",
+                "ratelimit",
                 "redaction",
                 "rules",
                 "metering",
@@ -564,19 +588,49 @@ mod tests {
             Arc::new(Workload::default()),
             10,
             false,
+            None,
         );
         assert_eq!(
             off.names(),
-            ["identity", "redaction", "rules", "headers", "telemetry"]
+            [
+                "identity",
+                "ratelimit",
+                "redaction",
+                "rules",
+                "headers",
+                "telemetry"
+            ]
         );
         assert!(!off.metered);
-        // Only identity reads the head; redaction then the rules read requests; only redaction
-        // reads stream events (first, right after the attempts); nothing reads attempts.
+        // Only identity reads the head; the rate limits, redaction, then the rules read
+        // requests; only redaction reads stream events (first, right after the attempts), and
+        // buffered answers before metering; nothing reads attempts.
         assert_eq!(chain.head, [0]);
-        assert_eq!(chain.request, [1, 2]);
-        assert_eq!(chain.events, [1]);
-        assert_eq!(chain.answer, [1, 3]);
+        assert_eq!(chain.request, [1, 2, 3]);
+        assert_eq!(chain.events, [2]);
+        assert_eq!(chain.answer, [2, 4]);
+        assert_eq!(chain.response, [1, 3, 5]);
         assert!(chain.attempt.is_empty());
+        // With an audit sink, the audit line comes last.
+        let dir = tempfile::tempdir().unwrap();
+        let sink = crate::audit::Sink::start(
+            crate::audit::Settings {
+                stdout: false,
+                file: Some(dir.path().join("audit.log")),
+                max_bytes: 1 << 20,
+                keep: 1,
+            },
+            Default::default(),
+        )
+        .unwrap();
+        let audited = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+            Some(Arc::new(sink)),
+        );
+        assert_eq!(audited.names().last(), Some(&"audit"));
     }
 
     #[test]

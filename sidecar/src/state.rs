@@ -163,6 +163,9 @@ pub struct ServedRoute {
     pub health: std::sync::OnceLock<Arc<crate::routing::health::RouteHealth>>,
     /// The route's redaction engine (`config.redact` compiled), or why it cannot be used.
     pub redact: Option<RedactEngine>,
+    /// The route's rate limits that apply to this sidecar's workload, resolved on first use
+    /// (`stages::ratelimit`; their state outlives the snapshot).
+    pub rate_limits: std::sync::OnceLock<Vec<Arc<crate::stages::ratelimit::Limiter>>>,
 }
 
 impl ServedRoute {
@@ -189,6 +192,7 @@ impl ServedRoute {
             groups,
             health: std::sync::OnceLock::new(),
             redact: None,
+            rate_limits: std::sync::OnceLock::new(),
         }
     }
 
