@@ -214,6 +214,9 @@ impl Engine {
     /// first group, in case the candidate swallowed a group before it).
     pub fn scan(&self, hay: &[u8], mut found: impl FnMut(Found)) {
         let mut at = 0;
+        // A candidate card number that failed: what is found inside it (its groups read as a
+        // phone number) is a false positive, unless it is a card number itself.
+        let mut failed_card: Option<Range<usize>> = None;
         while at < hay.len() {
             let input = Input::new(hay).range(at..);
             let Some(m) = self.regex.search(&input) else {
@@ -223,6 +226,11 @@ impl Engine {
             let range = m.range();
             // Never split a character: custom patterns may match parts of UTF-8 sequences.
             let range = snap_start(hay, range.start)..snap_end(hay, range.end);
+            let inside_failed = |r: &Range<usize>| {
+                failed_card
+                    .as_ref()
+                    .is_some_and(|f| r.start >= f.start && r.end <= f.end)
+            };
             let next = match role {
                 Some(Role::Placeholder) => {
                     found(Found {
@@ -233,7 +241,7 @@ impl Engine {
                 }
                 Some(Role::Value { kind, check }) => {
                     match detectors::confirm(check, hay, range.clone()) {
-                        Some(r) => {
+                        Some(r) if check == Check::Card || !inside_failed(&r) => {
                             let end = r.end;
                             found(Found {
                                 range: r,
@@ -241,10 +249,18 @@ impl Engine {
                             });
                             end
                         }
-                        None if check == Check::Card => hay[range.clone()]
-                            .iter()
-                            .position(|b| !b.is_ascii_digit())
-                            .map_or(range.end, |i| range.start + i + 1),
+                        Some(r) => r.end,
+                        // The candidate may have swallowed a group before the card number:
+                        // search again after its first group.
+                        None if check == Check::Card => {
+                            failed_card = Some(range.clone());
+                            hay[range.clone()]
+                                .iter()
+                                .position(|b| !b.is_ascii_digit())
+                                .map_or(range.end, |i| range.start + i + 1)
+                        }
+                        // `note:2001:db8::1` is first read from the `e`.
+                        None if check == Check::Ipv6 => range.start + 1,
                         None => range.end,
                     }
                 }

@@ -142,10 +142,11 @@ pub static PATTERNS: &[Pattern] = &[
         r"(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}\b",
         Check::Phone,
     ),
-    // National with a trunk 0: 020 7946 0958, 07700 900123, 01 23 45 67 89.
+    // National with a trunk 0, written with separators: 020 7946 0958, 07700 900123,
+    // 01 23 45 67 89 (ten digits in a row are as often an order number).
     pat(
         Detector::Phone,
-        r"\b0[1-9][0-9]{0,4}[ .\-]?[0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,4}\b",
+        r"\b0[1-9][0-9]{0,4}[ .\-][0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,4}\b",
         Check::Phone,
     ),
 ];
@@ -192,10 +193,11 @@ pub fn confirm(check: Check, hay: &[u8], range: Range<usize>) -> Option<Range<us
 }
 
 /// Whether the value is part of a longer token: a letter, digit or `_` right before or after it,
-/// or a `-` or `.` joining it to one (a UUID's last group, `1.2.3.4.5`, `ORD-2024-000123`).
+/// or a `-` or `.` joining it to one (a UUID's last group, `1.2.3.4.5`, `ORD-2024-000123`); a
+/// `:` is not a joiner (`SSN:123-45-6789`).
 fn glued(hay: &[u8], range: &Range<usize>) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let joiner = |b: u8| b == b'-' || b == b'.' || b == b':';
+    let joiner = |b: u8| b == b'-' || b == b'.';
     let before = range.start.checked_sub(1).map(|i| hay[i]);
     let before2 = range.start.checked_sub(2).map(|i| hay[i]);
     let after = hay.get(range.end).copied();
