@@ -259,8 +259,6 @@ impl Engine {
                                 .position(|b| !b.is_ascii_digit())
                                 .map_or(range.end, |i| range.start + i + 1)
                         }
-                        // `note:2001:db8::1` is first read from the `e`.
-                        None if check == Check::Ipv6 => range.start + 1,
                         None => range.end,
                     }
                 }
@@ -463,6 +461,14 @@ impl Session {
         let mut found = Vec::new();
         self.engine.scan(text, |f| found.push(f));
         self.apply(text, &found, dir, escape, out)
+    }
+
+    /// The JSON document `body` with the text of its string values rewritten ([`json`]); `None`
+    /// when nothing changed.
+    pub fn rewrite_json(&mut self, body: &[u8], dir: Direction) -> Option<Vec<u8>> {
+        json::rewrite_strings(body, |_, text, escape, out| {
+            self.rewrite(text, dir, escape, out)
+        })
     }
 
     /// `text` with `found` (from [`Engine::scan`] of `text`) replaced, appended to `out`.

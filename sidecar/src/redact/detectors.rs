@@ -114,15 +114,26 @@ pub static PATTERNS: &[Pattern] = &[
     ),
     pat(Detector::Ssn, r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", Check::Ssn),
     pat(Detector::Ssn, r"\b[0-9]{3} [0-9]{2} [0-9]{4}\b", Check::Ssn),
-    // IPv6 with an IPv4 tail (::ffff:10.0.0.1), then plain IPv6, then IPv4.
+    // IPv6: with an IPv4 tail (::ffff:10.0.0.1), all eight groups, or compressed with `::`.
+    // A group never starts inside a word, and `12:30:45` or a MAC address is none of these.
     pat(
         Detector::IpAddress,
-        r"(?:[0-9A-Fa-f]{0,4}:){2,6}(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
+        r"(?:\b[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){1,6}:(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
         Check::Ipv6,
     ),
     pat(
         Detector::IpAddress,
-        r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}",
+        r"\b[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){7}\b",
+        Check::Ipv6,
+    ),
+    pat(
+        Detector::IpAddress,
+        r"\b[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6}::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6}\b)?",
+        Check::Ipv6,
+    ),
+    pat(
+        Detector::IpAddress,
+        r"::[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6}\b",
         Check::Ipv6,
     ),
     pat(

@@ -14,7 +14,7 @@ use super::{Context, End, Flow, Hooks, Stage};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RedactionLabels};
 use crate::redact::events::StreamText;
-use crate::redact::{Direction, Session, json};
+use crate::redact::{Direction, Session};
 use crate::request::Request;
 
 /// One request's redaction: its session and its stream's hold-back.
@@ -36,13 +36,6 @@ impl Redaction {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
-}
-
-/// Rewrite the string values of a JSON body; the new body, if anything changed.
-fn rewrite_body(session: &mut Session, body: &[u8], dir: Direction) -> Option<Vec<u8>> {
-    json::rewrite_strings(body, |_, text, escape, out| {
-        session.rewrite(text, dir, escape, out)
-    })
 }
 
 impl Stage for Redaction {
@@ -76,7 +69,7 @@ impl Stage for Redaction {
             }
         };
         let mut session = Session::new(engine);
-        let body = rewrite_body(&mut session, request.body(), Direction::Request);
+        let body = session.rewrite_json(request.body(), Direction::Request);
         let blocked = session.blocked;
         let detectors = session.request_detectors().join(", ");
         ctx.redaction = Some(Box::new(State {
@@ -99,7 +92,7 @@ impl Stage for Redaction {
         let Some(state) = ctx.redaction.as_mut() else {
             return;
         };
-        if let Some(new) = rewrite_body(&mut state.session, body, Direction::Response) {
+        if let Some(new) = state.session.rewrite_json(body, Direction::Response) {
             *body = Bytes::from(new);
         }
     }
