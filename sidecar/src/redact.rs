@@ -471,6 +471,42 @@ impl Session {
         })
     }
 
+    /// `text` with every value replaced by its placeholder (the one this request handed out, else
+    /// the bare label, `[EMAIL]`), appended to `out`, counting nothing: for records such as the
+    /// audit line, which never hold a value, even one restored for the app.
+    pub fn masked(&self, text: &[u8], escape: Escape, out: &mut Vec<u8>) -> bool {
+        let mut at = 0;
+        let mut changed = false;
+        self.engine.scan(text, |f| {
+            let What::Value(kind) = f.what else { return };
+            if f.range.start < at {
+                return;
+            }
+            let value = &text[f.range.clone()];
+            let plain = match escape {
+                Escape::Plain => value.to_vec(),
+                Escape::Json => json::unescape(value).unwrap_or_else(|| value.to_vec()),
+            };
+            out.extend_from_slice(&text[at..f.range.start]);
+            match self.placeholders.get(&plain) {
+                Some(p) => out.extend_from_slice(p.as_bytes()),
+                None => {
+                    let label = self.engine.kinds.get(kind).map_or("REDACTED", |k| &k.label);
+                    out.extend_from_slice(format!("[{label}]").as_bytes());
+                }
+            }
+            at = f.range.end;
+            changed = true;
+        });
+        out.extend_from_slice(&text[at..]);
+        changed
+    }
+
+    /// [`Session::masked`] of the string values of a JSON document; `None` when nothing changed.
+    pub fn masked_json(&self, body: &[u8]) -> Option<Vec<u8>> {
+        json::rewrite_strings(body, |_, text, escape, out| self.masked(text, escape, out))
+    }
+
     /// `text` with `found` (from [`Engine::scan`] of `text`) replaced, appended to `out`.
     pub fn apply(
         &mut self,

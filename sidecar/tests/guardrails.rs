@@ -390,3 +390,41 @@ async fn refused_requests_are_audited_with_the_decision() {
             .contains("123-45-6789")
     );
 }
+
+#[tokio::test]
+async fn restored_values_never_reach_the_audit_line() {
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let routes = route(
+        "restore",
+        "  redact: {action: maskAndRestore}\n  audit: {prompt: true, answer: true}\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let audit = path.clone();
+    let sidecar = Sidecar::start_with(&manifests(&mock, &routes), |args| {
+        args.audit_file = Some(audit);
+    })
+    .await;
+    let ask = |stream: bool| {
+        json!({"model": "restore", "stream": stream, "messages": [{"role": "user",
+               "content": "mail bob@example.com"}]})
+    };
+    for stream in [false, true] {
+        mock.push(Behaviour::normal().pieces(["Mailed [EMAIL_1] and ", "dave@example.net"]));
+        let text = post(&sidecar, "/v1/chat/completions", ask(stream))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("bob@example.com"), "the app gets it back: {text}");
+    }
+    let lines = audit_lines(&path, 2).await;
+    assert_eq!(
+        lines[0]["answer"]["choices"][0]["message"]["content"],
+        "Mailed [EMAIL_1] and [EMAIL_2]"
+    );
+    assert_eq!(lines[1]["answer"], "Mailed [EMAIL_1] and [EMAIL_2]");
+    assert_eq!(lines[0]["redaction"]["restored"], 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("bob@example.com") && !text.contains("dave@example.net"));
+}

@@ -284,17 +284,31 @@ impl Stage for Audit {
             remaining_requests: d.requests.map(|s| s.remaining),
             remaining_tokens: d.tokens.map(|s| s.remaining),
         });
+        // An answer restored for the app holds values again: the line gets their placeholders.
+        let session = ctx.redaction.as_ref().map(|r| &r.session);
+        let masked_body: Option<Vec<u8>> = match (session, ctx.audit.as_deref()) {
+            (Some(s), Some(Capture { body: Some(b), .. })) => s.masked_json(b),
+            _ => None,
+        };
+        let masked_text: Option<String> = match (session, ctx.audit.as_deref()) {
+            (Some(s), Some(Capture { text: Some(t), .. })) => {
+                let mut out = Vec::with_capacity(t.len());
+                s.masked(t.as_bytes(), crate::redact::Escape::Plain, &mut out)
+                    .then(|| String::from_utf8_lossy(&out).into_owned())
+            }
+            _ => None,
+        };
         let capture = ctx.audit.as_deref();
         let prompt = capture
             .and_then(|c| c.prompt.as_ref())
             .and_then(|p| std::str::from_utf8(p).ok())
             .and_then(|p| serde_json::from_str::<&RawValue>(p).ok());
         let answer = capture.and_then(|c| match (&c.body, &c.text) {
-            (Some(b), _) => std::str::from_utf8(b)
+            (Some(b), _) => std::str::from_utf8(masked_body.as_deref().unwrap_or(b))
                 .ok()
                 .and_then(|b| serde_json::from_str::<&RawValue>(b).ok())
                 .map(Answer::Body),
-            (None, Some(t)) => Some(Answer::Text(t)),
+            (None, Some(t)) => Some(Answer::Text(masked_text.as_deref().unwrap_or(t))),
             (None, None) => None,
         });
         let elapsed = ctx.start.elapsed();
