@@ -416,7 +416,10 @@ async fn restored_values_never_reach_the_audit_line() {
             .text()
             .await
             .unwrap();
-        assert!(text.contains("bob@example.com"), "the app gets it back: {text}");
+        assert!(
+            text.contains("bob@example.com"),
+            "the app gets it back: {text}"
+        );
     }
     let lines = audit_lines(&path, 2).await;
     assert_eq!(

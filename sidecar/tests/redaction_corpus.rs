@@ -4,7 +4,7 @@
 //! checksum, version strings, order numbers, UUIDs, git SHAs, dates, ISBNs, MAC addresses...).
 //!
 //! Prints recall and false-positive rate per detector (`cargo test -p gatehouse-sidecar --test
-//! redaction_corpus -- --nocapture`; the table is in docs/redaction.md) and asserts them.
+//! redaction_corpus -- --nocapture`; the table is in docs/guardrails.md) and asserts them.
 
 #![allow(
     clippy::unwrap_used,
@@ -637,6 +637,10 @@ fn recall_and_false_positive_rate_per_detector() {
             "| {what} | {} | `{text}` | {} |",
             d.as_str(),
             !found.is_empty()
+        );
+        assert!(
+            found.is_empty(),
+            "{what} is read now: update docs/guardrails.md"
         );
     }
     for (name, s) in &scores {
