@@ -214,8 +214,8 @@ impl Engine {
     /// first group, in case the candidate swallowed a group before it).
     pub fn scan(&self, hay: &[u8], mut found: impl FnMut(Found)) {
         let mut at = 0;
-        // A candidate card number that failed: what is found inside it (its groups read as a
-        // phone number) is a false positive, unless it is a card number itself.
+        // A candidate card number that failed: a phone number found inside it is its groups
+        // read another way, a false positive.
         let mut failed_card: Option<Range<usize>> = None;
         while at < hay.len() {
             let input = Input::new(hay).range(at..);
@@ -226,11 +226,6 @@ impl Engine {
             let range = m.range();
             // Never split a character: custom patterns may match parts of UTF-8 sequences.
             let range = snap_start(hay, range.start)..snap_end(hay, range.end);
-            let inside_failed = |r: &Range<usize>| {
-                failed_card
-                    .as_ref()
-                    .is_some_and(|f| r.start >= f.start && r.end <= f.end)
-            };
             let next = match role {
                 Some(Role::Placeholder) => {
                     found(Found {
@@ -241,7 +236,15 @@ impl Engine {
                 }
                 Some(Role::Value { kind, check }) => {
                     match detectors::confirm(check, hay, range.clone()) {
-                        Some(r) if check == Check::Card || !inside_failed(&r) => {
+                        Some(r)
+                            if check == Check::Phone
+                                && failed_card
+                                    .as_ref()
+                                    .is_some_and(|f| r.start >= f.start && r.end <= f.end) =>
+                        {
+                            r.end
+                        }
+                        Some(r) => {
                             let end = r.end;
                             found(Found {
                                 range: r,
@@ -249,17 +252,22 @@ impl Engine {
                             });
                             end
                         }
-                        Some(r) => r.end,
-                        // The candidate may have swallowed a group before the card number:
-                        // search again after its first group.
-                        None if check == Check::Card => {
-                            failed_card = Some(range.clone());
+                        // A candidate that fails may have swallowed the start of a value (a
+                        // group before a card number, `01 10.1.2.3`): search again after its
+                        // first separator.
+                        None if check == Check::None || check == Check::Random => range.end,
+                        None if check == Check::Iban => {
+                            range.start + detectors::iban_extent(&hay[range.clone()])
+                        }
+                        None => {
+                            if check == Check::Card {
+                                failed_card = Some(range.clone());
+                            }
                             hay[range.clone()]
                                 .iter()
-                                .position(|b| !b.is_ascii_digit())
+                                .position(|b| !b.is_ascii_alphanumeric())
                                 .map_or(range.end, |i| range.start + i + 1)
                         }
-                        None => range.end,
                     }
                 }
                 None => range.end,

@@ -195,7 +195,7 @@ pub fn confirm(check: Check, hay: &[u8], range: Range<usize>) -> Option<Range<us
         Check::Card => card(hay, range),
         Check::Iban => iban(m).map(|len| range.start..range.start + len),
         Check::Ssn => (!glued(hay, &range) && ssn(m)).then_some(range),
-        Check::Phone => (!glued(hay, &range) && phone(m)).then_some(range),
+        Check::Phone => phone_in(hay, range),
         Check::Ipv4 => (!glued(hay, &range)).then_some(range),
         Check::Ipv6 => (!glued(hay, &range) && ipv6(m)).then_some(range),
         Check::Jwt => jwt(m).then_some(range),
@@ -390,6 +390,26 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"XK", 20),
 ];
 
+/// Bytes of `m` (an IBAN candidate) its country's IBAN length covers, spaces included: where to
+/// look on after a candidate that fails (what the pattern took after it may be a value of its
+/// own; the IBAN's own groups are not).
+pub fn iban_extent(m: &[u8]) -> usize {
+    let want = m.get(..2).and_then(|c| {
+        IBAN_LENGTHS
+            .iter()
+            .find(|(country, _)| &country[..] == c)
+            .map(|(_, n)| *n)
+    });
+    let Some(want) = want else {
+        return m.len();
+    };
+    m.iter()
+        .enumerate()
+        .filter(|(_, b)| **b != b' ')
+        .nth(want - 1)
+        .map_or(m.len(), |(i, _)| i + 1)
+}
+
 /// An IBAN at the start of `m`: the byte length of the valid IBAN (spaces included), or `None`.
 fn iban(m: &[u8]) -> Option<usize> {
     let country = m.get(..2)?;
@@ -440,6 +460,22 @@ fn ssn(m: &[u8]) -> bool {
     let group = u32::from(d[3]) * 10 + u32::from(d[4]);
     let serial = d[5..].iter().fold(0u32, |a, &x| a * 10 + u32::from(x));
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// A phone number at the start of `hay[range]`: the whole candidate, or the longest run of its
+/// first groups that is one (an international number's pattern may run on into the next
+/// number: `+44 20 7946 0958 4111 1111 1111 1111`).
+fn phone_in(hay: &[u8], range: Range<usize>) -> Option<Range<usize>> {
+    let ok = |r: &Range<usize>| !glued(hay, r) && phone(&hay[r.clone()]);
+    if ok(&range) {
+        return Some(range);
+    }
+    let m = &hay[range.clone()];
+    (1..m.len())
+        .rev()
+        .filter(|&i| m[i - 1].is_ascii_digit() && !m[i].is_ascii_digit() && m[i] != b')')
+        .map(|i| range.start..range.start + i)
+        .find(|r| ok(r))
 }
 
 fn phone(m: &[u8]) -> bool {

@@ -1,7 +1,20 @@
 use super::*;
 use gatehouse_crds::config::CustomDetectorConfig;
 
+/// One engine per action, built once for every test of the binary.
 fn engine(action: RedactActionConfig) -> Arc<Engine> {
+    use std::sync::OnceLock;
+    static ENGINES: [OnceLock<Arc<Engine>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let slot = match action {
+        RedactActionConfig::Mask => &ENGINES[0],
+        RedactActionConfig::Block => &ENGINES[1],
+        RedactActionConfig::MaskAndRestore => &ENGINES[2],
+    };
+    slot.get_or_init(|| build(action)).clone()
+}
+
+fn build(action: RedactActionConfig) -> Arc<Engine> {
     let config = RedactConfig {
         action,
         detectors: Detector::ALL
@@ -309,4 +322,77 @@ fn a_value_longer_than_the_window_is_masked_and_its_rest_dropped() {
         &out[..out.len().min(200)]
     );
     assert!(out.ends_with(" bye"), "{out}");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text with values, placeholders and prose mixed, as a stream might carry it.
+    fn text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("bob@example.com".to_string()),
+            Just("4111 1111 1111 1111".to_string()),
+            Just("[EMAIL_1]".to_string()),
+            Just("+44 20 7946 0958".to_string()),
+            Just("10.1.2.3".to_string()),
+            Just("é".to_string()),
+            "[a-z]{1,8}",
+            "[0-9]{1,6}",
+            "[ .,:@\\-\\[\\]]",
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|p| p.join(" "))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// However the text is cut into events, the client gets what one pass over the whole
+        /// text gives.
+        #[test]
+        fn a_stream_reads_like_the_whole_text(text in text(), cuts in proptest::collection::vec(0usize..400, 0..12)) {
+            let e = engine(RedactActionConfig::MaskAndRestore);
+            let mut whole = Session::new(e.clone());
+            let mut sink = Vec::new();
+            whole.rewrite(b"bob@example.com", Direction::Request, Escape::Plain, &mut sink);
+            let mut want = Vec::new();
+            whole.rewrite(text.as_bytes(), Direction::Response, Escape::Plain, &mut want);
+            let mut streamed = Session::new(e);
+            streamed.rewrite(b"bob@example.com", Direction::Request, Escape::Plain, &mut sink);
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .map(|c| c.min(text.len()))
+                .filter(|c| text.is_char_boundary(*c))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&text[at..c]);
+                at = c;
+            }
+            pieces.push(&text[at..]);
+            let got = stream(&mut streamed, &pieces);
+            prop_assert_eq!(got, String::from_utf8(want).unwrap());
+        }
+
+        /// Rewriting the strings of any JSON document gives valid JSON with the same shape.
+        #[test]
+        fn json_stays_json(values in proptest::collection::vec(text(), 1..6), keys in proptest::collection::vec("[a-z_]{1,8}", 1..6)) {
+            let object: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .zip(values.iter().cycle())
+                .map(|(k, v)| (k.clone(), serde_json::json!([v, {"content": format!("{v}\n\"q\"")}])))
+                .collect();
+            let body = serde_json::to_vec(&object).unwrap();
+            let mut s = Session::new(engine(RedactActionConfig::Mask));
+            let out = s.rewrite_json(&body, Direction::Request).unwrap_or(body.clone());
+            let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(parsed.len(), object.len());
+            let text = String::from_utf8(out).unwrap();
+            prop_assert!(!text.contains("bob@example.com"));
+            prop_assert!(!text.contains("4111 1111 1111 1111"));
+        }
+    }
 }
