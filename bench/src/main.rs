@@ -14,6 +14,7 @@ mod metering;
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
+mod redaction;
 mod stages;
 
 use std::fmt::Write as _;
@@ -102,6 +103,10 @@ struct Args {
     /// one with none, in the same interleaved rounds (requests/s and CPU per request).
     #[arg(long)]
     budget: bool,
+    /// Instead of everything else: measure redaction in process (a 4 KiB prompt with every
+    /// detector on; a 20-event stream through the hold-back).
+    #[arg(long)]
+    redaction: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -143,6 +148,14 @@ impl Path_ {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.redaction {
+        let report = redaction::report()?;
+        println!("{report}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &report)?;
+        }
+        return Ok(());
+    }
     if !args.no_build && std::env::var_os("GATEHOUSE_BENCH_BIN_DIR").is_none() {
         let mut packages = vec!["gatehouse-sidecar", "gatehouse-mock-provider"];
         if args.fanout > 0 {

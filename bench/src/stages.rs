@@ -19,9 +19,16 @@ struct Scenario {
     /// What is on, in words, for the table.
     on: &'static str,
     manifests: String,
+    /// Sidecar flags besides the usual ones.
+    flags: Vec<String>,
 }
 
 fn route(provider: &str) -> String {
+    route_with(provider, "")
+}
+
+/// The bench Route with `extra` lines in its spec.
+fn route_with(provider: &str, extra: &str) -> String {
     format!(
         r#"---
 apiVersion: gatehouse.dev/v1alpha1
@@ -30,11 +37,23 @@ metadata: {{name: bench}}
 spec:
   models: [bench]
   targets: [{{provider: {provider}, model: gpt-4o-mini}}]
-"#
+{extra}"#
     )
 }
 
-fn scenarios(mock: SocketAddr, keyed_mock: SocketAddr) -> Vec<Scenario> {
+fn scenarios(mock: SocketAddr, keyed_mock: SocketAddr, dir: &Path) -> Vec<Scenario> {
+    let provider = format!(
+        r#"apiVersion: gatehouse.dev/v1alpha1
+kind: ModelProvider
+metadata: {{name: mock}}
+spec:
+  type: openaiCompatible
+  endpoint: http://{mock}/v1
+  models:
+    - name: gpt-4o-mini
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+"#
+    );
     let plain = format!(
         r#"apiVersion: gatehouse.dev/v1alpha1
 kind: ModelProvider
@@ -72,6 +91,7 @@ spec:
             name: "minimal",
             on: "routing, metering, metrics, access log (always on)",
             manifests: plain.clone(),
+            flags: Vec::new(),
         },
         // The same configuration again: how far apart two identical sidecars measure is the noise
         // floor the other rows are read against.
@@ -79,16 +99,49 @@ spec:
             name: "minimal, again",
             on: "the same as minimal (noise floor)",
             manifests: plain.clone(),
+            flags: Vec::new(),
         },
         Scenario {
             name: "budget",
             on: "+ a Budget covering the route (local ledger): scope, estimate, reserve, settle",
             manifests: format!("{plain}{}", crate::budget::BUDGET),
+            flags: Vec::new(),
         },
         Scenario {
             name: "keyed",
             on: "+ a provider key: credentials applied, answers scrubbed of the key",
             manifests: keyed,
+            flags: Vec::new(),
+        },
+        Scenario {
+            name: "redaction",
+            on: "+ redaction, every detector, mask (prompt, answer, stream hold-back)",
+            manifests: format!(
+                "{provider}{}",
+                route_with("mock", "  redact: {action: mask}\n")
+            ),
+            flags: Vec::new(),
+        },
+        Scenario {
+            name: "rate limit",
+            on: "+ a local rate limit (requests and tokens per minute, never reached)",
+            manifests: format!(
+                "{provider}{}",
+                route_with(
+                    "mock",
+                    "  rateLimits: [{name: bench, requestsPerMinute: 2000000000, tokensPerMinute: 2000000000}]\n"
+                )
+            ),
+            flags: Vec::new(),
+        },
+        Scenario {
+            name: "audit line",
+            on: "+ the audit line, to a file",
+            manifests: plain,
+            flags: vec![
+                "--audit-file".to_string(),
+                dir.join("audit.log").display().to_string(),
+            ],
         },
     ]
 }
@@ -104,10 +157,11 @@ pub async fn report(
         super::start_mock_with(args.stream_chunks, &["--api-key", KEY]).await?;
     let bin = crate::procs::release_bin("gatehouse-sidecar")?;
     let mut running: Vec<(Scenario, Proc, SocketAddr)> = Vec::new();
-    for scenario in scenarios(mock, keyed_mock) {
+    for scenario in scenarios(mock, keyed_mock, dir) {
         let path = dir.join(format!("stages-{}.yaml", running.len()));
         std::fs::write(&path, &scenario.manifests)?;
-        let sidecar = super::start_sidecar(&bin, &path, None, 1).await?;
+        let flags: Vec<&str> = scenario.flags.iter().map(String::as_str).collect();
+        let sidecar = super::start_sidecar_with(&bin, &path, None, 1, &flags).await?;
         running.push((scenario, sidecar.proc, sidecar.addr));
     }
     writeln!(

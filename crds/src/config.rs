@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod guardrails;
+pub use guardrails::{
+    AuditConfig, CustomDetectorConfig, RateLimitConfig, RateLimitScopeConfig, RedactActionConfig,
+    RedactConfig,
+};
+
 /// The `apiVersion` written into every rendered config; the sidecar refuses any other.
 pub const CONFIG_API_VERSION: &str = "gatehouse.dev/config-v1alpha1";
 
@@ -169,6 +175,15 @@ pub struct RouteConfig {
     /// every target serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
+    /// Rate limits; every one that applies to a request must admit it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Redaction of prompts and answers; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<RedactConfig>,
+    /// What the audit lines carry besides who called what.
+    #[serde(default, skip_serializing_if = "AuditConfig::is_default")]
+    pub audit: AuditConfig,
 }
 
 /// Outlier ejection of a route's targets: a target that keeps failing is left out of the

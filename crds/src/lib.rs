@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod conditions;
 pub mod config;
 pub mod contract;
+pub mod guardrails;
 pub mod keys;
 pub mod ledger;
 pub mod observed;

@@ -20,7 +20,9 @@ use crate::provider::{
 use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
 
+mod guardrails;
 mod pricing;
+pub use guardrails::{CLUSTER_RATE_LIMIT_UNAVAILABLE, INVALID_REDACTION};
 use pricing::price_models;
 
 /// Everything `render` reads.
@@ -496,6 +498,23 @@ fn render_route(
         .iter()
         .map(|r| render_rule(r, &target_names))
         .collect();
+    let rate_limits = guardrails::rate_limits(name, &spec.rate_limits, problems);
+    // Redaction that cannot be used leaves the Route without targets: its requests are refused
+    // with the reason rather than sent unredacted.
+    let redact = match spec
+        .redact
+        .as_ref()
+        .map(|r| guardrails::redact(name, r, problems))
+    {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(message)) => {
+            targets.clear();
+            unavailable.push(message);
+            None
+        }
+    };
+    let audit = guardrails::audit(spec.audit.as_ref());
 
     let attempts = match spec.retry.as_ref().map(|r| r.attempts) {
         None => retry_defaults.attempts,
@@ -530,6 +549,9 @@ fn render_route(
         },
         outlier,
         rules,
+        rate_limits,
+        redact,
+        audit,
     }
 }
 

@@ -49,7 +49,8 @@ use serde::{Deserialize, Serialize};
 #[x_kube(
     validation = Rule::new("!has(self.rules) || self.rules.all(r, r.targets.all(n, self.targets.exists(t, has(t.name) && t.name == n)))").message("every spec.rules[].targets entry must name a target in spec.targets (spec.targets[].name)").field_path(".rules"),
     validation = Rule::new("self.targets.all(a, !has(a.name) || self.targets.exists_one(b, has(b.name) && b.name == a.name))").message("spec.targets[].name must be unique").field_path(".targets"),
-    validation = Rule::new("!has(self.rules) || self.rules.all(a, self.rules.exists_one(b, b.name == a.name))").message("spec.rules[].name must be unique").field_path(".rules")
+    validation = Rule::new("!has(self.rules) || self.rules.all(a, self.rules.exists_one(b, b.name == a.name))").message("spec.rules[].name must be unique").field_path(".rules"),
+    validation = Rule::new("!has(self.rateLimits) || self.rateLimits.all(a, self.rateLimits.exists_one(b, b.name == a.name))").message("spec.rateLimits[].name must be unique").field_path(".rateLimits")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
@@ -87,6 +88,25 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub rules: Vec<RouteRule>,
+
+    /// Rate limits: requests and/or tokens per minute, for every caller of the Route or for
+    /// selected workloads, counted per sidecar (local) or across sidecars (cluster). Every limit
+    /// that applies to a request must admit it; a refused request gets HTTP 429
+    /// `rate_limit_exceeded` with `Retry-After`, and answers carry OpenAI's
+    /// `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rate_limits: Vec<crate::guardrails::RateLimit>,
+
+    /// Redaction of sensitive data (emails, phone numbers, card numbers, keys, custom patterns)
+    /// before a prompt leaves the cluster, and in answers. Unset: no redaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<crate::guardrails::Redact>,
+
+    /// What the audit line of each request carries besides who called what (prompts and
+    /// answers are opt-in). Unset: neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::guardrails::Audit>,
 }
 
 /// Outlier ejection settings of a Route.

@@ -513,3 +513,72 @@ fn rules_name_usable_targets_by_index_and_outlier_settings_fill_in_defaults() {
     );
     assert!(chat.rules[1].targets.is_empty());
 }
+
+#[test]
+fn guardrails_are_rendered_and_their_problems_reported() {
+    let secrets = secrets(&[("openai-key", "api-key", b"sk-test")]);
+    let r = route(
+        "chat",
+        json!({
+            "targets": [{"provider": "openai", "model": "gpt-4o-mini"}],
+            "rateLimits": [
+                {"name": "per-pod", "requestsPerMinute": 60, "serviceAccounts": ["b", "a", "a"]},
+                {"name": "shared", "tokensPerMinute": 1000, "scope": "cluster"}
+            ],
+            "redact": {"action": "block", "detectors": ["iban", "email", "email"]},
+            "audit": {"answer": true}
+        }),
+    );
+    let out = run(&[openai("openai-key")], &[r], &[], &secrets);
+    let chat = &out.config.routes["chat"];
+    assert_eq!(chat.targets.len(), 1);
+    assert_eq!(chat.rate_limits.len(), 2);
+    assert_eq!(chat.rate_limits[0].requests_per_minute, Some(60));
+    assert_eq!(chat.rate_limits[0].service_accounts, ["a", "b"]);
+    // Cluster scope is not available: enforced locally, and the Route says so.
+    assert_eq!(
+        chat.rate_limits[1].scope,
+        gatehouse_crds::config::RateLimitScopeConfig::Local
+    );
+    assert!(
+        reasons(&out).contains(&(ObjectKind::Route, "chat", "ClusterRateLimitNotAvailable")),
+        "{:?}",
+        out.problems
+    );
+    let redact = chat.redact.as_ref().unwrap();
+    assert_eq!(redact.detectors, ["email", "iban"]);
+    assert_eq!(
+        redact.action,
+        gatehouse_crds::config::RedactActionConfig::Block
+    );
+    assert!(chat.audit.answer && !chat.audit.prompt);
+
+    // Every detector by default; a pattern that cannot be used leaves the Route without targets.
+    let all = route(
+        "all",
+        json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}], "redact": {}}),
+    );
+    let broken = route(
+        "broken",
+        json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}],
+               "redact": {"custom": [{"name": "everything", "pattern": "x*"}]}}),
+    );
+    let out = run(&[openai("openai-key")], &[all, broken], &[], &secrets);
+    assert_eq!(
+        out.config.routes["all"]
+            .redact
+            .as_ref()
+            .unwrap()
+            .detectors
+            .len(),
+        11
+    );
+    let broken = &out.config.routes["broken"];
+    assert!(broken.targets.is_empty() && broken.redact.is_none());
+    assert!(
+        broken.unavailable[0].contains("can match the empty string"),
+        "{:?}",
+        broken.unavailable
+    );
+    assert!(reasons(&out).contains(&(ObjectKind::Route, "broken", "InvalidRedaction")));
+}

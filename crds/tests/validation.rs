@@ -344,6 +344,20 @@ fn valid_objects_are_accepted() {
                 {"name": "json", "match": {"jsonMode": true, "images": false, "minInputTokens": 10}, "targets": ["big", "small"]}
             ]
         })),
+        // Guardrails: rate limits of both scopes and selectors, redaction, audit content.
+        route(json!({
+            "targets": [{"provider": "a", "model": "m"}],
+            "rateLimits": [
+                {"name": "per-pod", "requestsPerMinute": 60, "tokensPerMinute": 100000},
+                {"name": "team", "tokensPerMinute": 5000, "scope": "cluster",
+                 "serviceAccounts": ["web"], "workloadSelector": {"matchLabels": {"team": "search"},
+                 "matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold"]}]}}
+            ],
+            "redact": {"action": "maskAndRestore", "detectors": ["email", "creditCard", "iban"],
+                       "custom": [{"name": "employee-id", "pattern": "EMP-[0-9]{6}"}]},
+            "audit": {"prompt": true, "answer": false}
+        })),
+        route(json!({"targets": [{"provider": "a", "model": "m"}], "redact": {}})),
         good_budget(),
         budget(
             json!({"limit": {"tokens": 1000000}, "period": "none", "enforcement": "soft", "failMode": "closed",
@@ -531,6 +545,90 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
             "unknown provider field",
             with(p(), json!({"spec": {"apiKey": "sk-123"}})),
             "unknown field",
+        ),
+        (
+            "rate limit without a number",
+            with(r(), json!({"spec": {"rateLimits": [{"name": "x"}]}})),
+            "needs requestsPerMinute, tokensPerMinute or both",
+        ),
+        (
+            "two rate limits with one name",
+            with(
+                r(),
+                json!({"spec": {"rateLimits": [{"name": "x", "requestsPerMinute": 1},
+                                              {"name": "x", "tokensPerMinute": 1}]}}),
+            ),
+            "spec.rateLimits[].name must be unique",
+        ),
+        (
+            "rate limit of zero",
+            with(
+                r(),
+                json!({"spec": {"rateLimits": [{"name": "x", "requestsPerMinute": 0}]}}),
+            ),
+            "must be >= 1",
+        ),
+        (
+            "rate limit scope that does not exist",
+            with(
+                r(),
+                json!({"spec": {"rateLimits": [{"name": "x", "requestsPerMinute": 1, "scope": "global"}]}}),
+            ),
+            "unsupported value",
+        ),
+        (
+            "rate limit name not a DNS label",
+            with(
+                r(),
+                json!({"spec": {"rateLimits": [{"name": "Per Pod", "requestsPerMinute": 1}]}}),
+            ),
+            "does not match",
+        ),
+        (
+            "unknown redaction action",
+            with(r(), json!({"spec": {"redact": {"action": "hash"}}})),
+            "unsupported value",
+        ),
+        (
+            "unknown detector",
+            with(
+                r(),
+                json!({"spec": {"redact": {"detectors": ["passport"]}}}),
+            ),
+            "unsupported value",
+        ),
+        (
+            "a detector listed twice",
+            with(
+                r(),
+                json!({"spec": {"redact": {"detectors": ["email", "email"]}}}),
+            ),
+            "duplicate value",
+        ),
+        (
+            "two custom detectors with one name",
+            with(
+                r(),
+                json!({"spec": {"redact": {"custom": [{"name": "id", "pattern": "a"},
+                                                     {"name": "id", "pattern": "b"}]}}}),
+            ),
+            "redact.custom[].name must be unique",
+        ),
+        (
+            "a custom detector named like a built-in one",
+            with(
+                r(),
+                json!({"spec": {"redact": {"custom": [{"name": "email", "pattern": "a"}]}}}),
+            ),
+            "must not be the name of a built-in detector",
+        ),
+        (
+            "custom detector without a pattern",
+            with(
+                r(),
+                json!({"spec": {"redact": {"custom": [{"name": "id"}]}}}),
+            ),
+            "required field \"pattern\"",
         ),
         (
             "route without targets",

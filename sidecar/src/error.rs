@@ -90,6 +90,32 @@ pub enum ProxyError {
         /// The Budget's name.
         budget: String,
     },
+    /// Redaction found sensitive data in the prompt of a route whose action is `block`. Names
+    /// the detectors, never the values.
+    #[error("the request was blocked: route '{route}' does not let {detectors} leave the cluster")]
+    Blocked {
+        /// Route name.
+        route: String,
+        /// The detectors that found something, comma-separated.
+        detectors: String,
+    },
+    /// A rate limit of the route refused the request.
+    #[error(
+        "rate limit '{limit}' of route '{route}' reached: {limit_value} {unit} per minute; retry in {}s",
+        crate::providers::failure::header_seconds(*.retry_after)
+    )]
+    RateLimited {
+        /// Route name.
+        route: String,
+        /// The limit's name.
+        limit: String,
+        /// `requests` or `tokens`: what ran out (OpenAI's error `type`).
+        unit: &'static str,
+        /// The limit, per minute.
+        limit_value: u64,
+        /// When the request would fit.
+        retry_after: Duration,
+    },
     /// Every attempt failed.
     #[error("all {attempts} upstream attempts failed for route '{route}': {summary}")]
     Exhausted {
@@ -110,9 +136,11 @@ impl ProxyError {
     /// HTTP status to answer with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) | Self::InvalidTag(_) | Self::Translate(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest(_)
+            | Self::InvalidTag(_)
+            | Self::Translate(_)
+            | Self::Blocked { .. } => StatusCode::BAD_REQUEST,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -137,7 +165,10 @@ impl ProxyError {
             | Self::UnknownModel(_)
             | Self::NotFound(_)
             | Self::MethodNotAllowed { .. }
-            | Self::BodyTimeout { .. } => "invalid_request_error",
+            | Self::BodyTimeout { .. }
+            | Self::Blocked { .. } => "invalid_request_error",
+            // OpenAI's own rate-limit errors say which unit ran out.
+            Self::RateLimited { unit, .. } => unit,
             Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "rate_limit_error"
             }
@@ -157,6 +188,8 @@ impl ProxyError {
         match self {
             Self::InvalidRequest(_) | Self::Translate(_) => "invalid_request",
             Self::InvalidTag(_) => "invalid_tag",
+            Self::Blocked { .. } => "sensitive_data_blocked",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::UnknownModel(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
@@ -185,6 +218,7 @@ impl ProxyError {
             Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
             Self::BudgetExceeded { retry_after, .. } => *retry_after,
             Self::BudgetUnavailable { .. } => Some(BUDGET_UNAVAILABLE_RETRY_AFTER),
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 //! The binary is thin: it parses [`Args`], starts telemetry and calls [`run`]. Tests call [`start`]
 //! to get a running sidecar on ephemeral ports.
 
+pub mod audit;
 pub mod body;
 pub mod dialect;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod redact;
 pub mod request;
 pub mod routing;
 pub mod scrub;
@@ -198,6 +200,18 @@ pub struct Args {
     /// `max_completion_tokens`.
     #[arg(long, env = "GATEHOUSE_BUDGET_DEFAULT_OUTPUT_TOKENS", default_value_t = stages::budget::estimate::DEFAULT_OUTPUT_TOKENS)]
     pub budget_default_output_tokens: u64,
+    /// Audit log: write one JSON line per request to stdout (`on`) or not (`off`).
+    #[arg(long, env = "GATEHOUSE_AUDIT_STDOUT", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub audit_stdout: bool,
+    /// Audit log: write one JSON line per request to this file, rotated by size.
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Audit log: rotate the file before it grows past this many bytes.
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE_MAX_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub audit_file_max_bytes: u64,
+    /// Audit log: rotated files kept besides the current one (`audit.log.1`, ...).
+    #[arg(long, env = "GATEHOUSE_AUDIT_FILE_KEEP", default_value_t = 5)]
+    pub audit_file_keep: u32,
 }
 
 /// `on` or `off`.
@@ -233,6 +247,9 @@ pub enum StartError {
     /// The budget ledger client could not be set up (`--ledger-url`, `--ledger-ca-file`).
     #[error(transparent)]
     Ledger(#[from] stages::budget::client::ClientError),
+    /// The audit log file could not be opened.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
 }
 
 impl Args {
@@ -383,6 +400,20 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     let metrics = Arc::new(metrics);
     let (ledger, ledger_task) = ledger(args, &workload, &store, &metrics)?;
     let _ = ledger_slot.set(ledger.clone());
+    let audit_settings = audit::Settings {
+        stdout: args.audit_stdout,
+        file: args.audit_file.clone(),
+        max_bytes: args.audit_file_max_bytes,
+        keep: args.audit_file_keep,
+    };
+    let audit = if audit_settings.enabled() {
+        Some(Arc::new(audit::Sink::start(
+            audit_settings,
+            metrics.audit_dropped.clone(),
+        )?))
+    } else {
+        None
+    };
     let sink = Sink {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -434,6 +465,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                 default_output_tokens: args.budget_default_output_tokens,
                 carried_labels: args.workload_labels.clone(),
             },
+            audit,
         },
     ));
     let timeouts = server::connection::Timeouts {

@@ -278,6 +278,28 @@ pub struct ModelLabels {
     pub model: Arc<str>,
 }
 
+/// Labels of values redaction found.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedactionLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The detector (a built-in name or a custom detector's, from the config).
+    pub detector: Arc<str>,
+    /// request (the prompt) or response (the answer).
+    pub direction: &'static str,
+}
+
+/// Labels of requests a rate limit refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The limit's name (from the config).
+    pub limit: Arc<str>,
+    /// requests or tokens: the allowance that ran out.
+    pub unit: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -317,6 +339,12 @@ pub struct Metrics {
     pub budget_decisions: Family<BudgetLabels, Counter>,
     /// Syncs with the budget ledger (cluster mode).
     pub ledger_syncs: Family<SyncLabels, Counter>,
+    /// Values redaction found, by route, detector and direction.
+    pub redactions: Family<RedactionLabels, Counter>,
+    /// Requests refused by a rate limit.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// Audit lines dropped because the writer could not keep up.
+    pub audit_dropped: Counter,
     registry: Registry,
 }
 
@@ -426,6 +454,24 @@ impl Metrics {
             "Syncs with the budget ledger, by result",
             ledger_syncs.clone(),
         );
+        let redactions = Family::<RedactionLabels, Counter>::default();
+        registry.register(
+            "redactions",
+            "Sensitive values redaction found (masked, refused or restored), by route, detector and direction",
+            redactions.clone(),
+        );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by route, limit and the unit that ran out",
+            rate_limited.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_lines_dropped",
+            "Audit lines dropped because the audit writer could not keep up",
+            audit_dropped.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -444,6 +490,9 @@ impl Metrics {
             unpriced_requests,
             budget_decisions,
             ledger_syncs,
+            redactions,
+            rate_limited,
+            audit_dropped,
             registry,
         }
     }

@@ -69,6 +69,8 @@ pub struct Settings {
     pub ledger: Arc<dyn stages::budget::ledger::Ledger>,
     /// The budget stage's settings.
     pub budget: stages::budget::Settings,
+    /// Where audit lines go; `None`: no audit stage.
+    pub audit: Option<Arc<crate::audit::Sink>>,
 }
 
 impl Default for Settings {
@@ -85,6 +87,7 @@ impl Default for Settings {
             metering: true,
             ledger: Arc::new(stages::budget::ledger::Local::new()),
             budget: stages::budget::Settings::default(),
+            audit: None,
         }
     }
 }
@@ -141,6 +144,7 @@ impl Gateway {
                 settings.max_tags,
                 settings.metering,
                 stages::budget::stages(settings.ledger.clone(), metrics, settings.budget.clone()),
+                settings.audit.clone(),
             )),
             client,
             settings,

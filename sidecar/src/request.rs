@@ -423,9 +423,19 @@ impl Request {
         })
     }
 
-    /// The body as the client sent it.
+    /// The body as the client sent it (or as a stage rewrote it).
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Replace the body (redaction rewrote string values in it): indexed again, nothing
+    /// translated from the old one kept. The body's charge against the in-flight budget stays
+    /// that of the client's body.
+    pub fn replace_body(&mut self, body: Bytes) -> Result<(), ProxyError> {
+        self.index = Index::of(&body, self.op)?;
+        self.body = body;
+        self.tree = None;
+        Ok(())
     }
 
     /// Whether the client asked for a stream.

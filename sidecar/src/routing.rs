@@ -222,6 +222,9 @@ mod tests {
             timeouts: TimeoutConfig::default(),
             outlier: Default::default(),
             rules: vec![],
+            rate_limits: vec![],
+            redact: None,
+            audit: Default::default(),
         };
         crate::state::tests_support::route("r", config)
     }

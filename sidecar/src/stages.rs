@@ -25,10 +25,13 @@
 //! those, so a hook no stage uses costs a branch, and a stage that is not configured is not in
 //! the chain at all.
 
+pub mod audit;
 pub mod budget;
 pub mod headers;
 pub mod identity;
 pub mod metering;
+pub mod ratelimit;
+pub mod redaction;
 pub mod rules;
 pub mod telemetry;
 
@@ -60,20 +63,34 @@ use crate::workload::Workload;
 /// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
 /// costs): no usage is asked for or stripped, nothing is priced. The budget stage is always in
 /// the chain: Budgets come with the config, and a request no Budget covers costs it a check.
+/// costs): no usage is asked for or stripped, nothing is priced. Without an `audit` sink there is
+/// no audit stage.
 pub fn chain(
     metrics: Arc<Metrics>,
     workload: Arc<Workload>,
     max_tags: usize,
     metering: bool,
     budget: (budget::Reserve, budget::Settle),
+    audit: Option<Arc<crate::audit::Sink>>,
 ) -> Chain {
     let (reserve, settle) = budget;
     let mut stages: Vec<Box<dyn Stage>> = vec![
         // Identity: first, everything after keys on who is calling (and a malformed tag is
         // refused before any work is spent on the request).
-        Box::new(identity::Identify::new(workload, max_tags, &metrics)),
-        // rate limit: before any work is spent on a request that will be refused.
-        // redaction (request): before anything stores or sends the prompt (cache, upstream).
+        Box::new(identity::Identify::new(
+            workload.clone(),
+            max_tags,
+            &metrics,
+        )),
+        // Rate limits: right after identity (a limit may apply to some workloads only), before
+        // any work is spent on a request that will be refused; the token estimate is of the
+        // client's own body.
+        Box::new(ratelimit::RateLimit::new(metrics.clone(), workload, None)),
+        //
+        // Redaction: on the request, before anything stores or sends the prompt (cache,
+        // upstream); on the answer (its answer and event hooks run right after the attempts,
+        // first of all stages), before anything reads or stores it.
+        Box::new(redaction::Redaction::new(metrics.clone())),
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
         // Route rules: they pick the targets the attempts use.
         Box::new(rules::Rules),
@@ -82,7 +99,7 @@ pub fn chain(
         // downgrade replaces those targets.
         Box::new(reserve),
         // -- attempts --
-        // redaction (response): before anything reads or stores the answer.
+        // (redaction, response side: the answer and event hooks of the stage above)
         //
         // Metering: cost from the usage the answer reported, before anything reads the cost
         // (the cost header on a buffered answer, budget settle, the access line).
@@ -99,6 +116,11 @@ pub fn chain(
         // did; one record per request whatever happened.
         Box::new(telemetry::Telemetry::new(metrics)),
     ];
+    // The audit line, with the access line: it sees every decision, and the prompt and answer
+    // (when the route opts in) as redaction left them.
+    if let Some(sink) = audit {
+        stages.push(Box::new(audit::Audit::new(sink)));
+    }
     if !metering {
         stages.retain(|s| s.name() != "metering");
     }
@@ -305,6 +327,12 @@ pub struct Context {
     pub rule: Option<Arc<str>>,
     /// The targets that rule allows (indices into the route's targets); `None`: every target.
     pub rule_targets: Option<Vec<usize>>,
+    /// Redaction of this request (`stages::redaction`): placeholders, counts, stream hold-back.
+    pub redaction: Option<Box<redaction::State>>,
+    /// The rate limits' decision (`stages::ratelimit`), when any limit applied.
+    pub rate_limit: Option<Box<ratelimit::Decision>>,
+    /// The prompt and answer for the audit line, when the route opts in (`stages::audit`).
+    pub audit: Option<Box<audit::Capture>>,
 }
 
 impl Context {
@@ -337,6 +365,9 @@ impl Context {
             rule_headers: Vec::new(),
             rule: None,
             rule_targets: None,
+            redaction: None,
+            rate_limit: None,
+            audit: None,
         }
     }
 
@@ -586,11 +617,14 @@ mod tests {
             10,
             true,
             budget(),
+            None,
         );
         assert_eq!(
             chain.names(),
             [
                 "identity",
+                "ratelimit",
+                "redaction",
                 "rules",
                 "budget_reserve",
                 "metering",
@@ -606,11 +640,14 @@ mod tests {
             10,
             false,
             budget(),
+            None,
         );
         assert_eq!(
             off.names(),
             [
                 "identity",
+                "ratelimit",
+                "redaction",
                 "rules",
                 "budget_reserve",
                 "budget_settle",
@@ -619,12 +656,38 @@ mod tests {
             ]
         );
         assert!(!off.metered);
-        // Only identity reads the head; the rules, then the budget, read requests; the budget
-        // settles after metering has priced the answer; nothing reads attempts or stream events.
+        // Only identity reads the head; the rate limits, redaction, the rules, then the budget
+        // read requests; only redaction reads stream events (first, right after the attempts),
+        // and buffered answers before metering; the budget settles after metering has priced
+        // the answer; nothing reads attempts.
         assert_eq!(chain.head, [0]);
-        assert_eq!(chain.request, [1, 2]);
-        assert_eq!(chain.end, [3, 4, 6]);
-        assert!(chain.attempt.is_empty() && chain.events.is_empty());
+        assert_eq!(chain.request, [1, 2, 3, 4]);
+        assert_eq!(chain.events, [2]);
+        assert_eq!(chain.answer, [2, 5]);
+        assert_eq!(chain.response, [1, 3, 4, 7]);
+        assert_eq!(chain.end, [1, 2, 5, 6, 8]);
+        assert!(chain.attempt.is_empty());
+        // With an audit sink, the audit line comes last.
+        let dir = tempfile::tempdir().unwrap();
+        let sink = crate::audit::Sink::start(
+            crate::audit::Settings {
+                stdout: false,
+                file: Some(dir.path().join("audit.log")),
+                max_bytes: 1 << 20,
+                keep: 1,
+            },
+            Default::default(),
+        )
+        .unwrap();
+        let audited = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+            budget(),
+            Some(Arc::new(sink)),
+        );
+        assert_eq!(audited.names().last(), Some(&"audit"));
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub struct Target {
     pub model: Arc<str>,
 }
 
+/// A route's compiled redaction, or why it could not be compiled.
+pub type RedactEngine = Result<Arc<crate::redact::Engine>, Arc<str>>;
+
 /// A route as the sidecar serves it: the rendered route (`gatehouse_crds::config::RouteConfig`,
 /// itself rendered from a `gatehouse_crds::Route`), its targets resolved to providers and grouped
 /// by priority.
@@ -161,6 +164,11 @@ pub struct ServedRoute {
     pub groups: Vec<Vec<usize>>,
     /// The targets' health (`routing::health`), looked up in the registry on first use.
     pub health: std::sync::OnceLock<Arc<crate::routing::health::RouteHealth>>,
+    /// The route's redaction engine (`config.redact` compiled), or why it cannot be used.
+    pub redact: Option<RedactEngine>,
+    /// The route's rate limits that apply to this sidecar's workload, resolved on first use
+    /// (`stages::ratelimit`; their state outlives the snapshot).
+    pub rate_limits: std::sync::OnceLock<Vec<Arc<crate::stages::ratelimit::Limiter>>>,
 }
 
 impl ServedRoute {
@@ -186,6 +194,8 @@ impl ServedRoute {
             targets,
             groups,
             health: std::sync::OnceLock::new(),
+            redact: None,
+            rate_limits: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,6 +285,8 @@ impl Snapshot {
         }
         let mut aliases = HashMap::new();
         let mut routes = HashMap::new();
+        // One engine per distinct redaction config: routes that redact alike share it.
+        let mut engines: Vec<(&gatehouse_crds::config::RedactConfig, RedactEngine)> = Vec::new();
         for (name, r) in &config.routes {
             let targets = r
                 .targets
@@ -290,7 +302,24 @@ impl Snapshot {
                     }),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let route = Arc::new(ServedRoute::new(name, r.clone(), targets));
+            let mut route = ServedRoute::new(name, r.clone(), targets);
+            if let Some(redact) = &r.redact {
+                let engine = match engines.iter().find(|(c, _)| *c == redact) {
+                    Some((_, e)) => e.clone(),
+                    None => {
+                        let e = crate::redact::Engine::build(redact)
+                            .map(Arc::new)
+                            .map_err(|e| Arc::from(e.to_string()));
+                        if let Err(why) = &e {
+                            tracing::warn!(route = %name, error = %why, "redaction cannot be used: the route refuses requests");
+                        }
+                        engines.push((redact, e.clone()));
+                        e
+                    }
+                };
+                route.redact = Some(engine);
+            }
+            let route = Arc::new(route);
             for alias in &r.aliases {
                 aliases.insert(alias.clone(), route.clone());
             }
@@ -428,6 +457,9 @@ mod tests {
                 timeouts: TimeoutConfig::default(),
                 outlier: Default::default(),
                 rules: vec![],
+                rate_limits: vec![],
+                redact: None,
+                audit: Default::default(),
             },
         );
         config

@@ -163,6 +163,20 @@ def manifests(work: Path) -> Path:
                     "timeouts": {"request": "20s", "attempt": "10s", "firstToken": "10s"},
                 },
             })
+        # Guardrails (test_guardrails.py): values masked upstream and restored in answers, and
+        # a tight rate limit.
+        for route, extra in [
+            (f"guard-{p.name}", {"redact": {"action": "maskAndRestore"},
+                                 "audit": {"prompt": True, "answer": True}}),
+            (f"limited-{p.name}", {"rateLimits": [{"name": "sdk", "requestsPerMinute": 2}]}),
+        ]:
+            docs.append({
+                "apiVersion": "gatehouse.dev/v1alpha1",
+                "kind": "Route",
+                "metadata": {"name": route},
+                "spec": {"targets": [{"provider": p.name, "model": p.model}],
+                         "retry": {"attempts": 1}, **extra},
+            })
     # A Route whose Budget allows less than any request reserves: every request to it is
     # refused with 429 `budget_exceeded` before anything is sent.
     docs.append({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "Route",
@@ -196,6 +210,7 @@ class Stack:
     openai_base_url: str  # the sidecar's /v1, for the openai SDK
     providers: dict[str, Provider]
     log: Path  # the sidecar's log (text format)
+    audit: Path  # the sidecar's audit log (JSON lines)
 
     def access_line(self, request_id: str, timeout: float = 5.0) -> str:
         """The access-log line of `request_id`, once the request ended (a stream's line is
@@ -228,15 +243,17 @@ def stack():
                 procs.append(p.proc)
             port, admin = free_port(), free_port()
             log = work / "sidecar.log"
+            audit = work / "audit.log"
             sidecar = subprocess.Popen(
                 [str(BIN_DIR / "gatehouse-sidecar"), "--manifests", str(manifests(work)),
                  "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-                 "--log-format", "text"],
+                 "--log-format", "text", "--audit-file", str(audit)],
                 stdout=subprocess.DEVNULL, stderr=log.open("w"),
             )
             procs.append(sidecar)
             wait_http(f"http://127.0.0.1:{admin}/readyz", sidecar, log)
-            yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", BY_NAME, log)
+            yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", BY_NAME, log,
+                        audit)
         finally:
             for proc in procs:
                 proc.terminate()

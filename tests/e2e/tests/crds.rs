@@ -324,6 +324,30 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "spec.targets: Required value",
     ),
     (
+        "rate limit without a number",
+        ROUTE,
+        "spec:\n  targets: [{provider: p, model: m}]\n  rateLimits: [{name: x}]\n",
+        "needs requestsPerMinute, tokensPerMinute or both",
+    ),
+    (
+        "rate limits with one name",
+        ROUTE,
+        "spec:\n  targets: [{provider: p, model: m}]\n  rateLimits: [{name: x, requestsPerMinute: 1}, {name: x, tokensPerMinute: 1}]\n",
+        "spec.rateLimits[].name must be unique",
+    ),
+    (
+        "unknown redaction detector",
+        ROUTE,
+        "spec:\n  targets: [{provider: p, model: m}]\n  redact: {detectors: [passport]}\n",
+        "spec.redact.detectors[0]: Unsupported value",
+    ),
+    (
+        "custom detector named like a built-in one",
+        ROUTE,
+        "spec:\n  targets: [{provider: p, model: m}]\n  redact: {custom: [{name: email, pattern: x}]}\n",
+        "must not be the name of a built-in detector",
+    ),
+    (
         "route negative weight",
         ROUTE,
         "spec:\n  targets:\n  - {provider: openai, model: gpt-4o, weight: -1}\n",

@@ -51,6 +51,8 @@ pub(crate) struct PlannedCall {
 pub(crate) struct Answer<'a> {
     /// Text words (empty when the answer is a tool call).
     pub(crate) words: Vec<&'a str>,
+    /// The words are pieces to send exactly as they are (`Behaviour::pieces`).
+    pub(crate) verbatim: bool,
     pub(crate) tool_call: Option<PlannedCall>,
     pub(crate) finish: Finish,
     /// Words in the prompt.
@@ -93,6 +95,7 @@ impl<'a> Answer<'a> {
             let pieces = split_in_three(&arguments_json);
             return Self {
                 words: Vec::new(),
+                verbatim: false,
                 output_tokens: pieces.len() as u64 + behaviour.reasoning_tokens,
                 tool_call: Some(PlannedCall {
                     id: next_id(id_prefix),
@@ -119,6 +122,7 @@ impl<'a> Answer<'a> {
         Self {
             output_tokens: words.len() as u64 + behaviour.reasoning_tokens,
             words,
+            verbatim: behaviour.pieces.is_some(),
             tool_call: None,
             finish,
             input_tokens: prompt.words,
@@ -128,13 +132,24 @@ impl<'a> Answer<'a> {
         }
     }
 
-    /// The whole text, words joined by spaces.
+    /// The whole text, words joined by spaces (pieces: joined as they are).
     pub(crate) fn text(&self) -> String {
+        if self.verbatim {
+            return self.words.concat();
+        }
         self.words.join(" ")
     }
 
-    /// The text of stream chunk `i`: the word, with a leading space after the first.
+    /// The text of stream chunk `i`: the word, with a leading space after the first (a piece
+    /// as it is).
     pub(crate) fn chunk_text(&self, i: usize) -> String {
+        if self.verbatim {
+            return self
+                .words
+                .get(i)
+                .map(|w| (*w).to_owned())
+                .unwrap_or_default();
+        }
         match self.words.get(i) {
             Some(word) if i > 0 => format!(" {word}"),
             Some(word) => (*word).to_owned(),

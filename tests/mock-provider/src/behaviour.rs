@@ -36,6 +36,10 @@ pub struct Behaviour {
     /// Fixed answer text instead of the built-in sentence; split on whitespace into chunks
     /// (then `chunks` is ignored).
     pub content: Option<String>,
+    /// The answer's stream chunks exactly, no space added between them (wins over `content`
+    /// and `chunks`): a value split anywhere across events. The whole answer is their
+    /// concatenation.
+    pub pieces: Option<Vec<String>>,
     /// Reported `usage.prompt_tokens_details.cached_tokens` (capped at `prompt_tokens`).
     pub cached_tokens: u64,
     /// Reported `usage.completion_tokens_details.reasoning_tokens` (added to `completion_tokens`;
@@ -103,6 +107,7 @@ impl Default for Behaviour {
             chunk_delay: Duration::ZERO,
             chunks: DEFAULT_CHUNKS,
             content: None,
+            pieces: None,
             cached_tokens: 0,
             reasoning_tokens: 0,
             cache_write_tokens: 0,
@@ -221,6 +226,12 @@ impl Behaviour {
     /// Fixed answer text.
     pub fn content(mut self, content: impl Into<String>) -> Self {
         self.content = Some(content.into());
+        self
+    }
+
+    /// Stream chunks exactly these texts (see [`Behaviour::pieces`]).
+    pub fn pieces<S: Into<String>>(mut self, pieces: impl IntoIterator<Item = S>) -> Self {
+        self.pieces = Some(pieces.into_iter().map(Into::into).collect());
         self
     }
 

@@ -22,6 +22,9 @@ const SENTENCE: [&str; 5] = ["This", "is", "{model}", "mock", "speaking."];
 /// The words the mock answers for `model` under `behaviour`: `behaviour.content` split on
 /// whitespace, or `behaviour.chunks` words of the built-in sentence (which names the model).
 pub fn answer_words<'a>(behaviour: &'a Behaviour, model: &'a str) -> Vec<&'a str> {
+    if let Some(pieces) = &behaviour.pieces {
+        return pieces.iter().map(String::as_str).collect();
+    }
     match &behaviour.content {
         Some(content) => content.split_whitespace().collect(),
         None => (0..behaviour.chunks)
