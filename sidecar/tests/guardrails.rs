@@ -251,6 +251,10 @@ async fn one_audit_line_per_request_with_content_only_where_opted_in() {
             "  redact: {action: mask}\n  audit: {prompt: true, answer: true}\n  rateLimits: [{name: r, requestsPerMinute: 100}]\n",
         ),
         route("quiet", "  redact: {action: mask}\n"),
+        // A Budget covering `open` only: its decision joins the audit line.
+        "---\napiVersion: gatehouse.dev/v1alpha1\nkind: Budget\nmetadata: {name: team}\n\
+         spec: {limit: {usd: \"100\"}, period: daily, scope: {routes: [open]}}\n"
+            .to_string(),
     ]
     .concat();
     let dir = tempfile::tempdir().unwrap();
@@ -315,6 +319,8 @@ async fn one_audit_line_per_request_with_content_only_where_opted_in() {
     assert_eq!(first["rate_limit"]["decision"], "allowed");
     assert_eq!(first["rate_limit"]["limits"], json!(["r"]));
     assert_eq!(first["rate_limit"]["remaining_requests"], 99);
+    assert_eq!(first["budget"]["decision"], "ok", "{first}");
+    assert_eq!(first["budget"]["budgets"], json!(["team"]));
     // The content, after redaction.
     assert_eq!(
         first["prompt"]["messages"][0]["content"], "mail [EMAIL_1]",
@@ -335,6 +341,7 @@ async fn one_audit_line_per_request_with_content_only_where_opted_in() {
         "{quiet}"
     );
     assert!(quiet.get("rate_limit").is_none(), "{quiet}");
+    assert!(quiet.get("budget").is_none(), "{quiet}");
     let text = std::fs::read_to_string(&path).unwrap();
     for value in ["bob@example.com", "carol@example.org", KEY] {
         assert!(!text.contains(value), "{value} in the audit log");

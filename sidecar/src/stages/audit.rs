@@ -7,7 +7,8 @@
 //! `cost_usd` (decimal string, `unknown`, or `0`) and `cost_estimated`; `status`, `error`,
 //! `attempts`, `cache`, `stream`, `end`, `duration_ms`; `redaction` (action, counts per detector
 //! in the prompt and the answer, placeholders restored); `rate_limit` (decision, the limits that
-//! applied, the one that refused, what was left).
+//! applied, the one that refused, what was left); `budget` (decision, the covering Budgets, the
+//! Route a downgrade sent the request to).
 //!
 //! No prompt or answer unless the Route opts in (`spec.audit.prompt`, `spec.audit.answer`); they
 //! are then taken after redaction: the request body as the provider got it, the buffered answer
@@ -82,11 +83,21 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<Budget<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<Answer<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     answer_truncated: bool,
+}
+
+#[derive(Serialize)]
+struct Budget<'a> {
+    decision: &'static str,
+    budgets: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downgraded_to: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -284,6 +295,13 @@ impl Stage for Audit {
             remaining_requests: d.requests.map(|s| s.remaining),
             remaining_tokens: d.tokens.map(|s| s.remaining),
         });
+        let budget = ctx.budget.as_ref().and_then(|b| {
+            b.outcome.map(|outcome| Budget {
+                decision: outcome.as_str(),
+                budgets: b.covering().collect(),
+                downgraded_to: b.downgraded_to(),
+            })
+        });
         // An answer restored for the app holds values again: the line gets their placeholders.
         let session = ctx.redaction.as_ref().map(|r| &r.session);
         let masked_body: Option<Vec<u8>> = match (session, ctx.audit.as_deref()) {
@@ -342,6 +360,7 @@ impl Stage for Audit {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             redaction,
             rate_limit,
+            budget,
             prompt,
             answer,
             answer_truncated: capture.is_some_and(|c| c.truncated),

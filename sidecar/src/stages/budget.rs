@@ -146,6 +146,11 @@ impl Decision {
     pub fn downgraded_to(&self) -> Option<&str> {
         self.downgrade.as_ref().map(|(_, r)| &*r.name)
     }
+
+    /// The names of the Budgets covering the request.
+    pub fn covering(&self) -> impl Iterator<Item = &str> {
+        self.covering.iter().map(|p| &*p.name)
+    }
 }
 
 /// Settings of the budget stage (flags).
