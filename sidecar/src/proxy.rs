@@ -149,6 +149,7 @@ impl Gateway {
             (&Method::POST, "/chat/completions") => Some((Operation::Chat, Dialect::OpenAi)),
             (&Method::POST, "/embeddings") => Some((Operation::Embeddings, Dialect::OpenAi)),
             (&Method::POST, "/messages") => Some((Operation::Chat, Dialect::Anthropic)),
+            (&Method::POST, "/responses") => Some((Operation::Chat, Dialect::Responses)),
             _ => None,
         };
         let dialect = call.map_or(Dialect::OpenAi, |(_, d)| d);
@@ -159,12 +160,15 @@ impl Gateway {
             (Err(e), ..) => Err(e),
             (Ok(()), Some((op, _)), _, _) => self.call(req, op, &mut x).await,
             (Ok(()), None, &Method::GET, "/models") => self.models(),
-            (Ok(()), None, _, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
-                Err(ProxyError::MethodNotAllowed {
-                    method: req.method().to_string(),
-                    path: req.uri().path().to_string(),
-                })
-            }
+            (
+                Ok(()),
+                None,
+                _,
+                "/chat/completions" | "/embeddings" | "/models" | "/messages" | "/responses",
+            ) => Err(ProxyError::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+            }),
             (Ok(()), None, _, _) => Err(ProxyError::NotFound(req.uri().path().to_string())),
         };
         self.respond(x, result)

@@ -21,6 +21,26 @@ pub(crate) struct Prompt {
     pub(crate) ends_with_tool_result: bool,
     /// The output limit, if the request sets one.
     pub(crate) max_tokens: Option<u64>,
+    /// What the request's tool choice demands (each flavour's `tool_choice` / `toolChoice` /
+    /// `functionCallingConfig`), if anything but the model's own choice.
+    pub(crate) tool_choice: Option<Forced>,
+    /// Input schemas of the declared tools, by name: a forced call's arguments follow them.
+    pub(crate) tool_schemas: Vec<(String, serde_json::Value)>,
+    /// The request asks for JSON text (`response_format`, `output_config.format`,
+    /// `outputConfig.textFormat`, `responseSchema`): the schema the answer follows (`{}` for any
+    /// JSON object).
+    pub(crate) json_schema: Option<serde_json::Value>,
+}
+
+/// A tool choice that is not the model's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Forced {
+    /// Never call a tool.
+    None,
+    /// Call some tool (the behaviour's, else the first declared).
+    Any,
+    /// Call this tool.
+    Named(String),
 }
 
 /// Why the answer ended.
@@ -49,8 +69,9 @@ pub(crate) struct PlannedCall {
 /// The answer to one request.
 #[derive(Debug)]
 pub(crate) struct Answer<'a> {
-    /// Text words (empty when the answer is a tool call).
-    pub(crate) words: Vec<&'a str>,
+    /// Text words (empty when the answer is a tool call; one word of compact JSON when the
+    /// request asked for JSON).
+    pub(crate) words: Vec<std::borrow::Cow<'a, str>>,
     pub(crate) tool_call: Option<PlannedCall>,
     pub(crate) finish: Finish,
     /// Words in the prompt.
@@ -74,7 +95,34 @@ impl<'a> Answer<'a> {
         prompt: &Prompt,
         id_prefix: &str,
     ) -> Self {
-        let call = if prompt.ends_with_tool_result {
+        let schema_of = |name: &str| {
+            prompt
+                .tool_schemas
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| sample(s, s))
+                .unwrap_or_else(|| serde_json::json!({}))
+        };
+        let forced = |name: String| {
+            // The behaviour's call when it names this tool; else arguments from its schema.
+            match &behaviour.tool_call {
+                Some(call) if call.name == name => call.clone(),
+                _ => ToolCall::new(name.clone(), schema_of(&name)),
+            }
+        };
+        let call = if prompt.tool_choice == Some(Forced::None) {
+            None
+        } else if let Some(Forced::Named(name)) = &prompt.tool_choice {
+            Some(forced(name.clone()))
+        } else if prompt.tool_choice == Some(Forced::Any) {
+            let name = behaviour
+                .tool_call
+                .as_ref()
+                .map(|c| c.name.clone())
+                .or_else(|| ToolCall::auto(&prompt.tools).map(|c| c.name))
+                .unwrap_or_default();
+            Some(forced(name))
+        } else if prompt.ends_with_tool_result {
             None
         } else if let Some(call) = &behaviour.tool_call {
             Some(call.clone())
@@ -108,7 +156,14 @@ impl<'a> Answer<'a> {
                 reasoning_tokens,
             };
         }
-        let mut words = answer_words(behaviour, model);
+        let mut words: Vec<std::borrow::Cow<'a, str>> = match &prompt.json_schema {
+            // Compact JSON whose strings have no spaces: one word, whole in one chunk.
+            Some(schema) => vec![sample(schema, schema).to_string().into()],
+            None => answer_words(behaviour, model)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        };
         let mut finish = Finish::Stop;
         if let Some(limit) = prompt.max_tokens
             && (words.len() as u64) > limit
@@ -137,7 +192,7 @@ impl<'a> Answer<'a> {
     pub(crate) fn chunk_text(&self, i: usize) -> String {
         match self.words.get(i) {
             Some(word) if i > 0 => format!(" {word}"),
-            Some(word) => (*word).to_owned(),
+            Some(word) => word.to_string(),
             None => String::new(),
         }
     }
@@ -150,6 +205,77 @@ fn split_in_three(s: &str) -> Vec<String> {
     }
     let size = chars.len().div_ceil(3);
     chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// A value that follows the JSON schema `schema` (`root` resolves `$ref`s): objects with every
+/// property, the first of an `enum`/`anyOf`/`oneOf`, strings `"mock"`, numbers 1, one array item.
+pub(crate) fn sample(schema: &serde_json::Value, root: &serde_json::Value) -> serde_json::Value {
+    sample_at(schema, root, 0)
+}
+
+fn sample_at(
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+    depth: u32,
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    if depth > 16 {
+        return Value::Null;
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let target = r
+            .strip_prefix('#')
+            .and_then(|pointer| root.pointer(pointer))
+            .unwrap_or(&Value::Null);
+        return sample_at(target, root, depth + 1);
+    }
+    if let Some(first) = schema
+        .get("const")
+        .or_else(|| schema.get("enum").and_then(|e| e.get(0)))
+    {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = schema
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|s| s.get("type") != Some(&json!("null"))))
+        {
+            return sample_at(first, root, depth + 1);
+        }
+    }
+    let kind = match schema.get("type") {
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .unwrap_or("null"),
+        Some(Value::String(k)) => k.as_str(),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "object",
+    };
+    match kind {
+        "string" => json!("mock"),
+        "integer" | "number" => json!(1),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        "array" => {
+            let item = schema.get("items").unwrap_or(&Value::Null);
+            json!([sample_at(item, root, depth + 1)])
+        }
+        _ => {
+            let mut out = serde_json::Map::new();
+            for (name, property) in schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                out.insert(name.clone(), sample_at(property, root, depth + 1));
+            }
+            Value::Object(out)
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

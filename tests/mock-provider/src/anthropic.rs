@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{Answer, Finish, Forced, Prompt, next_id, text_of, words_in};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing, sse_named};
 
@@ -112,7 +112,30 @@ fn prompt(request: &Value) -> Prompt {
             .iter()
             .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name").and_then(Value::as_str)?;
+                Some((
+                    name.to_owned(),
+                    t.get("input_schema").cloned().unwrap_or_default(),
+                ))
+            })
+            .collect();
     }
+    prompt.tool_choice = match request.pointer("/tool_choice/type").and_then(Value::as_str) {
+        Some("none") => Some(Forced::None),
+        Some("any") => Some(Forced::Any),
+        Some("tool") => request
+            .pointer("/tool_choice/name")
+            .and_then(Value::as_str)
+            .map(|n| Forced::Named(n.to_owned())),
+        _ => None,
+    };
+    prompt.json_schema = request
+        .pointer("/output_config/format")
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .map(|f| f.get("schema").cloned().unwrap_or_default());
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -135,6 +158,45 @@ fn prompt(request: &Value) -> Prompt {
         }
     }
     prompt
+}
+
+/// Whether `model` takes `output_config.format` (Claude Opus 4.1, Sonnet/Opus/Haiku 4.5 and
+/// later; Bedrock model ids included).
+pub(crate) fn structured_outputs(model: &str) -> bool {
+    let Some(at) = model.find("claude-") else {
+        return false;
+    };
+    let mut parts = model[at + "claude-".len()..].split(['-', '.', '@', ':']);
+    let (Some(family), Some(major), minor) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if !matches!(family, "opus" | "sonnet" | "haiku") {
+        return false;
+    }
+    let major: u32 = major.parse().unwrap_or(0);
+    // A date (20250514) is not a minor version.
+    let minor: u32 = minor
+        .filter(|m| m.len() <= 2)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    major > 4 || (major == 4 && (minor >= 5 || (family == "opus" && minor >= 1)))
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens"}`, the words of the system prompt, the
+/// messages and the tool definitions.
+fn count_tokens(body: &[u8]) -> Response<Body> {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return invalid("Input should be a valid dictionary or object"),
+    };
+    if request.get("model").and_then(Value::as_str).is_none() {
+        return invalid("model: Field required");
+    }
+    if request.get("messages").and_then(Value::as_array).is_none() {
+        return invalid("messages: Field required");
+    }
+    let prompt = prompt(&request);
+    body::json_response(StatusCode::OK, &json!({"input_tokens": prompt.words}))
 }
 
 fn stop_reason(finish: Finish) -> &'static str {
@@ -162,6 +224,9 @@ pub(crate) fn handle(
     body: &[u8],
     behaviour: &Behaviour,
 ) -> Response<Body> {
+    if method == Method::POST && path == "/v1/messages/count_tokens" {
+        return count_tokens(body);
+    }
     if method != Method::POST || path != "/v1/messages" {
         return error(
             404,
@@ -191,6 +256,12 @@ pub(crate) fn handle(
         && request.get("stream").and_then(Value::as_bool) != Some(true)
     {
         return error(status, None, None, None);
+    }
+    // Structured outputs exist for the newer models only; the API refuses them elsewhere.
+    if request.pointer("/output_config/format").is_some() && !structured_outputs(model) {
+        return invalid(&format!(
+            "output_config.format: structured outputs are not supported for model '{model}'"
+        ));
     }
 
     let prompt = prompt(&request);
@@ -288,7 +359,8 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
                 "message_delta",
                 &json!({"type": "message_delta",
                     "delta": {"stop_reason": stop_reason(answer.finish), "stop_sequence": null},
-                    "usage": {"output_tokens": answer.output_tokens}}),
+                    // The API repeats the prompt's counts here (cumulative usage).
+                    "usage": usage(answer, answer.output_tokens)}),
             ));
             events.push(sse_named("message_stop", &json!({"type": "message_stop"})));
         }

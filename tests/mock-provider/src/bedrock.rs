@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{Answer, Finish, Forced, Prompt, next_id, text_of, words_in};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing};
 
@@ -221,6 +221,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `POST /model/{modelId}/count-tokens` with a Converse input: `{"inputTokens"}`, the words of
+/// the system prompt and the messages.
+fn count_tokens(body: &[u8]) -> Response<Body> {
+    let request: Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(converse) = request.pointer("/input/converse") else {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some(
+                "1 validation error detected: Value null at 'input' failed to satisfy constraint: Member must not be null",
+            ),
+        );
+    };
+    let prompt = prompt(converse);
+    body::json_response(StatusCode::OK, &json!({"inputTokens": prompt.words}))
+}
+
 fn prompt(request: &Value) -> Prompt {
     let mut prompt = Prompt {
         words: request.get("system").map(words_in).unwrap_or(0),
@@ -238,7 +255,29 @@ fn prompt(request: &Value) -> Prompt {
             .filter_map(|t| t.pointer("/toolSpec/name").and_then(Value::as_str))
             .map(str::to_owned)
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.pointer("/toolSpec/name").and_then(Value::as_str)?;
+                let schema = t.pointer("/toolSpec/inputSchema/json").cloned();
+                Some((name.to_owned(), schema.unwrap_or_default()))
+            })
+            .collect();
     }
+    let choice = request.pointer("/toolConfig/toolChoice");
+    prompt.tool_choice = if choice.and_then(|c| c.get("any")).is_some() {
+        Some(Forced::Any)
+    } else {
+        choice
+            .and_then(|c| c.pointer("/tool/name"))
+            .and_then(Value::as_str)
+            .map(|n| Forced::Named(n.to_owned()))
+    };
+    // Converse takes the schema as a JSON string.
+    prompt.json_schema = request
+        .pointer("/outputConfig/textFormat/structure/jsonSchema/schema")
+        .and_then(Value::as_str)
+        .map(|s| serde_json::from_str(s).unwrap_or_default());
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -298,6 +337,8 @@ pub(crate) fn handle(
         (m, false)
     } else if let Some(m) = rest.strip_suffix("/invoke") {
         return embeddings::invoke(&percent_decode(m), body, behaviour);
+    } else if rest.ends_with("/count-tokens") {
+        return count_tokens(body);
     } else {
         return not_found();
     };
@@ -312,6 +353,15 @@ pub(crate) fn handle(
             );
         }
     };
+    if request.pointer("/outputConfig/textFormat").is_some()
+        && !crate::anthropic::structured_outputs(&model)
+    {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some("This model doesn't support structured outputs (outputConfig.textFormat)."),
+        );
+    }
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return error(
             400,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{Answer, Finish, Forced, Prompt, next_id, text_of, words_in};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing};
 use crate::openai::text_vector;
@@ -160,6 +160,43 @@ fn prompt(request: &Value) -> Prompt {
             .flatten()
             .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_owned))
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| t.get("functionDeclarations").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|f| {
+                let name = f.get("name").and_then(Value::as_str)?;
+                let schema = f
+                    .get("parameters")
+                    .or_else(|| f.get("parametersJsonSchema"));
+                Some((name.to_owned(), schema.cloned().unwrap_or_default()))
+            })
+            .collect();
+    }
+    let calling = request.pointer("/toolConfig/functionCallingConfig");
+    prompt.tool_choice = match calling.and_then(|c| c.get("mode")).and_then(Value::as_str) {
+        Some("NONE") => Some(Forced::None),
+        Some("ANY") => match calling
+            .and_then(|c| c.pointer("/allowedFunctionNames/0"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(Forced::Named(name.to_owned())),
+            None => Some(Forced::Any),
+        },
+        _ => None,
+    };
+    if request
+        .pointer("/generationConfig/responseMimeType")
+        .and_then(Value::as_str)
+        == Some("application/json")
+    {
+        prompt.json_schema = Some(
+            request
+                .pointer("/generationConfig/responseSchema")
+                .or_else(|| request.pointer("/generationConfig/responseJsonSchema"))
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        );
     }
     let contents = request
         .get("contents")
@@ -260,6 +297,14 @@ pub(crate) fn handle(
     match operation {
         "generateContent" | "streamGenerateContent" => {}
         "embedContent" => return embed(&request, model, behaviour),
+        "countTokens" => {
+            // `contents` alone, or a whole `generateContentRequest`.
+            let inner = request.get("generateContentRequest").unwrap_or(&request);
+            return body::json_response(
+                StatusCode::OK,
+                &json!({"totalTokens": prompt(inner).words}),
+            );
+        }
         "batchEmbedContents" => return batch_embed(&request, behaviour),
         _ => {
             return error(

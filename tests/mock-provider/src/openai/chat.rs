@@ -49,6 +49,41 @@ struct ChatRequest<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     tools: Option<Vec<ToolDef>>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+}
+
+/// OpenAI's `tool_choice` as the mock obeys it.
+pub(crate) fn forced(choice: Option<&serde_json::Value>) -> Option<crate::answer::Forced> {
+    use crate::answer::Forced;
+    match choice? {
+        serde_json::Value::String(s) if s == "none" => Some(Forced::None),
+        serde_json::Value::String(s) if s == "required" => Some(Forced::Any),
+        v => v
+            .pointer("/function/name")
+            .or_else(|| v.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(|n| Forced::Named(n.to_owned())),
+    }
+}
+
+/// OpenAI's `response_format` (chat) or `text.format` (Responses): the schema of the JSON asked
+/// for, if any.
+pub(crate) fn json_schema(format: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    let format = format?;
+    match format.get("type").and_then(serde_json::Value::as_str)? {
+        "json_object" => Some(serde_json::json!({})),
+        "json_schema" => Some(
+            format
+                .pointer("/json_schema/schema")
+                .or_else(|| format.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+        ),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,6 +95,8 @@ struct ToolDef {
 #[derive(Deserialize)]
 struct FunctionDef {
     name: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -365,14 +402,21 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
     {
         return ApiError::from_fault(status, None, None, None, None, None).into_response();
     }
+    let functions: Vec<FunctionDef> = request
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| t.function)
+        .collect();
     let prompt = Prompt {
         words: messages.words,
-        tools: request
-            .tools
-            .unwrap_or_default()
+        tools: functions.iter().map(|f| f.name.clone()).collect(),
+        tool_schemas: functions
             .into_iter()
-            .filter_map(|t| t.function.map(|f| f.name))
+            .map(|f| (f.name, f.parameters.unwrap_or_default()))
             .collect(),
+        tool_choice: forced(request.tool_choice.as_ref()),
+        json_schema: json_schema(request.response_format.as_ref()),
         ends_with_tool_result: messages.last_role == "tool",
         last_user_text: if messages.last_role == "user" {
             messages.last_text
