@@ -22,6 +22,7 @@ pub(crate) mod chat_body;
 pub mod failure;
 pub mod gemini;
 pub mod openai;
+pub mod structured;
 
 use std::time::Duration;
 
