@@ -487,6 +487,23 @@ impl Request {
                 })?,
                 _ => adapter.native_uri(provider, model, self.op)?,
             };
+            // An OpenAI-compatible server (Ollama, TEI…) often takes text only: token ids are
+            // decoded for it.
+            if self.op == Operation::Embeddings
+                && provider.kind == gatehouse_crds::config::ProviderKind::OpenaiCompatible
+            {
+                let mut map: Map<String, Value> =
+                    serde_json::from_slice(&self.body).map_err(|e| {
+                        ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+                    })?;
+                if decode_token_input(&mut map)? {
+                    map.insert("model".into(), Value::String(model.to_string()));
+                    let body = serde_json::to_vec(&map).map_err(|e| {
+                        ProxyError::Internal(format!("failed to encode request: {e}"))
+                    })?;
+                    return Ok(Outgoing::single(uri, Bytes::from(body), Vec::new()));
+                }
+            }
             return Ok(Outgoing::single(
                 uri,
                 self.index
@@ -612,9 +629,23 @@ fn inbound(
 ) -> Result<Inbound, ProxyError> {
     let map: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let mut map = map;
+    if op == Operation::Embeddings {
+        // Every translating target takes text: token ids are decoded first.
+        decode_token_input(&mut map)?;
+    }
     let mut inbound = dialect.inbound(op, map, stream)?;
     inbound.anthropic_beta = anthropic_beta;
     Ok(inbound)
+}
+
+/// Replace token-id `input` by its text (OpenAI's embedding tokenizer); whether it had any.
+fn decode_token_input(map: &mut Map<String, Value>) -> Result<bool, ProxyError> {
+    match map.get_mut("input") {
+        Some(input) => crate::tokens::decode_input(input)
+            .map_err(|e| ProxyError::InvalidRequest(format!("'input' holds token ids that {e}"))),
+        None => Ok(false),
+    }
 }
 
 /// Run `f` on the blocking pool when the body is big, inline otherwise. The job holds the body's

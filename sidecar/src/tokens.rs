@@ -63,6 +63,37 @@ pub fn decode_embedding_input(ids: &[u32]) -> Result<String, TokenizerError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// An embeddings `input` of token ids (one array of ids, or an array of them) replaced by its
+/// text, for providers that take text. Returns whether anything was decoded.
+pub fn decode_input(input: &mut serde_json::Value) -> Result<bool, TokenizerError> {
+    use serde_json::Value;
+    fn ids(v: &Value) -> Option<Vec<u32>> {
+        let items = v.as_array()?;
+        if items.is_empty() {
+            return None;
+        }
+        items
+            .iter()
+            .map(|i| i.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    }
+    if let Some(one) = ids(input) {
+        *input = Value::String(decode_embedding_input(&one)?);
+        return Ok(true);
+    }
+    let Some(items) = input.as_array_mut() else {
+        return Ok(false);
+    };
+    let mut decoded = false;
+    for item in items.iter_mut() {
+        if let Some(one) = ids(item) {
+            *item = Value::String(decode_embedding_input(&one)?);
+            decoded = true;
+        }
+    }
+    Ok(decoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +104,13 @@ mod tests {
         assert_eq!(decode_embedding_input(&ids).unwrap(), "hello gateway world");
         assert!(decode_embedding_input(&[u32::MAX]).is_err());
         assert!(o200k().unwrap().encode_ordinary("hi there").len() >= 2);
+        let mut input = serde_json::json!([ids.clone(), "text", ids]);
+        assert!(decode_input(&mut input).unwrap());
+        assert_eq!(
+            input,
+            serde_json::json!(["hello gateway world", "text", "hello gateway world"])
+        );
+        let mut text = serde_json::json!("already text");
+        assert!(!decode_input(&mut text).unwrap());
     }
 }
