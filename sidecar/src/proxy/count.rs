@@ -104,6 +104,9 @@ pub(super) async fn run(
     })
 }
 
+/// Reads the token count out of a provider's counting answer.
+type ReadCount = fn(&Value) -> Option<u64>;
+
 /// A count, in Anthropic's shape.
 struct Counted {
     body: Bytes,
@@ -132,7 +135,7 @@ async fn count(
             .map_err(|e| refuse(e.to_string()))?;
         Ok::<_, AttemptError>(openai)
     };
-    let (uri, body, answer): (http::Uri, Bytes, fn(&Value) -> Option<u64>) = match provider.kind {
+    let (uri, body, answer): (http::Uri, Bytes, ReadCount) = match provider.kind {
         ProviderKind::Anthropic => {
             let uri = format!(
                 "{}/v1/messages/count_tokens",
