@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Forced, Prompt, next_id, text_of, words_in};
+use crate::answer::{
+    Answer, Finish, Forced, Prompt, Unpaired, block_ids, next_id, text_of, unpaired, words_in,
+};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing, sse_named};
 
@@ -132,6 +134,10 @@ fn prompt(request: &Value) -> Prompt {
             .map(|n| Forced::Named(n.to_owned())),
         _ => None,
     };
+    prompt.single_call = request
+        .pointer("/tool_choice/disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        == Some(true);
     prompt.json_schema = request
         .pointer("/output_config/format")
         .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
@@ -158,6 +164,39 @@ fn prompt(request: &Value) -> Prompt {
         }
     }
     prompt
+}
+
+/// The ids of the blocks of `kind` (`tool_use`: `id`, `tool_result`: `tool_use_id`) in a
+/// message.
+fn ids_of(message: &Value, kind: &str, key: &str) -> Vec<String> {
+    block_ids(message, |b| {
+        (b.get("type").and_then(Value::as_str) == Some(kind))
+            .then(|| b.get(key).and_then(Value::as_str).map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// Anthropic's refusal of tool calls and results that do not pair up.
+fn unpaired_tools(messages: &[Value]) -> Option<String> {
+    let found = unpaired(
+        messages,
+        |m| ids_of(m, "tool_use", "id"),
+        |m| ids_of(m, "tool_result", "tool_use_id"),
+    )?;
+    Some(match found {
+        Unpaired::Unanswered { index, ids } => format!(
+            "messages.{index}: `tool_use` ids were found without `tool_result` blocks \
+             immediately after: {}. Each `tool_use` block must have a corresponding \
+             `tool_result` block in the next message.",
+            ids.join(", ")
+        ),
+        Unpaired::Unexpected { index, ids } => format!(
+            "messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: {}. \
+             Each `tool_result` block must have a corresponding `tool_use` block in the \
+             previous message.",
+            ids.join(", ")
+        ),
+    })
 }
 
 /// Whether `model` takes `output_config.format` (Claude Opus 4.1, Sonnet/Opus/Haiku 4.5 and
@@ -249,8 +288,11 @@ pub(crate) fn handle(
     if request.get("max_tokens").and_then(Value::as_u64).is_none() {
         return invalid("max_tokens: Field required");
     }
-    if messages.as_array().is_none_or(Vec::is_empty) {
+    let Some(messages) = messages.as_array().filter(|m| !m.is_empty()) else {
         return invalid("messages: at least one message is required");
+    };
+    if let Some(message) = unpaired_tools(messages) {
+        return invalid(&message);
     }
     if let Fault::StreamError { status, .. } = behaviour.fault
         && request.get("stream").and_then(Value::as_bool) != Some(true)
@@ -270,11 +312,17 @@ pub(crate) fn handle(
     let mut response = if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream(&id, model, &answer, behaviour)
     } else {
-        let content = match &answer.tool_call {
-            Some(call) => json!([{
-                "type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments,
-            }]),
-            None => json!([{"type": "text", "text": answer.text()}]),
+        let content: Value = if answer.tool_calls.is_empty() {
+            json!([{"type": "text", "text": answer.text()}])
+        } else {
+            answer
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    json!({"type": "tool_use", "id": call.id, "name": call.name,
+                           "input": call.arguments})
+                })
+                .collect()
         };
         body::success_json(
             &json!({
@@ -305,25 +353,65 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
             "stop_reason": null, "stop_sequence": null, "usage": usage(answer, 1),
         }}),
     ));
-    let (block, deltas): (Value, Vec<Value>) = match &answer.tool_call {
-        Some(call) => (
-            json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
-            call.pieces
-                .iter()
-                .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
-                .collect(),
-        ),
-        None => (
+    let delta = |index: usize, delta: Value| {
+        sse_named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+    };
+    let block_stop = |index: usize| {
+        sse_named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        )
+    };
+    let block_start = |index: usize, block: Value| {
+        sse_named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+    };
+    let tool_block = |call: &crate::answer::PlannedCall| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+    // The content chunks after the first block's start: one delta each; a later call's first
+    // chunk also closes the block before it and opens its own.
+    let (first_block, deltas): (Value, Vec<Bytes>) = match answer.tool_calls.as_slice() {
+        [] => (
             json!({"type": "text", "text": ""}),
             (0..answer.words.len())
-                .map(|i| json!({"type": "text_delta", "text": answer.chunk_text(i)}))
+                .map(|i| {
+                    delta(
+                        0,
+                        json!({"type": "text_delta", "text": answer.chunk_text(i)}),
+                    )
+                })
+                .collect(),
+        ),
+        calls => (
+            tool_block(&calls[0]),
+            calls
+                .iter()
+                .enumerate()
+                .flat_map(|(index, call)| {
+                    call.pieces.iter().enumerate().map(move |(j, piece)| {
+                        let d = delta(
+                            index,
+                            json!({"type": "input_json_delta", "partial_json": piece}),
+                        );
+                        if index > 0 && j == 0 {
+                            let mut joined = block_stop(index - 1).to_vec();
+                            joined.extend_from_slice(&block_start(index, tool_block(call)));
+                            joined.extend_from_slice(&d);
+                            Bytes::from(joined)
+                        } else {
+                            d
+                        }
+                    })
+                })
                 .collect(),
         ),
     };
-    events.push(sse_named(
-        "content_block_start",
-        &json!({"type": "content_block_start", "index": 0, "content_block": block}),
-    ));
+    let last_block = answer.tool_calls.len().saturating_sub(1);
+    events.push(block_start(0, first_block));
     events.push(sse_named("ping", &json!({"type": "ping"})));
     let gate_from = events.len() + 1;
 
@@ -338,12 +426,7 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
             b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", <<not json\n\n",
         ));
     } else {
-        for delta in &deltas[..limit] {
-            events.push(sse_named(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
-            ));
-        }
+        events.extend(deltas.into_iter().take(limit));
         if let Some(status) = error_status {
             let (error_type, message) = defaults(status);
             events.push(sse_named(
@@ -351,10 +434,7 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
                 &json!({"type": "error", "error": {"type": error_type, "message": message}}),
             ));
         } else if cut.is_none() {
-            events.push(sse_named(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ));
+            events.push(block_stop(last_block));
             events.push(sse_named(
                 "message_delta",
                 &json!({"type": "message_delta",

@@ -220,6 +220,28 @@ fn prompt(request: &Value) -> Prompt {
     prompt
 }
 
+/// Gemini's refusal of a function call turn whose responses do not match it one for one: the
+/// content after a turn of N `functionCall` parts must hold N `functionResponse` parts.
+fn unmatched_responses(contents: &[Value]) -> Option<&'static str> {
+    let count = |c: &Value, key: &str| {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .map_or(0, |ps| ps.iter().filter(|p| p.get(key).is_some()).count())
+    };
+    let mut calls = 0;
+    for content in contents {
+        let responses = count(content, "functionResponse");
+        if (calls > 0 || responses > 0) && responses != calls {
+            return Some(
+                "Please ensure that the number of function response parts is equal to the number \
+                 of function call parts of the function call turn.",
+            );
+        }
+        calls = count(content, "functionCall");
+    }
+    None
+}
+
 fn finish_reason(finish: Finish) -> &'static str {
     match finish {
         Finish::Stop | Finish::ToolUse => "STOP",
@@ -322,6 +344,10 @@ pub(crate) fn handle(
     {
         return invalid("* GenerateContentRequest.contents: contents is not specified\n");
     }
+    let contents = request.get("contents").and_then(Value::as_array);
+    if let Some(message) = unmatched_responses(contents.map_or(&[], Vec::as_slice)) {
+        return invalid(message);
+    }
     let prompt = prompt(&request);
     let answer = Answer::plan(behaviour, model, &prompt, "");
     let id = next_id("mock-");
@@ -334,9 +360,14 @@ pub(crate) fn handle(
             query_param(query, "alt") == Some("sse"),
         );
     }
-    let parts = match &answer.tool_call {
-        Some(call) => json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
-        None => json!([{"text": answer.text()}]),
+    let parts: Value = if answer.tool_calls.is_empty() {
+        json!([{"text": answer.text()}])
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| json!({"functionCall": {"name": call.name, "args": call.arguments}}))
+            .collect()
     };
     body::success_json(
         &response(
@@ -357,15 +388,23 @@ fn stream_response(
     behaviour: &Behaviour,
     sse: bool,
 ) -> Response<Body> {
-    // One response per word (a function call comes whole, in one response).
-    let mut pieces: Vec<(Value, u64)> = match &answer.tool_call {
-        Some(call) => vec![(
-            json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
-            answer.output_tokens - answer.reasoning_tokens,
-        )],
-        None => (0..answer.words.len())
+    // One response per word; a function call comes whole, one per response (parallel calls in
+    // consecutive responses), the output count reported whole from the first.
+    let mut pieces: Vec<(Value, u64)> = if answer.tool_calls.is_empty() {
+        (0..answer.words.len())
             .map(|i| (json!([{"text": answer.chunk_text(i)}]), i as u64 + 1))
-            .collect(),
+            .collect()
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| {
+                (
+                    json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
+                    answer.output_tokens - answer.reasoning_tokens,
+                )
+            })
+            .collect()
     };
     if pieces.is_empty() {
         pieces.push((json!([{"text": ""}]), 0));

@@ -20,6 +20,7 @@ fn prompt(request: &Value) -> Prompt {
         max_tokens: request.get("max_output_tokens").and_then(Value::as_u64),
         tool_choice: chat::forced(request.get("tool_choice")),
         json_schema: chat::json_schema(request.pointer("/text/format")),
+        single_call: request.get("parallel_tool_calls") == Some(&Value::Bool(false)),
         ..Prompt::default()
     };
     for tool in request
@@ -60,19 +61,56 @@ fn prompt(request: &Value) -> Prompt {
     prompt
 }
 
-/// The `output` items of `answer` (items carry their own ids).
-fn output(answer: &Answer<'_>, message_id: &str, call_item_id: &str) -> Vec<Value> {
-    match &answer.tool_call {
-        Some(call) => vec![json!({
-            "type": "function_call", "id": call_item_id, "call_id": call.id,
-            "name": call.name, "arguments": call.arguments_json, "status": "completed",
-        })],
-        None => vec![json!({
+/// What OpenAI refuses about function call items: a `function_call` of the input without a
+/// `function_call_output` of the same `call_id` ("No tool output found for function call
+/// …"), or an output whose call is not in the input. Calls answered by an earlier stored
+/// response (`previous_response_id`) are not checked.
+fn unanswered_call(request: &Value) -> Option<String> {
+    if request
+        .get("previous_response_id")
+        .is_some_and(|v| !v.is_null())
+    {
+        return None;
+    }
+    let items = request.get("input")?.as_array()?;
+    let ids = |kind: &str| -> Vec<&str> {
+        items
+            .iter()
+            .filter(|i| i.get("type").and_then(Value::as_str) == Some(kind))
+            .filter_map(|i| i.get("call_id").and_then(Value::as_str))
+            .collect()
+    };
+    let (calls, outputs) = (ids("function_call"), ids("function_call_output"));
+    if let Some(call) = calls.iter().find(|c| !outputs.contains(c)) {
+        return Some(format!("No tool output found for function call {call}."));
+    }
+    outputs
+        .iter()
+        .find(|o| !calls.contains(o))
+        .map(|o| format!("No tool call found for function call output with call_id {o}."))
+}
+
+/// The `output` items of `answer` (items carry their own ids: the message's, and one per
+/// function call).
+fn output(answer: &Answer<'_>, message_id: &str, call_item_ids: &[String]) -> Vec<Value> {
+    if answer.tool_calls.is_empty() {
+        return vec![json!({
             "type": "message", "id": message_id, "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": answer.text(), "annotations": [],
                          "logprobs": []}],
-        })],
+        })];
     }
+    answer
+        .tool_calls
+        .iter()
+        .zip(call_item_ids)
+        .map(|(call, item_id)| {
+            json!({
+                "type": "function_call", "id": item_id, "call_id": call.id,
+                "name": call.name, "arguments": call.arguments_json, "status": "completed",
+            })
+        })
+        .collect()
 }
 
 fn usage(answer: &Answer<'_>) -> Value {
@@ -138,10 +176,16 @@ pub(crate) fn responses(
     {
         return ApiError::from_fault(status, None, None, None, None, None).into_response();
     }
+    if let Some(message) = unanswered_call(&request) {
+        return ApiError::invalid_request(message)
+            .param("input")
+            .into_response();
+    }
     let prompt = prompt(&request);
     let answer = Answer::plan(behaviour, model, &prompt, "call_");
     let id = next_id("resp_");
-    let (message_id, call_item_id) = (next_id("msg_"), next_id("fc_"));
+    let message_id = next_id("msg_");
+    let call_item_ids: Vec<String> = answer.tool_calls.iter().map(|_| next_id("fc_")).collect();
     let (status, incomplete) = match answer.finish {
         Finish::Length => ("incomplete", json!({"reason": "max_output_tokens"})),
         _ => ("completed", Value::Null),
@@ -151,7 +195,7 @@ pub(crate) fn responses(
         model,
         &request,
         status,
-        output(&answer, &message_id, &call_item_id),
+        output(&answer, &message_id, &call_item_ids),
         usage(&answer),
         incomplete,
     );
@@ -177,65 +221,68 @@ pub(crate) fn responses(
     );
     push("response.created", json!({"response": start}));
     push("response.in_progress", json!({"response": start}));
-    let item = &done["output"][0];
-    match &answer.tool_call {
-        Some(call) => {
-            let mut added = item.clone();
-            added["arguments"] = json!("");
-            added["status"] = json!("in_progress");
+    if answer.tool_calls.is_empty() {
+        let item = &done["output"][0];
+        let mut added = item.clone();
+        added["content"] = json!([]);
+        added["status"] = json!("in_progress");
+        push(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": added}),
+        );
+        let empty = json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
+        push(
+            "response.content_part.added",
+            json!({"item_id": message_id, "output_index": 0, "content_index": 0, "part": empty}),
+        );
+        for i in 0..answer.words.len() {
             push(
-                "response.output_item.added",
-                json!({"output_index": 0, "item": added}),
-            );
-            for piece in &call.pieces {
-                push(
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": call_item_id, "output_index": 0, "delta": piece}),
-                );
-            }
-            push(
-                "response.function_call_arguments.done",
-                json!({"item_id": call_item_id, "output_index": 0,
-                       "arguments": call.arguments_json, "name": call.name}),
+                "response.output_text.delta",
+                json!({"item_id": message_id, "output_index": 0, "content_index": 0,
+                       "delta": answer.chunk_text(i), "logprobs": []}),
             );
         }
-        None => {
-            let mut added = item.clone();
-            added["content"] = json!([]);
-            added["status"] = json!("in_progress");
-            push(
-                "response.output_item.added",
-                json!({"output_index": 0, "item": added}),
-            );
-            let empty =
-                json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
-            push(
-                "response.content_part.added",
-                json!({"item_id": message_id, "output_index": 0, "content_index": 0, "part": empty}),
-            );
-            for i in 0..answer.words.len() {
-                push(
-                    "response.output_text.delta",
-                    json!({"item_id": message_id, "output_index": 0, "content_index": 0,
-                           "delta": answer.chunk_text(i), "logprobs": []}),
-                );
-            }
-            push(
-                "response.output_text.done",
-                json!({"item_id": message_id, "output_index": 0, "content_index": 0,
-                       "text": answer.text(), "logprobs": []}),
-            );
-            push(
-                "response.content_part.done",
-                json!({"item_id": message_id, "output_index": 0, "content_index": 0,
-                       "part": item["content"][0]}),
-            );
-        }
+        push(
+            "response.output_text.done",
+            json!({"item_id": message_id, "output_index": 0, "content_index": 0,
+                   "text": answer.text(), "logprobs": []}),
+        );
+        push(
+            "response.content_part.done",
+            json!({"item_id": message_id, "output_index": 0, "content_index": 0,
+                   "part": item["content"][0]}),
+        );
+        push(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": item}),
+        );
     }
-    push(
-        "response.output_item.done",
-        json!({"output_index": 0, "item": item}),
-    );
+    // Function calls one after the other, each its own output item.
+    for (index, (call, item_id)) in answer.tool_calls.iter().zip(&call_item_ids).enumerate() {
+        let item = &done["output"][index];
+        let mut added = item.clone();
+        added["arguments"] = json!("");
+        added["status"] = json!("in_progress");
+        push(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        );
+        for piece in &call.pieces {
+            push(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item_id, "output_index": index, "delta": piece}),
+            );
+        }
+        push(
+            "response.function_call_arguments.done",
+            json!({"item_id": item_id, "output_index": index,
+                   "arguments": call.arguments_json, "name": call.name}),
+        );
+        push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+    }
     let end = if status == "completed" {
         "response.completed"
     } else {
@@ -243,7 +290,7 @@ pub(crate) fn responses(
     };
     push(end, json!({"response": done}));
     // Content events are the deltas after created, in_progress, item added (and part added).
-    let lead = if answer.tool_call.is_some() { 3 } else { 4 };
+    let lead = if answer.tool_calls.is_empty() { 4 } else { 3 };
     let cut = behaviour
         .fault
         .stream_cut(events.len().saturating_sub(lead));
