@@ -643,7 +643,7 @@ fn inbound(
 fn decode_token_input(map: &mut Map<String, Value>) -> Result<bool, ProxyError> {
     match map.get_mut("input") {
         Some(input) => crate::tokens::decode_input(input)
-            .map_err(|e| ProxyError::InvalidRequest(format!("'input' holds token ids that {e}"))),
+            .map_err(|e| ProxyError::InvalidRequest(format!("'input' holds token ids that cannot be decoded: {e}"))),
         None => Ok(false),
     }
 }
