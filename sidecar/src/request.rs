@@ -642,8 +642,11 @@ fn inbound(
 /// Replace token-id `input` by its text (OpenAI's embedding tokenizer); whether it had any.
 fn decode_token_input(map: &mut Map<String, Value>) -> Result<bool, ProxyError> {
     match map.get_mut("input") {
-        Some(input) => crate::tokens::decode_input(input)
-            .map_err(|e| ProxyError::InvalidRequest(format!("'input' holds token ids that cannot be decoded: {e}"))),
+        Some(input) => crate::tokens::decode_input(input).map_err(|e| {
+            ProxyError::InvalidRequest(format!(
+                "'input' holds token ids that cannot be decoded: {e}"
+            ))
+        }),
         None => Ok(false),
     }
 }

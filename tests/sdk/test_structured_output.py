@@ -7,10 +7,11 @@ route's Claude 3 Haiku); either way the answer is the JSON text."""
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from conftest import ALL, route_params
 
@@ -81,3 +82,70 @@ def test_app_tools_still_callable_with_a_response_format(client, provider):
     calls = resp.choices[0].message.tool_calls
     assert [c.function.name for c in calls] == ["get_weather"]
     assert resp.choices[0].finish_reason == "tool_calls"
+
+
+# Claude's structured outputs refuse some JSON Schema (numeric and length constraints, open maps,
+# recursion…); the mocks refuse them as Anthropic and Bedrock do. The sidecar moves value
+# constraints into the description, and sends what cannot be reduced through the forced tool.
+NATIVE_ROUTES = [("anthropic", "via-anthropic"), ("bedrock", "via-bedrock-sonnet")]
+
+
+class Person(BaseModel):
+    name: str = Field(min_length=1, max_length=40, description="Full name")
+    age: int = Field(ge=0, le=150)
+    tags: list[str] = Field(max_length=3)
+
+
+class Inventory(BaseModel):
+    counts: dict[str, int]  # an open map: additionalProperties is a schema
+
+
+class Node(BaseModel):
+    label: str
+    next: Optional["Node"] = None  # recursive
+
+
+def sent_schema(provider):
+    """The native structured-output schema the provider received, or None."""
+    body = provider.requests()[-1]["body"]
+    if provider.name == "anthropic":
+        return body.get("output_config", {}).get("format", {}).get("schema")
+    text = body.get("outputConfig", {}).get("textFormat", {}).get("structure", {}).get("jsonSchema", {}).get("schema")
+    return json.loads(text) if text else None
+
+
+@pytest.mark.parametrize("name,route", NATIVE_ROUTES, ids=[n for n, _ in NATIVE_ROUTES])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_constraints_claude_refuses_move_into_descriptions(client, stack, name, route, stream):
+    messages = [{"role": "user", "content": "Who is it?"}]
+    if stream:
+        with client.chat.completions.stream(model=route, messages=messages, response_format=Person) as s:
+            completion = s.get_final_completion()
+    else:
+        completion = client.chat.completions.parse(model=route, messages=messages, response_format=Person)
+    assert completion.choices[0].message.parsed == Person(name="mock", age=1, tags=["mock"])
+    schema = sent_schema(stack.providers[name])
+    assert schema is not None, "still the provider's own structured outputs"
+    age = schema["properties"]["age"]
+    assert "minimum" not in age and "maximum" not in age
+    assert '"minimum":0' in age["description"] and '"maximum":150' in age["description"]
+    assert schema["properties"]["name"]["description"].startswith("Full name")
+    assert "maxItems" not in schema["properties"]["tags"]
+
+
+@pytest.mark.parametrize("name,route", NATIVE_ROUTES, ids=[n for n, _ in NATIVE_ROUTES])
+@pytest.mark.parametrize("model", [Inventory, Node], ids=["open-map", "recursive"])
+def test_schemas_claude_cannot_take_go_through_the_forced_tool(client, stack, name, route, model):
+    completion = client.chat.completions.parse(
+        model=route, messages=[{"role": "user", "content": "Answer"}], response_format=model
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, model)
+    assert completion.choices[0].finish_reason == "stop"
+    provider = stack.providers[name]
+    assert sent_schema(provider) is None
+    body = provider.requests()[-1]["body"]
+    if name == "anthropic":
+        assert body["tool_choice"] == {"type": "tool", "name": "gatehouse_json_response"}
+    else:
+        assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "gatehouse_json_response"}}

@@ -311,11 +311,13 @@ fn parameters(
     }
     let choice = tool_choice(req)?;
     let format = structured::requested(req)?;
-    // The provider's own structured outputs where the model has them; else a forced tool call.
+    // The provider's own structured outputs where the model has them and the schema is one they
+    // take; else a forced tool call.
     let native_schema = format
         .as_ref()
         .and_then(|f| f.schema.as_ref())
-        .filter(|_| structured::native(model));
+        .filter(|_| structured::native(model))
+        .and_then(structured::for_claude);
     let forced = format.is_some() && native_schema.is_none();
     let mut tools = if choice == Some(ToolChoice::None) {
         Vec::new()
@@ -361,7 +363,7 @@ fn parameters(
     if let Some(schema) = native_schema {
         body.insert(
             "output_config".into(),
-            json!({"format": {"type": "json_schema", "schema": structured::closed(schema)}}),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
         );
     }
     warn_unhandled(

@@ -29,7 +29,7 @@ use super::chat::{
     warn_unhandled,
 };
 use super::chat_body::{self, Translated};
-use super::structured::{self, Format};
+use super::structured;
 use super::{Adapter, ChunkDecoder, Outgoing, Reply, StreamFraming, failure};
 use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, CredentialsError, DecodeError, TranslateError};
@@ -358,9 +358,16 @@ fn parameters(
     let choice = tool_choice(req)?;
     let format = structured::requested(req)?;
     // Converse's own structured outputs where the model has them; else a forced tool call.
+    // A schema Claude's structured outputs cannot take goes the forced tool's way too.
     let native_format = format
         .as_ref()
-        .filter(|f| f.schema.is_some() && structured::native(model));
+        .filter(|_| structured::native(model))
+        .and_then(|f| {
+            Some((
+                structured::for_claude(f.schema.as_ref()?)?,
+                f.name.as_deref(),
+            ))
+        });
     let forced = format.is_some() && native_format.is_none();
     let mut tools = if choice == Some(ToolChoice::None) {
         Vec::new()
@@ -396,17 +403,13 @@ fn parameters(
         }
         body.insert("toolConfig".into(), tool_config);
     }
-    if let Some(Format {
-        schema: Some(schema),
-        name,
-    }) = native_format
-    {
+    if let Some((schema, name)) = native_format {
         // Converse takes the schema as a JSON string.
         body.insert(
             "outputConfig".into(),
             json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
-                "schema": structured::closed(schema).to_string(),
-                "name": name.clone().unwrap_or_else(|| "response".to_string()),
+                "schema": schema.to_string(),
+                "name": name.unwrap_or("response"),
             }}}}),
         );
     }

@@ -199,6 +199,63 @@ fn unpaired_tools(messages: &[Value]) -> Option<String> {
     })
 }
 
+/// What Claude's structured outputs refuse in a schema (Anthropic's "JSON Schema limitations"):
+/// numeric constraints, string lengths, array bounds other than `minItems` 0 or 1, and objects
+/// that do not set `additionalProperties: false`. The refusal's text, without its path prefix.
+pub(crate) fn unsupported_schema(schema: &Value) -> Option<String> {
+    let refused = |kind: &str, key: &str| {
+        Some(format!(
+            "For '{kind}' type, property '{key}' is not supported"
+        ))
+    };
+    match schema {
+        Value::Array(items) => items.iter().find_map(unsupported_schema),
+        Value::Object(map) => {
+            let kinds: Vec<&str> = match map.get("type") {
+                Some(Value::String(t)) => vec![t.as_str()],
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for kind in &kinds {
+                let keys: &[&str] = match *kind {
+                    "integer" | "number" => &[
+                        "minimum",
+                        "maximum",
+                        "exclusiveMinimum",
+                        "exclusiveMaximum",
+                        "multipleOf",
+                    ],
+                    "string" => &["minLength", "maxLength"],
+                    "array" => &["maxItems", "uniqueItems"],
+                    _ => &[],
+                };
+                if let Some(key) = keys.iter().find(|k| map.contains_key(**k)) {
+                    return refused(kind, key);
+                }
+                if *kind == "array"
+                    && map
+                        .get("minItems")
+                        .is_some_and(|m| !matches!(m.as_u64(), Some(0 | 1)))
+                {
+                    return Some(
+                        "For 'array' type, 'minItems' values other than 0 or 1 are not supported"
+                            .to_owned(),
+                    );
+                }
+                if *kind == "object" && map.get("additionalProperties") != Some(&Value::Bool(false))
+                {
+                    return Some(
+                        "For 'object' type, 'additionalProperties' must be explicitly set to false"
+                            .to_owned(),
+                    );
+                }
+            }
+            map.values().find_map(unsupported_schema)
+        }
+        _ => None,
+    }
+}
+
 /// Whether `model` takes `output_config.format` (Claude Opus 4.1, Sonnet/Opus/Haiku 4.5 and
 /// later; Bedrock model ids included).
 pub(crate) fn structured_outputs(model: &str) -> bool {
@@ -304,6 +361,12 @@ pub(crate) fn handle(
         return invalid(&format!(
             "output_config.format: structured outputs are not supported for model '{model}'"
         ));
+    }
+    if let Some(problem) = request
+        .pointer("/output_config/format/schema")
+        .and_then(unsupported_schema)
+    {
+        return invalid(&format!("output_config.format.schema: {problem}"));
     }
 
     let prompt = prompt(&request);

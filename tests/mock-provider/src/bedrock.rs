@@ -395,6 +395,21 @@ pub(crate) fn handle(
             Some("This model doesn't support structured outputs (outputConfig.textFormat)."),
         );
     }
+    if let Some(problem) = request
+        .pointer("/outputConfig/textFormat/structure/jsonSchema/schema")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .as_ref()
+        .and_then(crate::anthropic::unsupported_schema)
+    {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some(&format!(
+                "outputConfig.textFormat.structure.jsonSchema.schema: {problem}"
+            )),
+        );
+    }
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return error(
             400,
