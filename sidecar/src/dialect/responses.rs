@@ -425,6 +425,7 @@ impl ResponsesUsage {
             completion_tokens_details: self.output_tokens_details.map(|d| CompletionDetails {
                 reasoning_tokens: d.reasoning_tokens,
             }),
+            estimated: false,
         }
     }
 }
