@@ -252,7 +252,10 @@ impl SseRelayProj<'_> {
                     *self.saw_done = true;
                     Edit::Keep
                 }
-                Ok(Event::Data(data)) => self.meter_event(&data, valid..end),
+                Ok(Event::Data(data)) => {
+                    *self.saw_done |= data.ends;
+                    self.meter_event(&data, valid..end)
+                }
                 Ok(Event::Empty) => Edit::Keep,
                 Ok(Event::Error) => {
                     // Relay the upstream's own error event and end there.

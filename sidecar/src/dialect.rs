@@ -1,7 +1,8 @@
 //! Client dialects: the APIs apps speak to the sidecar. OpenAI Chat Completions / Embeddings
 //! ([`openai`]) is also the gateway's lingua franca; Anthropic Messages ([`messages`]) is
 //! translated into it on the way in and back out of it on the way out, unless the target is
-//! Anthropic itself.
+//! Anthropic itself; so is OpenAI Responses ([`responses`]), unless the target is OpenAI or Azure
+//! OpenAI.
 //!
 //! Everything that depends on the client's dialect goes through [`Dialect`]'s methods: error
 //! bodies and stream error events, the stream encoder, the checks the relay runs on each event,
@@ -9,6 +10,7 @@
 
 pub mod messages;
 pub mod openai;
+pub mod responses;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -25,6 +27,8 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// OpenAI Responses (`/v1/responses`).
+    Responses,
 }
 
 /// Which operation a request is.
@@ -101,6 +105,8 @@ pub struct Data {
     /// Bytes of answer text it carries (content, reasoning, tool-call arguments; JSON-escaped),
     /// for an estimate of the output when the final usage never comes.
     pub text_bytes: u64,
+    /// The event ends a complete answer and carries data too (Responses' `response.completed`).
+    pub ends: bool,
 }
 
 /// Writes OpenAI chunks in the client's dialect.
@@ -122,6 +128,7 @@ impl Dialect {
         let (openai, warnings) = match self {
             Self::OpenAi => (map, Vec::new()),
             Self::Anthropic => messages::to_openai(&map)?,
+            Self::Responses => responses::to_chat(&map)?,
         };
         Ok(Inbound {
             dialect: self,
@@ -144,13 +151,14 @@ impl Dialect {
         match self {
             Self::OpenAi => Ok((body, Vec::new())),
             Self::Anthropic => messages::to_openai_body(&body, model),
+            Self::Responses => responses::to_chat_body(&body, model),
         }
     }
 
     /// The body of a gateway error.
     pub fn error_body(self, e: &ProxyError) -> Bytes {
         match self {
-            Self::OpenAi => e.body(),
+            Self::OpenAi | Self::Responses => e.body(),
             Self::Anthropic => messages::error_body(e.status(), &e.to_string()),
         }
     }
@@ -158,7 +166,7 @@ impl Dialect {
     /// The body of a provider's refusal that was not already in this dialect's shape.
     pub fn refusal_body(self, status: StatusCode, message: &str) -> Bytes {
         match self {
-            Self::OpenAi => {
+            Self::OpenAi | Self::Responses => {
                 crate::error::error_body(message, "invalid_request_error", "upstream_refused")
             }
             Self::Anthropic => messages::error_body(status, message),
@@ -169,7 +177,7 @@ impl Dialect {
     /// through as it is).
     pub fn is_error_body(self, body: &Value) -> bool {
         match self {
-            Self::OpenAi => body.get("error").is_some_and(Value::is_object),
+            Self::OpenAi | Self::Responses => body.get("error").is_some_and(Value::is_object),
             Self::Anthropic => body.get("type").and_then(Value::as_str) == Some("error"),
         }
     }
@@ -179,6 +187,7 @@ impl Dialect {
         match self {
             Self::OpenAi => openai::error_event(message, code),
             Self::Anthropic => messages::error_event(message),
+            Self::Responses => responses::error_event(message, code),
         }
     }
 
@@ -188,6 +197,7 @@ impl Dialect {
         match self {
             Self::OpenAi => Box::new(openai::StreamEncoder::new(include_usage)),
             Self::Anthropic => Box::new(messages::StreamEncoder::default()),
+            Self::Responses => Box::new(responses::StreamEncoder::default()),
         }
     }
 
@@ -200,6 +210,7 @@ impl Dialect {
         match self {
             Self::OpenAi => openai::inspect(data, measure),
             Self::Anthropic => messages::inspect(data),
+            Self::Responses => responses::inspect(data),
         }
     }
 
@@ -208,6 +219,7 @@ impl Dialect {
         match self {
             Self::OpenAi => crate::usage::of_body(body),
             Self::Anthropic => crate::usage::of_anthropic_body(body),
+            Self::Responses => responses::usage_of_body(body),
         }
     }
 
@@ -222,6 +234,7 @@ impl Dialect {
                 openai
             }
             Self::Anthropic => messages::response(&openai),
+            Self::Responses => responses::response(&openai),
         }
     }
 }

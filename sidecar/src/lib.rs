@@ -22,6 +22,7 @@ pub mod sse;
 pub mod stages;
 pub mod state;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 pub mod usage;
 pub mod warnings;

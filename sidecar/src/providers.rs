@@ -22,6 +22,7 @@ pub(crate) mod chat_body;
 pub mod failure;
 pub mod gemini;
 pub mod openai;
+pub mod structured;
 
 use std::time::Duration;
 
@@ -97,6 +98,17 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// passed through (only `model` rewritten) and its answers come back byte for byte.
     fn native(&self) -> Option<Dialect> {
         None
+    }
+
+    /// Where a Responses API request goes when the provider serves that API itself (OpenAI and
+    /// Azure OpenAI; not OpenAI-compatible servers, which get it translated to chat).
+    fn responses_uri(&self, _provider: &Provider) -> Option<Result<Uri, TranslateError>> {
+        None
+    }
+
+    /// Whether the provider serves the Responses API itself ([`Adapter::responses_uri`]).
+    fn speaks_responses(&self) -> bool {
+        false
     }
 
     /// How the provider frames its streams.
@@ -248,7 +260,8 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
 /// The registry: the adapter of each provider type. The only `match` on [`ProviderKind`].
 pub fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
     match kind {
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => &openai::OpenAi,
+        ProviderKind::Openai => &openai::OPENAI,
+        ProviderKind::OpenaiCompatible => &openai::COMPATIBLE,
         ProviderKind::AzureOpenAI => &azure::Azure,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &gemini::Gemini,
@@ -258,7 +271,10 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
 
 /// Whether an attempt at `provider` sends the client's bytes natively (no translation either way).
 pub fn is_native(adapter: &dyn Adapter, dialect: Dialect) -> bool {
-    adapter.native() == Some(dialect)
+    match dialect {
+        Dialect::Responses => adapter.speaks_responses(),
+        _ => adapter.native() == Some(dialect),
+    }
 }
 
 /// Build the upstream request for one attempt at `provider` with upstream model `model`.
@@ -345,7 +361,10 @@ pub fn translator(
     dialect: Dialect,
     include_usage: bool,
 ) -> Option<Translate> {
-    if is_native(adapter, dialect) && !adapter.decodes_native_streams() {
+    // A native Responses stream is events, not chunks: it passes through as it is.
+    if is_native(adapter, dialect)
+        && (dialect == Dialect::Responses || !adapter.decodes_native_streams())
+    {
         return None;
     }
     Some(Translate::new(

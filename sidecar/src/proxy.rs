@@ -17,6 +17,7 @@
 //! The stages and their order are in `stages::chain`; docs/architecture.md explains the order.
 
 mod attempt;
+mod count;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,40 +161,115 @@ impl Gateway {
             (&Method::POST, "/chat/completions") => Some((Operation::Chat, Dialect::OpenAi)),
             (&Method::POST, "/embeddings") => Some((Operation::Embeddings, Dialect::OpenAi)),
             (&Method::POST, "/messages") => Some((Operation::Chat, Dialect::Anthropic)),
+            (&Method::POST, "/responses") => Some((Operation::Chat, Dialect::Responses)),
             _ => None,
         };
-        let dialect = call.map_or(Dialect::OpenAi, |(_, d)| d);
+        // Every `/v1/messages*` path, and a model lookup by an Anthropic client, answers in
+        // Anthropic's shape, errors included.
+        let anthropic = path == "/messages"
+            || path.starts_with("/messages/")
+            || (path.starts_with("/models") && req.headers().contains_key("anthropic-version"));
+        let dialect = match call {
+            Some((_, d)) => d,
+            None if anthropic => Dialect::Anthropic,
+            None => Dialect::OpenAi,
+        };
         // Dropped with this future if the client goes away: the end hook still runs.
         let mut x = Exchange::new(self.chain.clone(), Context::new(dialect));
         // The head hooks (identity and its tag) see every request, before its body is read.
         let result = match (x.head(req.headers()), call, req.method(), path) {
             (Err(e), ..) => Err(e),
             (Ok(()), Some((op, _)), _, _) => self.call(req, op, &mut x).await,
-            (Ok(()), None, &Method::GET, "/models") => self.models(),
-            (Ok(()), None, _, "/chat/completions" | "/embeddings" | "/models" | "/messages") => {
-                Err(ProxyError::MethodNotAllowed {
-                    method: req.method().to_string(),
-                    path: req.uri().path().to_string(),
-                })
+            (Ok(()), None, &Method::POST, "/messages/count_tokens") => {
+                self.count_tokens(req, &mut x).await
             }
+            (Ok(()), None, &Method::GET, "/models") => self.models(dialect),
+            (Ok(()), None, &Method::GET, p) if p.starts_with("/models/") => {
+                self.model(dialect, &p["/models/".len()..])
+            }
+            (
+                Ok(()),
+                None,
+                _,
+                "/chat/completions"
+                | "/embeddings"
+                | "/models"
+                | "/messages"
+                | "/responses"
+                | "/messages/count_tokens",
+            ) => Err(ProxyError::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+            }),
             (Ok(()), None, _, _) => Err(ProxyError::NotFound(req.uri().path().to_string())),
         };
         self.respond(x, result)
     }
 
-    fn models(&self) -> Result<Answer, ProxyError> {
+    fn models(&self, dialect: Dialect) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
         let mut aliases: Vec<&String> = snapshot.aliases.keys().collect();
         aliases.sort();
-        let data: Vec<Value> = aliases
-            .into_iter()
-            .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gatehouse"}))
-            .collect();
-        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        let data: Vec<Value> = aliases.iter().map(|id| model_object(dialect, id)).collect();
+        let body = match dialect {
+            // Anthropic's list: one page, with its cursors.
+            Dialect::Anthropic => serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": aliases.first(),
+                "last_id": aliases.last(),
+            }),
+            _ => serde_json::json!({"object": "list", "data": data}),
+        };
         Ok(Answer::Complete {
-            body: Bytes::from(body),
+            body: Bytes::from(body.to_string()),
             usage: None,
         })
+    }
+
+    /// `GET /v1/models/{id}`: a route alias, in the client's dialect.
+    fn model(&self, dialect: Dialect, id: &str) -> Result<Answer, ProxyError> {
+        let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        // The id is a path segment: `%2F` and the like stand for the characters of an alias.
+        let id = percent_decode(id);
+        if !snapshot.aliases.contains_key(&id) {
+            return Err(ProxyError::UnknownModel(request::quote(&id)));
+        }
+        Ok(Answer::Complete {
+            body: Bytes::from(model_object(dialect, &id).to_string()),
+            usage: None,
+        })
+    }
+
+    /// `POST /v1/messages/count_tokens` (`count`).
+    async fn count_tokens(
+        &self,
+        req: http::Request<Incoming>,
+        x: &mut Exchange,
+    ) -> Result<Answer, ProxyError> {
+        let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        let anthropic_beta = req.headers().get("anthropic-beta").cloned();
+        let limits = request::read::Limits {
+            max_bytes: self.settings.max_body_bytes,
+            progress_timeout: self.settings.body_read_timeout,
+            deadline: self.settings.body_deadline,
+        };
+        let body = request::read::body(req, limits, &self.budget).await?;
+        let inbound =
+            Request::parse(body, Operation::Chat, Dialect::Anthropic, anthropic_beta).await?;
+        let route = snapshot
+            .aliases
+            .get(&inbound.index.alias)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownModel(inbound.alias_for_error()))?;
+        x.ctx.route = Some(route.clone());
+        if route.targets.is_empty() {
+            return Err(ProxyError::NoTargets {
+                route: route.name.to_string(),
+                reason: route.config.unavailable.join("; "),
+            });
+        }
+        count::run(&self.client, &self.settings, x, &route, &inbound).await
     }
 
     async fn call(
@@ -374,6 +450,42 @@ fn refused(dialect: Dialect, target: &Target, refusal: Refusal) -> Response<Prox
         ),
     };
     json_response(status, dialect.refusal_body(status, &message))
+}
+
+/// One route alias as a model object of `dialect`'s model list.
+fn model_object(dialect: Dialect, id: &str) -> Value {
+    match dialect {
+        Dialect::Anthropic => serde_json::json!({
+            "type": "model",
+            "id": id,
+            "display_name": id,
+            "created_at": "1970-01-01T00:00:00Z",
+        }),
+        _ => {
+            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gatehouse"})
+        }
+    }
+}
+
+/// `%XX` escapes of a path segment decoded (invalid ones kept as they are).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {

@@ -27,8 +27,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::body::StreamMeter;
-use crate::dialect::{Dialect, Inbound, Operation, messages};
-use crate::error::ProxyError;
+use crate::dialect::{Dialect, Inbound, Operation};
+use crate::error::{ProxyError, TranslateError};
 use crate::providers::{self, Adapter, Outgoing, Translate};
 use crate::state::Provider;
 
@@ -187,6 +187,12 @@ fn invalid(message: &str) -> ProxyError {
 impl Index {
     /// Read and check the top level of `body` for `op`; nothing below it is kept.
     pub fn of(body: &[u8], op: Operation) -> Result<Self, ProxyError> {
+        Self::of_dialect(body, op, Dialect::OpenAi)
+    }
+
+    /// [`Index::of`] for a client of `dialect`: a Responses request has `input` (or a stored
+    /// conversation to continue) instead of `messages`, checked where it is translated.
+    pub fn of_dialect(body: &[u8], op: Operation, dialect: Dialect) -> Result<Self, ProxyError> {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(match serde_json::from_slice::<IgnoredAny>(body) {
                 Ok(_) => invalid("request body must be a JSON object"),
@@ -212,6 +218,7 @@ impl Index {
             None => return Err(invalid("missing required parameter: 'model'")),
         };
         match op {
+            Operation::Chat if dialect == Dialect::Responses => {}
             Operation::Chat => match found.messages.map(|m| m.get().trim_start()) {
                 Some(m) if m.starts_with('[') => {
                     if m[1..].trim_start().starts_with(']') {
@@ -408,7 +415,7 @@ impl Request {
         let permit = Arc::new(permit);
         let index = offload(bytes.len(), &permit, {
             let bytes = bytes.clone();
-            move || Index::of(&bytes, op)
+            move || Index::of_dialect(&bytes, op, dialect)
         })
         .await??;
         Ok(Self {
@@ -484,7 +491,7 @@ impl Request {
             // A translated stream's encoder already writes only what the client asked for.
             strip_usage: self.asks_usage() && !translated,
             in_band_cost: self.metering
-                && (self.dialect == Dialect::Anthropic || self.index.include_usage),
+                && (self.dialect != Dialect::OpenAi || self.index.include_usage),
             measure_text: self.metering,
         }
     }
@@ -498,7 +505,32 @@ impl Request {
     ) -> Result<Outgoing, ProxyError> {
         let adapter = provider.adapter;
         if self.is_native(adapter) {
-            let uri = adapter.native_uri(provider, model, self.op)?;
+            let uri = match self.dialect {
+                Dialect::Responses => adapter.responses_uri(provider).unwrap_or_else(|| {
+                    Err(TranslateError::Internal(format!(
+                        "failed to route request: provider '{}' has no responses URL",
+                        provider.name
+                    )))
+                })?,
+                _ => adapter.native_uri(provider, model, self.op)?,
+            };
+            // An OpenAI-compatible server (Ollama, TEI…) often takes text only: token ids are
+            // decoded for it.
+            if self.op == Operation::Embeddings
+                && provider.kind == gatehouse_crds::config::ProviderKind::OpenaiCompatible
+            {
+                let mut map: Map<String, Value> =
+                    serde_json::from_slice(&self.body).map_err(|e| {
+                        ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+                    })?;
+                if decode_token_input(&mut map)? {
+                    map.insert("model".into(), Value::String(model.to_string()));
+                    let body = serde_json::to_vec(&map).map_err(|e| {
+                        ProxyError::Internal(format!("failed to encode request: {e}"))
+                    })?;
+                    return Ok(Outgoing::single(uri, Bytes::from(body), Vec::new()));
+                }
+            }
             return Ok(Outgoing::single(
                 uri,
                 self.index
@@ -506,8 +538,8 @@ impl Request {
                 Vec::new(),
             ));
         }
-        if self.dialect == Dialect::Anthropic && adapter.native() == Some(Dialect::OpenAi) {
-            return self.messages_to_openai(provider, model).await;
+        if self.dialect != Dialect::OpenAi && adapter.native() == Some(Dialect::OpenAi) {
+            return self.to_openai_chat(provider, model).await;
         }
         if self.op == Operation::Chat {
             return self.chat_to_provider(provider, model).await;
@@ -529,9 +561,9 @@ impl Request {
         .await?
     }
 
-    /// An Anthropic client's request for an OpenAI-wire target: translated message by message
-    /// from the bytes, no tree.
-    async fn messages_to_openai(
+    /// An Anthropic or Responses client's request for an OpenAI-wire (chat) target: translated
+    /// from the bytes (an Anthropic body message by message, no tree).
+    async fn to_openai_chat(
         &self,
         provider: &Provider,
         model: &str,
@@ -539,8 +571,9 @@ impl Request {
         let uri = provider.adapter.native_uri(provider, model, self.op)?;
         let bytes = self.body.clone();
         let upstream_model = model.to_string();
+        let dialect = self.dialect;
         let (body, mut warnings) = offload(bytes.len(), &self.permit, move || {
-            messages::to_openai_body(&bytes, &upstream_model)
+            dialect.openai_body(bytes, &upstream_model)
         })
         .await??;
         if self.anthropic_beta.is_some() {
@@ -623,9 +656,26 @@ fn inbound(
 ) -> Result<Inbound, ProxyError> {
     let map: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ProxyError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let mut map = map;
+    if op == Operation::Embeddings {
+        // Every translating target takes text: token ids are decoded first.
+        decode_token_input(&mut map)?;
+    }
     let mut inbound = dialect.inbound(op, map, stream)?;
     inbound.anthropic_beta = anthropic_beta;
     Ok(inbound)
+}
+
+/// Replace token-id `input` by its text (OpenAI's embedding tokenizer); whether it had any.
+fn decode_token_input(map: &mut Map<String, Value>) -> Result<bool, ProxyError> {
+    match map.get_mut("input") {
+        Some(input) => crate::tokens::decode_input(input).map_err(|e| {
+            ProxyError::InvalidRequest(format!(
+                "'input' holds token ids that cannot be decoded: {e}"
+            ))
+        }),
+        None => Ok(false),
+    }
 }
 
 /// Run `f` on the blocking pool when the body is big, inline otherwise. The job holds the body's

@@ -27,6 +27,10 @@ pub struct Usage {
     /// Breakdown of the completion tokens.
     #[serde(default)]
     pub completion_tokens_details: Option<CompletionDetails>,
+    /// The counts are the gateway's estimate, not the provider's report (`gatehouse_estimated`,
+    /// see [`estimate_embedding_prompt`]).
+    #[serde(default, rename = "gatehouse_estimated")]
+    pub estimated: bool,
 }
 
 /// `usage.prompt_tokens_details`.
@@ -103,6 +107,7 @@ impl Usage {
             completion_tokens_details: (reasoning > 0).then_some(CompletionDetails {
                 reasoning_tokens: Some(reasoning),
             }),
+            estimated: false,
         }
     }
 
@@ -193,6 +198,7 @@ impl Usage {
             completion_tokens_details: new
                 .completion_tokens_details
                 .or(old.completion_tokens_details),
+            estimated: old.estimated || new.estimated,
         }
     }
 
@@ -208,6 +214,55 @@ impl Usage {
             0,
         )
     }
+}
+
+/// An embeddings answer (OpenAI's shape) whose provider reported no prompt tokens (Gemini's
+/// `batchEmbedContents` reports none; Bedrock's Cohere models report them in a header that may be
+/// missing) gets them estimated from the text of the request's `input` (`request` is the body the
+/// client sent), by [`BYTES_PER_TOKEN`], and marked `"gatehouse_estimated": true`: the client
+/// sees the count it is charged (the access line says it is estimated) instead of a zero.
+pub fn estimate_embedding_prompt(answer: &mut serde_json::Value, request: &[u8]) {
+    use std::borrow::Cow;
+
+    use serde_json::{Value, json};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Input<'a> {
+        One(#[serde(borrow)] Cow<'a, str>),
+        Many(#[serde(borrow)] Vec<Cow<'a, str>>),
+        Ids(Vec<u64>),
+        ManyIds(Vec<Vec<u64>>),
+    }
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow, default)]
+        input: Option<Input<'a>>,
+    }
+    let Some(usage) = answer.get_mut("usage").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if usage
+        .get("prompt_tokens")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        return;
+    }
+    // Token ids (decoded to text before they went upstream) count as themselves.
+    let tokens = match serde_json::from_slice::<Body<'_>>(request).map(|b| b.input) {
+        Ok(Some(Input::One(s))) => estimate_tokens(s.len() as u64),
+        Ok(Some(Input::Many(items))) => estimate_tokens(items.iter().map(|s| s.len() as u64).sum()),
+        Ok(Some(Input::Ids(ids))) => ids.len() as u64,
+        Ok(Some(Input::ManyIds(lists))) => lists.iter().map(|l| l.len() as u64).sum(),
+        _ => 0,
+    };
+    if tokens == 0 {
+        return;
+    }
+    usage.insert("prompt_tokens".into(), json!(tokens));
+    usage.insert("total_tokens".into(), json!(tokens));
+    usage.insert("gatehouse_estimated".into(), json!(true));
 }
 
 /// The usage of a buffered response body, if it reports one.
@@ -379,10 +434,46 @@ mod tests {
             completion_tokens_details: Some(CompletionDetails {
                 reasoning_tokens: Some(9),
             }),
+            ..Usage::default()
         };
         let t = usage.tokens();
         assert_eq!((t.input, t.cached_read, t.cache_write), (0, 8, 2));
         assert_eq!((t.output, t.reasoning), (0, 3));
+    }
+
+    #[test]
+    fn embeddings_without_prompt_tokens_get_an_estimate_marked_as_such() {
+        let request =
+            |input: serde_json::Value| serde_json::json!({"input": input}).to_string().into_bytes();
+        let zero =
+            serde_json::json!({"data": [], "usage": {"prompt_tokens": 0, "total_tokens": 0}});
+        let mut answer = zero.clone();
+        estimate_embedding_prompt(
+            &mut answer,
+            &request(serde_json::json!(["hello world", "abc"])),
+        );
+        let usage: Usage = serde_json::from_value(answer["usage"].clone()).unwrap();
+        assert_eq!(usage.prompt_tokens, 4, "14 bytes of text");
+        assert!(usage.estimated);
+        assert_eq!(answer["usage"]["total_tokens"], 4);
+        let mut answer = zero.clone();
+        estimate_embedding_prompt(&mut answer, &request(serde_json::json!("12345")));
+        assert_eq!(answer["usage"]["prompt_tokens"], 2);
+        let mut answer = zero.clone();
+        estimate_embedding_prompt(&mut answer, &request(serde_json::json!([[1, 2, 3], [4]])));
+        assert_eq!(
+            answer["usage"]["prompt_tokens"], 4,
+            "token ids count as themselves"
+        );
+        // A provider's own count stays, unmarked.
+        let mut reported = serde_json::json!({"usage": {"prompt_tokens": 7, "total_tokens": 7}});
+        estimate_embedding_prompt(&mut reported, &request(serde_json::json!("12345")));
+        assert_eq!(
+            reported["usage"],
+            serde_json::json!({"prompt_tokens": 7, "total_tokens": 7})
+        );
+        let usage: Usage = serde_json::from_value(reported["usage"].clone()).unwrap();
+        assert!(!usage.estimated);
     }
 
     #[test]

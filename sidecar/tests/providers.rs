@@ -557,8 +557,9 @@ async fn bedrock_cohere_embeddings_batch_texts_and_read_usage_from_the_header() 
 #[tokio::test]
 async fn bedrock_embedding_errors_map_like_chat() {
     let (mock, sidecar) = bedrock_embeddings("amazon.titan-embed-text-v2:0").await;
-    // Token arrays cannot be sent to bedrock: a clear 400, no call.
-    for input in [json!([1, 2, 3]), json!([[1, 2], [3]])] {
+    // Bedrock takes text: token ids are decoded (cl100k_base); ids that are no tokens are a
+    // clear 400, with no call.
+    for input in [json!([1_000_000_000]), json!([[1, 2], [1_000_000_000]])] {
         let resp = embed(&sidecar, json!({"input": input})).await;
         assert_eq!(resp.status(), 400);
         let body: Value = resp.json().await.unwrap();
@@ -567,11 +568,19 @@ async fn bedrock_embedding_errors_map_like_chat() {
             body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("token arrays"),
+                .contains("token ids"),
             "{body}"
         );
     }
     assert_eq!(mock.request_count(), 0);
+    // "hello IoT" in cl100k_base.
+    let resp = embed(&sidecar, json!({"input": [[15339, 50180]]})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.requests()[0].body.as_ref().unwrap()["inputText"],
+        "hello IoT"
+    );
+    mock.clear();
 
     // ValidationException: the same status and the provider's message, not retried.
     mock.push(Behaviour::status(400).error_message("Malformed input request: too long"));
@@ -974,4 +983,169 @@ async fn anthropic_beta_reaches_anthropic_targets_only() {
         "{warning}"
     );
     assert_eq!(mock.last_request().unwrap().header("anthropic-beta"), None);
+}
+
+/// Every flavour, for parallel tool calls: the mock calls each of two tools the prompt names.
+fn parallel_flavours() -> [Flavour; 5] {
+    let f = |name, kind, model, key, extra| Flavour {
+        name,
+        kind,
+        model,
+        key,
+        extra,
+    };
+    [
+        f("openai", "openai", "gpt-4o-mini", KEY, ""),
+        f("azure", "azureOpenAI", "gpt4o-deploy", KEY, AZURE),
+        f("anthropic", "anthropic", "claude-sonnet-4-5", KEY, ""),
+        f("gemini", "gemini", "gemini-2.0-flash", KEY, ""),
+        f("bedrock", "bedrock", BEDROCK_MODEL, AWS_KEY, BEDROCK),
+    ]
+}
+
+const PARALLEL_ASK: &str = "Call get_weather and get_time for Paris";
+
+fn city_schema() -> Value {
+    json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+}
+
+/// `(name, arguments)` of the tool calls in a client's answer, in order, for each dialect and
+/// either framing (stream deltas joined).
+async fn calls_in(dialect: &str, stream: bool, resp: reqwest::Response) -> Vec<(String, Value)> {
+    assert_eq!(resp.status(), 200, "{dialect}");
+    let mut calls: Vec<(String, String)> = Vec::new();
+    if !stream {
+        let body: Value = resp.json().await.unwrap();
+        let items: Vec<(String, String)> = match dialect {
+            "chat" => body["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["function"]["name"].as_str().unwrap().into(),
+                        c["function"]["arguments"].as_str().unwrap().into(),
+                    )
+                })
+                .collect(),
+            "messages" => body["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["type"] == "tool_use")
+                .map(|b| (b["name"].as_str().unwrap().into(), b["input"].to_string()))
+                .collect(),
+            _ => body["output"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["type"] == "function_call")
+                .map(|o| {
+                    (
+                        o["name"].as_str().unwrap().into(),
+                        o["arguments"].as_str().unwrap().into(),
+                    )
+                })
+                .collect(),
+        };
+        calls = items;
+    } else {
+        let text = resp.text().await.unwrap();
+        // Every event's data line (Anthropic's and Responses' events also have a name line).
+        let data = text
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")));
+        for event in data {
+            if event == "[DONE]" {
+                continue;
+            }
+            let e: Value = serde_json::from_str(event).unwrap();
+            match dialect {
+                "chat" => {
+                    for d in e["choices"][0]["delta"]["tool_calls"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        let i = usize::try_from(d["index"].as_u64().unwrap()).unwrap();
+                        if let Some(name) = d["function"]["name"].as_str() {
+                            assert_eq!(i, calls.len(), "a new call takes the next index");
+                            calls.push((name.into(), String::new()));
+                        }
+                        calls[i]
+                            .1
+                            .push_str(d["function"]["arguments"].as_str().unwrap_or(""));
+                    }
+                }
+                "messages" => match e["type"].as_str().unwrap() {
+                    "content_block_start" if e["content_block"]["type"] == "tool_use" => {
+                        calls.push((
+                            e["content_block"]["name"].as_str().unwrap().into(),
+                            String::new(),
+                        ));
+                    }
+                    "content_block_delta" if e["delta"]["type"] == "input_json_delta" => {
+                        calls
+                            .last_mut()
+                            .unwrap()
+                            .1
+                            .push_str(e["delta"]["partial_json"].as_str().unwrap());
+                    }
+                    _ => {}
+                },
+                _ => {
+                    if e["type"] == "response.output_item.done"
+                        && e["item"]["type"] == "function_call"
+                    {
+                        calls.push((
+                            e["item"]["name"].as_str().unwrap().into(),
+                            e["item"]["arguments"].as_str().unwrap().into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    calls
+        .into_iter()
+        .map(|(name, args)| (name, serde_json::from_str(&args).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_reach_every_dialect_from_every_flavour() {
+    let (_mock, sidecar) = flavours(&parallel_flavours()).await;
+    let names = ["get_weather", "get_time"];
+    let expected: Vec<(String, Value)> = names
+        .iter()
+        .map(|n| (n.to_string(), json!({"city": "mock"})))
+        .collect();
+    for flavour in parallel_flavours() {
+        let model = format!("solo-{}", flavour.name);
+        for stream in [false, true] {
+            let chat = json!({"model": model, "stream": stream,
+                "messages": [{"role": "user", "content": PARALLEL_ASK}],
+                "tools": names.iter().map(|n| json!({"type": "function", "function": {"name": n, "parameters": city_schema()}})).collect::<Vec<_>>()});
+            let messages = json!({"model": model, "stream": stream, "max_tokens": 64,
+                "messages": [{"role": "user", "content": PARALLEL_ASK}],
+                "tools": names.iter().map(|n| json!({"name": n, "input_schema": city_schema()})).collect::<Vec<_>>()});
+            let responses = json!({"model": model, "stream": stream, "input": PARALLEL_ASK,
+                "tools": names.iter().map(|n| json!({"type": "function", "name": n, "parameters": city_schema()})).collect::<Vec<_>>()});
+            for (dialect, path, body) in [
+                ("chat", "/v1/chat/completions", chat),
+                ("messages", "/v1/messages", messages),
+                ("responses", "/v1/responses", responses),
+            ] {
+                let resp = reqwest::Client::new()
+                    .post(sidecar.url(path))
+                    .header("anthropic-version", "2023-06-01")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let got = calls_in(dialect, stream, resp).await;
+                assert_eq!(got, expected, "{} {dialect} stream={stream}", flavour.name);
+            }
+        }
+    }
 }

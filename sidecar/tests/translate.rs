@@ -140,7 +140,12 @@ fn request_to_gemini() {
 #[test]
 fn request_to_bedrock() {
     let mut warnings = Vec::new();
-    let body = bedrock::request(&openai_request(), &mut warnings).unwrap();
+    let body = bedrock::request(
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        &openai_request(),
+        &mut warnings,
+    )
+    .unwrap();
     insta::assert_json_snapshot!(json!({"body": body, "warnings": warnings}));
 }
 
@@ -348,7 +353,12 @@ fn unsupported_inputs_are_clear_400s() {
     );
     for err in [
         gemini::request(&req, &mut Vec::new()).unwrap_err(),
-        bedrock::request(&req, &mut Vec::new()).unwrap_err(),
+        bedrock::request(
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            &req,
+            &mut Vec::new(),
+        )
+        .unwrap_err(),
     ] {
         assert_eq!(err.status(), 400);
         assert!(err.to_string().contains("data: URLs only"), "{err}");

@@ -21,6 +21,23 @@ import pytest
 
 BIN_DIR = Path(os.environ.get("GATEHOUSE_BIN_DIR", Path(__file__).parents[2] / "target" / "debug"))
 
+
+def _offline_clients() -> None:
+    """Keep the clients off the network: tiktoken (LangChain's `OpenAIEmbeddings` tokenizes with
+    it) reads its BPE files from the cache LiteLLM ships instead of downloading them, and LiteLLM
+    uses its bundled model price map instead of fetching one when imported."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("litellm")
+    if spec and spec.origin:
+        tokenizers = Path(spec.origin).parent / "litellm_core_utils" / "tokenizers"
+        if tokenizers.is_dir():
+            os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(tokenizers))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+_offline_clients()
+
 # Provider types whose sidecar adapter has landed. Tests of the others are strict xfails until
 # then: once one passes, strict mode fails the run, which says to add the type here.
 LANDED = {"openai", "compatible", "anthropic", "gemini", "azure", "bedrock"}
@@ -39,6 +56,8 @@ class Provider:
     embed_model: str | None = None  # upstream embeddings model, if the type has embeddings
     # Further embeddings routes, route name -> upstream model (Bedrock: one per model family).
     extra_embed_routes: dict[str, str] = field(default_factory=dict)
+    # Further chat routes, route name -> upstream model (priced like `model`).
+    extra_chat_routes: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -80,6 +99,8 @@ PROVIDERS = [
         "AKIDMOCKEXAMPLE:mock-secret-access-key",
         "amazon.titan-embed-text-v2:0",
         {"embed-bedrock-cohere": "cohere.embed-english-v3"},
+        # A Claude with Bedrock's own structured outputs (the main route's Claude 3 has none).
+        {"via-bedrock-sonnet": "us.anthropic.claude-sonnet-4-5-20250929-v1:0"},
     ),
 ]
 BY_NAME = {p.name: p for p in PROVIDERS}
@@ -145,13 +166,14 @@ def manifests(work: Path) -> Path:
         if p.type == "bedrock":
             spec["bedrock"] = {"region": "us-east-1"}
         # Every chat model priced (USD per million tokens), so tests can check costs.
-        spec["models"] = [{"name": p.model, "pricing": PRICING}]
+        spec["models"] = [{"name": m, "pricing": PRICING} for m in [p.model, *p.extra_chat_routes.values()]]
         docs.append({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "ModelProvider",
                      "metadata": {"name": p.name}, "spec": spec})
         routes = [(f"via-{p.name}", p.model)]
         if p.embed_model:
             routes.append((f"embed-{p.name}", p.embed_model))
         routes.extend(p.extra_embed_routes.items())
+        routes.extend(p.extra_chat_routes.items())
         for route, model in routes:
             docs.append({
                 "apiVersion": "gatehouse.dev/v1alpha1",

@@ -151,6 +151,59 @@ fn translate_message(
 }
 
 /// Everything of the request but its messages, into `out`; warnings for what is dropped.
+/// Anthropic's structured outputs (`output_config.format`, or the older `output_format`) as
+/// OpenAI's `response_format` json_schema, which every adapter enforces its own way. Other
+/// `output_config` members (`effort`) are dropped with a warning.
+fn structured_output(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(), TranslateError> {
+    let config = req.get("output_config").filter(|c| !c.is_null());
+    if let Some(config) = config {
+        let Some(config) = config.as_object() else {
+            return Err(TranslateError::Invalid(
+                "'output_config' must be an object".to_string(),
+            ));
+        };
+        for key in config.keys().filter(|k| k.as_str() != "format") {
+            warnings.push(format!(
+                "'output_config.{key}' only applies when the route's target is anthropic and was \
+                 dropped"
+            ));
+        }
+    }
+    let (name, format) = match (
+        config
+            .and_then(|c| c.get("format"))
+            .filter(|f| !f.is_null()),
+        req.get("output_format").filter(|f| !f.is_null()),
+    ) {
+        (Some(format), _) => ("output_config.format", format),
+        (None, Some(format)) => ("output_format", format),
+        (None, None) => return Ok(()),
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let schema = format
+                .get("schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    TranslateError::Invalid(format!("'{name}.schema' must be a JSON schema object"))
+                })?;
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}),
+            );
+            Ok(())
+        }
+        other => Err(TranslateError::Invalid(format!(
+            "'{name}.type' must be 'json_schema', not '{}'",
+            other.unwrap_or("(missing)")
+        ))),
+    }
+}
+
 fn parameters(
     req: &Map<String, Value>,
     out: &mut Map<String, Value>,
@@ -220,6 +273,7 @@ fn parameters(
     {
         out.insert("user".into(), json!(user));
     }
+    structured_output(req, out, warnings)?;
     for key in req.keys() {
         if !matches!(
             key.as_str(),
@@ -234,6 +288,8 @@ fn parameters(
                 | "tools"
                 | "tool_choice"
                 | "metadata"
+                | "output_config"
+                | "output_format"
         ) {
             warnings.push(format!(
                 "'{key}' only applies when the route's target is anthropic and was dropped"
@@ -491,5 +547,49 @@ mod tests {
             let err = to_openai_body(body, "m").unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn structured_outputs_become_response_format() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        let expected =
+            json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}});
+        for (req, warned) in [
+            (
+                json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}}),
+                false,
+            ),
+            (
+                json!({"output_config": {"effort": "low", "format": {"type": "json_schema", "schema": schema}}}),
+                true,
+            ),
+            (
+                json!({"output_format": {"type": "json_schema", "schema": schema}}),
+                false,
+            ),
+        ] {
+            let mut req = req.as_object().cloned().unwrap();
+            req.insert("model".into(), json!("a"));
+            req.insert(
+                "messages".into(),
+                json!([{"role": "user", "content": "hi"}]),
+            );
+            let (out, warnings) = to_openai(&req).unwrap();
+            assert_eq!(out["response_format"], expected);
+            assert_eq!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("'output_config.effort'")),
+                warned,
+                "{warnings:?}"
+            );
+            assert!(!warnings.iter().any(|w| w.contains("'output_config' only")));
+        }
+        let bad: Map<String, Value> = serde_json::from_value(json!({"model": "a",
+            "messages": [{"role": "user", "content": "hi"}],
+            "output_config": {"format": {"type": "yaml"}}}))
+        .unwrap();
+        let err = to_openai(&bad).unwrap_err().to_string();
+        assert!(err.contains("'output_config.format.type'"), "{err}");
     }
 }

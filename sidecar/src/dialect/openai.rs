@@ -42,6 +42,7 @@ pub fn inspect(data: &[u8], measure: bool) -> Result<Event, DecodeError> {
                     .strip_prefix(b"[")
                     .is_none_or(|rest| rest.trim_ascii_start().starts_with(b"]")),
                 text_bytes: if measure { text_bytes(choices) } else { 0 },
+                ends: false,
             }))
         }
         Err(_) => Err(DecodeError::EventNotObject),

@@ -18,7 +18,7 @@ use super::chat::{
     openai_usage, parse_arguments, role, stop_list, tool_choice, warn_unhandled,
 };
 use super::chat_body::{self, Translated};
-use super::{Adapter, ChunkDecoder, Outgoing, failure};
+use super::{Adapter, ChunkDecoder, Outgoing, failure, structured};
 use crate::dialect::{Dialect, Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
 use crate::state::{Credentials, Provider};
@@ -309,9 +309,27 @@ fn parameters(
     if stream {
         body.insert("stream".into(), json!(true));
     }
-    let tools = function_tools(req)?;
     let choice = tool_choice(req)?;
-    if !tools.is_empty() && choice != Some(ToolChoice::None) {
+    let format = structured::requested(req)?;
+    // The provider's own structured outputs where the model has them and the schema is one they
+    // take; else a forced tool call.
+    let native_schema = format
+        .as_ref()
+        .and_then(|f| f.schema.as_ref())
+        .filter(|_| structured::native(model))
+        .and_then(structured::for_claude);
+    let forced = format.is_some() && native_schema.is_none();
+    let mut tools = if choice == Some(ToolChoice::None) {
+        Vec::new()
+    } else {
+        function_tools(req)?
+    };
+    let own_tools = tools.len();
+    if let (true, Some(format)) = (forced, &format) {
+        let (name, description, schema) = structured::tool(format);
+        tools.push((name.to_string(), Some(description), schema));
+    }
+    if !tools.is_empty() {
         let tools: Vec<Value> = tools
             .into_iter()
             .map(|(name, description, parameters)| {
@@ -323,9 +341,13 @@ fn parameters(
             })
             .collect();
         body.insert("tools".into(), Value::Array(tools));
-        let mut choice = match choice {
-            Some(ToolChoice::Required) => json!({"type": "any"}),
-            Some(ToolChoice::Named(name)) => json!({"type": "tool", "name": name}),
+        let mut choice = match (forced, choice) {
+            (_, Some(ToolChoice::Named(name))) => json!({"type": "tool", "name": name}),
+            (true, _) if own_tools == 0 => {
+                json!({"type": "tool", "name": structured::FORMAT_TOOL})
+            }
+            // The app's tools or the answer: some tool must be called.
+            (true, _) | (false, Some(ToolChoice::Required)) => json!({"type": "any"}),
             _ => json!({"type": "auto"}),
         };
         if req.get("parallel_tool_calls") == Some(&Value::Bool(false))
@@ -338,15 +360,11 @@ fn parameters(
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         body.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(format) = req
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-        && format != "text"
-    {
-        warnings.push(format!(
-            "'response_format' {format} is not enforced by anthropic; ask for JSON in the prompt"
-        ));
+    if let Some(schema) = native_schema {
+        body.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        );
     }
     warn_unhandled(
         req,
@@ -460,6 +478,11 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
     for block in content {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use")
+                if block.get("name").and_then(Value::as_str) == Some(structured::FORMAT_TOOL) =>
+            {
+                text.push_str(&block.get("input").map(Value::to_string).unwrap_or_default());
+            }
             Some("tool_use") => tool_calls.push(json!({
                 "id": block.get("id").cloned().unwrap_or(json!("")),
                 "type": "function",
@@ -471,6 +494,7 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
             _ => {}
         }
     }
+    let tool_calls_empty = tool_calls.is_empty();
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
     if !tool_calls.is_empty()
         && let Some(obj) = message.as_object_mut()
@@ -485,7 +509,11 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
         "choices": [{
             "index": 0,
             "message": message,
-            "finish_reason": finish_reason(value.get("stop_reason").and_then(Value::as_str)),
+            "finish_reason": match finish_reason(value.get("stop_reason").and_then(Value::as_str)) {
+                // Only the structured answer was "called": a plain stop.
+                "tool_calls" if tool_calls_empty => "stop",
+                other => other,
+            },
             "logprobs": null,
         }],
         "usage": usage(value.get("usage").unwrap_or(&Value::Null)),

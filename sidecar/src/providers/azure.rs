@@ -23,6 +23,26 @@ impl Adapter for Azure {
         Some(Dialect::OpenAi)
     }
 
+    fn speaks_responses(&self) -> bool {
+        true
+    }
+
+    /// The v1 API (`{endpoint}/openai/v1/responses`): the deployment goes in the body's `model`,
+    /// and the path takes no `api-version`.
+    fn responses_uri(&self, provider: &Provider) -> Option<Result<Uri, TranslateError>> {
+        Some(
+            format!(
+                "{}/openai/v1/responses",
+                provider.base.trim_end_matches('/')
+            )
+            .parse()
+            .map_err(|source| TranslateError::Url {
+                what: "the provider endpoint".to_string(),
+                source,
+            }),
+        )
+    }
+
     fn outgoing(
         &self,
         provider: &Provider,

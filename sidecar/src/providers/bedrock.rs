@@ -29,6 +29,7 @@ use super::chat::{
     warn_unhandled,
 };
 use super::chat_body::{self, Translated};
+use super::structured;
 use super::{Adapter, ChunkDecoder, Outgoing, Reply, StreamFraming, failure};
 use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, CredentialsError, DecodeError, TranslateError};
@@ -181,7 +182,7 @@ pub fn outgoing(
     stream: bool,
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
-    let body = request(req, &mut warnings)?;
+    let body = request(model, req, &mut warnings)?;
     let uri = model_uri(provider, model, chat_action(stream))?;
     let body = serde_json::to_vec(&body).map_err(TranslateError::Encode)?;
     Ok(Outgoing::single(uri, body.into(), warnings))
@@ -195,7 +196,7 @@ pub(crate) fn outgoing_from_body(
     stream: bool,
 ) -> Result<Outgoing, TranslateError> {
     let mut warnings = Vec::new();
-    let body = request_body(body, &mut warnings)?;
+    let body = request_body(model, body, &mut warnings)?;
     Ok(Outgoing::single(
         model_uri(provider, model, chat_action(stream))?,
         body,
@@ -224,6 +225,7 @@ fn model_uri(provider: &Provider, model: &str, action: &str) -> Result<Uri, Tran
 
 /// The translation itself (pure; golden-tested).
 pub fn request(
+    model: &str,
     req: &Map<String, Value>,
     warnings: &mut Vec<String>,
 ) -> Result<Value, TranslateError> {
@@ -238,12 +240,13 @@ pub fn request(
         }
     }
     let system = (!system.is_empty()).then_some(Value::Array(system));
-    parameters(req, turns.into_json("content"), system, warnings)
+    parameters(model, req, turns.into_json("content"), system, warnings)
 }
 
 /// [`request`] from the client's bytes to the upstream's, one message at a time (no tree of
 /// either; see [`chat_body`]).
 pub(crate) fn request_body(
+    model: &str,
     body: &[u8],
     warnings: &mut Vec<String>,
 ) -> Result<bytes::Bytes, TranslateError> {
@@ -254,7 +257,7 @@ pub(crate) fn request_body(
         writer.take(translate_message(&message)?)
     })?;
     let system = writer.has_system().then_some(Value::Null);
-    let body = parameters(&req, Value::Null, system, warnings)?;
+    let body = parameters(model, &req, Value::Null, system, warnings)?;
     writer.finish(&body, "messages", "system", None)
 }
 
@@ -325,6 +328,7 @@ fn translate_message(message: &Value) -> Result<Translated, TranslateError> {
 /// The body around the translated messages (`messages` and, when given, `system` are put in as
 /// they are: placeholders on the bytes path).
 fn parameters(
+    model: &str,
     req: &Map<String, Value>,
     messages: Value,
     system: Option<Value>,
@@ -351,9 +355,31 @@ fn parameters(
     if !config.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(config));
     }
-    let tools = function_tools(req)?;
     let choice = tool_choice(req)?;
-    if !tools.is_empty() && choice != Some(ToolChoice::None) {
+    let format = structured::requested(req)?;
+    // Converse's own structured outputs where the model has them; else a forced tool call.
+    // A schema Claude's structured outputs cannot take goes the forced tool's way too.
+    let native_format = format
+        .as_ref()
+        .filter(|_| structured::native(model))
+        .and_then(|f| {
+            Some((
+                structured::for_claude(f.schema.as_ref()?)?,
+                f.name.as_deref(),
+            ))
+        });
+    let forced = format.is_some() && native_format.is_none();
+    let mut tools = if choice == Some(ToolChoice::None) {
+        Vec::new()
+    } else {
+        function_tools(req)?
+    };
+    let own_tools = tools.len();
+    if let (true, Some(format)) = (forced, &format) {
+        let (name, description, schema) = structured::tool(format);
+        tools.push((name.to_string(), Some(description), schema));
+    }
+    if !tools.is_empty() {
         let specs: Vec<Value> = tools
             .into_iter()
             .map(|(name, description, parameters)| {
@@ -365,10 +391,11 @@ fn parameters(
             })
             .collect();
         let mut tool_config = json!({"tools": specs});
-        let mapped = match choice {
-            Some(ToolChoice::Required) => Some(json!({"any": {}})),
-            Some(ToolChoice::Named(name)) => Some(json!({"tool": {"name": name}})),
-            Some(ToolChoice::Auto) => Some(json!({"auto": {}})),
+        let mapped = match (forced, choice) {
+            (_, Some(ToolChoice::Named(name))) => Some(json!({"tool": {"name": name}})),
+            (true, _) if own_tools == 0 => Some(json!({"tool": {"name": structured::FORMAT_TOOL}})),
+            (true, _) | (false, Some(ToolChoice::Required)) => Some(json!({"any": {}})),
+            (false, Some(ToolChoice::Auto)) => Some(json!({"auto": {}})),
             _ => None,
         };
         if let (Some(c), Some(obj)) = (mapped, tool_config.as_object_mut()) {
@@ -376,15 +403,15 @@ fn parameters(
         }
         body.insert("toolConfig".into(), tool_config);
     }
-    if let Some(format) = req
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-        && format != "text"
-    {
-        warnings.push(format!(
-            "'response_format' {format} is not enforced by bedrock converse; ask for JSON in the prompt"
-        ));
+    if let Some((schema, name)) = native_format {
+        // Converse takes the schema as a JSON string.
+        body.insert(
+            "outputConfig".into(),
+            json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+                "schema": schema.to_string(),
+                "name": name.unwrap_or("response"),
+            }}}}),
+        );
     }
     warn_unhandled(req, &["n", "response_format"], "bedrock", warnings);
     Ok(Value::Object(body))
@@ -475,7 +502,11 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
         if let Some(t) = block.get("text").and_then(Value::as_str) {
             text.push_str(t);
         }
-        if let Some(tool) = block.get("toolUse") {
+        if let Some(tool) = block.get("toolUse")
+            && tool.get("name").and_then(Value::as_str) == Some(structured::FORMAT_TOOL)
+        {
+            text.push_str(&tool.get("input").map(Value::to_string).unwrap_or_default());
+        } else if let Some(tool) = block.get("toolUse") {
             calls.push(json!({
                 "id": tool.get("toolUseId").cloned().unwrap_or(json!("")),
                 "type": "function",
@@ -486,6 +517,7 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
             }));
         }
     }
+    let calls_empty = calls.is_empty();
     let mut message = json!({"role": "assistant",
         "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
     if !calls.is_empty()
@@ -499,7 +531,11 @@ pub fn response(value: &Value, model: &str) -> Result<Value, DecodeError> {
         "created": now_secs(),
         "model": model,
         "choices": [{"index": 0, "message": message,
-            "finish_reason": finish_reason(value.get("stopReason").and_then(Value::as_str)),
+            "finish_reason": match finish_reason(value.get("stopReason").and_then(Value::as_str)) {
+                // Only the structured answer was "called": a plain stop.
+                "tool_calls" if calls_empty => "stop",
+                other => other,
+            },
             "logprobs": null}],
         "usage": usage(value.get("usage").unwrap_or(&Value::Null)),
     }))

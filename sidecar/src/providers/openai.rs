@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value};
 
 use super::{Adapter, ChunkDecoder, Outgoing, StreamItem, failure};
@@ -15,13 +15,36 @@ use crate::error::{AuthFailure, DecodeError, TranslateError};
 use crate::sse::SseParser;
 use crate::state::{Credentials, Provider};
 
-/// The adapter of `openai` and `openaiCompatible` providers.
+/// The adapter of `openai` and `openaiCompatible` providers; they differ only in the Responses
+/// API, which OpenAI serves and compatible servers (vLLM, Ollama…) mostly do not.
 #[derive(Debug)]
-pub struct OpenAi;
+pub struct OpenAi {
+    responses: bool,
+}
+
+/// The adapter of `openai` providers.
+pub static OPENAI: OpenAi = OpenAi { responses: true };
+/// The adapter of `openaiCompatible` providers.
+pub static COMPATIBLE: OpenAi = OpenAi { responses: false };
 
 impl Adapter for OpenAi {
     fn native(&self) -> Option<Dialect> {
         Some(Dialect::OpenAi)
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.responses
+    }
+
+    fn responses_uri(&self, provider: &Provider) -> Option<Result<Uri, TranslateError>> {
+        self.responses.then(|| {
+            format!("{}/responses", provider.base.trim_end_matches('/'))
+                .parse()
+                .map_err(|source| TranslateError::Url {
+                    what: "the provider endpoint".to_string(),
+                    source,
+                })
+        })
     }
 
     fn outgoing(

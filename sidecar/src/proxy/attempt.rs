@@ -429,7 +429,10 @@ fn complete(
         let usage = inbound.dialect.usage(&body);
         return Ok((body, usage));
     }
-    let openai = provider.adapter.responses(inbound.op, model, &replies)?;
+    let mut openai = provider.adapter.responses(inbound.op, model, &replies)?;
+    if inbound.op == crate::dialect::Operation::Embeddings {
+        crate::usage::estimate_embedding_prompt(&mut openai, inbound.body());
+    }
     let usage = openai
         .get("usage")
         .and_then(|u| serde_json::from_value::<crate::usage::Usage>(u.clone()).ok());

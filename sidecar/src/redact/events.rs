@@ -80,6 +80,9 @@ impl StreamText {
             let rewritten = match dialect {
                 Dialect::OpenAi => self.openai(session, event),
                 Dialect::Anthropic => self.anthropic(session, event),
+                // Refused before it is sent (`stages::redaction`): no Responses stream reaches
+                // here.
+                Dialect::Responses => None,
             };
             if let Some(new) = rewritten {
                 let o = out.get_or_insert_with(|| BytesMut::with_capacity(batch.len() + 64));

@@ -184,6 +184,22 @@ fn event_text(dialect: Dialect, data: &[u8], out: &mut String) {
                 out.push_str(&t);
             }
         }
+        // `response.output_text.delta` events carry the text in `delta`.
+        Dialect::Responses => {
+            #[derive(serde::Deserialize)]
+            struct Event<'a> {
+                #[serde(default, borrow)]
+                r#type: Option<std::borrow::Cow<'a, str>>,
+                #[serde(default)]
+                delta: Option<String>,
+            }
+            if let Ok(e) = serde_json::from_slice::<Event<'_>>(data)
+                && e.r#type.as_deref() == Some("response.output_text.delta")
+                && let Some(t) = e.delta
+            {
+                out.push_str(&t);
+            }
+        }
     }
 }
 

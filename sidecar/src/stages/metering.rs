@@ -83,9 +83,12 @@ impl Stage for Metering {
     }
 
     fn on_answer(&self, ctx: &mut Context, _body: &mut Bytes) {
-        // An answer without usage, or with no prompt tokens (Gemini's embeddings report none),
-        // has its prompt estimated from the request's size.
-        if ctx.answered_by.is_some() && ctx.usage.is_none_or(|u| u.prompt_tokens == 0) {
+        // An answer without usage, or with no prompt tokens, has its prompt estimated from the
+        // request's size; one the gateway already estimated (embeddings whose provider reports
+        // no tokens, `usage::estimate_embedding_prompt`) is charged as it says, as an estimate.
+        if ctx.usage.is_some_and(|u| u.estimated) {
+            ctx.usage_estimated = true;
+        } else if ctx.answered_by.is_some() && ctx.usage.is_none_or(|u| u.prompt_tokens == 0) {
             Self::estimate(ctx);
         }
         self.price(ctx);

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{
+    Answer, Finish, Forced, Prompt, Unpaired, block_ids, next_id, text_of, unpaired, words_in,
+};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing, sse_named};
 
@@ -112,7 +114,34 @@ fn prompt(request: &Value) -> Prompt {
             .iter()
             .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name").and_then(Value::as_str)?;
+                Some((
+                    name.to_owned(),
+                    t.get("input_schema").cloned().unwrap_or_default(),
+                ))
+            })
+            .collect();
     }
+    prompt.tool_choice = match request.pointer("/tool_choice/type").and_then(Value::as_str) {
+        Some("none") => Some(Forced::None),
+        Some("any") => Some(Forced::Any),
+        Some("tool") => request
+            .pointer("/tool_choice/name")
+            .and_then(Value::as_str)
+            .map(|n| Forced::Named(n.to_owned())),
+        _ => None,
+    };
+    prompt.single_call = request
+        .pointer("/tool_choice/disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        == Some(true);
+    prompt.json_schema = request
+        .pointer("/output_config/format")
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .map(|f| f.get("schema").cloned().unwrap_or_default());
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -135,6 +164,135 @@ fn prompt(request: &Value) -> Prompt {
         }
     }
     prompt
+}
+
+/// The ids of the blocks of `kind` (`tool_use`: `id`, `tool_result`: `tool_use_id`) in a
+/// message.
+fn ids_of(message: &Value, kind: &str, key: &str) -> Vec<String> {
+    block_ids(message, |b| {
+        (b.get("type").and_then(Value::as_str) == Some(kind))
+            .then(|| b.get(key).and_then(Value::as_str).map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// Anthropic's refusal of tool calls and results that do not pair up.
+fn unpaired_tools(messages: &[Value]) -> Option<String> {
+    let found = unpaired(
+        messages,
+        |m| ids_of(m, "tool_use", "id"),
+        |m| ids_of(m, "tool_result", "tool_use_id"),
+    )?;
+    Some(match found {
+        Unpaired::Unanswered { index, ids } => format!(
+            "messages.{index}: `tool_use` ids were found without `tool_result` blocks \
+             immediately after: {}. Each `tool_use` block must have a corresponding \
+             `tool_result` block in the next message.",
+            ids.join(", ")
+        ),
+        Unpaired::Unexpected { index, ids } => format!(
+            "messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: {}. \
+             Each `tool_result` block must have a corresponding `tool_use` block in the \
+             previous message.",
+            ids.join(", ")
+        ),
+    })
+}
+
+/// What Claude's structured outputs refuse in a schema (Anthropic's "JSON Schema limitations"):
+/// numeric constraints, string lengths, array bounds other than `minItems` 0 or 1, and objects
+/// that do not set `additionalProperties: false`. The refusal's text, without its path prefix.
+pub(crate) fn unsupported_schema(schema: &Value) -> Option<String> {
+    let refused = |kind: &str, key: &str| {
+        Some(format!(
+            "For '{kind}' type, property '{key}' is not supported"
+        ))
+    };
+    match schema {
+        Value::Array(items) => items.iter().find_map(unsupported_schema),
+        Value::Object(map) => {
+            let kinds: Vec<&str> = match map.get("type") {
+                Some(Value::String(t)) => vec![t.as_str()],
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for kind in &kinds {
+                let keys: &[&str] = match *kind {
+                    "integer" | "number" => &[
+                        "minimum",
+                        "maximum",
+                        "exclusiveMinimum",
+                        "exclusiveMaximum",
+                        "multipleOf",
+                    ],
+                    "string" => &["minLength", "maxLength"],
+                    "array" => &["maxItems", "uniqueItems"],
+                    _ => &[],
+                };
+                if let Some(key) = keys.iter().find(|k| map.contains_key(**k)) {
+                    return refused(kind, key);
+                }
+                if *kind == "array"
+                    && map
+                        .get("minItems")
+                        .is_some_and(|m| !matches!(m.as_u64(), Some(0 | 1)))
+                {
+                    return Some(
+                        "For 'array' type, 'minItems' values other than 0 or 1 are not supported"
+                            .to_owned(),
+                    );
+                }
+                if *kind == "object" && map.get("additionalProperties") != Some(&Value::Bool(false))
+                {
+                    return Some(
+                        "For 'object' type, 'additionalProperties' must be explicitly set to false"
+                            .to_owned(),
+                    );
+                }
+            }
+            map.values().find_map(unsupported_schema)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `model` takes `output_config.format` (Claude Opus 4.1, Sonnet/Opus/Haiku 4.5 and
+/// later; Bedrock model ids included).
+pub(crate) fn structured_outputs(model: &str) -> bool {
+    let Some(at) = model.find("claude-") else {
+        return false;
+    };
+    let mut parts = model[at + "claude-".len()..].split(['-', '.', '@', ':']);
+    let (Some(family), Some(major), minor) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if !matches!(family, "opus" | "sonnet" | "haiku") {
+        return false;
+    }
+    let major: u32 = major.parse().unwrap_or(0);
+    // A date (20250514) is not a minor version.
+    let minor: u32 = minor
+        .filter(|m| m.len() <= 2)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    major > 4 || (major == 4 && (minor >= 5 || (family == "opus" && minor >= 1)))
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens"}`, the words of the system prompt, the
+/// messages and the tool definitions.
+fn count_tokens(body: &[u8]) -> Response<Body> {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return invalid("Input should be a valid dictionary or object"),
+    };
+    if request.get("model").and_then(Value::as_str).is_none() {
+        return invalid("model: Field required");
+    }
+    if request.get("messages").and_then(Value::as_array).is_none() {
+        return invalid("messages: Field required");
+    }
+    let prompt = prompt(&request);
+    body::json_response(StatusCode::OK, &json!({"input_tokens": prompt.words}))
 }
 
 fn stop_reason(finish: Finish) -> &'static str {
@@ -162,6 +320,9 @@ pub(crate) fn handle(
     body: &[u8],
     behaviour: &Behaviour,
 ) -> Response<Body> {
+    if method == Method::POST && path == "/v1/messages/count_tokens" {
+        return count_tokens(body);
+    }
     if method != Method::POST || path != "/v1/messages" {
         return error(
             404,
@@ -184,13 +345,28 @@ pub(crate) fn handle(
     if request.get("max_tokens").and_then(Value::as_u64).is_none() {
         return invalid("max_tokens: Field required");
     }
-    if messages.as_array().is_none_or(Vec::is_empty) {
+    let Some(messages) = messages.as_array().filter(|m| !m.is_empty()) else {
         return invalid("messages: at least one message is required");
+    };
+    if let Some(message) = unpaired_tools(messages) {
+        return invalid(&message);
     }
     if let Fault::StreamError { status, .. } = behaviour.fault
         && request.get("stream").and_then(Value::as_bool) != Some(true)
     {
         return error(status, None, None, None);
+    }
+    // Structured outputs exist for the newer models only; the API refuses them elsewhere.
+    if request.pointer("/output_config/format").is_some() && !structured_outputs(model) {
+        return invalid(&format!(
+            "output_config.format: structured outputs are not supported for model '{model}'"
+        ));
+    }
+    if let Some(problem) = request
+        .pointer("/output_config/format/schema")
+        .and_then(unsupported_schema)
+    {
+        return invalid(&format!("output_config.format.schema: {problem}"));
     }
 
     let prompt = prompt(&request);
@@ -199,11 +375,17 @@ pub(crate) fn handle(
     let mut response = if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream(&id, model, &answer, behaviour)
     } else {
-        let content = match &answer.tool_call {
-            Some(call) => json!([{
-                "type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments,
-            }]),
-            None => json!([{"type": "text", "text": answer.text()}]),
+        let content: Value = if answer.tool_calls.is_empty() {
+            json!([{"type": "text", "text": answer.text()}])
+        } else {
+            answer
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    json!({"type": "tool_use", "id": call.id, "name": call.name,
+                           "input": call.arguments})
+                })
+                .collect()
         };
         body::success_json(
             &json!({
@@ -234,25 +416,65 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
             "stop_reason": null, "stop_sequence": null, "usage": usage(answer, 1),
         }}),
     ));
-    let (block, deltas): (Value, Vec<Value>) = match &answer.tool_call {
-        Some(call) => (
-            json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
-            call.pieces
-                .iter()
-                .map(|p| json!({"type": "input_json_delta", "partial_json": p}))
-                .collect(),
-        ),
-        None => (
+    let delta = |index: usize, delta: Value| {
+        sse_named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+    };
+    let block_stop = |index: usize| {
+        sse_named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        )
+    };
+    let block_start = |index: usize, block: Value| {
+        sse_named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+    };
+    let tool_block = |call: &crate::answer::PlannedCall| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+    // The content chunks after the first block's start: one delta each; a later call's first
+    // chunk also closes the block before it and opens its own.
+    let (first_block, deltas): (Value, Vec<Bytes>) = match answer.tool_calls.as_slice() {
+        [] => (
             json!({"type": "text", "text": ""}),
             (0..answer.words.len())
-                .map(|i| json!({"type": "text_delta", "text": answer.chunk_text(i)}))
+                .map(|i| {
+                    delta(
+                        0,
+                        json!({"type": "text_delta", "text": answer.chunk_text(i)}),
+                    )
+                })
+                .collect(),
+        ),
+        calls => (
+            tool_block(&calls[0]),
+            calls
+                .iter()
+                .enumerate()
+                .flat_map(|(index, call)| {
+                    call.pieces.iter().enumerate().map(move |(j, piece)| {
+                        let d = delta(
+                            index,
+                            json!({"type": "input_json_delta", "partial_json": piece}),
+                        );
+                        if index > 0 && j == 0 {
+                            let mut joined = block_stop(index - 1).to_vec();
+                            joined.extend_from_slice(&block_start(index, tool_block(call)));
+                            joined.extend_from_slice(&d);
+                            Bytes::from(joined)
+                        } else {
+                            d
+                        }
+                    })
+                })
                 .collect(),
         ),
     };
-    events.push(sse_named(
-        "content_block_start",
-        &json!({"type": "content_block_start", "index": 0, "content_block": block}),
-    ));
+    let last_block = answer.tool_calls.len().saturating_sub(1);
+    events.push(block_start(0, first_block));
     events.push(sse_named("ping", &json!({"type": "ping"})));
     let gate_from = events.len() + 1;
 
@@ -267,12 +489,7 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
             b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", <<not json\n\n",
         ));
     } else {
-        for delta in &deltas[..limit] {
-            events.push(sse_named(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
-            ));
-        }
+        events.extend(deltas.into_iter().take(limit));
         if let Some(status) = error_status {
             let (error_type, message) = defaults(status);
             events.push(sse_named(
@@ -280,15 +497,13 @@ fn stream(id: &str, model: &str, answer: &Answer<'_>, behaviour: &Behaviour) -> 
                 &json!({"type": "error", "error": {"type": error_type, "message": message}}),
             ));
         } else if cut.is_none() {
-            events.push(sse_named(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ));
+            events.push(block_stop(last_block));
             events.push(sse_named(
                 "message_delta",
                 &json!({"type": "message_delta",
                     "delta": {"stop_reason": stop_reason(answer.finish), "stop_sequence": null},
-                    "usage": {"output_tokens": answer.output_tokens}}),
+                    // The API repeats the prompt's counts here (cumulative usage).
+                    "usage": usage(answer, answer.output_tokens)}),
             ));
             events.push(sse_named("message_stop", &json!({"type": "message_stop"})));
         }

@@ -41,6 +41,14 @@ pub(crate) fn handle(
     body: &[u8],
     behaviour: &Behaviour,
 ) -> Response<Body> {
+    // The v1 API: no deployment in the path, the deployment is the body's `model`, and no
+    // `api-version` is needed.
+    if path == "/openai/v1/responses" {
+        if method != Method::POST {
+            return not_found();
+        }
+        return openai::responses(body, behaviour, None);
+    }
     let Some((deployment, operation)) = path
         .strip_prefix("/openai/deployments/")
         .and_then(|rest| rest.split_once('/'))

@@ -20,7 +20,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{
+    Answer, Finish, Forced, Prompt, Unpaired, block_ids, next_id, text_of, unpaired, words_in,
+};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing};
 
@@ -221,6 +223,54 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `POST /model/{modelId}/count-tokens` with a Converse input: `{"inputTokens"}`, the words of
+/// the system prompt and the messages.
+fn count_tokens(body: &[u8]) -> Response<Body> {
+    let request: Value = serde_json::from_slice(body).unwrap_or_default();
+    let Some(converse) = request.pointer("/input/converse") else {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some(
+                "1 validation error detected: Value null at 'input' failed to satisfy constraint: Member must not be null",
+            ),
+        );
+    };
+    let prompt = prompt(converse);
+    body::json_response(StatusCode::OK, &json!({"inputTokens": prompt.words}))
+}
+
+/// The `toolUseId`s of a message's `toolUse` (or `toolResult`) blocks.
+fn tool_ids(message: &Value, kind: &str) -> Vec<String> {
+    block_ids(message, |b| {
+        b.get(kind)
+            .and_then(|t| t.get("toolUseId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
+/// Converse's refusal of tool uses and results that do not pair up.
+fn unpaired_tools(messages: &[Value]) -> Option<String> {
+    Some(
+        match unpaired(
+            messages,
+            |m| tool_ids(m, "toolUse"),
+            |m| tool_ids(m, "toolResult"),
+        )? {
+            Unpaired::Unanswered { index, ids } => format!(
+                "Expected toolResult blocks at messages.{}.content for the following Ids: {}",
+                index + 1,
+                ids.join(", ")
+            ),
+            Unpaired::Unexpected { index, .. } => format!(
+                "The number of toolResult blocks at messages.{index}.content exceeds the number \
+                 of toolUse blocks of previous turn."
+            ),
+        },
+    )
+}
+
 fn prompt(request: &Value) -> Prompt {
     let mut prompt = Prompt {
         words: request.get("system").map(words_in).unwrap_or(0),
@@ -238,7 +288,29 @@ fn prompt(request: &Value) -> Prompt {
             .filter_map(|t| t.pointer("/toolSpec/name").and_then(Value::as_str))
             .map(str::to_owned)
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.pointer("/toolSpec/name").and_then(Value::as_str)?;
+                let schema = t.pointer("/toolSpec/inputSchema/json").cloned();
+                Some((name.to_owned(), schema.unwrap_or_default()))
+            })
+            .collect();
     }
+    let choice = request.pointer("/toolConfig/toolChoice");
+    prompt.tool_choice = if choice.and_then(|c| c.get("any")).is_some() {
+        Some(Forced::Any)
+    } else {
+        choice
+            .and_then(|c| c.pointer("/tool/name"))
+            .and_then(Value::as_str)
+            .map(|n| Forced::Named(n.to_owned()))
+    };
+    // Converse takes the schema as a JSON string.
+    prompt.json_schema = request
+        .pointer("/outputConfig/textFormat/structure/jsonSchema/schema")
+        .and_then(Value::as_str)
+        .map(|s| serde_json::from_str(s).unwrap_or_default());
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -298,6 +370,8 @@ pub(crate) fn handle(
         (m, false)
     } else if let Some(m) = rest.strip_suffix("/invoke") {
         return embeddings::invoke(&percent_decode(m), body, behaviour);
+    } else if rest.ends_with("/count-tokens") {
+        return count_tokens(body);
     } else {
         return not_found();
     };
@@ -312,6 +386,30 @@ pub(crate) fn handle(
             );
         }
     };
+    if request.pointer("/outputConfig/textFormat").is_some()
+        && !crate::anthropic::structured_outputs(&model)
+    {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some("This model doesn't support structured outputs (outputConfig.textFormat)."),
+        );
+    }
+    if let Some(problem) = request
+        .pointer("/outputConfig/textFormat/structure/jsonSchema/schema")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .as_ref()
+        .and_then(crate::anthropic::unsupported_schema)
+    {
+        return error(
+            400,
+            Some("ValidationException"),
+            Some(&format!(
+                "outputConfig.textFormat.structure.jsonSchema.schema: {problem}"
+            )),
+        );
+    }
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return error(
             400,
@@ -335,6 +433,9 @@ pub(crate) fn handle(
             ),
         );
     }
+    if let Some(message) = unpaired_tools(messages) {
+        return error(400, Some("ValidationException"), Some(&message));
+    }
     if let Fault::StreamError { status, .. } = behaviour.fault
         && !stream
     {
@@ -345,11 +446,17 @@ pub(crate) fn handle(
     if stream {
         return stream_response(&answer, behaviour);
     }
-    let content = match &answer.tool_call {
-        Some(call) => {
-            json!([{"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}])
-        }
-        None => json!([{"text": answer.text()}]),
+    let content: Value = if answer.tool_calls.is_empty() {
+        json!([{"text": answer.text()}])
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| {
+                json!({"toolUse": {"toolUseId": call.id, "name": call.name,
+                                   "input": call.arguments}})
+            })
+            .collect()
     };
     let mut response = body::success_json(
         &json!({
@@ -408,22 +515,56 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
         "messageStart",
         &json!({"p": "abcdefghij", "role": "assistant"}),
     )];
-    let deltas: Vec<Value> = match &answer.tool_call {
-        Some(call) => {
-            events.push(event(
-                "contentBlockStart",
-                &json!({"contentBlockIndex": 0, "p": "abcd",
-                    "start": {"toolUse": {"toolUseId": call.id, "name": call.name}}}),
-            ));
-            call.pieces
+    let start = |index: usize, call: &crate::answer::PlannedCall| {
+        event(
+            "contentBlockStart",
+            &json!({"contentBlockIndex": index, "p": "abcd",
+                "start": {"toolUse": {"toolUseId": call.id, "name": call.name}}}),
+        )
+    };
+    let block_stop = |index: usize| {
+        event(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": index, "p": "abcdef"}),
+        )
+    };
+    // The content chunks after the first block's start: one delta each; a later tool use's
+    // first chunk also closes the block before it and opens its own.
+    let deltas: Vec<Bytes> = match answer.tool_calls.as_slice() {
+        [] => (0..answer.words.len())
+            .map(|i| {
+                event(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 0, "delta": {"text": answer.chunk_text(i)}, "p": "abc"}),
+                )
+            })
+            .collect(),
+        calls => {
+            events.push(start(0, &calls[0]));
+            calls
                 .iter()
-                .map(|p| json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": p}}, "p": "ab"}))
+                .enumerate()
+                .flat_map(|(index, call)| {
+                    call.pieces.iter().enumerate().map(move |(j, piece)| {
+                        let d = event(
+                            "contentBlockDelta",
+                            &json!({"contentBlockIndex": index,
+                                    "delta": {"toolUse": {"input": piece}}, "p": "ab"}),
+                        );
+                        if index > 0 && j == 0 {
+                            let mut joined = block_stop(index - 1).to_vec();
+                            joined.extend_from_slice(&start(index, call));
+                            joined.extend_from_slice(&d);
+                            Bytes::from(joined)
+                        } else {
+                            d
+                        }
+                    })
+                })
                 .collect()
         }
-        None => (0..answer.words.len())
-            .map(|i| json!({"contentBlockIndex": 0, "delta": {"text": answer.chunk_text(i)}, "p": "abc"}))
-            .collect(),
     };
+    let last_block = answer.tool_calls.len().saturating_sub(1);
     let gate_from = events.len() + 1;
     let cut = behaviour.fault.stream_cut(deltas.len());
     let (limit, error_status) = match (cut, &behaviour.fault) {
@@ -437,12 +578,7 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
             b"\x00\x00\x00\x20\x00\x00\x00\x00garbage-not-a-frame-at-all!!",
         ));
     } else {
-        events.extend(
-            deltas
-                .iter()
-                .take(limit)
-                .map(|d| event("contentBlockDelta", d)),
-        );
+        events.extend(deltas.into_iter().take(limit));
         if let Some(status) = error_status {
             events.push(frame(
                 "exception",
@@ -451,10 +587,7 @@ fn stream_response(answer: &Answer<'_>, behaviour: &Behaviour) -> Response<Body>
                 &json!({"message": default_message(status)}),
             ));
         } else if cut.is_none() {
-            events.push(event(
-                "contentBlockStop",
-                &json!({"contentBlockIndex": 0, "p": "abcdef"}),
-            ));
+            events.push(block_stop(last_block));
             events.push(event(
                 "messageStop",
                 &json!({"stopReason": stop_reason(answer.finish), "p": "ab"}),

@@ -54,6 +54,10 @@ pub struct Behaviour {
     /// result). Without it the mock calls a declared tool on its own when the last user message
     /// mentions "weather" (see [`ToolCall::auto`]).
     pub tool_call: Option<ToolCall>,
+    /// Answer with these tool calls, in order (parallel calls; takes precedence over
+    /// `tool_call`). A request that allows one call only (`parallel_tool_calls: false`,
+    /// `disable_parallel_tool_use`) gets the first.
+    pub tool_calls: Vec<ToolCall>,
     /// Holds a stream after its first content chunk until the test releases it.
     #[serde(skip)]
     pub gate: Option<StreamGate>,
@@ -112,6 +116,7 @@ impl Default for Behaviour {
             reasoning_tokens: 0,
             cache_write_tokens: 0,
             tool_call: None,
+            tool_calls: Vec::new(),
             gate: None,
         }
     }
@@ -170,6 +175,14 @@ impl Behaviour {
     pub fn tool_call(name: impl Into<String>, arguments: serde_json::Value) -> Self {
         Self {
             tool_call: Some(ToolCall::new(name, arguments)),
+            ..Self::default()
+        }
+    }
+
+    /// Answer with `calls`, in order (parallel tool calls).
+    pub fn tool_calls(calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
             ..Self::default()
         }
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Finish, Prompt, next_id, text_of, words_in};
+use crate::answer::{Answer, Finish, Forced, Prompt, next_id, text_of, words_in};
 use crate::behaviour::{Behaviour, Fault};
 use crate::body::{self, Body, Pacing};
 use crate::openai::text_vector;
@@ -160,6 +160,43 @@ fn prompt(request: &Value) -> Prompt {
             .flatten()
             .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_owned))
             .collect();
+        prompt.tool_schemas = tools
+            .iter()
+            .filter_map(|t| t.get("functionDeclarations").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|f| {
+                let name = f.get("name").and_then(Value::as_str)?;
+                let schema = f
+                    .get("parameters")
+                    .or_else(|| f.get("parametersJsonSchema"));
+                Some((name.to_owned(), schema.cloned().unwrap_or_default()))
+            })
+            .collect();
+    }
+    let calling = request.pointer("/toolConfig/functionCallingConfig");
+    prompt.tool_choice = match calling.and_then(|c| c.get("mode")).and_then(Value::as_str) {
+        Some("NONE") => Some(Forced::None),
+        Some("ANY") => match calling
+            .and_then(|c| c.pointer("/allowedFunctionNames/0"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(Forced::Named(name.to_owned())),
+            None => Some(Forced::Any),
+        },
+        _ => None,
+    };
+    if request
+        .pointer("/generationConfig/responseMimeType")
+        .and_then(Value::as_str)
+        == Some("application/json")
+    {
+        prompt.json_schema = Some(
+            request
+                .pointer("/generationConfig/responseSchema")
+                .or_else(|| request.pointer("/generationConfig/responseJsonSchema"))
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        );
     }
     let contents = request
         .get("contents")
@@ -181,6 +218,28 @@ fn prompt(request: &Value) -> Prompt {
         }
     }
     prompt
+}
+
+/// Gemini's refusal of a function call turn whose responses do not match it one for one: the
+/// content after a turn of N `functionCall` parts must hold N `functionResponse` parts.
+fn unmatched_responses(contents: &[Value]) -> Option<&'static str> {
+    let count = |c: &Value, key: &str| {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .map_or(0, |ps| ps.iter().filter(|p| p.get(key).is_some()).count())
+    };
+    let mut calls = 0;
+    for content in contents {
+        let responses = count(content, "functionResponse");
+        if (calls > 0 || responses > 0) && responses != calls {
+            return Some(
+                "Please ensure that the number of function response parts is equal to the number \
+                 of function call parts of the function call turn.",
+            );
+        }
+        calls = count(content, "functionCall");
+    }
+    None
 }
 
 fn finish_reason(finish: Finish) -> &'static str {
@@ -260,6 +319,14 @@ pub(crate) fn handle(
     match operation {
         "generateContent" | "streamGenerateContent" => {}
         "embedContent" => return embed(&request, model, behaviour),
+        "countTokens" => {
+            // `contents` alone, or a whole `generateContentRequest`.
+            let inner = request.get("generateContentRequest").unwrap_or(&request);
+            return body::json_response(
+                StatusCode::OK,
+                &json!({"totalTokens": prompt(inner).words}),
+            );
+        }
         "batchEmbedContents" => return batch_embed(&request, behaviour),
         _ => {
             return error(
@@ -277,6 +344,10 @@ pub(crate) fn handle(
     {
         return invalid("* GenerateContentRequest.contents: contents is not specified\n");
     }
+    let contents = request.get("contents").and_then(Value::as_array);
+    if let Some(message) = unmatched_responses(contents.map_or(&[], Vec::as_slice)) {
+        return invalid(message);
+    }
     let prompt = prompt(&request);
     let answer = Answer::plan(behaviour, model, &prompt, "");
     let id = next_id("mock-");
@@ -289,9 +360,14 @@ pub(crate) fn handle(
             query_param(query, "alt") == Some("sse"),
         );
     }
-    let parts = match &answer.tool_call {
-        Some(call) => json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
-        None => json!([{"text": answer.text()}]),
+    let parts: Value = if answer.tool_calls.is_empty() {
+        json!([{"text": answer.text()}])
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| json!({"functionCall": {"name": call.name, "args": call.arguments}}))
+            .collect()
     };
     body::success_json(
         &response(
@@ -312,15 +388,23 @@ fn stream_response(
     behaviour: &Behaviour,
     sse: bool,
 ) -> Response<Body> {
-    // One response per word (a function call comes whole, in one response).
-    let mut pieces: Vec<(Value, u64)> = match &answer.tool_call {
-        Some(call) => vec![(
-            json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
-            answer.output_tokens - answer.reasoning_tokens,
-        )],
-        None => (0..answer.words.len())
+    // One response per word; a function call comes whole, one per response (parallel calls in
+    // consecutive responses), the output count reported whole from the first.
+    let mut pieces: Vec<(Value, u64)> = if answer.tool_calls.is_empty() {
+        (0..answer.words.len())
             .map(|i| (json!([{"text": answer.chunk_text(i)}]), i as u64 + 1))
-            .collect(),
+            .collect()
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| {
+                (
+                    json!([{"functionCall": {"name": call.name, "args": call.arguments}}]),
+                    answer.output_tokens - answer.reasoning_tokens,
+                )
+            })
+            .collect()
     };
     if pieces.is_empty() {
         pieces.push((json!([{"text": ""}]), 0));

@@ -9,6 +9,7 @@
 mod chat;
 mod embeddings;
 mod error;
+mod responses;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ pub use chat::answer_words;
 pub(crate) use chat::{azure_chat_completions, chat_completions};
 pub(crate) use embeddings::{embeddings, text_vector};
 pub use error::ApiError;
+pub(crate) use responses::responses;
 
 /// Sent as `system_fingerprint` on every completion and chunk.
 pub const SYSTEM_FINGERPRINT: &str = "fp_6d0c3a1b5e";

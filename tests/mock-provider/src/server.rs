@@ -306,6 +306,7 @@ fn api_response(
         Flavor::AzureOpenAi => {
             if let Fault::StreamError { status, .. } = behaviour.fault
                 && !path.ends_with("/chat/completions")
+                && !path.ends_with("/responses")
             {
                 return ApiError::from_fault(status, None, None, None, None, None).into_response();
             }
@@ -340,12 +341,14 @@ fn openai_endpoint(
 ) -> Response<Body> {
     if let Fault::StreamError { status, .. } = behaviour.fault
         && !path.ends_with("/chat/completions")
+        && !path.ends_with("/responses")
     {
         return ApiError::from_fault(status, None, None, None, None, None).into_response();
     }
     match (method, path) {
         (&Method::POST, "/v1/chat/completions") => openai::chat_completions(body, behaviour),
         (&Method::POST, "/v1/embeddings") => openai::embeddings(body, behaviour),
+        (&Method::POST, "/v1/responses") => openai::responses(body, behaviour, None),
         (&Method::GET, "/v1/models") => openai::list_models(&shared.config.models, behaviour),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];

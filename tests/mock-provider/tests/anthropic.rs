@@ -320,3 +320,43 @@ async fn stream_faults_cut_error_garbage_gate() {
     }
     assert!(seen.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
 }
+
+#[tokio::test]
+async fn structured_output_schemas_are_checked_like_claudes() {
+    let mock = MockProvider::start().await.unwrap();
+    let with_schema = |schema: Value| {
+        let mut b = body(false);
+        b["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+        b
+    };
+    let ok = json!({"type": "object", "properties": {"n": {"type": "integer"}},
+                    "required": ["n"], "additionalProperties": false});
+    let resp = post(&mock, None, &with_schema(ok)).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(v["content"][0]["text"].as_str().unwrap()).unwrap(),
+        json!({"n": 1})
+    );
+    for (schema, message) in [
+        (
+            json!({"type": "object", "additionalProperties": false,
+                   "properties": {"n": {"type": "integer", "minimum": 0}}}),
+            "output_config.format.schema: For 'integer' type, property 'minimum' is not supported",
+        ),
+        (
+            json!({"type": "object", "additionalProperties": false,
+                   "properties": {"s": {"type": ["string", "null"], "maxLength": 3}}}),
+            "output_config.format.schema: For 'string' type, property 'maxLength' is not supported",
+        ),
+        (
+            json!({"type": "object", "properties": {}}),
+            "output_config.format.schema: For 'object' type, 'additionalProperties' must be explicitly set to false",
+        ),
+    ] {
+        let resp = post(&mock, None, &with_schema(schema)).await;
+        assert_eq!(resp.status(), 400);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["message"], message);
+    }
+}

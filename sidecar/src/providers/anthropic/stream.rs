@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::{finish_reason, usage};
 use crate::error::DecodeError;
 use crate::providers::chat::{delta_chunk, now_secs, usage_chunk};
-use crate::providers::{ChunkDecoder, StreamItem};
+use crate::providers::{ChunkDecoder, StreamItem, structured};
 use crate::sse::SseParser;
 
 /// Anthropic SSE (`message_start`, `content_block_*`, `message_delta`, `message_stop`, `ping`,
@@ -19,6 +19,8 @@ pub struct StreamDecoder {
     created: u64,
     /// Tool index by content block index.
     tools: Vec<(u64, u64)>,
+    /// The content block of the structured answer's forced tool call (its input is the text).
+    format_block: Option<u64>,
     usage: Value,
     done: bool,
 }
@@ -32,6 +34,7 @@ impl StreamDecoder {
             model: model.to_string(),
             created: now_secs(),
             tools: Vec::new(),
+            format_block: None,
             usage: json!({}),
             done: false,
         }
@@ -65,7 +68,11 @@ impl StreamDecoder {
             "content_block_start" => {
                 let block = data.get("content_block").unwrap_or(&Value::Null);
                 let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                if block.get("type").and_then(Value::as_str) == Some("tool_use")
+                    && block.get("name").and_then(Value::as_str) == Some(structured::FORMAT_TOOL)
+                {
+                    self.format_block = Some(index);
+                } else if block.get("type").and_then(Value::as_str) == Some("tool_use") {
                     let tool = self.tools.len() as u64;
                     self.tools.push((index, tool));
                     out.push(StreamItem::Chunk(self.delta(
@@ -95,6 +102,12 @@ impl StreamDecoder {
                             self.delta(json!({"content": text}), None),
                         ));
                     }
+                    Some("input_json_delta") if self.format_block == Some(index) => {
+                        let partial = delta.get("partial_json").cloned().unwrap_or(json!(""));
+                        out.push(StreamItem::Chunk(
+                            self.delta(json!({"content": partial}), None),
+                        ));
+                    }
                     Some("input_json_delta") => {
                         if let Some(tool) = self.tool_index(index) {
                             let partial = delta.get("partial_json").cloned().unwrap_or(json!(""));
@@ -117,9 +130,12 @@ impl StreamDecoder {
                     .and_then(|d| d.get("stop_reason"))
                     .and_then(Value::as_str);
                 if stop.is_some() {
-                    out.push(StreamItem::Chunk(
-                        self.delta(json!({}), Some(finish_reason(stop))),
-                    ));
+                    let finish = match finish_reason(stop) {
+                        // Only the structured answer was "called": a plain stop.
+                        "tool_calls" if self.tools.is_empty() => "stop",
+                        other => other,
+                    };
+                    out.push(StreamItem::Chunk(self.delta(json!({}), Some(finish))));
                 }
             }
             "message_stop" => {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{finish_reason, usage};
 use crate::error::DecodeError;
 use crate::providers::chat::{delta_chunk, new_id, now_secs, usage_chunk};
-use crate::providers::{ChunkDecoder, StreamItem};
+use crate::providers::{ChunkDecoder, StreamItem, structured};
 
 /// ConverseStream (AWS event stream frames, CRC-checked by `aws-smithy-eventstream`; events
 /// `messageStart`, `contentBlockStart`, `contentBlockDelta`, `contentBlockStop`, `messageStop`,
@@ -21,6 +21,8 @@ pub struct StreamDecoder {
     created: u64,
     /// Tool index by content block index.
     tools: Vec<(u64, u64)>,
+    /// The content block of the structured answer's forced tool call (its input is the text).
+    format_block: Option<u64>,
     stopped: bool,
     done: bool,
 }
@@ -35,6 +37,7 @@ impl StreamDecoder {
             model: model.to_string(),
             created: now_secs(),
             tools: Vec::new(),
+            format_block: None,
             stopped: false,
             done: false,
         }
@@ -60,7 +63,12 @@ impl StreamDecoder {
                 out.push(self.delta(json!({"role": "assistant", "content": ""}), None));
             }
             "contentBlockStart" => {
-                if let Some(tool) = data.get("start").and_then(|s| s.get("toolUse")) {
+                let tool = data.get("start").and_then(|s| s.get("toolUse"));
+                if tool.and_then(|t| t.get("name")).and_then(Value::as_str)
+                    == Some(structured::FORMAT_TOOL)
+                {
+                    self.format_block = Some(index);
+                } else if let Some(tool) = tool {
                     let t = self.tools.len() as u64;
                     self.tools.push((index, t));
                     out.push(self.delta(
@@ -76,6 +84,10 @@ impl StreamDecoder {
                 let delta = data.get("delta").unwrap_or(&Value::Null);
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
                     out.push(self.delta(json!({"content": text}), None));
+                } else if self.format_block == Some(index)
+                    && let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str)
+                {
+                    out.push(self.delta(json!({"content": input}), None));
                 } else if let Some(input) = delta
                     .get("toolUse")
                     .and_then(|t| t.get("input"))
@@ -91,7 +103,12 @@ impl StreamDecoder {
             "messageStop" => {
                 self.stopped = true;
                 let reason = data.get("stopReason").and_then(Value::as_str);
-                out.push(self.delta(json!({}), Some(finish_reason(reason))));
+                let finish = match finish_reason(reason) {
+                    // Only the structured answer was "called": a plain stop.
+                    "tool_calls" if self.tools.is_empty() => "stop",
+                    other => other,
+                };
+                out.push(self.delta(json!({}), Some(finish)));
             }
             "metadata" => {
                 if let Some(u) = data.get("usage") {

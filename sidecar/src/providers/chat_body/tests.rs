@@ -93,7 +93,7 @@ fn by_tree(kind: &str, body: &[u8]) -> Translation {
     let value = match kind {
         "anthropic" => super::super::anthropic::request("up", &req, stream, &mut warnings),
         "gemini" => super::super::gemini::request(&req, &mut warnings),
-        _ => super::super::bedrock::request(&req, &mut warnings),
+        _ => super::super::bedrock::request("up", &req, &mut warnings),
     };
     value
         .map(|v| (serde_json::to_vec(&v).unwrap(), warnings))
@@ -107,7 +107,7 @@ fn by_bytes(kind: &str, body: &[u8]) -> Translation {
     let bytes = match kind {
         "anthropic" => super::super::anthropic::request_body("up", body, stream, &mut warnings),
         "gemini" => super::super::gemini::request_body(body, &mut warnings),
-        _ => super::super::bedrock::request_body(body, &mut warnings),
+        _ => super::super::bedrock::request_body("up", body, &mut warnings),
     };
     bytes
         .map(|b| (b.to_vec(), warnings))

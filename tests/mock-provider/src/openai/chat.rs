@@ -52,6 +52,43 @@ struct ChatRequest<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     tools: Option<Vec<ToolDef>>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+}
+
+/// OpenAI's `tool_choice` as the mock obeys it.
+pub(crate) fn forced(choice: Option<&serde_json::Value>) -> Option<crate::answer::Forced> {
+    use crate::answer::Forced;
+    match choice? {
+        serde_json::Value::String(s) if s == "none" => Some(Forced::None),
+        serde_json::Value::String(s) if s == "required" => Some(Forced::Any),
+        v => v
+            .pointer("/function/name")
+            .or_else(|| v.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(|n| Forced::Named(n.to_owned())),
+    }
+}
+
+/// OpenAI's `response_format` (chat) or `text.format` (Responses): the schema of the JSON asked
+/// for, if any.
+pub(crate) fn json_schema(format: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    let format = format?;
+    match format.get("type").and_then(serde_json::Value::as_str)? {
+        "json_object" => Some(serde_json::json!({})),
+        "json_schema" => Some(
+            format
+                .pointer("/json_schema/schema")
+                .or_else(|| format.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+        ),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,6 +100,8 @@ struct ToolDef {
 #[derive(Deserialize)]
 struct FunctionDef {
     name: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +117,9 @@ struct Messages {
     words: u64,
     last_role: String,
     last_text: String,
+    /// What OpenAI refuses about the tool messages: an assistant's `tool_calls` not each
+    /// answered by a `tool` message right after it, or a `tool` message answering no call.
+    tool_error: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -94,12 +136,42 @@ impl<'de> Deserialize<'de> for Messages {
                     words: 0,
                     last_role: String::new(),
                     last_text: String::new(),
+                    tool_error: None,
                 };
+                // Calls of the last assistant message not yet answered by a tool message.
+                let mut pending: Vec<String> = Vec::new();
                 while let Some(m) = seq.next_element::<MessageWords>()? {
+                    let index = out.count;
                     out.count += 1;
                     out.words += m.words;
+                    if m.role == "tool" {
+                        match pending
+                            .iter()
+                            .position(|id| Some(id) == m.tool_call_id.as_ref())
+                        {
+                            Some(at) => {
+                                pending.remove(at);
+                            }
+                            None if out.tool_error.is_none() => {
+                                out.tool_error = Some(format!(
+                                    "Invalid parameter: messages with role 'tool' must be a \
+                                     response to a preceeding message with 'tool_calls'. \
+                                     (messages.[{index}].role)"
+                                ));
+                            }
+                            None => {}
+                        }
+                    } else {
+                        if !pending.is_empty() && out.tool_error.is_none() {
+                            out.tool_error = Some(unanswered(&pending));
+                        }
+                        pending = m.tool_call_ids;
+                    }
                     out.last_role = m.role;
                     out.last_text = m.text;
+                }
+                if !pending.is_empty() && out.tool_error.is_none() {
+                    out.tool_error = Some(unanswered(&pending));
                 }
                 Ok(out)
             }
@@ -108,11 +180,28 @@ impl<'de> Deserialize<'de> for Messages {
     }
 }
 
-/// Words in one message's `content`, its role and its text.
+fn unanswered(ids: &[String]) -> String {
+    format!(
+        "An assistant message with 'tool_calls' must be followed by tool messages responding \
+         to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+        ids.join(", ")
+    )
+}
+
+/// Words in one message's `content`, its role and its text; the ids of its `tool_calls` and
+/// its `tool_call_id`.
 struct MessageWords {
     words: u64,
     role: String,
     text: String,
+    tool_call_ids: Vec<String>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallId {
+    #[serde(default)]
+    id: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for MessageWords {
@@ -128,6 +217,8 @@ impl<'de> Deserialize<'de> for MessageWords {
                     words: 0,
                     role: String::new(),
                     text: String::new(),
+                    tool_call_ids: Vec::new(),
+                    tool_call_id: None,
                 };
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "content" {
@@ -136,6 +227,12 @@ impl<'de> Deserialize<'de> for MessageWords {
                         out.text = content.1;
                     } else if key == "role" {
                         out.role = map.next_value::<Cow<'de, str>>()?.into_owned();
+                    } else if key == "tool_calls" {
+                        let calls = map.next_value::<Option<Vec<CallId>>>()?;
+                        out.tool_call_ids =
+                            calls.into_iter().flatten().filter_map(|c| c.id).collect();
+                    } else if key == "tool_call_id" {
+                        out.tool_call_id = map.next_value::<Option<String>>()?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -252,7 +349,7 @@ struct AssistantMessage<'a> {
     refusal: Option<()>,
     annotations: [(); 0],
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+    tool_calls: Option<Vec<ToolCallOut<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -353,6 +450,11 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
     let Some(messages) = request.messages else {
         return ApiError::missing("messages").into_response();
     };
+    if let Some(message) = messages.tool_error {
+        return ApiError::invalid_request(message)
+            .param("messages")
+            .into_response();
+    }
     if messages.count == 0 {
         return ApiError::invalid_request(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got \
@@ -368,14 +470,21 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
     {
         return ApiError::from_fault(status, None, None, None, None, None).into_response();
     }
+    let functions: Vec<FunctionDef> = request
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| t.function)
+        .collect();
     let prompt = Prompt {
         words: messages.words,
-        tools: request
-            .tools
-            .unwrap_or_default()
+        tools: functions.iter().map(|f| f.name.clone()).collect(),
+        tool_schemas: functions
             .into_iter()
-            .filter_map(|t| t.function.map(|f| f.name))
+            .map(|f| (f.name, f.parameters.unwrap_or_default()))
             .collect(),
+        tool_choice: forced(request.tool_choice.as_ref()),
+        json_schema: json_schema(request.response_format.as_ref()),
         ends_with_tool_result: messages.last_role == "tool",
         last_user_text: if messages.last_role == "user" {
             messages.last_text
@@ -383,6 +492,7 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
             String::new()
         },
         max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        single_call: request.parallel_tool_calls == Some(false),
     };
     let answer = Answer::plan(behaviour, model, &prompt, "call_");
     let finish_reason = match answer.finish {
@@ -390,9 +500,14 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
         Finish::Length => "length",
         Finish::ToolUse => "tool_calls",
     };
-    let answered = match &answer.tool_call {
-        Some(call) => call.pieces.len() as u64,
-        None => answer.words.len() as u64,
+    let answered = if answer.tool_calls.is_empty() {
+        answer.words.len() as u64
+    } else {
+        answer
+            .tool_calls
+            .iter()
+            .map(|c| c.pieces.len() as u64)
+            .sum()
     };
     let usage = Usage::new(messages.words, answered, behaviour);
     let id = next_id("chatcmpl-");
@@ -425,19 +540,23 @@ fn chat(body: &[u8], behaviour: &Behaviour, azure: bool) -> Response<Body> {
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: answer.tool_call.is_none().then_some(content.as_str()),
+                content: answer.tool_calls.is_empty().then_some(content.as_str()),
                 refusal: None,
                 annotations: [],
-                tool_calls: answer.tool_call.as_ref().map(|call| {
-                    [ToolCallOut {
-                        index: None,
-                        id: Some(&call.id),
-                        kind: Some("function"),
-                        function: FunctionOut {
-                            name: Some(&call.name),
-                            arguments: &call.arguments_json,
-                        },
-                    }]
+                tool_calls: (!answer.tool_calls.is_empty()).then(|| {
+                    answer
+                        .tool_calls
+                        .iter()
+                        .map(|call| ToolCallOut {
+                            index: None,
+                            id: Some(&call.id),
+                            kind: Some("function"),
+                            function: FunctionOut {
+                                name: Some(&call.name),
+                                arguments: &call.arguments_json,
+                            },
+                        })
+                        .collect()
                 }),
             },
             logprobs: None,
@@ -486,12 +605,18 @@ impl StreamAnswer<'_> {
         })
     }
 
-    /// A tool-call delta: the first names the call (`call` given), the rest add argument text.
-    fn tool_delta(&self, call: Option<&crate::answer::PlannedCall>, arguments: &str) -> Bytes {
+    /// A delta of the call at `index`: the first names the call (`call` given), the rest add
+    /// argument text.
+    fn tool_delta(
+        &self,
+        index: u32,
+        call: Option<&crate::answer::PlannedCall>,
+        arguments: &str,
+    ) -> Bytes {
         self.chunk(
             Delta {
                 tool_calls: Some([ToolCallOut {
-                    index: Some(0),
+                    index: Some(index),
                     id: call.map(|c| c.id.as_str()),
                     kind: call.map(|_| "function"),
                     function: FunctionOut {
@@ -536,11 +661,9 @@ impl StreamAnswer<'_> {
             ));
             events.push(Bytes::from_static(DONE));
         } else {
-            let deltas: Vec<Bytes> = match &self.answer.tool_call {
-                Some(call) => std::iter::once(self.tool_delta(Some(call), ""))
-                    .chain(call.pieces.iter().map(|p| self.tool_delta(None, p)))
-                    .collect(),
-                None => (0..self.answer.words.len())
+            // Calls one after the other, each opened by a delta naming it at its index.
+            let deltas: Vec<Bytes> = match self.answer.tool_calls.as_slice() {
+                [] => (0..self.answer.words.len())
                     .map(|i| {
                         let text = self.answer.chunk_text(i);
                         self.chunk(
@@ -552,6 +675,16 @@ impl StreamAnswer<'_> {
                         )
                     })
                     .collect(),
+                calls => {
+                    let mut deltas = Vec::new();
+                    for (i, call) in (0u32..).zip(calls) {
+                        deltas.push(self.tool_delta(i, Some(call), ""));
+                        for piece in &call.pieces {
+                            deltas.push(self.tool_delta(i, None, piece));
+                        }
+                    }
+                    deltas
+                }
             };
             cut = behaviour.fault.stream_cut(deltas.len());
             let (limit, error_status) = match (cut, &behaviour.fault) {
