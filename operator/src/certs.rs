@@ -415,6 +415,13 @@ pub fn new_serving(
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(cert_error)?;
     let key = KeyPair::generate().map_err(cert_error)?;
     let mut params = params(now, validity)?;
+    // Never valid past its CA: the chain would break before the renewal is due.
+    if let Some(ca_end) = facts(&ca.cert).map(|f| f.not_after)
+        && let Ok(end) = time::OffsetDateTime::from_unix_timestamp(ca_end)
+        && end < params.not_after
+    {
+        params.not_after = end;
+    }
     params.subject_alt_names = CertificateParams::new(dns_names.to_vec())
         .map_err(cert_error)?
         .subject_alt_names;

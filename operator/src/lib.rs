@@ -63,7 +63,7 @@ pub struct Args {
     pub log_format: telemetry::LogFormat,
     /// The sidecar-injection webhook and the serving certificate.
     #[command(flatten)]
-    pub webhook: webhook::setup::Args,
+    pub webhook: webhook::setup::WebhookArgs,
 }
 
 impl Args {

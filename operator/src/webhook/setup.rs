@@ -40,7 +40,7 @@ pub enum SidecarMode {
 
 /// Flags of the webhook and the serving certificate; each also from a `GATEHOUSE_*` variable.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub struct WebhookArgs {
     /// Serve the sidecar-injection webhook over HTTPS on this address (off when unset).
     #[arg(long, env = "GATEHOUSE_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
@@ -157,7 +157,7 @@ pub struct Context {
     pub identity: String,
 }
 
-impl Args {
+impl WebhookArgs {
     /// The certificate upkeep's settings.
     pub fn cert_settings(&self, namespace: &str) -> certs::Settings {
         certs::Settings {
@@ -235,7 +235,7 @@ async fn native_sidecars(client: &Client) -> Mode {
 
 /// Bind the webhook's port, start the certificate upkeep, and serve.
 pub async fn start(
-    args: &Args,
+    args: &WebhookArgs,
     addr: SocketAddr,
     context: Context,
     client: Client,
@@ -284,4 +284,54 @@ pub async fn start(
     tokio::spawn(super::serve(listener, webhook, tls, stop));
     tracing::info!(%addr, ?mode, "sidecar-injection webhook listening");
     Ok(Started { addr, cert })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_flags_parse_and_default_to_a_webhook_that_is_off() {
+        crate::Args::command().debug_assert();
+        let args = crate::Args::try_parse_from(["gatehouse-operator"]).unwrap();
+        assert!(args.webhook.webhook_listen.is_none());
+        let settings = args
+            .webhook
+            .inject_settings("gatehouse-system", Mode::Native)
+            .unwrap();
+        assert_eq!(settings.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            settings.ledger_url,
+            "https://gatehouse-operator.gatehouse-system.svc:8443"
+        );
+        assert_eq!(
+            settings.excluded_namespaces,
+            vec!["kube-system", "gatehouse-system"]
+        );
+        let bad = crate::Args::try_parse_from([
+            "gatehouse-operator",
+            "--sidecar-resources",
+            "{\"requests\": 5}",
+        ])
+        .unwrap();
+        assert!(bad.webhook.inject_settings("ns", Mode::Native).is_err());
+        let tagged = crate::Args::try_parse_from([
+            "gatehouse-operator",
+            "--sidecar-image",
+            "registry:5000/gatehouse-sidecar:1.4.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            tagged
+                .webhook
+                .inject_settings("ns", Mode::Native)
+                .unwrap()
+                .version,
+            "1.4.2"
+        );
+    }
 }
