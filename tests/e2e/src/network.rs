@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, UdpSocket};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 
 /// Label the harness puts on the EndpointSlices it publishes.
 const MANAGED_BY: &str = "gatehouse-e2e";
@@ -55,6 +56,14 @@ pub async fn publish_endpoints(
     endpoints: &[(IpAddr, u16)],
 ) -> Result<()> {
     let api = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
+    // Owned by the Service, as the endpoint-slice controller writes them: the garbage collector
+    // of a real cluster removes them with it.
+    let owner = Api::<Service>::namespaced(client.clone(), namespace)
+        .get(service)
+        .await
+        .with_context(|| format!("failed to get service {namespace}/{service}"))?
+        .controller_owner_ref(&())
+        .context("the service has no uid")?;
     let mut by_port: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     for (ip, port) in endpoints {
         by_port.entry(*port).or_default().push(ip.to_string());
@@ -76,6 +85,7 @@ pub async fn publish_endpoints(
                         MANAGED_BY.to_string(),
                     ),
                 ])),
+                owner_references: Some(vec![owner.clone()]),
                 ..ObjectMeta::default()
             },
             address_type: "IPv4".into(),

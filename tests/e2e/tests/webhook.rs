@@ -87,6 +87,7 @@ struct Release {
     namespace: String,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    uninstalled: bool,
 }
 
 impl Release {
@@ -119,6 +120,7 @@ impl Release {
             kubeconfig: dir.path().join("kubeconfig"),
             namespace,
             dir,
+            uninstalled: false,
         };
         // The operator runs with nothing but the chart ServiceAccount's token. RBAC is served from
         // informer caches: wait until the chart's bindings are in effect.
@@ -228,6 +230,15 @@ impl Release {
         Ok(operator)
     }
 
+    /// `helm uninstall`.
+    fn uninstall(&mut self) -> Result<()> {
+        self.uninstalled = true;
+        self.cp
+            .helm(["uninstall", &self.name, "--namespace", &self.namespace])?
+            .ok("helm uninstall")
+            .map(|_| ())
+    }
+
     /// Make these replicas the webhook Service's endpoints.
     async fn route_to(&self, operators: &[&Operator]) -> Result<()> {
         let ip = host_ip()?;
@@ -285,6 +296,9 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        if self.uninstalled {
+            return;
+        }
         if let Ok(out) = self
             .cp
             .helm(["uninstall", &self.name, "--namespace", &self.namespace])
@@ -1205,4 +1219,165 @@ async fn the_secret_source_serves_what_cert_manager_writes_and_follows_renewals(
     }
     .await;
     result.map_err(|e| anyhow!("{e:#}\n--- operator ---\n{}", operator.tail()))
+}
+
+/// Every object of the cluster, `kind namespace/name` → the object.
+fn snapshot(cp: &ControlPlane) -> Result<BTreeMap<String, Value>> {
+    let kinds: Vec<String> = cp
+        .kubectl_ok(["api-resources", "--verbs=list", "-o", "name"])?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let out = cp.kubectl_ok(["get", &kinds.join(","), "-A", "-o", "json"])?;
+    let list: Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|o| {
+            let m = &o["metadata"];
+            (
+                format!(
+                    "{} {}/{}",
+                    o["kind"].as_str().unwrap_or(""),
+                    m["namespace"].as_str().unwrap_or(""),
+                    m["name"].as_str().unwrap_or("")
+                ),
+                o.clone(),
+            )
+        })
+        .collect())
+}
+
+/// `helm install`, a pod injected, `helm upgrade` (the operator's certificate and caBundle
+/// survive it, the webhook keeps working), `helm uninstall`: what remains is nothing of the
+/// chart's but its CRDs (Helm keeps those by design), only what the operator wrote in its own
+/// namespace (its Lease and Events, gone with the namespace) and objects whose every owner is gone
+/// (the garbage collector's, which does not run here). A control plane of its own, so no other test's objects blur the difference.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_leave_nothing_behind() -> Result<()> {
+    // Leaked: `Release` wants a `'static` control plane; the harness's watchdog stops it when
+    // this test binary exits.
+    let cp: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start()?));
+    let before = snapshot(cp)?;
+    let mut release = Release::install(cp, "gatehouse-lifecycle", &[]).await?;
+    let work = namespace(cp, "lifecycle", true).await?;
+    let admin = cp.admin_client().await?;
+    let mut operator = release.operator("lifecycle", &[]).await?;
+    release.route_to(&[&operator]).await?;
+    release.wait_serving(&work).await?;
+    ensure!(is_injected(
+        &create(&admin, &work, app_pod("before-upgrade", &[])).await?
+    ));
+    let tls = |admin: Client, ns: String, name: String| async move {
+        let secret = Api::<Secret>::namespaced(admin, &ns).get(&name).await?;
+        anyhow::Ok(secret.data.and_then(|d| d.get("tls.crt").cloned()))
+    };
+    let cert = tls(
+        admin.clone(),
+        release.namespace.clone(),
+        release.tls_secret(),
+    )
+    .await?;
+    let bundles = release.ca_bundles().await?;
+    ensure!(cert.is_some() && bundles.iter().all(|b| b.contains("BEGIN CERTIFICATE")));
+
+    // An upgrade that changes the webhook configuration keeps what the operator wrote.
+    cp.helm([
+        "upgrade",
+        &release.name,
+        &chart(),
+        "--namespace",
+        &release.namespace,
+        "--reuse-values",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+        "--set",
+        "webhook.timeoutSeconds=3",
+    ])?
+    .ok("helm upgrade")?;
+    let config = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .get(&release.webhook_configuration())
+        .await?;
+    let webhooks = config.webhooks.unwrap_or_default();
+    ensure!(
+        webhooks
+            .iter()
+            .all(|w| w.failure_policy.as_deref() == Some("Ignore"))
+    );
+    ensure!(
+        release.ca_bundles().await? == bundles,
+        "helm upgrade lost the caBundle"
+    );
+    ensure!(
+        tls(
+            admin.clone(),
+            release.namespace.clone(),
+            release.tls_secret()
+        )
+        .await?
+            == cert,
+        "helm upgrade lost the serving certificate"
+    );
+    ensure!(is_injected(
+        &create(&admin, &work, app_pod("after-upgrade", &[])).await?
+    ));
+
+    // SIGTERM: the operator lets its Lease go; then uninstall.
+    Command::new("kill")
+        .args(["-TERM", &operator.child.id().to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while operator.child.try_wait()?.is_none() {
+        ensure!(Instant::now() < deadline, "the operator did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    operator.assert_never_forbidden()?;
+    release.uninstall()?;
+    let after = snapshot(cp)?;
+    let uids: std::collections::BTreeSet<&str> = after
+        .values()
+        .filter_map(|o| o["metadata"]["uid"].as_str())
+        .collect();
+    let mut left = Vec::new();
+    for (key, object) in &after {
+        if before.contains_key(key) {
+            continue;
+        }
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+        let kind = object["kind"].as_str().unwrap_or("");
+        let name = object["metadata"]["name"].as_str().unwrap_or("");
+        // The test's own: its namespaces, ServiceAccounts and pods.
+        let ours = (kind == "Namespace" && (name == release.namespace || name == work))
+            || (ns == work && (kind == "Pod" || kind == "ServiceAccount"));
+        // The operator's, in its own namespace.
+        let operators = ns == release.namespace && (kind == "Lease" || kind == "Event");
+        // Helm never deletes the CRDs of a chart's crds/ folder (that would delete every
+        // ModelProvider, Route and Budget); the API server serves them as an APIService.
+        let crds = (kind == "CustomResourceDefinition" && name.ends_with(".gatehouse.dev"))
+            || (kind == "APIService" && name == "v1alpha1.gatehouse.dev");
+        let owners = object["metadata"]["ownerReferences"].as_array();
+        let orphaned = owners.is_some_and(|o| {
+            !o.is_empty()
+                && o.iter()
+                    .all(|r| !uids.contains(r["uid"].as_str().unwrap_or("")))
+        });
+        if !(ours || operators || crds || orphaned) {
+            left.push(key.clone());
+        }
+    }
+    ensure!(
+        left.is_empty(),
+        "left behind after helm uninstall: {left:#?}"
+    );
+    // The gatehouse-ca ConfigMap is such an orphan: owned by the deleted webhook configuration.
+    let ca = after
+        .get(&format!("ConfigMap {work}/gatehouse-ca"))
+        .context("gatehouse-ca was never written")?;
+    ensure!(ca["metadata"]["ownerReferences"][0]["kind"] == "MutatingWebhookConfiguration");
+    // And the cluster works as before: pods of the labelled namespace are created, not injected.
+    ensure!(!is_injected(
+        &create(&admin, &work, app_pod("after-uninstall", &[])).await?
+    ));
+    Ok(())
 }
