@@ -35,11 +35,12 @@ pub const STATUS_ANNOTATION: &str = "gatehouse.dev/status";
 /// Annotation with the injected sidecar's version.
 pub const VERSION_ANNOTATION: &str = "gatehouse.dev/sidecar-version";
 
-/// The sidecar's proxy port on the pod's loopback (its default `--listen`).
-pub const PROXY_PORT: u16 = 4000;
-/// The sidecar's admin port, on every interface of the pod so the kubelet's probes (sent to the
-/// pod IP) and Prometheus reach it. It serves health, metrics and target health, never a key.
-pub const ADMIN_PORT: u16 = 4001;
+/// The sidecar's proxy port on the pod's loopback by default (its default `--listen`).
+pub const DEFAULT_PROXY_PORT: u16 = 4000;
+/// The sidecar's admin port by default. It listens on every interface of the pod so the kubelet's
+/// probes (sent to the pod IP) and Prometheus reach it; it serves health, metrics and target
+/// health, never a key.
+pub const DEFAULT_ADMIN_PORT: u16 = 4001;
 /// Where the keys Secret is mounted in the sidecar (its default `--keys-dir`).
 pub const KEYS_DIR: &str = "/var/run/gatehouse/keys";
 /// Where the downward-API labels file is mounted.
@@ -70,16 +71,10 @@ pub const LEDGER_VOLUME: &str = "gatehouse-ledger";
 const VOLUMES: [&str; 4] = [KEYS_VOLUME, POD_INFO_VOLUME, KUBE_API_VOLUME, LEDGER_VOLUME];
 
 /// The base URLs app containers get, unless they set the variable themselves.
-pub fn base_urls() -> [(&'static str, String); 2] {
+pub fn base_urls(port: u16) -> [(&'static str, String); 2] {
     [
-        (
-            "OPENAI_BASE_URL",
-            format!("http://127.0.0.1:{PROXY_PORT}/v1"),
-        ),
-        (
-            "ANTHROPIC_BASE_URL",
-            format!("http://127.0.0.1:{PROXY_PORT}"),
-        ),
+        ("OPENAI_BASE_URL", format!("http://127.0.0.1:{port}/v1")),
+        ("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{port}")),
     ]
 }
 
@@ -114,6 +109,10 @@ pub struct Settings {
     pub version: String,
     /// Its resources.
     pub resources: Option<ResourceRequirements>,
+    /// Its proxy port, on the pod's loopback.
+    pub port: u16,
+    /// Its admin port (probes, metrics), on the pod's interfaces.
+    pub admin_port: u16,
     /// The pod labels carried with the identity (`GATEHOUSE_WORKLOAD_LABELS`).
     pub workload_labels: String,
     /// Native sidecar or regular container.
@@ -341,9 +340,12 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     let injected = containers(spec).any(|c| c.name == SIDECAR_NAME);
     if !injected {
         if spec.host_network == Some(true) {
-            let message = "hostNetwork pods share the node's loopback, where the sidecar would \
-                serve provider keys to every process on the node and collide on port 4000 with \
-                other such pods";
+            let message = format!(
+                "hostNetwork pods share the node's loopback, where the sidecar would serve \
+                 provider keys to every process on the node and collide on port {} with other \
+                 such pods",
+                settings.port
+            );
             return match settings.host_network {
                 HostNetwork::Skip => Decision::Skip {
                     reason: "HostNetworkSkipped",
@@ -375,7 +377,7 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
         }
     }
     let mut warnings = Vec::new();
-    let env = base_url_env(spec, &mut warnings);
+    let env = base_url_env(spec, settings.port, &mut warnings);
     if injected && env.is_empty() {
         return Decision::Unchanged(Unchanged::AlreadyInjected);
     }
@@ -492,13 +494,17 @@ fn reads_keys(spec: &PodSpec) -> Option<String> {
 }
 
 /// The base URLs each app container lacks, by index into `spec.containers`.
-fn base_url_env(spec: &PodSpec, warnings: &mut Vec<String>) -> Vec<(usize, Vec<EnvVar>)> {
+fn base_url_env(
+    spec: &PodSpec,
+    port: u16,
+    warnings: &mut Vec<String>,
+) -> Vec<(usize, Vec<EnvVar>)> {
     let mut out = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
         if c.name == SIDECAR_NAME {
             continue;
         }
-        let missing: Vec<EnvVar> = base_urls()
+        let missing: Vec<EnvVar> = base_urls(port)
             .into_iter()
             .filter(|(name, _)| !c.env.iter().flatten().any(|e| e.name == *name))
             .map(|(name, value)| env(name, value))
@@ -512,7 +518,7 @@ fn base_url_env(spec: &PodSpec, warnings: &mut Vec<String>) -> Vec<(usize, Vec<E
             let names: Vec<&str> = missing.iter().map(|e| e.name.as_str()).collect();
             warnings.push(format!(
                 "gatehouse: container {} uses envFrom, so {} were not set (they would override \
-                 a value envFrom may set); point its SDK at http://127.0.0.1:{PROXY_PORT}/v1 \
+                 a value envFrom may set); point its SDK at http://127.0.0.1:{port}/v1 \
                  yourself",
                 c.name,
                 names.join(" and ")
@@ -555,11 +561,11 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
+fn probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::Int(i32::from(ADMIN_PORT)),
+            port: IntOrString::Int(i32::from(port)),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -593,8 +599,11 @@ pub fn sidecar_container(settings: &Settings) -> Container {
                 settings.workload_labels.clone(),
             ),
             env("GATEHOUSE_KEYS_DIR", KEYS_DIR),
-            env("GATEHOUSE_LISTEN", format!("127.0.0.1:{PROXY_PORT}")),
-            env("GATEHOUSE_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+            env("GATEHOUSE_LISTEN", format!("127.0.0.1:{}", settings.port)),
+            env(
+                "GATEHOUSE_ADMIN_LISTEN",
+                format!("0.0.0.0:{}", settings.admin_port),
+            ),
             env("GATEHOUSE_DRAIN_MS", drain_ms.to_string()),
             env("GATEHOUSE_LEDGER_URL", settings.ledger_url.clone()),
             env("GATEHOUSE_LEDGER_TOKEN_FILE", format!("{LEDGER_DIR}/token")),
@@ -602,8 +611,8 @@ pub fn sidecar_container(settings: &Settings) -> Container {
         ]),
         restart_policy: (settings.mode == Mode::Native).then(|| "Always".into()),
         // App containers start once this passes (native sidecars); the config has to be loaded.
-        startup_probe: Some(probe("/readyz", 1, 120)),
-        liveness_probe: Some(probe("/healthz", 10, 3)),
+        startup_probe: Some(probe("/readyz", settings.admin_port, 1, 120)),
+        liveness_probe: Some(probe("/healthz", settings.admin_port, 10, 3)),
         resources: settings.resources.clone(),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

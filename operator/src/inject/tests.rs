@@ -18,6 +18,8 @@ fn settings(mode: Mode) -> Settings {
             serde_json::from_value(json!({"requests": {"cpu": "20m", "memory": "32Mi"}})).unwrap(),
         ),
         workload_labels: "app.kubernetes.io/name,team".into(),
+        port: DEFAULT_PROXY_PORT,
+        admin_port: DEFAULT_ADMIN_PORT,
         mode,
         ledger_url: "https://gatehouse-operator.gatehouse-system.svc:8443".into(),
         drain_ms: 5000,
@@ -74,7 +76,10 @@ fn a_native_sidecar_comes_first_with_probes_security_and_its_own_volumes() {
         .as_ref()
         .unwrap();
     assert_eq!(startup.path.as_deref(), Some("/readyz"));
-    assert_eq!(startup.port, IntOrString::Int(i32::from(ADMIN_PORT)));
+    assert_eq!(
+        startup.port,
+        IntOrString::Int(i32::from(DEFAULT_ADMIN_PORT))
+    );
     let sc = sidecar.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));

@@ -102,6 +102,12 @@ pub struct WebhookArgs {
     /// The sidecar's resources, as the JSON of a container's `resources`.
     #[arg(long, env = "GATEHOUSE_SIDECAR_RESOURCES", default_value = DEFAULT_SIDECAR_RESOURCES)]
     pub sidecar_resources: String,
+    /// The sidecar's proxy port on the pod's loopback (the base URLs apps get point there).
+    #[arg(long, env = "GATEHOUSE_SIDECAR_PORT", default_value_t = inject::DEFAULT_PROXY_PORT)]
+    pub sidecar_port: u16,
+    /// The sidecar's admin port (probes, metrics), on the pod's interfaces.
+    #[arg(long, env = "GATEHOUSE_SIDECAR_ADMIN_PORT", default_value_t = inject::DEFAULT_ADMIN_PORT)]
+    pub sidecar_admin_port: u16,
     /// The pod labels the sidecar carries with its identity (comma-separated keys).
     #[arg(
         long,
@@ -193,6 +199,8 @@ impl WebhookArgs {
             image_pull_policy: self.sidecar_image_pull_policy.clone(),
             version,
             resources: Some(resources),
+            port: self.sidecar_port,
+            admin_port: self.sidecar_admin_port,
             workload_labels: self.sidecar_workload_labels.clone(),
             mode,
             ledger_url: self.ledger_url.clone().unwrap_or_else(|| {
