@@ -5,6 +5,7 @@
     reason = "tests fail loudly"
 )]
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::*;
