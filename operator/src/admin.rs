@@ -56,16 +56,19 @@ impl Phase {
     }
 }
 
-/// What the admin port reports: the replica's current [`Phase`].
+/// What the admin port reports: the replica's current [`Phase`], and whether the serving
+/// certificate the webhook needs is loaded.
 #[derive(Debug)]
 pub struct Health {
     phase: watch::Sender<Phase>,
+    serving: std::sync::OnceLock<Arc<crate::certs::ServingCert>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
             phase: watch::Sender::new(Phase::Starting),
+            serving: std::sync::OnceLock::new(),
         }
     }
 }
@@ -79,6 +82,21 @@ impl Health {
     /// Move to `phase`.
     pub fn set(&self, phase: Phase) {
         self.phase.send_replace(phase);
+    }
+
+    /// From now on, not ready while `cert` has no certificate loaded: a replica that cannot
+    /// complete a TLS handshake must not be a webhook endpoint.
+    pub fn require_serving_cert(&self, cert: Arc<crate::certs::ServingCert>) {
+        let _ = self.serving.set(cert);
+    }
+
+    /// The `/readyz` status and body.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        let phase = self.phase();
+        if phase.is_ready() && self.serving.get().is_some_and(|c| !c.is_ready()) {
+            return (false, "not ready: no serving certificate loaded yet\n");
+        }
+        (phase.is_ready(), phase.describe())
     }
 }
 
@@ -95,13 +113,13 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respon
     match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let phase = health.phase();
-            let status = if phase.is_ready() {
+            let (ready, body) = health.readiness();
+            let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            respond(status, "text/plain", phase.describe().into())
+            respond(status, "text/plain", body.into())
         }
         "/metrics" => respond(
             StatusCode::OK,

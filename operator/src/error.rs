@@ -37,6 +37,9 @@ pub enum Error {
     /// The client could not be configured.
     #[error("failed to configure the kubernetes client: {0}")]
     Config(String),
+    /// Certificates or TLS: issuing, parsing or loading.
+    #[error("{0}")]
+    Tls(String),
     /// Another replica took the leader lease.
     #[error("lost the leader lease to {0}")]
     LostLease(String),
@@ -65,6 +68,7 @@ impl Error {
             Self::Bind { .. } => "bind",
             Self::Config(_) => "config",
             Self::LostLease(_) => "lease",
+            Self::Tls(_) => "tls",
         }
     }
 }

@@ -6,14 +6,17 @@
 //! to run an operator in-process.
 
 pub mod admin;
+pub mod certs;
 pub mod controller;
 pub mod error;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod namespace;
 pub mod objects;
 pub mod status;
 pub mod telemetry;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,7 +41,8 @@ pub struct Args {
     /// Elect a leader through a Lease so only one replica reconciles. Off only for a single replica.
     #[arg(long, env = "GATEHOUSE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
-    /// Namespace of the leader Lease (in a pod: its own namespace, from the downward API).
+    /// The operator's own namespace (in a pod, from the downward API): the leader Lease and the
+    /// serving certificate's Secret live there, and the webhook never injects into it.
     #[arg(long, env = "POD_NAMESPACE", default_value = "gatehouse-system")]
     pub lease_namespace: String,
     /// Name of the leader Lease.
@@ -57,6 +61,9 @@ pub struct Args {
     /// Log format: json or text.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", default_value = "json")]
     pub log_format: telemetry::LogFormat,
+    /// The sidecar-injection webhook and the serving certificate.
+    #[command(flatten)]
+    pub webhook: webhook::setup::WebhookArgs,
 }
 
 impl Args {
@@ -93,6 +100,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// The webhook, when `--webhook-listen` is set.
+    pub webhook: Option<webhook::setup::Started>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -140,10 +149,30 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
              spec.models[].pricing override are unpriced"
         ),
     }
+    let webhook = match args.webhook.webhook_listen {
+        Some(addr) => Some(
+            webhook::setup::start(
+                &args.webhook,
+                addr,
+                webhook::setup::Context {
+                    namespace: args.lease_namespace.clone(),
+                    scope: args.watch_namespace.clone(),
+                    identity: args.identity(),
+                },
+                client.clone(),
+                metrics.clone(),
+                health.clone(),
+                stopped.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let task = tokio::spawn(operate(args, client, metrics.clone(), health, stopped));
     Ok(Running {
         admin_addr,
         metrics,
+        webhook,
         stop,
         task,
     })

@@ -37,6 +37,21 @@ pub struct WatchLabels {
     pub watch: &'static str,
 }
 
+/// Labels of one admission review.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// What happened: injected, already_injected, opted_out, excluded_namespace, skipped,
+    /// reads_keys, host_network, not_a_pod_create, unreadable, invalid_review.
+    pub result: &'static str,
+}
+
+/// Labels of a change to the serving certificate material.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// created_ca, staged_ca, promoted_ca, issued_serving, pruned_bundle.
+    pub change: &'static str,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -54,6 +69,16 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Failed watch requests (each is retried with backoff).
     pub watch_errors: Family<WatchLabels, Counter>,
+    /// Admission reviews answered, by outcome.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    /// Time to answer an admission review.
+    pub admission_duration: Histogram,
+    /// When the serving certificate in use expires (Unix seconds).
+    pub cert_expiry: Gauge,
+    /// Changes written to the serving certificate material.
+    pub cert_changes: Family<CertLabels, Counter>,
+    /// Failed passes of the certificate upkeep, by cause.
+    pub cert_errors: Family<ErrorLabels, Counter>,
     registry: Registry,
 }
 
@@ -105,6 +130,36 @@ impl Metrics {
             "Failed watch or list requests by watched resource (retried with backoff)",
             watch_errors.clone(),
         );
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Admission reviews answered by the sidecar-injection webhook, by outcome",
+            admissions.clone(),
+        );
+        let admission_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer one admission review",
+            admission_duration.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "serving_cert_expiry_timestamp_seconds",
+            "When the serving certificate in use expires, in Unix seconds",
+            cert_expiry.clone(),
+        );
+        let cert_changes = Family::<CertLabels, Counter>::default();
+        registry.register(
+            "cert_changes",
+            "Changes written to the serving certificate and its CAs",
+            cert_changes.clone(),
+        );
+        let cert_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "cert_errors",
+            "Failed passes of the serving certificate upkeep, by cause",
+            cert_errors.clone(),
+        );
         Self {
             reconciles,
             errors,
@@ -113,6 +168,11 @@ impl Metrics {
             writes_skipped,
             leader,
             watch_errors,
+            admissions,
+            admission_duration,
+            cert_expiry,
+            cert_changes,
+            cert_errors,
             registry,
         }
     }
@@ -126,6 +186,27 @@ impl Metrics {
     pub fn watch_error(&self, watch: &'static str) {
         self.watch_errors
             .get_or_create(&WatchLabels { watch })
+            .inc();
+    }
+
+    /// Count one admission review with outcome `result`.
+    pub fn admission(&self, result: &'static str) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { result })
+            .inc();
+    }
+
+    /// Count one change to the certificate material.
+    pub fn cert_change(&self, change: &'static str) {
+        self.cert_changes
+            .get_or_create(&CertLabels { change })
+            .inc();
+    }
+
+    /// Count one failed certificate upkeep pass.
+    pub fn cert_error(&self, reason: &'static str) {
+        self.cert_errors
+            .get_or_create(&ErrorLabels { reason })
             .inc();
     }
 

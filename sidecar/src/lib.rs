@@ -43,6 +43,9 @@ use crate::source::Sink;
 use crate::source::manifests::Manifests;
 use crate::state::Store;
 
+/// How often a drain looks at the open connections.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
 /// Command-line flags; each is also read from a `GATEHOUSE_*` environment variable.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gatehouse-sidecar", version, about)]
@@ -213,6 +216,14 @@ pub struct Args {
     /// Audit log: rotated files kept besides the current one (`audit.log.1`, ...).
     #[arg(long, env = "GATEHOUSE_AUDIT_FILE_KEEP", default_value_t = 5)]
     pub audit_file_keep: u32,
+    /// After SIGTERM, keep accepting and serving requests for at least this many milliseconds,
+    /// and then for as long as a client connection is open, before shutting down. A sidecar that
+    /// is stopped together with its app (a regular container) needs it, so the app's requests
+    /// during its own shutdown still find it; the app's connections close when its process ends.
+    /// 0 (the default): stop accepting at once and let in-flight requests finish. A second
+    /// SIGTERM or Ctrl-C ends a drain at once.
+    #[arg(long, env = "GATEHOUSE_DRAIN_MS", default_value_t = 0)]
+    pub drain_ms: u64,
 }
 
 /// `on` or `off`.
@@ -277,6 +288,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The live config store.
     pub store: Arc<Store>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Where Budgets are spent; flushed after the last request.
@@ -305,6 +317,42 @@ impl Running {
     /// The ledger Budgets are spent against.
     pub fn ledger(&self) -> &Arc<dyn stages::budget::ledger::Ledger> {
         &self.ledger
+    }
+
+    /// Client connections open on the proxy port.
+    pub fn open_connections(&self) -> i64 {
+        self.metrics
+            .connections
+            .get_or_create(&metrics::ListenerLabels { listener: "proxy" })
+            .get()
+    }
+
+    /// Keep serving, new connections included, until at least `min` has passed and no client
+    /// connection is open on the proxy port, or until `interrupt` resolves. An app's connections
+    /// close when its process ends, so with the app stopping after the sidecar's SIGTERM this
+    /// lasts until the app has stopped (or until the kubelet's grace period ends).
+    pub async fn drain(&self, min: Duration, interrupt: impl std::future::Future<Output = ()>) {
+        let started = tokio::time::Instant::now();
+        tokio::pin!(interrupt);
+        tracing::info!(
+            drain_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX),
+            open_connections = self.open_connections(),
+            "draining: serving until the app's connections are closed"
+        );
+        loop {
+            let open = self.open_connections();
+            if started.elapsed() >= min && open <= 0 {
+                tracing::info!("drained: no client connection left");
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(DRAIN_POLL) => {}
+                () = &mut interrupt => {
+                    tracing::info!(open_connections = open, "interrupted: stopping without waiting");
+                    return;
+                }
+            }
+        }
     }
 
     /// Wait until a config has been loaded, up to `timeout`.
@@ -499,7 +547,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                 timeouts,
                 max_connections: server::fds::ADMIN_MAX_CONNECTIONS,
             },
-            metrics,
+            metrics.clone(),
             rx,
         )),
     ];
@@ -520,6 +568,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         proxy_addr,
         admin_addr,
         store,
+        metrics,
         shutdown,
         tasks,
         ledger,
@@ -536,6 +585,14 @@ pub async fn run(args: Args) -> Result<(), StartError> {
     server::fds::raise_nofile();
     let running = start(&args).await?;
     telemetry::shutdown_signal().await;
+    if args.drain_ms > 0 {
+        running
+            .drain(
+                Duration::from_millis(args.drain_ms),
+                telemetry::shutdown_signal(),
+            )
+            .await;
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

@@ -27,3 +27,16 @@ app.kubernetes.io/component: operator
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The operator Service: the webhook (and the budget ledger) behind it; on the serving cert. */ -}}
+{{- define "gatehouse.operatorService" -}}
+{{- printf "%s-operator" (include "gatehouse.fullname" .) -}}
+{{- end -}}
+
+{{- define "gatehouse.webhookConfiguration" -}}
+{{- printf "%s-sidecar-injector" (include "gatehouse.fullname" .) -}}
+{{- end -}}
+
+{{- define "gatehouse.tlsSecret" -}}
+{{- printf "%s-operator-tls" (include "gatehouse.fullname" .) -}}
+{{- end -}}

@@ -184,6 +184,9 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             // Nothing would ever clean up the endpoints of the kubernetes Service.
             "--endpoint-reconciler-type=none".into(),
+            // Call a webhook's Service at its endpoints (which tests publish, see `network`)
+            // rather than at its cluster IP: there is no kube-proxy to route that here.
+            "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];

@@ -14,6 +14,8 @@
 
 mod binaries;
 mod control_plane;
+pub mod kubelet;
+pub mod network;
 mod pki;
 pub mod wait;
 

@@ -1,7 +1,10 @@
-//! The README's main command, `scripts/demo`, end to end: it builds, starts a control plane, the
-//! operator, a kube-mode sidecar and a mock provider, and must show a routed response with its
-//! headers, the rendered config and `kubectl get gatehouse` with Ready True. Run with `--keep`, then
-//! interrupted the way Ctrl-C does (SIGINT to its process group): everything it started must stop.
+//! The README's main command, `scripts/demo`, end to end: it builds, starts a control plane,
+//! installs the chart, runs the operator (serving the injection webhook) and a mock provider,
+//! creates a Deployment whose pod the webhook injects, runs the injected sidecar container with
+//! exactly its args and env (`gatehouse-kubelet`), and must show the injected spec, a routed
+//! response with its headers, the rendered config and `kubectl get gatehouse` with Ready True. Run
+//! with `--keep`, then interrupted the way Ctrl-C does (SIGINT to its process group): everything it
+//! started must stop.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -93,6 +96,16 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "gatehouse_cost_usd_total{namespace=\"default\",workload=\"app\",tag=\"\",route=\"chat\"",
         "name: gatehouse-config",
         "\"gatehouse.dev/config-v1alpha1\"",
+        // Injection: the caBundle, the pod as admitted, and the sidecar run from it.
+        "caBundle written by the operator",
+        "the webhook injected the sidecar",
+        "\"gatehouse.dev/sidecar-version\": \"0.1.0\"",
+        "restartPolicy: \"Always\"",
+        "{\"name\": \"GATEHOUSE_POD_NAME\", \"valueFrom\": {\"fieldRef\"",
+        &format!("{{\"name\": \"OPENAI_BASE_URL\", \"value\": \"http://127.0.0.1:{listen}/v1\"}}"),
+        "mounts: /var/run/gatehouse/keys, /var/run/gatehouse/pod",
+        // The access line: the identity the downward API gave the injected sidecar.
+        "\"service_account\":\"app\",\"pod\":\"app-7d4b9c8f6d-",
     ] {
         ensure!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }

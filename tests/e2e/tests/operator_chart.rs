@@ -164,6 +164,132 @@ fn chart_lints_and_templates() -> Result<()> {
     Ok(())
 }
 
+/// The webhook's objects and options, as `helm template` renders them (a ServiceMonitor or a
+/// cert-manager Certificate cannot be installed here: their CRDs are not).
+#[test]
+fn chart_renders_the_webhook_and_its_options() -> Result<()> {
+    let cp = ControlPlane::shared()?;
+    let chart_dir = chart();
+    let template = |extra: &[&str]| -> Result<Vec<serde_yaml::Value>> {
+        let mut args = vec![
+            "template",
+            "gh",
+            &chart_dir,
+            "--namespace",
+            "gatehouse-system",
+        ];
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        rendered_objects(&cp.helm(args)?.ok("helm template")?)
+    };
+    let find = |docs: &[serde_yaml::Value], kind: &str| -> Vec<serde_yaml::Value> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .cloned()
+            .collect()
+    };
+    let args_of = |docs: &[serde_yaml::Value]| -> Vec<String> {
+        find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let docs = template(&[])?;
+    let config = &find(&docs, "MutatingWebhookConfiguration")[0];
+    ensure!(config["metadata"]["name"].as_str() == Some("gh-gatehouse-sidecar-injector"));
+    let webhooks = config["webhooks"].as_sequence().context("webhooks")?;
+    ensure!(webhooks.len() == 2);
+    for w in webhooks {
+        ensure!(w["failurePolicy"].as_str() == Some("Fail"), "{w:?}");
+        ensure!(w["sideEffects"].as_str() == Some("NoneOnDryRun"));
+        ensure!(w["reinvocationPolicy"].as_str() == Some("IfNeeded"));
+        ensure!(w["clientConfig"]["service"]["name"].as_str() == Some("gh-gatehouse-operator"));
+        let excluded = &w["namespaceSelector"]["matchExpressions"][1];
+        ensure!(
+            excluded["values"] == serde_yaml::to_value(["kube-system", "gatehouse-system"])?,
+            "kube-system and the release namespace are never injected: {excluded:?}"
+        );
+    }
+    ensure!(
+        webhooks[1]["objectSelector"]["matchLabels"]["gatehouse.dev/inject"].as_str()
+            == Some("enabled")
+    );
+    ensure!(find(&docs, "PodDisruptionBudget").len() == 1);
+    ensure!(
+        find(&docs, "Secret").len() == 1,
+        "the empty TLS Secret the operator fills"
+    );
+    ensure!(find(&docs, "ServiceMonitor").is_empty() && find(&docs, "NetworkPolicy").is_empty());
+    let args = args_of(&docs);
+    for want in [
+        "--webhook-listen=0.0.0.0:9443",
+        "--tls-source=operator",
+        "--sidecar-image=ghcr.io/gatehouse-dev/gatehouse-sidecar:0.1.0",
+        "--inject-host-network=skip",
+    ] {
+        ensure!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+
+    let options = template(&[
+        "webhook.failurePolicy=Ignore",
+        "webhook.certificates.source=certManager",
+        "serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+        "replicaCount=1",
+        "operator.watchNamespace=team-a",
+    ])?;
+    let config = &find(&options, "MutatingWebhookConfiguration")[0];
+    ensure!(
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str()
+            == Some("gatehouse-system/gh-gatehouse-operator-tls")
+    );
+    ensure!(config["webhooks"][0]["failurePolicy"].as_str() == Some("Ignore"));
+    ensure!(
+        config["webhooks"][0]["namespaceSelector"]["matchExpressions"][2]["values"]
+            == serde_yaml::to_value(["team-a"])?,
+        "a namespace-scoped operator injects in its namespace only"
+    );
+    ensure!(find(&options, "Certificate").len() == 1 && find(&options, "Issuer").len() == 1);
+    ensure!(
+        find(&options, "Secret").is_empty(),
+        "cert-manager writes the Secret"
+    );
+    ensure!(
+        find(&options, "ServiceMonitor").len() == 1 && find(&options, "NetworkPolicy").len() == 1
+    );
+    ensure!(
+        find(&options, "PodDisruptionBudget").is_empty(),
+        "no PDB for one replica"
+    );
+    ensure!(args_of(&options).iter().any(|a| a == "--tls-source=secret"));
+
+    let off = template(&["webhook.enabled=false"])?;
+    ensure!(find(&off, "MutatingWebhookConfiguration").is_empty());
+    ensure!(
+        !args_of(&off)
+            .iter()
+            .any(|a| a.starts_with("--webhook-listen"))
+    );
+    let bad = cp.helm([
+        "template",
+        "gh",
+        &chart(),
+        "--set",
+        "webhook.failurePolicy=Maybe",
+    ])?;
+    ensure!(
+        !bad.success,
+        "values.schema.json should reject failurePolicy=Maybe"
+    );
+    Ok(())
+}
+
 /// The documents of a `helm template` output.
 fn rendered_objects(yaml: &str) -> Result<Vec<serde_yaml::Value>> {
     let mut docs = Vec::new();
