@@ -101,7 +101,7 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "a key was printed:\n{out}"
     );
     // `kubectl get gatehouse`: every kind; providers and the Route Ready, the Route's usable/total
-    // targets; the Budget accepted but reported not enforced (Ready False).
+    // targets; the Budget valid and enforced (Ready True).
     let table = |prefix: &str| -> Option<String> {
         out.lines()
             .rfind(|l| l.starts_with(prefix))
@@ -117,10 +117,7 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
             "modelprovider.gatehouse.dev/openai",
             vec!["https://api.openai.com/v1", "True"],
         ),
-        (
-            "budget.gatehouse.dev/chat-monthly",
-            vec!["monthly", "False"],
-        ),
+        ("budget.gatehouse.dev/chat-monthly", vec!["monthly", "True"]),
     ] {
         let line = table(row).with_context(|| format!("no row {row} in:\n{out}"))?;
         for w in want {
