@@ -605,6 +605,7 @@ async fn operator_reconciles_with_only_the_chart_rbac(watch_namespace: bool) -> 
         .port();
     let mut args = vec![
         format!("--admin-listen=127.0.0.1:{port}"),
+        "--ledger-listen=127.0.0.1:0".to_string(),
         format!("--lease-namespace={release_ns}"),
         format!("--identity={identity}"),
     ];
