@@ -5,6 +5,7 @@
 //! through-the-sidecar rounds so machine noise hits both alike. `--peers` adds LiteLLM and
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
+mod budget;
 mod fanout;
 mod faults;
 mod ledger;
@@ -108,6 +109,10 @@ struct Args {
     /// Also measure what metering costs: the sidecar with metering on against `--metering off`.
     #[arg(long)]
     metering: bool,
+    /// Also measure what a Budget costs: one sidecar with a Budget covering the route against
+    /// one with none, in the same interleaved rounds (requests/s and CPU per request).
+    #[arg(long)]
+    budget: bool,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -874,6 +879,9 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     }
     if args.metering {
         metering::report(&mut report, args, &dir, mock_addr).await?;
+    }
+    if args.budget {
+        budget::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.memory {
         let mut bins = vec![("gatehouse".to_string(), sidecar_bin.clone())];

@@ -78,7 +78,12 @@ spec:
         Scenario {
             name: "minimal, again",
             on: "the same as minimal (noise floor)",
-            manifests: plain,
+            manifests: plain.clone(),
+        },
+        Scenario {
+            name: "budget",
+            on: "+ a Budget covering the route (local ledger): scope, estimate, reserve, settle",
+            manifests: format!("{plain}{}", crate::budget::BUDGET),
         },
         Scenario {
             name: "keyed",

@@ -10,6 +10,10 @@ use serde_json::json;
 /// How long a client shed for [`ProxyError::Overloaded`] is asked to wait.
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a client refused by a fail-closed Budget ([`ProxyError::BudgetUnavailable`]) is
+/// asked to wait: the ledger is retried at least this often.
+pub const BUDGET_UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// An error answered to the client in OpenAI's error shape.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -68,6 +72,24 @@ pub enum ProxyError {
     /// No config has been loaded yet.
     #[error("gatehouse has not loaded its configuration yet")]
     NotReady,
+    /// A hard Budget covering the request has no room left for it in this period.
+    #[error("budget '{budget}' is exhausted{}; the request was not sent", resets_text(.resets))]
+    BudgetExceeded {
+        /// The Budget's name.
+        budget: String,
+        /// When its period ends (RFC 3339); `None` for period `none`.
+        resets: Option<String>,
+        /// Until then (the `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// A fail-closed Budget cannot be checked: its lease is gone and the ledger is unreachable.
+    #[error(
+        "budget '{budget}' cannot be checked: the budget ledger cannot be reached and the budget fails closed; the request was not sent"
+    )]
+    BudgetUnavailable {
+        /// The Budget's name.
+        budget: String,
+    },
     /// Every attempt failed.
     #[error("all {attempts} upstream attempts failed for route '{route}': {summary}")]
     Exhausted {
@@ -94,9 +116,11 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownModel(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoTargets { .. } | Self::NotReady | Self::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoTargets { .. }
+            | Self::NotReady
+            | Self::Overloaded
+            | Self::BudgetUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Exhausted { status, .. } => *status,
@@ -117,9 +141,12 @@ impl ProxyError {
             Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "rate_limit_error"
             }
+            // OpenAI's own type for a spent quota, also a 429.
+            Self::BudgetExceeded { .. } => "insufficient_quota",
             Self::NoTargets { .. }
             | Self::NotReady
             | Self::Overloaded
+            | Self::BudgetUnavailable { .. }
             | Self::Internal(_)
             | Self::Exhausted { .. } => "api_error",
         }
@@ -139,6 +166,8 @@ impl ProxyError {
             Self::Overloaded => "overloaded",
             Self::BodyTimeout { .. } => "request_timeout",
             Self::Internal(_) => "internal_error",
+            Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::BudgetUnavailable { .. } => "budget_unavailable",
             Self::Exhausted { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "upstream_rate_limited"
             }
@@ -154,6 +183,8 @@ impl ProxyError {
         match self {
             Self::Exhausted { retry_after, .. } => *retry_after,
             Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
+            Self::BudgetExceeded { retry_after, .. } => *retry_after,
+            Self::BudgetUnavailable { .. } => Some(BUDGET_UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }
     }
@@ -161,6 +192,14 @@ impl ProxyError {
     /// The OpenAI-style JSON error body.
     pub fn body(&self) -> Bytes {
         error_body(&self.to_string(), self.error_type(), self.code())
+    }
+}
+
+/// When a Budget resets, for its refusal.
+fn resets_text(resets: &Option<String>) -> String {
+    match resets {
+        Some(at) => format!(" until its period ends at {at}"),
+        None => " (its period is none: it does not reset)".to_string(),
     }
 }
 

@@ -168,6 +168,36 @@ pub struct Args {
     /// metering costs; a production sidecar keeps it on.
     #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub metering: bool,
+    /// Budgets: the operator's budget ledger, one or more base URLs (comma-separated; the one
+    /// that answers is kept, a `not_leader` answer is followed to the leader). Without it, a
+    /// standalone sidecar is its own ledger, and a kube-mode one finds the ledger unreachable
+    /// (each Budget's failMode decides).
+    #[arg(long, env = "GATEHOUSE_LEDGER_URL", value_delimiter = ',')]
+    pub ledger_url: Vec<String>,
+    /// Budgets: the projected ServiceAccount token (audience `gatehouse-ledger`) sent to the
+    /// ledger, re-read when it changes.
+    #[arg(
+        long,
+        env = "GATEHOUSE_LEDGER_TOKEN_FILE",
+        default_value = "/var/run/secrets/gatehouse/ledger/token"
+    )]
+    pub ledger_token_file: PathBuf,
+    /// Budgets: PEM CA certificates an https ledger is verified against (default: the
+    /// compiled-in web roots).
+    #[arg(long, env = "GATEHOUSE_LEDGER_CA_FILE")]
+    pub ledger_ca_file: Option<PathBuf>,
+    /// Budgets: longest time in milliseconds one sync with the ledger may take (connect, send,
+    /// answer).
+    #[arg(long, env = "GATEHOUSE_LEDGER_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ledger_timeout_ms: u64,
+    /// Budgets: longest time in milliseconds a request waits for the ledger to grow its lease
+    /// before it is refused (or served, per failMode).
+    #[arg(long, env = "GATEHOUSE_BUDGET_WAIT_MS", default_value_t = stages::budget::DEFAULT_WAIT_MS)]
+    pub budget_wait_ms: u64,
+    /// Budgets: output tokens reserved for a chat request that sets no `max_tokens` or
+    /// `max_completion_tokens`.
+    #[arg(long, env = "GATEHOUSE_BUDGET_DEFAULT_OUTPUT_TOKENS", default_value_t = stages::budget::estimate::DEFAULT_OUTPUT_TOKENS)]
+    pub budget_default_output_tokens: u64,
 }
 
 /// `on` or `off`.
@@ -200,6 +230,9 @@ pub enum StartError {
     /// The workload identity could not be built (the pod labels file).
     #[error(transparent)]
     Identity(#[from] workload::WorkloadError),
+    /// The budget ledger client could not be set up (`--ledger-url`, `--ledger-ca-file`).
+    #[error(transparent)]
+    Ledger(#[from] stages::budget::client::ClientError),
 }
 
 impl Args {
@@ -228,17 +261,32 @@ pub struct Running {
     pub store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Where Budgets are spent; flushed after the last request.
+    ledger: Arc<dyn stages::budget::ledger::Ledger>,
+    ledger_task: Option<JoinHandle<()>>,
     _files: source::files::Watch,
     _kube: Option<source::kube::Watching>,
 }
 
 impl Running {
-    /// Stop accepting, let in-flight requests finish (within the grace period), then return.
+    /// Stop accepting, let in-flight requests finish (within the grace period), report what the
+    /// ledger has not heard yet (bounded), then return.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        if let Some(flush) = self.ledger.flush() {
+            let _ = tokio::time::timeout(LEDGER_FLUSH_TIMEOUT, flush).await;
+        }
+        if let Some(task) = self.ledger_task {
+            task.abort();
+        }
+    }
+
+    /// The ledger Budgets are spent against.
+    pub fn ledger(&self) -> &Arc<dyn stages::budget::ledger::Ledger> {
+        &self.ledger
     }
 
     /// Wait until a config has been loaded, up to `timeout`.
@@ -252,6 +300,44 @@ impl Running {
         }
         true
     }
+}
+
+/// The ledger Budgets are spent against, shared by the stages and the metrics.
+type SharedLedger = Arc<dyn stages::budget::ledger::Ledger>;
+
+/// Longest wait at shutdown for the last report to the ledger.
+const LEDGER_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The ledger for these flags: the operator's when `--ledger-url` is set or in kube mode, the
+/// sidecar itself in standalone mode.
+fn ledger(
+    args: &Args,
+    workload: &workload::Workload,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+) -> Result<(SharedLedger, Option<JoinHandle<()>>), StartError> {
+    use stages::budget::{client, ledger::Local, remote};
+    let kube = args.kube || args.manifests.is_empty();
+    if args.ledger_url.is_empty() && !kube {
+        return Ok((Arc::new(Local::new()), None));
+    }
+    let pod = if workload.pod.is_empty() {
+        "sidecar"
+    } else {
+        &workload.pod
+    };
+    let settings = remote::Settings {
+        instance: format!("{pod}/{:016x}", rand::random::<u64>()),
+        namespace: workload.namespace.to_string(),
+        client: client::Settings {
+            urls: args.ledger_url.clone(),
+            token_file: args.ledger_token_file.clone(),
+            ca_file: args.ledger_ca_file.clone(),
+            timeout: Duration::from_millis(args.ledger_timeout_ms),
+        },
+    };
+    let (ledger, task) = remote::Remote::start(settings, store.clone(), metrics.clone())?;
+    Ok((ledger, Some(task)))
 }
 
 /// Bind the ports, start the config source and serve in the background.
@@ -288,7 +374,15 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     metrics.register_collector(Box::new(routing::health::HealthCollector(
         store.health().clone(),
     )));
+    // The ledger's degraded gauge reads the ledger, which records its syncs into the metrics:
+    // registered through a slot filled once both exist.
+    let ledger_slot = Arc::new(std::sync::OnceLock::new());
+    metrics.register_collector(Box::new(stages::budget::DegradedCollector(
+        ledger_slot.clone(),
+    )));
     let metrics = Arc::new(metrics);
+    let (ledger, ledger_task) = ledger(args, &workload, &store, &metrics)?;
+    let _ = ledger_slot.set(ledger.clone());
     let sink = Sink {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -334,6 +428,12 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             workload: workload.clone(),
             max_tags: args.max_tags,
             metering: args.metering,
+            ledger: ledger.clone(),
+            budget: stages::budget::Settings {
+                wait: Duration::from_millis(args.budget_wait_ms),
+                default_output_tokens: args.budget_default_output_tokens,
+                carried_labels: args.workload_labels.clone(),
+            },
         },
     ));
     let timeouts = server::connection::Timeouts {
@@ -377,6 +477,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         open_file_limit = nofile,
         namespace = %workload.namespace,
         workload = %workload.name,
+        budget_ledger = ledger.mode(),
         service_account = %workload.service_account,
         pod = %workload.pod,
         labels = ?workload.labels,
@@ -388,6 +489,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         store,
         shutdown,
         tasks,
+        ledger,
+        ledger_task,
         _files: files,
         _kube: kube,
     })

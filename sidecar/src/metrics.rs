@@ -251,6 +251,24 @@ impl EncodeMetric for CostView {
     }
 }
 
+/// Labels of a budget decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// Budget name (from the config).
+    pub budget: Arc<str>,
+    /// ok, warn, downgraded, fail_open (served without a lease: ledger unreachable), exceeded
+    /// (refused, 429), fail_closed (refused, 503).
+    pub outcome: &'static str,
+}
+
+/// Labels of a sync with the budget ledger.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// ok, unreachable, unauthenticated, forbidden, unavailable, refused, invalid_response,
+    /// no_url.
+    pub result: &'static str,
+}
+
 /// Labels naming a provider's model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -295,6 +313,10 @@ pub struct Metrics {
     pub tags_overflowed: Counter,
     /// Answered requests whose model has no price (their cost is `unknown`).
     pub unpriced_requests: Family<ModelLabels, Counter>,
+    /// Budget decisions, per covering Budget.
+    pub budget_decisions: Family<BudgetLabels, Counter>,
+    /// Syncs with the budget ledger (cluster mode).
+    pub ledger_syncs: Family<SyncLabels, Counter>,
     registry: Registry,
 }
 
@@ -392,6 +414,18 @@ impl Metrics {
             "Answered requests whose model has no price in the catalog or the ModelProvider",
             unpriced_requests.clone(),
         );
+        let budget_decisions = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_decisions",
+            "Requests covered by each budget, by what the budget made of them",
+            budget_decisions.clone(),
+        );
+        let ledger_syncs = Family::<SyncLabels, Counter>::default();
+        registry.register(
+            "ledger_syncs",
+            "Syncs with the budget ledger, by result",
+            ledger_syncs.clone(),
+        );
         Self {
             requests,
             request_duration,
@@ -408,6 +442,8 @@ impl Metrics {
             spend,
             tags_overflowed,
             unpriced_requests,
+            budget_decisions,
+            ledger_syncs,
             registry,
         }
     }

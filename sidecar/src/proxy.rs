@@ -65,6 +65,10 @@ pub struct Settings {
     pub max_tags: usize,
     /// Whether metering is in the chain (`--metering`).
     pub metering: bool,
+    /// Where Budgets are spent (`stages::budget::ledger`).
+    pub ledger: Arc<dyn stages::budget::ledger::Ledger>,
+    /// The budget stage's settings.
+    pub budget: stages::budget::Settings,
 }
 
 impl Default for Settings {
@@ -79,6 +83,8 @@ impl Default for Settings {
             workload: Arc::new(Workload::default()),
             max_tags: stages::identity::DEFAULT_MAX_TAGS,
             metering: true,
+            ledger: Arc::new(stages::budget::ledger::Local::new()),
+            budget: stages::budget::Settings::default(),
         }
     }
 }
@@ -130,10 +136,11 @@ impl Gateway {
             budget: BodyBudget::new(settings.max_inflight_body_bytes),
             store,
             chain: Arc::new(stages::chain(
-                metrics,
+                metrics.clone(),
                 settings.workload.clone(),
                 settings.max_tags,
                 settings.metering,
+                stages::budget::stages(settings.ledger.clone(), metrics, settings.budget.clone()),
             )),
             client,
             settings,
@@ -192,6 +199,7 @@ impl Gateway {
         x: &mut Exchange,
     ) -> Result<Answer, ProxyError> {
         let snapshot = self.store.load().ok_or(ProxyError::NotReady)?;
+        x.ctx.snapshot = Some(snapshot.clone());
         let anthropic_beta = req.headers().get("anthropic-beta").cloned();
         // Only the headers some routing rule names are kept (none without rules).
         x.ctx.rule_headers = snapshot
@@ -226,9 +234,12 @@ impl Gateway {
                 reason,
             });
         }
-        if let Flow::Answer(body) = x.request(&mut inbound)? {
+        if let Flow::Answer(body) = x.request(&mut inbound).await? {
             return Ok(Answer::Complete { body, usage: None });
         }
+        // A budget past its downgrade threshold sends the request to another Route's targets
+        // (with that Route's retry and timeouts); `ctx.route` stays the one asked for.
+        let route = x.ctx.downgraded_to.clone().unwrap_or(route);
         let health = self.store.health().route(&route);
         let subset = x.ctx.rule_targets.clone();
         attempt::run(

@@ -62,6 +62,10 @@ pub struct Index {
     /// What routing rules read (`stages::rules`): a non-empty top-level `tools`, OpenAI's
     /// `response_format` asking for JSON, where `messages` sits.
     pub features: IndexFeatures,
+    /// The output limit the client set: the larger of `max_tokens` and `max_completion_tokens`
+    /// (non-negative integers only; anything else is the provider's to refuse). Budgets reserve
+    /// for it (`stages::budget`).
+    pub max_tokens: Option<u64>,
 }
 
 /// Request features the index notes on its way through the top level, for routing rules.
@@ -86,6 +90,8 @@ enum Key {
     EncodingFormat,
     Tools,
     ResponseFormat,
+    MaxTokens,
+    MaxCompletionTokens,
     Other,
 }
 
@@ -113,6 +119,8 @@ impl Visitor<'_> for KeySeed {
             "encoding_format" => Key::EncodingFormat,
             "tools" => Key::Tools,
             "response_format" => Key::ResponseFormat,
+            "max_tokens" => Key::MaxTokens,
+            "max_completion_tokens" => Key::MaxCompletionTokens,
             _ => Key::Other,
         })
     }
@@ -131,6 +139,8 @@ struct Found<'a> {
     encoding_format: Option<&'a RawValue>,
     tools: Option<&'a RawValue>,
     response_format: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -161,6 +171,8 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::EncodingFormat => &mut found.encoding_format,
                 Key::Tools => &mut found.tools,
                 Key::ResponseFormat => &mut found.response_format,
+                Key::MaxTokens => &mut found.max_tokens,
+                Key::MaxCompletionTokens => &mut found.max_completion_tokens,
             };
             *slot = Some(map.next_value()?);
         }
@@ -269,6 +281,11 @@ impl Index {
             include_usage_at: include_usage_raw.map(at).transpose()?,
             base64,
             features,
+            max_tokens: [found.max_tokens, found.max_completion_tokens]
+                .into_iter()
+                .flatten()
+                .filter_map(|raw| raw.get().trim().parse::<u64>().ok())
+                .max(),
         })
     }
 
@@ -713,6 +730,28 @@ mod tests {
             "the last model wins, as in any parser"
         );
         assert!(index.stream && index.include_usage && index.base64);
+        assert_eq!(index.max_tokens, None);
+        let limits = |body: &str| {
+            Index::of(body.as_bytes(), Operation::Chat)
+                .unwrap()
+                .max_tokens
+        };
+        assert_eq!(
+            limits(r#"{"model":"m","messages":[1],"max_tokens":64}"#),
+            Some(64)
+        );
+        assert_eq!(
+            limits(r#"{"model":"m","messages":[1],"max_tokens":64,"max_completion_tokens":100}"#),
+            Some(100)
+        );
+        assert_eq!(
+            limits(r#"{"model":"m","messages":[1],"max_tokens":"64"}"#),
+            None
+        );
+        assert_eq!(
+            limits(r#"{"model":"m","messages":[1],"max_tokens":-1}"#),
+            None
+        );
         let out = index.with_model(body, "up\"stream").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "up\"stream");

@@ -6,7 +6,8 @@
 //! - [`Stage::on_head`]: the request head arrived, before its body is read (every request,
 //!   whatever its path); the stage may refuse it (a malformed `x-gatehouse-tag`).
 //! - [`Stage::on_request`]: the request is parsed and its route known; the stage may answer early
-//!   (a cache hit, a 429 of a rate limit, a 400 of a block) or change the request.
+//!   (a cache hit, a 429 of a rate limit, a 400 of a block), change the request, or wait for
+//!   something (a budget's ledger; bounded by the stage) and be asked again.
 //! - [`Stage::before_attempt`]: before each upstream attempt; may change the target or the body
 //!   (a downgrade, redaction).
 //! - [`Stage::on_answer`] / [`Stage::on_events`]: the winning buffered answer, or each batch of
@@ -24,12 +25,15 @@
 //! those, so a hook no stage uses costs a branch, and a stage that is not configured is not in
 //! the chain at all.
 
+pub mod budget;
 pub mod headers;
 pub mod identity;
 pub mod metering;
 pub mod rules;
 pub mod telemetry;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +45,7 @@ use crate::dialect::Dialect;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::request::Request;
-use crate::state::{ServedRoute, Target};
+use crate::state::{ServedRoute, Snapshot, Target};
 use crate::usage::{Measured, Usage};
 use crate::warnings::Warnings;
 use crate::workload::Workload;
@@ -54,13 +58,16 @@ use crate::workload::Workload;
 /// landed yet are marked where they go.
 ///
 /// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
-/// costs): no usage is asked for or stripped, nothing is priced.
+/// costs): no usage is asked for or stripped, nothing is priced. The budget stage is always in
+/// the chain: Budgets come with the config, and a request no Budget covers costs it a check.
 pub fn chain(
     metrics: Arc<Metrics>,
     workload: Arc<Workload>,
     max_tags: usize,
     metering: bool,
+    budget: (budget::Reserve, budget::Settle),
 ) -> Chain {
+    let (reserve, settle) = budget;
     let mut stages: Vec<Box<dyn Stage>> = vec![
         // Identity: first, everything after keys on who is calling (and a malformed tag is
         // refused before any work is spent on the request).
@@ -68,17 +75,22 @@ pub fn chain(
         // rate limit: before any work is spent on a request that will be refused.
         // redaction (request): before anything stores or sends the prompt (cache, upstream).
         // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
-        // budget reserve: only for requests that will go upstream.
-        // Route rules: last before the attempts, they pick the targets the attempts use (a
-        // downgrade goes here too).
+        // Route rules: they pick the targets the attempts use.
         Box::new(rules::Rules),
+        // Budget reserve: only for requests that will go upstream (after a cache lookup), and
+        // after the rules so the targets it prices are known; last before the attempts, since a
+        // downgrade replaces those targets.
+        Box::new(reserve),
         // -- attempts --
         // redaction (response): before anything reads or stores the answer.
         //
         // Metering: cost from the usage the answer reported, before anything reads the cost
         // (the cost header on a buffered answer, budget settle, the access line).
         Box::new(metering::Metering::new(metrics.clone())),
-        // budget settle and cache fill go here: after metering, before the record.
+        // Budget settle: after metering, so the metered cost (or a cut stream's estimate) is
+        // what is spent.
+        Box::new(settle),
+        // cache fill goes here: after metering, before the record.
         //
         // The `x-gatehouse-*` headers: on the response head, after metering so a buffered
         // answer's cost is known.
@@ -113,12 +125,24 @@ pub struct Hooks {
 }
 
 /// What a request hook decided.
-#[derive(Debug)]
 pub enum Flow {
     /// Go on with the next stage, then the attempts.
     Continue,
     /// Answer with this buffered body (a JSON answer in the client's dialect), no attempt.
     Answer(Bytes),
+    /// Wait for this, then ask the same stage again. The stage bounds the wait and must not
+    /// wait forever (the budget stage waits once per request, at most `--budget-wait-ms`).
+    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Continue => f.write_str("Continue"),
+            Self::Answer(body) => f.debug_tuple("Answer").field(body).finish(),
+            Self::Wait(_) => f.write_str("Wait"),
+        }
+    }
 }
 
 /// A policy on the request path. Every hook has a default that does nothing; [`Stage::hooks`]
@@ -240,8 +264,14 @@ pub struct Context {
     pub stream: bool,
     /// Who is calling.
     pub identity: Identity,
+    /// The config snapshot the request is served with (loaded once, when it arrived).
+    pub snapshot: Option<Arc<Snapshot>>,
     /// The route the model alias resolved to.
     pub route: Option<Arc<ServedRoute>>,
+    /// The Route whose targets serve the request instead of `route`'s (a budget's downgrade).
+    pub downgraded_to: Option<Arc<ServedRoute>>,
+    /// What the covering Budgets decided (`stages::budget`); `None` when none covers it.
+    pub budget: Option<Box<budget::Decision>>,
     /// Every attempt so far, in order.
     pub attempts: Vec<AttemptRecord>,
     /// The target whose answer the client gets.
@@ -287,7 +317,10 @@ impl Context {
             dialect,
             stream: false,
             identity: Identity::default(),
+            snapshot: None,
             route: None,
+            downgraded_to: None,
+            budget: None,
             attempts: Vec::new(),
             answered_by: None,
             upstream_wait: Duration::ZERO,
@@ -391,11 +424,17 @@ impl Exchange {
         Ok(())
     }
 
-    /// Run the request hooks; the first early answer or error wins.
-    pub fn request(&mut self, request: &mut Request) -> Result<Flow, ProxyError> {
-        for stage in self.chain.each(&self.chain.request) {
-            if let Flow::Answer(body) = stage.on_request(&mut self.ctx, request)? {
-                return Ok(Flow::Answer(body));
+    /// Run the request hooks; the first early answer or error wins. A stage that asks to wait
+    /// is asked again once the wait is over. Returns `Continue` or `Answer`.
+    pub async fn request(&mut self, request: &mut Request) -> Result<Flow, ProxyError> {
+        let chain = self.chain.clone();
+        for stage in chain.each(&chain.request) {
+            loop {
+                match stage.on_request(&mut self.ctx, request)? {
+                    Flow::Continue => break,
+                    Flow::Answer(body) => return Ok(Flow::Answer(body)),
+                    Flow::Wait(wait) => wait.await,
+                }
             }
         }
         Ok(Flow::Continue)
@@ -533,15 +572,32 @@ mod tests {
 
     #[test]
     fn the_chain_is_in_design_order() {
+        let budget = || {
+            let metrics = Arc::new(Metrics::new());
+            budget::stages(
+                Arc::new(budget::ledger::Local::new()),
+                metrics,
+                budget::Settings::default(),
+            )
+        };
         let chain = chain(
             Arc::new(Metrics::new()),
             Arc::new(Workload::default()),
             10,
             true,
+            budget(),
         );
         assert_eq!(
             chain.names(),
-            ["identity", "rules", "metering", "headers", "telemetry"]
+            [
+                "identity",
+                "rules",
+                "budget_reserve",
+                "metering",
+                "budget_settle",
+                "headers",
+                "telemetry"
+            ]
         );
         assert!(chain.metered);
         let off = super::chain(
@@ -549,13 +605,25 @@ mod tests {
             Arc::new(Workload::default()),
             10,
             false,
+            budget(),
         );
-        assert_eq!(off.names(), ["identity", "rules", "headers", "telemetry"]);
+        assert_eq!(
+            off.names(),
+            [
+                "identity",
+                "rules",
+                "budget_reserve",
+                "budget_settle",
+                "headers",
+                "telemetry"
+            ]
+        );
         assert!(!off.metered);
-        // Only identity reads the head and only the rules read requests; nothing reads attempts
-        // or stream events.
+        // Only identity reads the head; the rules, then the budget, read requests; the budget
+        // settles after metering has priced the answer; nothing reads attempts or stream events.
         assert_eq!(chain.head, [0]);
-        assert_eq!(chain.request, [1]);
+        assert_eq!(chain.request, [1, 2]);
+        assert_eq!(chain.end, [3, 4, 6]);
         assert!(chain.attempt.is_empty() && chain.events.is_empty());
     }
 

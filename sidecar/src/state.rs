@@ -38,6 +38,9 @@ pub enum SnapshotError {
         /// The missing provider.
         provider: String,
     },
+    /// A Budget cannot be enforced as configured.
+    #[error(transparent)]
+    Budget(#[from] crate::stages::budget::policy::PolicyError),
     /// A provider's credential scrubber could not be built.
     #[error("provider '{provider}': {source}")]
     Scrubber {
@@ -204,6 +207,10 @@ pub struct Snapshot {
     pub config: SidecarConfig,
     /// Route by alias.
     pub aliases: HashMap<String, Arc<ServedRoute>>,
+    /// Route by name.
+    pub routes: HashMap<String, Arc<ServedRoute>>,
+    /// The Budgets, validated (`stages::budget`).
+    pub budgets: Arc<crate::stages::budget::policy::Budgets>,
     /// Provider by name.
     pub providers: HashMap<String, Arc<Provider>>,
     /// Names of the request headers any routing rule matches on (kept per request, nothing else).
@@ -267,6 +274,7 @@ impl Snapshot {
             );
         }
         let mut aliases = HashMap::new();
+        let mut routes = HashMap::new();
         for (name, r) in &config.routes {
             let targets = r
                 .targets
@@ -286,7 +294,12 @@ impl Snapshot {
             for alias in &r.aliases {
                 aliases.insert(alias.clone(), route.clone());
             }
+            routes.insert(name.clone(), route);
         }
+        let budgets = Arc::new(crate::stages::budget::policy::Budgets::build(
+            &config.budgets,
+            &routes,
+        )?);
         let mut rule_headers: Vec<HeaderName> = config
             .routes
             .values()
@@ -299,6 +312,8 @@ impl Snapshot {
         Ok(Self {
             config,
             aliases,
+            routes,
+            budgets,
             providers,
             rule_headers,
         })

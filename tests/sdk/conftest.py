@@ -163,11 +163,24 @@ def manifests(work: Path) -> Path:
                     "timeouts": {"request": "20s", "attempt": "10s", "firstToken": "10s"},
                 },
             })
+    # A Route whose Budget allows less than any request reserves: every request to it is
+    # refused with 429 `budget_exceeded` before anything is sent.
+    docs.append({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "Route",
+                 "metadata": {"name": BUDGETED_ROUTE},
+                 "spec": {"targets": [{"provider": "openai", "model": BY_NAME["openai"].model}]}})
+    docs.append({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "Budget",
+                 "metadata": {"name": BUDGET},
+                 "spec": {"limit": {"tokens": 1}, "period": "daily",
+                          "scope": {"routes": [BUDGETED_ROUTE]}}})
     path = work / "manifests"
     path.mkdir()
     (path / "all.yaml").write_text("\n---\n".join(json.dumps(d, indent=1) for d in docs) + "\n")
     return path
 
+
+# The Route covered by a Budget nothing fits in, and that Budget.
+BUDGETED_ROUTE = "budgeted"
+BUDGET = "sdk-cap"
 
 # The price of every chat model, and what a request of `prompt` and `completion` tokens costs.
 PRICING = {"inputPerMillion": "1", "outputPerMillion": "2"}

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import (
     ALL,
+    BUDGET,
+    BUDGETED_ROUTE,
     EXPECTED_RETRY_AFTER,
     LANDED,
     MESSAGES_LANDED,
@@ -183,3 +185,20 @@ def test_beta_header(client, provider):
     else:
         assert "anthropic-beta" not in sent
         assert "anthropic-beta not forwarded" in warning
+
+
+def test_budget_exceeded_is_rate_limit_error(client, stack):
+    """A hard Budget without room on `/v1/messages`: Anthropic's error shape, which the SDK raises
+    as RateLimitError, the Budget named, `Retry-After` until the period ends."""
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(
+            model=BUDGETED_ROUTE, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+    e = err.value
+    assert e.status_code == 429
+    assert e.body["type"] == "error"
+    assert e.body["error"]["type"] == "rate_limit_error"
+    assert f"budget '{BUDGET}'" in e.body["error"]["message"]
+    assert 1 <= int(e.response.headers["retry-after"]) <= 86_400
+    assert e.response.headers["x-gatehouse-budget"] == "exceeded"
+    assert stack.providers["openai"].requests() == []

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import (
     ALL,
+    BUDGET,
+    BUDGETED_ROUTE,
     EXPECTED_RETRY_AFTER,
     RATE_LIMIT_SECS,
     WITH_EMBEDDINGS,
@@ -333,3 +335,19 @@ def test_cut_stream_raises(client, provider):
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_budget_exceeded_is_rate_limit_error(client, stack, stream):
+    """A hard Budget without room: the SDK raises RateLimitError, code `budget_exceeded`, the
+    Budget named, `Retry-After` until the period ends; nothing reaches the provider."""
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model=BUDGETED_ROUTE, messages=MESSAGES, stream=stream)
+    e = err.value
+    assert e.status_code == 429
+    assert e.code == "budget_exceeded"
+    assert e.type == "insufficient_quota"
+    assert f"budget '{BUDGET}'" in e.message
+    assert 1 <= int(e.response.headers["retry-after"]) <= 86_400
+    assert e.response.headers["x-gatehouse-budget"] == "exceeded"
+    assert stack.providers["openai"].requests() == []

@@ -6,8 +6,10 @@
 //! `pod`, `tag`; `route`, `provider`, `model`; the tokens by type `input_tokens`,
 //! `cached_read_tokens`, `cache_write_tokens`, `output_tokens`, `reasoning_tokens` (absent when
 //! no usage was measured); `cost_usd` (decimal USD, `unknown` for an answer of an unpriced model,
-//! `0` when nothing was billed) and `cost_estimated`; `status`, `attempts`, `stream`, `end`,
-//! `duration_ms`. Never a key, a prompt or an answer.
+//! `0` when nothing was billed) and `cost_estimated`; `status`, `attempts`, `rule`, `budget` (what
+//! the covering Budgets made of it: ok, warn, downgraded, exceeded, unavailable; absent when none
+//! covers it) and `downgraded_to`, `stream`, `end`, `duration_ms`. Never a key, a prompt or an
+//! answer.
 
 use std::fmt;
 use std::sync::Arc;
@@ -152,6 +154,7 @@ impl Stage for Telemetry {
         let duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
         let workload = ctx.identity.workload.as_deref();
         let tokens = ctx.usage.map(|u| u.tokens());
+        let budget = ctx.budget.as_ref().and_then(|b| b.outcome);
         // One line per request; a relayed stream's says so in its message (it is written when the
         // stream ends, with the stream's usage and cost).
         macro_rules! access_line {
@@ -177,6 +180,8 @@ impl Stage for Telemetry {
                     status,
                     attempts = ctx.attempts.len(),
                     rule = ctx.rule.as_deref().unwrap_or(""),
+                    budget = budget.map(|b| b.as_str()),
+                    downgraded_to = ctx.budget.as_ref().and_then(|b| b.downgraded_to()),
                     stream = ctx.stream,
                     end = end.as_str(),
                     duration_ms,
