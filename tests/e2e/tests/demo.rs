@@ -27,13 +27,14 @@ fn signal_group(pgid: u32, signal: &str) {
 #[test]
 fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let (listen, admin, mock) = (free_port()?, free_port()?, free_port()?);
+    let (listen, admin, mock, ledger) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let mut child = Command::new(root.join("scripts/demo"))
         .arg("--keep")
         .current_dir(&root)
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{listen}"))
         .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("GATEHOUSE_DEMO_MOCK_LISTEN", format!("127.0.0.1:{mock}"))
+        .env("GATEHOUSE_DEMO_LEDGER_LISTEN", format!("127.0.0.1:{ledger}"))
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -85,6 +86,8 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "x-gatehouse-attempts: 1",
         "x-gatehouse-cost-usd: ",
         "x-gatehouse-cache: bypass",
+        // The example Budget covers Route chat; the sidecar leases from the operator's ledger.
+        "x-gatehouse-budget: ok",
         "data: [DONE]",
         "model_not_found",
         "served through the new alias",
