@@ -39,8 +39,8 @@ use crate::metrics::Metrics;
 pub const FIELD_MANAGER: &str = "gatehouse-ledger";
 /// How often status, events, metrics, rollovers and reclaims are brought up to date.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// How often records of deleted Budgets are looked for.
-const GC_EVERY: u32 = 30;
+/// How often (in passes) records of deleted Budgets are looked for.
+const GC_EVERY: u32 = 10;
 /// At most this many degraded sidecars are named in status.
 const DEGRADED_LISTED: usize = 20;
 /// Status writes in flight at once.

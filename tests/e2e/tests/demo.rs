@@ -34,7 +34,10 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{listen}"))
         .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("GATEHOUSE_DEMO_MOCK_LISTEN", format!("127.0.0.1:{mock}"))
-        .env("GATEHOUSE_DEMO_LEDGER_LISTEN", format!("127.0.0.1:{ledger}"))
+        .env(
+            "GATEHOUSE_DEMO_LEDGER_LISTEN",
+            format!("127.0.0.1:{ledger}"),
+        )
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
