@@ -79,6 +79,8 @@ pub struct Metrics {
     pub cert_changes: Family<CertLabels, Counter>,
     /// Failed passes of the certificate upkeep, by cause.
     pub cert_errors: Family<ErrorLabels, Counter>,
+    /// The budget ledger's metrics.
+    pub ledger: crate::ledger::metrics::LedgerMetrics,
     registry: Registry,
 }
 
@@ -160,6 +162,7 @@ impl Metrics {
             "Failed passes of the serving certificate upkeep, by cause",
             cert_errors.clone(),
         );
+        let ledger = crate::ledger::metrics::LedgerMetrics::register(&mut registry);
         Self {
             reconciles,
             errors,
@@ -173,6 +176,7 @@ impl Metrics {
             cert_expiry,
             cert_changes,
             cert_errors,
+            ledger,
             registry,
         }
     }

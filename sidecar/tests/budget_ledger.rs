@@ -635,6 +635,11 @@ async fn a_budget_the_ledger_does_not_know_follows_its_fail_mode() {
 
 /// A throwaway CA (PEM) and a TLS acceptor serving a certificate it signed for 127.0.0.1.
 fn tls() -> (String, tokio_rustls::TlsAcceptor) {
+    tls_for("127.0.0.1")
+}
+
+/// A throwaway CA (PEM) and a TLS acceptor serving a certificate it signed for `name` only.
+fn tls_for(name: &str) -> (String, tokio_rustls::TlsAcceptor) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -642,7 +647,7 @@ fn tls() -> (String, tokio_rustls::TlsAcceptor) {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+    let cert = CertificateParams::new(vec![name.to_string()])
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
@@ -689,6 +694,46 @@ async fn an_https_ledger_is_trusted_through_the_ca_file_only() {
         metrics.contains(r#"gatehouse_ledger_syncs_total{result="unreachable"}"#),
         "{metrics}"
     );
+}
+
+/// The operator's replicas share one certificate for the Service's name; a `not_leader` redirect
+/// names the leader by pod IP, which is not in it. The sidecar verifies every replica as the
+/// configured name, and still refuses a certificate for another name.
+#[tokio::test]
+async fn an_https_leader_reached_by_ip_is_verified_as_the_configured_name() {
+    let mock = MockProvider::start().await.unwrap();
+    let (ca, acceptor) = tls_for("localhost");
+    let leader = FakeLedger::start_with(10_000, 100, Some(acceptor.clone())).await;
+    let standby = FakeLedger::start_with(10_000, 100, Some(acceptor)).await;
+    standby.set(Mode::NotLeader(Some(format!(
+        "https://127.0.0.1:{}",
+        leader.addr.port()
+    ))));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "t");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let budgets = budget("b", "chat", "closed");
+    let service = format!("https://localhost:{}", standby.addr.port());
+    let ca_path = ca_file.clone();
+    let sidecar = start(&mock, &budgets, vec![service], &token, move |args| {
+        args.ledger_ca_file = Some(ca_path);
+    })
+    .await;
+    assert_eq!(chat(&sidecar, "chat").await.status(), 200);
+    assert!(!leader.syncs().is_empty(), "the leader was reached by IP");
+    // A certificate from the same kind of CA but for another name is refused.
+    let (other_ca, other) = tls_for("elsewhere.example");
+    let impostor = FakeLedger::start_with(10_000, 100, Some(other)).await;
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, other_ca).unwrap();
+    let url = format!("https://localhost:{}", impostor.addr.port());
+    let refused = start(&mock, &budgets, vec![url], &token, move |args| {
+        args.ledger_ca_file = Some(other_file);
+    })
+    .await;
+    assert_eq!(chat(&refused, "chat").await.status(), 503);
+    assert!(impostor.syncs().is_empty());
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ fn settings(mode: Mode) -> Settings {
         port: DEFAULT_PROXY_PORT,
         admin_port: DEFAULT_ADMIN_PORT,
         mode,
-        ledger_url: "https://gatehouse-operator.gatehouse-system.svc:8443".into(),
+        ledger_url: "https://gatehouse-operator.gatehouse-system.svc:8444".into(),
         drain_ms: 5000,
         host_network: HostNetwork::Skip,
         excluded_namespaces: vec!["kube-system".into(), "gatehouse-system".into()],

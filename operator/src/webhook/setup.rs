@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// The port the budget ledger's listener takes on the operator Service (the default of
 /// `--ledger-url`).
-pub const LEDGER_PORT: u16 = 8443;
+pub const LEDGER_PORT: u16 = 8444;
 
 /// The sidecar's resources unless `--sidecar-resources` says otherwise.
 pub const DEFAULT_SIDECAR_RESOURCES: &str =

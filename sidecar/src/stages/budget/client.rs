@@ -158,13 +158,14 @@ impl LedgerClient {
             urls.push(url.to_string());
         }
         let https = urls.iter().any(|u| u.starts_with("https://"));
+        let service = service_name(&urls);
         Ok(Self {
             urls,
             preferred: None,
             https,
             token: TokenFile::new(settings.token_file.clone()),
             timeout: settings.timeout,
-            http: http_client(settings.ca_file.as_deref(), settings.timeout)?,
+            http: http_client(settings.ca_file.as_deref(), service, settings.timeout)?,
         })
     }
 
@@ -329,7 +330,26 @@ fn sync_url(base: &str) -> String {
     }
 }
 
-fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<Http, ClientError> {
+/// The one host name of the configured https URLs, when there is exactly one and it is a DNS
+/// name (the operator Service's).
+fn service_name(urls: &[String]) -> Option<String> {
+    let mut hosts = urls
+        .iter()
+        .filter_map(|u| u.parse::<http::Uri>().ok())
+        .filter(|u| u.scheme_str() == Some("https"))
+        .filter_map(|u| u.host().map(str::to_string));
+    let first = hosts.next()?;
+    if hosts.any(|h| h != first) || first.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    Some(first)
+}
+
+fn http_client(
+    ca_file: Option<&Path>,
+    service: Option<String>,
+    timeout: Duration,
+) -> Result<Http, ClientError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -337,7 +357,7 @@ fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<Http, Client
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match ca_file {
         None => builder.with_webpki_roots(),
-        Some(path) => builder.with_tls_config(tls_config(path)?),
+        Some(path) => builder.with_tls_config(tls_config(path, service)?),
     };
     let https = builder
         .https_or_http()
@@ -351,9 +371,14 @@ fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<Http, Client
 }
 
 /// TLS trusting the certificates of the PEM file at `path` only.
-fn tls_config(path: &Path) -> Result<rustls::ClientConfig, ClientError> {
-    use rustls::pki_types::CertificateDer;
+///
+/// With `service` (the one DNS name the configured https URLs use), every ledger replica is
+/// verified as that name, also when a `not_leader` redirect sends the sidecar to the leader's
+/// pod IP: the replicas share one serving certificate, issued for the Service's names by the
+/// CA in that file, and no pod IP is in it.
+fn tls_config(path: &Path, service: Option<String>) -> Result<rustls::ClientConfig, ClientError> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
     let ca = |reason: String| ClientError::Ca {
         path: path.to_path_buf(),
         reason,
@@ -367,10 +392,66 @@ fn tls_config(path: &Path) -> Result<rustls::ClientConfig, ClientError> {
     if added == 0 {
         return Err(ca("no usable certificate in it".to_string()));
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let pinned = service.and_then(|s| ServerName::try_from(s).ok());
+    let Some(name) = pinned else {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    };
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AsService { inner, name }))
+        .with_no_client_auth())
+}
+
+/// Verifies a server's certificate chain as usual, but for the Service's name rather than the
+/// address connected to ([`tls_config`]).
+#[derive(Debug)]
+struct AsService {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AsService {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The token file, read again when it changes.
@@ -534,9 +615,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, "not a certificate").unwrap();
-        assert!(matches!(tls_config(&path), Err(ClientError::Ca { .. })));
         assert!(matches!(
-            tls_config(&dir.path().join("missing.pem")),
+            tls_config(&path, None),
+            Err(ClientError::Ca { .. })
+        ));
+        assert!(matches!(
+            tls_config(&dir.path().join("missing.pem"), None),
             Err(ClientError::Ca { .. })
         ));
     }
