@@ -162,6 +162,7 @@ pub async fn report(plan: &Plan) -> anyhow::Result<String> {
         .env("KUBECONFIG", cp.kubeconfig())
         .args([
             format!("--admin-listen=127.0.0.1:{operator_port}"),
+            "--ledger-listen=127.0.0.1:0".into(),
             "--leader-election=false".into(),
         ])
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 mod budget;
 mod fanout;
 mod faults;
+mod ledger;
 mod load;
 mod memory;
 mod metering;
@@ -96,6 +97,16 @@ struct Args {
     /// Fan-out: seconds the ready fleet idles while CPU is measured.
     #[arg(long, default_value_t = 30)]
     fanout_idle_secs: u64,
+    /// Instead of everything else: simulate this many sidecars syncing with the operator's
+    /// budget ledger on a real control plane (syncs/s, latency, operator CPU and RSS).
+    #[arg(long, default_value_t = 0)]
+    ledger: usize,
+    /// Ledger: Budgets in the sidecars' namespace (every sync reports each).
+    #[arg(long, default_value_t = 1)]
+    ledger_budgets: usize,
+    /// Ledger: seconds each phase (steady, saturation) is measured.
+    #[arg(long, default_value_t = 20)]
+    ledger_secs: u64,
     /// Also measure what metering costs: the sidecar with metering on against `--metering off`.
     #[arg(long)]
     metering: bool,
@@ -158,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.no_build && std::env::var_os("GATEHOUSE_BENCH_BIN_DIR").is_none() {
         let mut packages = vec!["gatehouse-sidecar", "gatehouse-mock-provider"];
-        if args.fanout > 0 {
+        if args.fanout > 0 || args.ledger > 0 {
             packages.push("gatehouse-operator");
         }
         let status = std::process::Command::new("cargo")
@@ -173,7 +184,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = if args.fanout > 0 {
+    let report = if args.ledger > 0 {
+        runtime.block_on(ledger::report(&ledger::Plan {
+            sidecars: args.ledger,
+            budgets: args.ledger_budgets.max(1),
+            secs: args.ledger_secs.max(1),
+        }))?
+    } else if args.fanout > 0 {
         runtime.block_on(fanout::report(&fanout::Plan {
             sidecars: args.fanout,
             namespaces: args.fanout_namespaces.max(1),

@@ -1,5 +1,6 @@
 //! Status conditions: the `Ready` condition every kind carries and how render problems become it,
-//! and the ModelProvider's `Priced` condition.
+//! the ModelProvider's `Priced` condition, and the names of the Budget conditions the ledger
+//! writes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -16,6 +17,17 @@ pub const PRICED: &str = "Priced";
 pub const REASON_ALL_PRICED: &str = "AllModelsPriced";
 /// Reason of a `Priced=False` condition.
 pub const REASON_UNPRICED: &str = "UnpricedModels";
+
+/// Budget condition: True when nothing is left to lease (spent plus the sidecars' unspent leases
+/// reach the limit in a limited unit), so requests that do not fit a sidecar's lease are refused
+/// (hard) or warned about (soft) until the period ends.
+pub const EXCEEDED: &str = "Exceeded";
+/// Budget condition, with thresholds: True once spend passes the lowest threshold.
+pub const THRESHOLD_REACHED: &str = "ThresholdReached";
+/// Budget condition, with a downgrade: True once spend passes `downgrade.atPercent`.
+pub const DOWNGRADED: &str = "Downgraded";
+/// Budget condition: True while sidecars recently served requests without a valid lease.
+pub const DEGRADED: &str = "Degraded";
 
 /// Longest list of model names a `Priced` message spells out, in bytes; the rest are counted.
 const UNPRICED_LIST_MAX: usize = 512;

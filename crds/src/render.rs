@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
-use crate::budget::BudgetSpec;
+use crate::budget::{BudgetPeriod, BudgetSpec};
 use crate::config::{
-    BudgetConfig, OutlierConfig, Pricing, ProviderConfig, ProviderKind, RetryConfig, RouteConfig,
-    RuleConfig, RuleMatch as ConfigRuleMatch, SidecarConfig, TargetConfig, TimeoutConfig,
+    BudgetConfig, DowngradeConfig, OutlierConfig, Pricing, ProviderConfig, ProviderKind,
+    RetryConfig, RouteConfig, RuleConfig, RuleMatch as ConfigRuleMatch, SidecarConfig,
+    TargetConfig, TimeoutConfig,
 };
 use crate::keys::{ProviderKeys, SecretData};
 use crate::provider::{
@@ -132,9 +133,6 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, DurationError> {
     Ok(total)
 }
 
-/// Reason of the problem every valid Budget carries until budgets are enforced.
-pub const NOT_ENFORCED: &str = "NotEnforced";
-
 /// Problems of one render pass, collected then sorted.
 #[derive(Debug, Default)]
 struct Problems(Vec<Problem>);
@@ -222,7 +220,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         inputs.budgets.iter().map(|b| (b.name_any(), b)).collect();
     budgets.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, budget) in &budgets {
-        if let Some(cfg) = render_budget(name, &budget.spec, &mut problems) {
+        if let Some(cfg) = render_budget(name, &budget.spec, &config.routes, &mut problems) {
             config.budgets.insert(name.clone(), cfg);
         }
     }
@@ -612,20 +610,25 @@ fn render_rule(rule: &crate::route::RouteRule, names: &[(String, usize)]) -> Rul
     }
 }
 
-fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Option<BudgetConfig> {
-    let kind = ObjectKind::Budget;
+/// A Budget's config as sidecars and the ledger see it, or the `InvalidSpec` problem that keeps
+/// it out of the config (the CRD's rules reject these at admission; this guards what got past
+/// them, e.g. objects stored under an older schema). Does not check that a downgrade Route
+/// exists: that needs the namespace's Routes ([`render`] does).
+pub fn budget_config(name: &str, spec: &BudgetSpec) -> Result<BudgetConfig, Problem> {
+    let invalid = |message: String| Problem {
+        kind: ObjectKind::Budget,
+        name: name.to_string(),
+        reason: "InvalidSpec".to_string(),
+        message,
+    };
     let limit_usd = match spec.limit.usd.as_deref() {
         None => None,
         Some(raw) => match parse_decimal(raw) {
             Some(v) if v > 0.0 => Some(v),
             _ => {
-                problems.push(
-                    kind,
-                    name,
-                    "InvalidSpec",
-                    format!("spec.limit.usd: {raw:?} is not a decimal greater than 0"),
-                );
-                return None;
+                return Err(invalid(format!(
+                    "spec.limit.usd: {raw:?} is not a decimal greater than 0"
+                )));
             }
         },
     };
@@ -634,36 +637,60 @@ fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Opti
         Some(t) => match u64::try_from(t) {
             Ok(t) if t > 0 => Some(t),
             _ => {
-                problems.push(
-                    kind,
-                    name,
-                    "InvalidSpec",
-                    format!("spec.limit.tokens must be greater than 0, got {t}"),
-                );
-                return None;
+                return Err(invalid(format!(
+                    "spec.limit.tokens must be greater than 0, got {t}"
+                )));
             }
         },
     };
-    if limit_usd.is_some() == limit_tokens.is_some() {
-        problems.push(
-            kind,
-            name,
-            "InvalidSpec",
-            "exactly one of spec.limit.usd and spec.limit.tokens must be set".to_string(),
-        );
-        return None;
+    if limit_usd.is_none() && limit_tokens.is_none() {
+        return Err(invalid(
+            "at least one of spec.limit.usd and spec.limit.tokens must be set".to_string(),
+        ));
     }
-    // Valid, and carried in the config for the sidecars, but nothing meters spending against it
-    // yet: say so where a platform team looks (Ready=False, a Warning event) rather than let a
-    // hard budget look like protection it is not.
-    problems.push(
-        kind,
-        name,
-        NOT_ENFORCED,
-        "accepted, but this version of Gatehouse does not meter or enforce budgets yet: requests \
-         are not limited by it"
-            .to_string(),
-    );
+    let period_seconds = match (spec.period, spec.period_seconds) {
+        (BudgetPeriod::Custom, Some(s)) if s >= MIN_PERIOD_SECONDS => u64::try_from(s).ok(),
+        (BudgetPeriod::Custom, Some(s)) => {
+            return Err(invalid(format!(
+                "spec.periodSeconds must be at least {MIN_PERIOD_SECONDS}, got {s}"
+            )));
+        }
+        (BudgetPeriod::Custom, None) => {
+            return Err(invalid(
+                "spec.periodSeconds is required with period custom".to_string(),
+            ));
+        }
+        // Ignored with any other period (the CRD rejects it there).
+        (_, _) => None,
+    };
+    let mut thresholds = Vec::with_capacity(spec.thresholds.len());
+    for &t in &spec.thresholds {
+        match u8::try_from(t) {
+            Ok(t) if (1..=99).contains(&t) => thresholds.push(t),
+            _ => {
+                return Err(invalid(format!(
+                    "spec.thresholds: {t} is not a percentage from 1 to 99"
+                )));
+            }
+        }
+    }
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    let downgrade = match &spec.downgrade {
+        None => None,
+        Some(d) => match u8::try_from(d.at_percent) {
+            Ok(at) if (1..=99).contains(&at) => Some(DowngradeConfig {
+                at_percent: at,
+                route: d.route.clone(),
+            }),
+            _ => {
+                return Err(invalid(format!(
+                    "spec.downgrade.atPercent: {} is not a percentage from 1 to 99",
+                    d.at_percent
+                )));
+            }
+        },
+    };
     let scope = spec.scope.clone().unwrap_or_default();
     let mut routes = scope.routes;
     routes.sort();
@@ -671,7 +698,7 @@ fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Opti
     let mut service_accounts = scope.service_accounts;
     service_accounts.sort();
     service_accounts.dedup();
-    Some(BudgetConfig {
+    Ok(BudgetConfig {
         limit_usd,
         limit_tokens,
         period: spec.period.as_str().to_string(),
@@ -680,8 +707,47 @@ fn render_budget(name: &str, spec: &BudgetSpec, problems: &mut Problems) -> Opti
         service_accounts,
         workload_selector: scope.workload_selector,
         fail_mode: spec.fail_mode.as_str().to_string(),
-        period_seconds: None,
-        thresholds: Vec::new(),
-        downgrade: None,
+        period_seconds,
+        thresholds,
+        downgrade,
     })
+}
+
+/// Shortest custom period, in seconds (as the CRD says).
+pub const MIN_PERIOD_SECONDS: i64 = 10;
+
+/// Reason of the problem a Budget gets when its downgrade Route does not exist.
+pub const DOWNGRADE_ROUTE_NOT_FOUND: &str = "DowngradeRouteNotFound";
+
+fn render_budget(
+    name: &str,
+    spec: &BudgetSpec,
+    routes: &BTreeMap<String, RouteConfig>,
+    problems: &mut Problems,
+) -> Option<BudgetConfig> {
+    let mut config = match budget_config(name, spec) {
+        Ok(c) => c,
+        Err(p) => {
+            problems.0.push(p);
+            return None;
+        }
+    };
+    // A missing downgrade Route does not disable the budget: its limit still holds, requests
+    // past the downgrade threshold are served by their own Route instead.
+    if let Some(d) = &config.downgrade
+        && !routes.contains_key(&d.route)
+    {
+        problems.push(
+            ObjectKind::Budget,
+            name,
+            DOWNGRADE_ROUTE_NOT_FOUND,
+            format!(
+                "spec.downgrade.route: no Route {:?} in this namespace; the limit is enforced \
+                 without downgrading",
+                d.route
+            ),
+        );
+        config.downgrade = None;
+    }
+    Some(config)
 }

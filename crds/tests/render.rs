@@ -275,24 +275,57 @@ fn invalid_duration_falls_back_to_the_default() {
 }
 
 #[test]
-fn invalid_budget_limit_is_an_invalid_spec() {
+fn budgets_render_limits_periods_thresholds_and_downgrade() {
     let budgets = [
         budget(
             "both",
-            json!({"limit": {"usd": "5", "tokens": 5}, "period": "daily"}),
+            json!({"limit": {"usd": "5", "tokens": 5}, "period": "custom", "periodSeconds": 60,
+                   "thresholds": [80, 50], "downgrade": {"atPercent": 90, "route": "cheap"}}),
         ),
         budget("zero", json!({"limit": {"usd": "0"}, "period": "daily"})),
         budget("ok", json!({"limit": {"tokens": 1000}, "period": "none"})),
+        // The CRD rejects these at admission; render still refuses them.
+        budget(
+            "no-seconds",
+            json!({"limit": {"usd": "1"}, "period": "custom"}),
+        ),
+        budget(
+            "short",
+            json!({"limit": {"usd": "1"}, "period": "custom", "periodSeconds": 1}),
+        ),
+        budget(
+            "bad-threshold",
+            json!({"limit": {"usd": "1"}, "period": "daily", "thresholds": [100]}),
+        ),
+        budget(
+            "lost-downgrade",
+            json!({"limit": {"usd": "1"}, "period": "daily", "downgrade": {"atPercent": 50, "route": "gone"}}),
+        ),
     ];
-    let r = run(&[], &[], &budgets, &SecretData::new());
+    let routes = [route(
+        "cheap",
+        json!({"targets": [{"provider": "p", "model": "m"}]}),
+    )];
+    let r = run(&[], &routes, &budgets, &SecretData::new());
+    let budget_reasons: Vec<(String, String)> = r
+        .problems
+        .iter()
+        .filter(|p| p.kind == ObjectKind::Budget)
+        .map(|p| (p.name.clone(), p.reason.clone()))
+        .collect();
+    let expect = |n: &str, reason: &str| (n.to_string(), reason.to_string());
     assert_eq!(
-        reasons(&r),
+        budget_reasons,
         [
-            (ObjectKind::Budget, "both", "InvalidSpec"),
-            (ObjectKind::Budget, "ok", "NotEnforced"),
-            (ObjectKind::Budget, "zero", "InvalidSpec")
+            expect("bad-threshold", "InvalidSpec"),
+            expect("lost-downgrade", "DowngradeRouteNotFound"),
+            expect("no-seconds", "InvalidSpec"),
+            expect("short", "InvalidSpec"),
+            expect("zero", "InvalidSpec"),
         ]
     );
+    // No budget is reported as "not enforced" any more.
+    assert!(r.problems.iter().all(|p| p.reason != "NotEnforced"));
     let ok = &r.config.budgets["ok"];
     assert_eq!(
         (
@@ -302,6 +335,25 @@ fn invalid_budget_limit_is_an_invalid_spec() {
         ),
         (Some(1000), "hard", "open")
     );
+    let both = &r.config.budgets["both"];
+    assert_eq!((both.limit_usd, both.limit_tokens), (Some(5.0), Some(5)));
+    assert_eq!(
+        both.period(),
+        Some(gatehouse_crds::ledger::Period::Seconds(60))
+    );
+    assert_eq!(both.thresholds, [50, 80]);
+    assert_eq!(
+        both.downgrade
+            .as_ref()
+            .map(|d| (d.at_percent, d.route.as_str())),
+        Some((90, "cheap"))
+    );
+    // A missing downgrade Route keeps the budget (its limit still holds) without the downgrade.
+    let lost = &r.config.budgets["lost-downgrade"];
+    assert_eq!((lost.limit_usd, lost.downgrade.as_ref()), (Some(1.0), None));
+    for gone in ["zero", "no-seconds", "short", "bad-threshold"] {
+        assert!(!r.config.budgets.contains_key(gone), "{gone} rendered");
+    }
 }
 
 #[test]
@@ -394,7 +446,8 @@ fn namespace() -> (Vec<ModelProvider>, Vec<Route>, Vec<Budget>, SecretData) {
     let budgets = vec![
         budget(
             "team-monthly",
-            json!({"limit": {"usd": "500"}, "period": "monthly"}),
+            json!({"limit": {"usd": "500"}, "period": "monthly", "thresholds": [90, 50],
+                   "downgrade": {"atPercent": 80, "route": "claude"}}),
         ),
         budget(
             "search-daily-tokens",

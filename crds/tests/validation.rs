@@ -364,6 +364,11 @@ fn valid_objects_are_accepted() {
             "scope": {"routes": ["chat"], "serviceAccounts": ["web"], "workloadSelector": {"matchLabels": {"team": "search"}}}}),
         ),
         budget(json!({"limit": {"usd": "0.01"}, "period": "hourly"})),
+        // Both units, a custom period, thresholds and a downgrade.
+        budget(
+            json!({"limit": {"usd": "5", "tokens": 100000}, "period": "custom", "periodSeconds": 60,
+            "thresholds": [50, 80], "downgrade": {"atPercent": 90, "route": "cheap"}}),
+        ),
     ];
     for obj in valid {
         if let Err(e) = validate(&obj) {
@@ -703,14 +708,50 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
             "timeouts.attempt must not be longer",
         ),
         (
-            "both usd and tokens",
-            with(b(), json!({"spec": {"limit": {"tokens": 5}}})),
-            "exactly one of limit.usd and limit.tokens",
-        ),
-        (
             "neither usd nor tokens",
             with(b(), json!({"spec": {"limit": {"usd": null}}})),
-            "exactly one of limit.usd and limit.tokens",
+            "at least one of limit.usd and limit.tokens",
+        ),
+        (
+            "custom period without its length",
+            with(b(), json!({"spec": {"period": "custom"}})),
+            "spec.periodSeconds must be set with period custom",
+        ),
+        (
+            "a length without the custom period",
+            with(b(), json!({"spec": {"periodSeconds": 60}})),
+            "spec.periodSeconds must be set with period custom",
+        ),
+        (
+            "custom period too short",
+            with(
+                b(),
+                json!({"spec": {"period": "custom", "periodSeconds": 5}}),
+            ),
+            "must be >= 10",
+        ),
+        (
+            "threshold of 100 percent",
+            with(b(), json!({"spec": {"thresholds": [80, 100]}})),
+            "must be <= 99",
+        ),
+        (
+            "repeated threshold",
+            with(b(), json!({"spec": {"thresholds": [80, 80]}})),
+            "duplicate",
+        ),
+        (
+            "downgrade without a route",
+            with(b(), json!({"spec": {"downgrade": {"atPercent": 80}}})),
+            "required field \"route\"",
+        ),
+        (
+            "downgrade at 0 percent",
+            with(
+                b(),
+                json!({"spec": {"downgrade": {"atPercent": 0, "route": "cheap"}}}),
+            ),
+            "must be >= 1",
         ),
         (
             "zero usd",
@@ -826,13 +867,13 @@ fn examples_pass_validation_and_render_without_spec_problems() {
         budgets: &budgets,
         secrets: &secrets,
     });
-    // The only problem: budgets are not enforced yet, which each valid Budget reports.
+    // No problems: every example is valid and usable as written.
     let problems: Vec<(&str, &str)> = rendered
         .problems
         .iter()
         .map(|p| (p.name.as_str(), p.reason.as_str()))
         .collect();
-    assert_eq!(problems, [("chat-monthly", "NotEnforced")]);
+    assert_eq!(problems, []);
     let chat = &rendered.config.routes["chat"];
     assert_eq!(chat.aliases, ["gpt-4o-mini", "chat"]);
     assert_eq!(chat.targets.len(), 2);

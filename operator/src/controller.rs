@@ -125,15 +125,42 @@ fn namespace_of<K: Resource>(object: &K) -> Option<ObjectRef<Namespace>> {
     object.meta().namespace.as_deref().map(ObjectRef::new)
 }
 
+/// Budget events that matter to the reconcile: a new Budget, a spec change (a new generation)
+/// or a deletion. The ledger writes Budget status every second under load; those writes must
+/// not each start a namespace reconcile.
+fn budget_spec_changes(
+    events: impl Stream<Item = Result<watcher::Event<Budget>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Budget, watcher::Error>> + Send + 'static {
+    let mut generations: std::collections::HashMap<String, Option<i64>> = Default::default();
+    events.filter_map(move |event| {
+        let key = |b: &Budget| b.uid().unwrap_or_else(|| b.name_any());
+        future::ready(match event {
+            Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b)) => {
+                let generation = b.metadata.generation;
+                (generations.insert(key(&b), generation) != Some(generation)).then_some(Ok(b))
+            }
+            Ok(watcher::Event::Delete(b)) => {
+                generations.remove(&key(&b));
+                Some(Ok(b))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
+}
+
 /// Run the controller until `shutdown` resolves. Calls `synced` once every cache (ModelProviders,
-/// Routes, Budgets and the controller's Namespaces) has completed its first list.
-pub async fn run(
+/// Routes, Budgets and the controller's Namespaces) has completed its first list. `lead` is
+/// given the Budget cache and runs beside the controller (the budget ledger); it must end on
+/// its own once shutdown begins, and is awaited.
+pub async fn run<L: Future<Output = ()>>(
     client: Client,
     scope: Scope,
     metrics: Arc<Metrics>,
     identity: String,
     synced: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    lead: impl FnOnce(reflector::Store<Budget>) -> L,
 ) {
     let wc = watcher::Config::default();
     let (providers, providers_writer) = reflector::store();
@@ -147,10 +174,11 @@ pub async fn run(
         .backoff(Reconnect::default())
         .reflect(routes_writer)
         .touched_objects();
-    let budget_events = watcher(scope.api::<Budget>(&client), wc.clone())
-        .backoff(Reconnect::default())
-        .reflect(budgets_writer)
-        .touched_objects();
+    let budget_events = budget_spec_changes(
+        watcher(scope.api::<Budget>(&client), wc.clone())
+            .backoff(Reconnect::default())
+            .reflect(budgets_writer),
+    );
     let secret_events = watcher(scope.api::<PartialObjectMeta<Secret>>(&client), wc.clone())
         .backoff(Reconnect::default())
         .touched_objects();
@@ -171,6 +199,7 @@ pub async fn run(
         instance: Some(identity),
     };
     let stores = (providers.clone(), routes.clone(), budgets.clone());
+    let ledger = lead(budgets.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         providers: providers.clone(),
@@ -228,10 +257,13 @@ pub async fn run(
             }
             future::ready(())
         });
-    tokio::select! {
-        () = controller => {}
-        () = sync => {}
-    }
+    let reconciling = async {
+        tokio::select! {
+            () = controller => {}
+            () = sync => {}
+        }
+    };
+    tokio::join!(reconciling, ledger);
 }
 
 #[cfg(test)]

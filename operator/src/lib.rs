@@ -9,6 +9,7 @@ pub mod admin;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod namespace;
 pub mod objects;
@@ -25,7 +26,8 @@ use tokio::sync::watch;
 pub use error::Error;
 
 use crate::admin::{Health, Phase};
-use crate::leader::LeaderElection;
+use crate::leader::{LeaderElection, Observed};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
 /// Command-line flags; each is also read from an environment variable.
@@ -57,6 +59,42 @@ pub struct Args {
     /// Log format: json or text.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", default_value = "json")]
     pub log_format: telemetry::LogFormat,
+    /// Address of the budget ledger's listener (`POST /ledger/v1/sync`), on every replica: the
+    /// leader answers, a standby points to the leader.
+    #[arg(long, env = "GATEHOUSE_LEDGER_LISTEN", default_value = "0.0.0.0:8444")]
+    pub ledger_listen: SocketAddr,
+    /// The ledger URL the leader publishes for sidecars that reached a standby. Default:
+    /// `http(s)://<POD_IP>:<ledger port>`, else the listen address when it is not a wildcard.
+    #[arg(long, env = "GATEHOUSE_LEDGER_ADVERTISE_URL")]
+    pub ledger_advertise_url: Option<String>,
+    /// This replica's pod IP (in a pod: from the downward API), for the default advertise URL.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
+    /// PEM certificate chain to serve the ledger over HTTPS (with `--ledger-tls-key-file`);
+    /// plain HTTP without.
+    #[arg(
+        long,
+        env = "GATEHOUSE_LEDGER_TLS_CERT_FILE",
+        requires = "ledger_tls_key_file"
+    )]
+    pub ledger_tls_cert_file: Option<String>,
+    /// PEM private key for `--ledger-tls-cert-file`.
+    #[arg(
+        long,
+        env = "GATEHOUSE_LEDGER_TLS_KEY_FILE",
+        requires = "ledger_tls_cert_file"
+    )]
+    pub ledger_tls_key_file: Option<String>,
+    /// How long a sidecar's budget lease stays valid after it sent the sync that returned it;
+    /// the ledger reclaims a silent sidecar's unspent lease a little after that.
+    #[arg(long, env = "GATEHOUSE_LEDGER_LEASE_TTL_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub ledger_lease_ttl_ms: u64,
+    /// How often a sidecar syncs with the ledger at least (sooner when its lease runs low).
+    /// Budget status is current within about this plus one second.
+    #[arg(long, env = "GATEHOUSE_LEDGER_SYNC_INTERVAL_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub ledger_sync_interval_ms: u64,
 }
 
 impl Args {
@@ -91,6 +129,10 @@ pub async fn run(
 pub struct Running {
     /// Where the admin port listens.
     pub admin_addr: SocketAddr,
+    /// Where the budget ledger listens.
+    pub ledger_addr: SocketAddr,
+    /// The budget ledger.
+    pub ledger: Arc<Ledger>,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
@@ -117,8 +159,41 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
         addr: args.admin_listen,
         source,
     })?;
+    if args.ledger_sync_interval_ms >= args.ledger_lease_ttl_ms {
+        return Err(Error::Config(format!(
+            "--ledger-sync-interval-ms ({}) must be shorter than --ledger-lease-ttl-ms ({}): a \
+             sidecar must sync before its lease expires",
+            args.ledger_sync_interval_ms, args.ledger_lease_ttl_ms
+        )));
+    }
+    let tls = match (&args.ledger_tls_cert_file, &args.ledger_tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(ledger::server::tls_config(cert, key)?)),
+        _ => None,
+    };
+    let ledger_listener = TcpListener::bind(args.ledger_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.ledger_listen,
+            source,
+        })?;
+    let ledger_addr = ledger_listener.local_addr().map_err(|source| Error::Bind {
+        addr: args.ledger_listen,
+        source,
+    })?;
+    let advertise = advertise_url(&args, ledger_addr, tls.is_some());
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let observed = Arc::new(Observed::default());
+    let ledger = Arc::new(Ledger::new(
+        client.clone(),
+        ledger::Settings {
+            policy: ledger::account::Policy::for_ttl(args.ledger_lease_ttl_ms),
+            sync_after_ms: args.ledger_sync_interval_ms,
+            namespace: args.lease_namespace.clone(),
+        },
+        metrics.clone(),
+        observed.clone(),
+    ));
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(admin::serve(
         listener,
@@ -126,7 +201,13 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
         health.clone(),
         stopped.clone(),
     ));
-    tracing::info!(%admin_addr, "gatehouse-operator admin port listening");
+    tokio::spawn(ledger::server::serve(
+        ledger_listener,
+        ledger.clone(),
+        tls,
+        stopped.clone(),
+    ));
+    tracing::info!(%admin_addr, %ledger_addr, advertise = advertise.as_deref().unwrap_or("none"), "gatehouse-operator listening");
     // Parsed here, once, rather than in the first reconcile; and said where operators look.
     match gatehouse_crds::catalog::source() {
         Some(s) => tracing::info!(
@@ -140,13 +221,49 @@ pub async fn start(args: Args, client: kube::Client) -> Result<Running, Error> {
              spec.models[].pricing override are unpriced"
         ),
     }
-    let task = tokio::spawn(operate(args, client, metrics.clone(), health, stopped));
+    let task = tokio::spawn(operate(
+        args,
+        client,
+        metrics.clone(),
+        health,
+        Leading {
+            ledger: ledger.clone(),
+            observed,
+            advertise,
+        },
+        stopped,
+    ));
     Ok(Running {
         admin_addr,
+        ledger_addr,
+        ledger,
         metrics,
         stop,
         task,
     })
+}
+
+/// The ledger URL to publish: the flag; else the pod IP with the listener's port; else the
+/// listen address itself when it is a specific one (tests, a single host).
+fn advertise_url(args: &Args, bound: SocketAddr, tls: bool) -> Option<String> {
+    if let Some(url) = &args.ledger_advertise_url {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let host = match &args.pod_ip {
+        Some(ip) if ip.contains(':') => format!("[{ip}]"),
+        Some(ip) => ip.clone(),
+        None if !bound.ip().is_unspecified() => return Some(format!("{scheme}://{bound}")),
+        None => return None,
+    };
+    Some(format!("{scheme}://{host}:{}", bound.port()))
+}
+
+/// What the leader needs for the budget ledger.
+struct Leading {
+    ledger: Arc<Ledger>,
+    observed: Arc<Observed>,
+    advertise: Option<String>,
 }
 
 /// How long in-flight reconciles (and the lease release) may take once shutdown starts.
@@ -176,6 +293,7 @@ async fn operate(
     client: kube::Client,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    leading: Leading,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let identity = args.identity();
@@ -186,6 +304,7 @@ async fn operate(
             &args.lease_name,
             &identity,
         )
+        .with_ledger(leading.advertise.clone(), leading.observed.clone())
     });
     // A standby is ready while the API server answers (see `admin::Phase` for why); the leader
     // only once its caches have synced.
@@ -202,6 +321,17 @@ async fn operate(
         Some(ns) => controller::Scope::Namespace(ns.clone()),
         None => controller::Scope::Cluster,
     };
+    // The fencing term of the ledger's records: the Lease's acquireTime; without an election
+    // (one replica) the start of this leadership.
+    let term = match &election {
+        Some(e) => e.term(),
+        None => k8s_openapi::jiff::Timestamp::now().as_microsecond(),
+    };
+    let ledger = leading.ledger.clone();
+    let lead_client = client.clone();
+    let lead_scope = scope.clone();
+    let lead_identity = identity.clone();
+    let lead_stop = stop.clone();
     let controller = bounded_after_stop(
         controller::run(
             client,
@@ -210,6 +340,18 @@ async fn operate(
             identity,
             || health.set(Phase::Leading),
             stopped(stop.clone()),
+            move |budgets| async move {
+                ledger
+                    .lead(
+                        lead_client,
+                        budgets,
+                        lead_scope,
+                        lead_identity,
+                        term,
+                        lead_stop,
+                    )
+                    .await;
+            },
         ),
         stop.clone(),
     );

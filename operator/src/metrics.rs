@@ -54,6 +54,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Failed watch requests (each is retried with backoff).
     pub watch_errors: Family<WatchLabels, Counter>,
+    /// The budget ledger's metrics.
+    pub ledger: crate::ledger::metrics::LedgerMetrics,
     registry: Registry,
 }
 
@@ -105,6 +107,7 @@ impl Metrics {
             "Failed watch or list requests by watched resource (retried with backoff)",
             watch_errors.clone(),
         );
+        let ledger = crate::ledger::metrics::LedgerMetrics::register(&mut registry);
         Self {
             reconciles,
             errors,
@@ -113,6 +116,7 @@ impl Metrics {
             writes_skipped,
             leader,
             watch_errors,
+            ledger,
             registry,
         }
     }

@@ -50,6 +50,7 @@ async fn start_operator(
         "gatehouse-operator",
         &format!("--identity={identity}"),
         "--admin-listen=127.0.0.1:0",
+        "--ledger-listen=127.0.0.1:0",
         &format!("--watch-namespace={ns}"),
         &format!("--lease-namespace={ns}"),
         "--log-format=text",

@@ -411,9 +411,21 @@ impl ControlPlane {
 
     /// Mints a one-hour token for an existing ServiceAccount through the TokenRequest API.
     pub async fn mint_token(&self, namespace: &str, service_account: &str) -> Result<String> {
+        self.mint_token_for(namespace, service_account, &[]).await
+    }
+
+    /// Mints a one-hour token for an existing ServiceAccount with these audiences (none: the
+    /// API server's own), as the kubelet projects one into a pod (e.g. the budget ledger's).
+    pub async fn mint_token_for(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+    ) -> Result<String> {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 expiration_seconds: Some(3600),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 ..TokenRequestSpec::default()
             },
             ..TokenRequest::default()

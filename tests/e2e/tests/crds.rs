@@ -414,10 +414,28 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "spec.limit.usd",
     ),
     (
-        "budget both usd and tokens",
+        "budget limit with neither usd nor tokens",
         BUDGET,
-        "spec:\n  limit: {usd: \"5\", tokens: 1000}\n  period: monthly\n",
-        "spec.limit",
+        "spec:\n  limit: {}\n  period: monthly\n",
+        "at least one of limit.usd and limit.tokens must be set",
+    ),
+    (
+        "budget custom period without its length",
+        BUDGET,
+        "spec:\n  limit: {usd: \"5\"}\n  period: custom\n",
+        "spec.periodSeconds must be set with period custom",
+    ),
+    (
+        "budget threshold of 100 percent",
+        BUDGET,
+        "spec:\n  limit: {usd: \"5\"}\n  period: daily\n  thresholds: [80, 100]\n",
+        "spec.thresholds[1]",
+    ),
+    (
+        "budget downgrade without a route",
+        BUDGET,
+        "spec:\n  limit: {usd: \"5\"}\n  period: daily\n  downgrade: {atPercent: 80}\n",
+        "spec.downgrade.route: Required value",
     ),
     (
         "budget zero tokens",
@@ -533,6 +551,10 @@ spec:
             "route/chat",
             r#"{"status":{"aliases":["chat","fast"],"usableTargets":1,"totalTargets":2,"targets":"1/2"}}"#,
         ),
+        (
+            "budget/team",
+            r#"{"status":{"spent":"12.5","remaining":"237.5","periodEnd":"2026-12-01T00:00:00Z","conditions":[{"type":"Exceeded","status":"False","reason":"WithinLimit","message":"m","lastTransitionTime":"2026-11-29T00:00:00Z"}]}}"#,
+        ),
     ] {
         cp.kubectl_ok([
             "patch",
@@ -558,12 +580,17 @@ spec:
         "USD",
         "PERIOD",
         "SPENT",
+        "REMAINING",
+        "ENDS",
+        "EXCEEDED",
         "READY",
         // and their values
         "https://api.openai.com/v1",
         "1/2",
         "250.00",
         "monthly",
+        "237.5",
+        "2026-12-01T00:00:00Z",
     ] {
         ensure!(
             out.contains(needle),

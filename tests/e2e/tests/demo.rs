@@ -27,13 +27,17 @@ fn signal_group(pgid: u32, signal: &str) {
 #[test]
 fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let (listen, admin, mock) = (free_port()?, free_port()?, free_port()?);
+    let (listen, admin, mock, ledger) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let mut child = Command::new(root.join("scripts/demo"))
         .arg("--keep")
         .current_dir(&root)
         .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{listen}"))
         .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("GATEHOUSE_DEMO_MOCK_LISTEN", format!("127.0.0.1:{mock}"))
+        .env(
+            "GATEHOUSE_DEMO_LEDGER_LISTEN",
+            format!("127.0.0.1:{ledger}"),
+        )
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -85,6 +89,8 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "x-gatehouse-attempts: 1",
         "x-gatehouse-cost-usd: ",
         "x-gatehouse-cache: bypass",
+        // The example Budget covers Route chat; the sidecar leases from the operator's ledger.
+        "x-gatehouse-budget: ok",
         "data: [DONE]",
         "model_not_found",
         "served through the new alias",
@@ -101,7 +107,7 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
         "a key was printed:\n{out}"
     );
     // `kubectl get gatehouse`: every kind; providers and the Route Ready, the Route's usable/total
-    // targets; the Budget accepted but reported not enforced (Ready False).
+    // targets; the Budget valid and enforced (Ready True).
     let table = |prefix: &str| -> Option<String> {
         out.lines()
             .rfind(|l| l.starts_with(prefix))
@@ -117,10 +123,7 @@ fn demo_shows_a_routed_response_config_and_ready_resources_then_stops_everything
             "modelprovider.gatehouse.dev/openai",
             vec!["https://api.openai.com/v1", "True"],
         ),
-        (
-            "budget.gatehouse.dev/chat-monthly",
-            vec!["monthly", "False"],
-        ),
+        ("budget.gatehouse.dev/chat-monthly", vec!["monthly", "True"]),
     ] {
         let line = table(row).with_context(|| format!("no row {row} in:\n{out}"))?;
         for w in want {

@@ -219,6 +219,7 @@ impl Operator {
             )
             .args([
                 &format!("--admin-listen=127.0.0.1:{port}"),
+                "--ledger-listen=127.0.0.1:0",
                 &format!("--watch-namespace={ns}"),
                 &format!("--lease-namespace={ns}"),
                 &format!("--identity=operator-{n}"),

@@ -603,8 +603,12 @@ async fn operator_reconciles_with_only_the_chart_rbac(watch_namespace: bool) -> 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let ledger_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut args = vec![
         format!("--admin-listen=127.0.0.1:{port}"),
+        format!("--ledger-listen=127.0.0.1:{ledger_port}"),
         format!("--lease-namespace={release_ns}"),
         format!("--identity={identity}"),
     ];
@@ -613,7 +617,8 @@ async fn operator_reconciles_with_only_the_chart_rbac(watch_namespace: bool) -> 
     }
     let mut operator = OperatorProcess::start(&kubeconfig, &args, dir.path().join("operator.log"))?;
     let admin = cp.admin_client().await?;
-    if let Err(e) = reconcile_and_clean_up(&admin, &ns, &release_ns, &identity).await {
+    let ledger = format!("http://127.0.0.1:{ledger_port}");
+    if let Err(e) = reconcile_and_clean_up(cp, &admin, &ns, &release_ns, &identity, &ledger).await {
         bail!("{e:#}\n--- operator log ---\n{}", operator.tail());
     }
     operator
@@ -664,13 +669,16 @@ async fn operator_reconciles_with_only_the_chart_rbac(watch_namespace: bool) -> 
     Ok(())
 }
 
-/// The operator's side of the test, observed as admin: everything it renders and records, a key
-/// rotation, then the cleanup once the resources are deleted.
+/// The operator's side of the test, observed as admin: everything it renders and records, a
+/// sidecar's sync with the budget ledger, a key rotation, then the cleanup once the resources are
+/// deleted.
 async fn reconcile_and_clean_up(
+    cp: &ControlPlane,
     admin: &Client,
     ns: &str,
     release_ns: &str,
     identity: &str,
+    ledger: &str,
 ) -> Result<()> {
     let configs = Api::<ConfigMap>::namespaced(admin.clone(), ns);
     let config = eventually("ConfigMap gatehouse-config", FIRST_RENDER, || {
@@ -763,6 +771,52 @@ async fn reconcile_and_clean_up(
     })
     .await?;
 
+    // A sidecar syncs with the budget ledger: a TokenReview, a record in the release namespace,
+    // Budget status (each a call the chart's RBAC must allow).
+    cp.create_service_account(ns, "app").await?;
+    let token = cp
+        .mint_token_for(ns, "app", &[gatehouse_crds::ledger::TOKEN_AUDIENCE])
+        .await?;
+    let http = reqwest::Client::new();
+    let sync = |spent: u64, want: u64| {
+        let (http, token) = (http.clone(), token.clone());
+        let url = format!("{ledger}{}", gatehouse_crds::ledger::SYNC_PATH);
+        let body = serde_json::json!({"instance": "web-0/0001", "namespace": ns,
+            "accounts": [{"name": "monthly", "spent": {"nanoUsd": spent},
+                          "want": {"nanoUsd": want}}]});
+        async move {
+            let r = http.post(url).bearer_auth(token).json(&body).send().await?;
+            let status = r.status();
+            let text = r.text().await?;
+            ensure!(status == 200, "sync: {status} {text}");
+            Ok(serde_json::from_str::<serde_json::Value>(&text)?)
+        }
+    };
+    let answer = eventually("the ledger answers", CHANGE, || {
+        let s = sync(0, 0);
+        async move { Ok(s.await.ok()) }
+    })
+    .await?;
+    ensure!(answer["accounts"][0]["known"] == true, "{answer}");
+    sync(0, 1_000_000_000).await?;
+    sync(250_000_000, 0).await?;
+    eventually("Budget monthly spent from the ledger", CHANGE, || {
+        let budgets = budgets.clone();
+        async move {
+            let b = budgets.get("monthly").await?;
+            Ok((b.status.and_then(|s| s.spent).as_deref() == Some("0.25")).then_some(()))
+        }
+    })
+    .await?;
+    let record = format!("gatehouse-ledger.budget.{ns}.monthly");
+    ensure!(
+        Api::<ConfigMap>::namespaced(admin.clone(), release_ns)
+            .get_metadata_opt(&record)
+            .await?
+            .is_some(),
+        "no ledger record {release_ns}/{record}"
+    );
+
     // The broken Route's Warning Event, from this operator.
     let events = Api::<Event>::namespaced(admin.clone(), ns);
     eventually("a Warning Event for Route broken", CHANGE, || {
@@ -848,5 +902,18 @@ async fn reconcile_and_clean_up(
         secrets.get_metadata_opt("llm-key").await?.is_some(),
         "the user's Secret must survive the cleanup"
     );
+    // The Budget's ledger record goes with it.
+    let records = Api::<ConfigMap>::namespaced(admin.clone(), release_ns);
+    eventually("the ledger record deleted", Duration::from_secs(30), || {
+        let (records, record) = (records.clone(), record.clone());
+        async move {
+            Ok(records
+                .get_metadata_opt(&record)
+                .await?
+                .is_none()
+                .then_some(()))
+        }
+    })
+    .await?;
     Ok(())
 }

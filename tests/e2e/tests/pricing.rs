@@ -70,6 +70,7 @@ impl Operator {
             .env("KUBECONFIG", cp.kubeconfig())
             .args([
                 &format!("--admin-listen=127.0.0.1:{port}"),
+                "--ledger-listen=127.0.0.1:0",
                 &format!("--watch-namespace={ns}"),
                 &format!("--lease-namespace={ns}"),
                 "--identity=operator-pricing",
