@@ -22,9 +22,10 @@ pub mod store;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gatehouse_crds::Budget;
-use gatehouse_crds::ledger::SyncRequest;
+use gatehouse_crds::guardrails::RateLimitScope;
+use gatehouse_crds::ledger::{AccountKind, RATE_LIMIT_WINDOW, SyncRequest, rate_limit};
 use gatehouse_crds::render::budget_config;
+use gatehouse_crds::{Budget, Route};
 use kube::Client;
 use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
@@ -71,6 +72,7 @@ pub struct Leadership {
     /// The books.
     pub book: Arc<Book>,
     budgets: Store<Budget>,
+    routes: Store<Route>,
 }
 
 impl Leadership {
@@ -80,6 +82,9 @@ impl Leadership {
         req.accounts
             .iter()
             .map(|a| {
+                if a.kind == AccountKind::RateLimit {
+                    return rate_limit_terms(&self.routes, &req.namespace, &a.name);
+                }
                 let budget = self
                     .budgets
                     .get(&ObjectRef::new(&a.name).within(&req.namespace))?;
@@ -92,6 +97,32 @@ impl Leadership {
             })
             .collect()
     }
+}
+
+/// What the ledger knows of rate-limit account `name` (`<route>/<limit>`) in `namespace`:
+/// `None` unless that Route has a `scope: cluster` rate limit of that name with a limit > 0.
+/// The account is reset when the Route is deleted and created again (its uid).
+pub fn rate_limit_terms(routes: &Store<Route>, namespace: &str, name: &str) -> Option<Terms> {
+    let (route_name, limit_name) = name.split_once('/')?;
+    let route = routes.get(&ObjectRef::new(route_name).within(namespace))?;
+    let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0);
+    let limit = route
+        .spec
+        .rate_limits
+        .iter()
+        .find(|l| l.name == limit_name && l.scope == RateLimitScope::Cluster)?;
+    let (rpm, tpm) = (
+        positive(limit.requests_per_minute),
+        positive(limit.tokens_per_minute),
+    );
+    if rpm.is_none() && tpm.is_none() {
+        return None;
+    }
+    Some(Terms {
+        uid: route.uid()?,
+        limit: rate_limit(rpm, tpm),
+        period: RATE_LIMIT_WINDOW,
+    })
 }
 
 /// The ledger of one operator replica.
@@ -164,6 +195,7 @@ impl Ledger {
         &self,
         client: Client,
         budgets: Store<Budget>,
+        routes: Store<Route>,
         scope: Scope,
         identity: String,
         term: i64,
@@ -203,6 +235,7 @@ impl Ledger {
         self.set_role(Role::Leading(Arc::new(Leadership {
             book: book.clone(),
             budgets: budgets.clone(),
+            routes: routes.clone(),
         })));
         let recorder = Recorder::new(
             client.clone(),
@@ -214,6 +247,7 @@ impl Ledger {
         Reporter::new(
             book.clone(),
             budgets,
+            routes,
             client,
             recorder,
             self.metrics.clone(),

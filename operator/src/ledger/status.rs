@@ -17,9 +17,9 @@ use gatehouse_crds::conditions::{
     DEGRADED, DOWNGRADED, EXCEEDED, THRESHOLD_REACHED, set_condition,
 };
 use gatehouse_crds::config::BudgetConfig;
-use gatehouse_crds::ledger::{Amount, Limit, nanos_to_usd};
+use gatehouse_crds::ledger::{AccountKind, Amount, Limit, nanos_to_usd};
 use gatehouse_crds::render::budget_config;
-use gatehouse_crds::{Budget, BudgetStatus, budget::BudgetPeriodTotal};
+use gatehouse_crds::{Budget, BudgetStatus, Route, budget::BudgetPeriodTotal};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -383,6 +383,7 @@ pub fn due_events(view: &View, config: &BudgetConfig) -> Vec<(u8, Event)> {
 pub struct Reporter {
     book: Arc<Book>,
     budgets: Store<Budget>,
+    routes: Store<Route>,
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -404,6 +405,7 @@ impl Reporter {
     pub fn new(
         book: Arc<Book>,
         budgets: Store<Budget>,
+        routes: Store<Route>,
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
@@ -413,6 +415,7 @@ impl Reporter {
         Self {
             book,
             budgets,
+            routes,
             client,
             recorder,
             metrics,
@@ -651,10 +654,14 @@ impl Reporter {
 
     /// Delete the records (and drop the slots) of Budgets that no longer exist.
     async fn collect_garbage(&mut self) {
-        let exists = |key: &AccountKey| {
-            self.budgets
+        let exists = |key: &AccountKey| match key.kind {
+            AccountKind::Budget => self
+                .budgets
                 .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
-                .is_some()
+                .is_some(),
+            AccountKind::RateLimit => {
+                super::rate_limit_terms(&self.routes, &key.namespace, &key.name).is_some()
+            }
         };
         let mut gone = Vec::new();
         for slot in self.book.slots() {
@@ -671,7 +678,7 @@ impl Reporter {
                     tracing::warn!(account = %key, error = %e, "failed to delete the ledger record");
                 }
                 self.written.remove(&key);
-                tracing::info!(account = %key, "budget deleted: its ledger record is removed");
+                tracing::info!(account = %key, "account gone: its ledger record is removed");
             }
         }
         for (name, rv, key) in self.book.listed_records() {

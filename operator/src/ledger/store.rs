@@ -59,6 +59,7 @@ impl AccountKey {
     fn kind_str(&self) -> &'static str {
         match self.kind {
             AccountKind::Budget => "budget",
+            AccountKind::RateLimit => "ratelimit",
         }
     }
 
@@ -71,7 +72,9 @@ impl AccountKey {
             self.namespace,
             self.name
         );
-        if plain.len() <= 253 {
+        // A rate limit's name (`<route>/<limit>`) has a slash, which an object name cannot:
+        // its record is always named by the hash.
+        if plain.len() <= 253 && self.kind == AccountKind::Budget {
             return plain;
         }
         let digest = Sha256::digest(plain.as_bytes());
