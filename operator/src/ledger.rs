@@ -99,6 +99,21 @@ impl Leadership {
     }
 }
 
+/// The operator's caches the ledger reads: Budgets, and Routes (for cluster rate limits).
+#[derive(Clone)]
+pub struct Caches {
+    /// Budgets in the operator's scope.
+    pub budgets: Store<Budget>,
+    /// Routes in the operator's scope.
+    pub routes: Store<Route>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").finish_non_exhaustive()
+    }
+}
+
 /// What the ledger knows of rate-limit account `name` (`<route>/<limit>`) in `namespace`:
 /// `None` unless that Route has a `scope: cluster` rate limit of that name with a limit > 0.
 /// The account is reset when the Route is deleted and created again (its uid).
@@ -194,17 +209,19 @@ impl Ledger {
     pub async fn lead(
         &self,
         client: Client,
-        budgets: Store<Budget>,
-        routes: Store<Route>,
+        caches: Caches,
         scope: Scope,
         identity: String,
         term: i64,
         mut stop: watch::Receiver<bool>,
     ) {
+        let Caches { budgets, routes } = caches;
         let _demote = Demote(self);
         self.set_role(Role::Starting);
         tokio::select! {
-            r = budgets.wait_until_ready() => if r.is_err() { return },
+            r = async { (budgets.wait_until_ready().await, routes.wait_until_ready().await) } => {
+                if r.0.is_err() || r.1.is_err() { return }
+            },
             _ = stop.wait_for(|s| *s) => return,
         }
         let records = Records::new(client.clone(), &self.settings.namespace);
@@ -246,8 +263,7 @@ impl Ledger {
         );
         Reporter::new(
             book.clone(),
-            budgets,
-            routes,
+            Caches { budgets, routes },
             client,
             recorder,
             self.metrics.clone(),

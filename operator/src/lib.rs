@@ -344,8 +344,7 @@ async fn operate(
                 ledger
                     .lead(
                         lead_client,
-                        budgets,
-                        routes,
+                        ledger::Caches { budgets, routes },
                         lead_scope,
                         lead_identity,
                         term,

@@ -774,7 +774,7 @@ async fn a_cluster_rate_limit_spends_requests_on_the_ledger() {
         })
         .await;
     let syncs = ledger.syncs();
-    assert!(syncs.iter().any(|(_, s)| s.accounts.iter().any(|a| a.name
-        == "limited/rpm"
-        && a.kind == gatehouse_crds::ledger::AccountKind::RateLimit)));
+    assert!(syncs.iter().any(|(_, s)| s.accounts.iter().any(
+        |a| a.name == "limited/rpm" && a.kind == gatehouse_crds::ledger::AccountKind::RateLimit
+    )));
 }

@@ -404,8 +404,7 @@ impl Reporter {
     /// The loop for `book`, reading Budgets from `budgets`.
     pub fn new(
         book: Arc<Book>,
-        budgets: Store<Budget>,
-        routes: Store<Route>,
+        caches: super::Caches,
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
@@ -414,8 +413,8 @@ impl Reporter {
     ) -> Self {
         Self {
             book,
-            budgets,
-            routes,
+            budgets: caches.budgets,
+            routes: caches.routes,
             client,
             recorder,
             metrics,

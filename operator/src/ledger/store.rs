@@ -304,6 +304,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rate_limit_record_is_named_by_hash_as_its_name_has_a_slash() {
+        let key = AccountKey {
+            kind: AccountKind::RateLimit,
+            namespace: "team-a".into(),
+            name: "chat/rpm".into(),
+        };
+        let name = key.object_name();
+        assert!(name.starts_with("gatehouse-ledger.ratelimit."), "{name}");
+        assert!(!name.contains('/') && name.len() <= 253, "{name}");
+        assert_ne!(
+            name,
+            AccountKey {
+                name: "chat/rpm2".into(),
+                ..key
+            }
+            .object_name()
+        );
+    }
+
+    #[test]
     fn object_names_are_readable_unambiguous_and_bounded() {
         assert_eq!(
             AccountKey::budget("team-a", "monthly.chat").object_name(),
