@@ -298,7 +298,10 @@ pub struct AccountGrant {
     #[serde(default)]
     pub limit: Limit,
     /// Cumulative lease granted to this instance in the current period. The instance may spend
-    /// up to `granted - spent` (its own) until the lease expires.
+    /// up to `granted - spent` (its own) until the lease expires. Take it as is, not as the
+    /// larger of it and an earlier answer: after the ledger reclaimed the unspent lease of an
+    /// instance it had not heard from for longer than the lease TTL, this restarts from the
+    /// instance's spend and can be lower than before.
     #[serde(default)]
     pub granted: Amount,
     /// Spent in the current period by every instance, as persisted.

@@ -6,7 +6,9 @@
 //! - [`store`]: the records (one ConfigMap per account in the operator's namespace).
 //! - [`auth`]: the sidecars' ServiceAccount tokens, checked by TokenReview.
 //! - [`server`]: the sync endpoint, on every replica.
-//! - [`status`]: Budget status, events, metrics, rollovers and reclaims, every second.
+//! - [`status`]: what Budget status and events say (pure).
+//! - [`reporter`]: the leader's loop writing them every second, with metrics, rollovers,
+//!   reclaims and the removal of records of deleted Budgets.
 //!
 //! The contract with the sidecars is `gatehouse_crds::ledger`; the bounds it gives are in
 //! docs/architecture.md, "Budgets across replicas".
@@ -15,6 +17,7 @@ pub mod account;
 pub mod auth;
 pub mod book;
 pub mod metrics;
+pub mod reporter;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -37,7 +40,7 @@ use crate::leader::Observed;
 use crate::ledger::account::Policy;
 use crate::ledger::auth::Authenticator;
 use crate::ledger::book::{Book, Terms};
-use crate::ledger::status::Reporter;
+use crate::ledger::reporter::Reporter;
 use crate::ledger::store::Records;
 use crate::metrics::Metrics;
 

@@ -26,8 +26,11 @@ use crate::ledger::account::{AccountBook, PeriodBook, Policy};
 use crate::ledger::store::{AccountKey, Read, Record, Records, Written};
 use crate::metrics::Metrics;
 
-/// How long a sync waits for its account to be claimed or its changes to be persisted.
-pub const PERSIST_WAIT: Duration = Duration::from_secs(5);
+/// How long a sync waits for its account to be claimed or its changes to be persisted: below
+/// the sidecar's default sync timeout (2 s), so a slow API server is answered `unavailable`
+/// rather than left to time out. A grant made meanwhile is not lost: grants are cumulative, and
+/// the next answer carries it.
+pub const PERSIST_WAIT: Duration = Duration::from_millis(1_500);
 
 /// Why a sync could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
