@@ -185,14 +185,38 @@ fn midnight(date: Date) -> Option<Timestamp> {
     date.to_zoned(TimeZone::UTC).ok().map(|z| z.timestamp())
 }
 
-/// What an account on the ledger is. Only Budgets today; cluster-wide rate limits will be
-/// another kind on the same ledger.
+/// What an account on the ledger is.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum AccountKind {
     /// A `Budget` in the sidecar's namespace, by name.
     #[default]
     Budget,
+    /// A `scope: cluster` rate limit of a Route in the sidecar's namespace, named
+    /// `<route>/<limit name>` ([`rate_limit_account`]). Its period is [`RATE_LIMIT_WINDOW`]
+    /// (fixed minute windows from the epoch) and its units are requests and tokens: on this
+    /// kind's [`Amount`] and [`Limit`], **`nano_usd` counts requests** (the wire keeps one shape
+    /// for every kind) and `tokens` counts tokens.
+    RateLimit,
+}
+
+/// The window of a rate-limit account: fixed minutes aligned to the Unix epoch. A fixed window
+/// lets up to twice the limit through around a boundary (the end of one minute and the start of
+/// the next); per window, what is admitted stays within the limit plus the leases' slack.
+pub const RATE_LIMIT_WINDOW: Period = Period::Seconds(60);
+
+/// The account name of rate limit `limit` of Route `route`: `<route>/<limit>`.
+pub fn rate_limit_account(route: &str, limit: &str) -> String {
+    format!("{route}/{limit}")
+}
+
+/// The ledger limit of a rate limit: requests per minute (carried as `nano_usd`, see
+/// [`AccountKind::RateLimit`]) and tokens per minute.
+pub fn rate_limit(requests_per_minute: Option<u64>, tokens_per_minute: Option<u64>) -> Limit {
+    Limit {
+        nano_usd: requests_per_minute,
+        tokens: tokens_per_minute,
+    }
 }
 
 /// A sidecar's sync: its reports and lease requests for every account it uses. Sent at least
@@ -403,6 +427,32 @@ mod tests {
         assert!(!Limit::default().reached_by(Amount {
             nano_usd: u64::MAX,
             tokens: 1
+        }));
+    }
+
+    #[test]
+    fn a_rate_limit_account_is_named_by_route_and_limit_and_counts_minutes() {
+        assert_eq!(rate_limit_account("chat", "per-team"), "chat/per-team");
+        let (s, e) = RATE_LIMIT_WINDOW.bounds(ts("2026-11-29T21:37:12Z"));
+        assert_eq!(
+            (s, e),
+            (ts("2026-11-29T21:37:00Z"), Some(ts("2026-11-29T21:38:00Z")))
+        );
+        let sync = AccountSync {
+            kind: AccountKind::RateLimit,
+            name: rate_limit_account("chat", "rpm"),
+            ..AccountSync::default()
+        };
+        let json = serde_json::to_string(&sync).unwrap();
+        assert!(json.contains("\"kind\":\"rateLimit\""), "{json}");
+        let limit = rate_limit(Some(10), None);
+        assert!(limit.reached_by(Amount {
+            nano_usd: 10,
+            tokens: 0
+        }));
+        assert!(!limit.reached_by(Amount {
+            nano_usd: 9,
+            tokens: u64::MAX
         }));
     }
 

@@ -23,7 +23,7 @@ use crate::{Budget, ModelProvider, Route};
 
 mod guardrails;
 mod pricing;
-pub use guardrails::{CLUSTER_RATE_LIMIT_UNAVAILABLE, INVALID_REDACTION};
+pub use guardrails::INVALID_REDACTION;
 use pricing::price_models;
 
 /// Everything `render` reads.

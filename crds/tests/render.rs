@@ -588,13 +588,13 @@ fn guardrails_are_rendered_and_their_problems_reported() {
     assert_eq!(chat.rate_limits.len(), 2);
     assert_eq!(chat.rate_limits[0].requests_per_minute, Some(60));
     assert_eq!(chat.rate_limits[0].service_accounts, ["a", "b"]);
-    // Cluster scope is not available: enforced locally, and the Route says so.
+    // Cluster scope is rendered as such (the budget ledger keeps it), with no problem.
     assert_eq!(
         chat.rate_limits[1].scope,
-        gatehouse_crds::config::RateLimitScopeConfig::Local
+        gatehouse_crds::config::RateLimitScopeConfig::Cluster
     );
     assert!(
-        reasons(&out).contains(&(ObjectKind::Route, "chat", "ClusterRateLimitNotAvailable")),
+        !reasons(&out).iter().any(|(_, r, _)| *r == "chat"),
         "{:?}",
         out.problems
     );

@@ -160,7 +160,7 @@ pub async fn run<L: Future<Output = ()>>(
     identity: String,
     synced: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-    lead: impl FnOnce(reflector::Store<Budget>) -> L,
+    lead: impl FnOnce(reflector::Store<Budget>, reflector::Store<Route>) -> L,
 ) {
     let wc = watcher::Config::default();
     let (providers, providers_writer) = reflector::store();
@@ -199,7 +199,7 @@ pub async fn run<L: Future<Output = ()>>(
         instance: Some(identity),
     };
     let stores = (providers.clone(), routes.clone(), budgets.clone());
-    let ledger = lead(budgets.clone());
+    let ledger = lead(budgets.clone(), routes.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         providers: providers.clone(),

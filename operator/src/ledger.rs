@@ -25,9 +25,10 @@ pub mod store;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gatehouse_crds::Budget;
-use gatehouse_crds::ledger::SyncRequest;
+use gatehouse_crds::guardrails::RateLimitScope;
+use gatehouse_crds::ledger::{AccountKind, RATE_LIMIT_WINDOW, SyncRequest, rate_limit};
 use gatehouse_crds::render::budget_config;
+use gatehouse_crds::{Budget, Route};
 use kube::Client;
 use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
@@ -74,6 +75,7 @@ pub struct Leadership {
     /// The books.
     pub book: Arc<Book>,
     budgets: Store<Budget>,
+    routes: Store<Route>,
 }
 
 impl Leadership {
@@ -83,6 +85,9 @@ impl Leadership {
         req.accounts
             .iter()
             .map(|a| {
+                if a.kind == AccountKind::RateLimit {
+                    return rate_limit_terms(&self.routes, &req.namespace, &a.name);
+                }
                 let budget = self
                     .budgets
                     .get(&ObjectRef::new(&a.name).within(&req.namespace))?;
@@ -95,6 +100,47 @@ impl Leadership {
             })
             .collect()
     }
+}
+
+/// The operator's caches the ledger reads: Budgets, and Routes (for cluster rate limits).
+#[derive(Clone)]
+pub struct Caches {
+    /// Budgets in the operator's scope.
+    pub budgets: Store<Budget>,
+    /// Routes in the operator's scope.
+    pub routes: Store<Route>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").finish_non_exhaustive()
+    }
+}
+
+/// What the ledger knows of rate-limit account `name` (`<route>/<limit>`) in `namespace`:
+/// `None` unless that Route has a `scope: cluster` rate limit of that name with a limit > 0.
+/// The account is reset when the Route is deleted and created again (its uid).
+pub fn rate_limit_terms(routes: &Store<Route>, namespace: &str, name: &str) -> Option<Terms> {
+    let (route_name, limit_name) = name.split_once('/')?;
+    let route = routes.get(&ObjectRef::new(route_name).within(namespace))?;
+    let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0);
+    let limit = route
+        .spec
+        .rate_limits
+        .iter()
+        .find(|l| l.name == limit_name && l.scope == RateLimitScope::Cluster)?;
+    let (rpm, tpm) = (
+        positive(limit.requests_per_minute),
+        positive(limit.tokens_per_minute),
+    );
+    if rpm.is_none() && tpm.is_none() {
+        return None;
+    }
+    Some(Terms {
+        uid: route.uid()?,
+        limit: rate_limit(rpm, tpm),
+        period: RATE_LIMIT_WINDOW,
+    })
 }
 
 /// The ledger of one operator replica.
@@ -166,16 +212,19 @@ impl Ledger {
     pub async fn lead(
         &self,
         client: Client,
-        budgets: Store<Budget>,
+        caches: Caches,
         scope: Scope,
         identity: String,
         term: i64,
         mut stop: watch::Receiver<bool>,
     ) {
+        let Caches { budgets, routes } = caches;
         let _demote = Demote(self);
         self.set_role(Role::Starting);
         tokio::select! {
-            r = budgets.wait_until_ready() => if r.is_err() { return },
+            r = async { (budgets.wait_until_ready().await, routes.wait_until_ready().await) } => {
+                if r.0.is_err() || r.1.is_err() { return }
+            },
             _ = stop.wait_for(|s| *s) => return,
         }
         let records = Records::new(client.clone(), &self.settings.namespace);
@@ -206,6 +255,7 @@ impl Ledger {
         self.set_role(Role::Leading(Arc::new(Leadership {
             book: book.clone(),
             budgets: budgets.clone(),
+            routes: routes.clone(),
         })));
         let recorder = Recorder::new(
             client.clone(),
@@ -216,7 +266,7 @@ impl Ledger {
         );
         Reporter::new(
             book.clone(),
-            budgets,
+            Caches { budgets, routes },
             client,
             recorder,
             self.metrics.clone(),

@@ -383,11 +383,11 @@ async fn operate(
             identity,
             || health.set(Phase::Leading),
             stopped(stop.clone()),
-            move |budgets| async move {
+            move |budgets, routes| async move {
                 ledger
                     .lead(
                         lead_client,
-                        budgets,
+                        ledger::Caches { budgets, routes },
                         lead_scope,
                         lead_identity,
                         term,

@@ -74,6 +74,8 @@ pub fn chain(
     audit: Option<Arc<crate::audit::Sink>>,
 ) -> Chain {
     let (reserve, settle) = budget;
+    // Cluster rate limits are accounts on the remote budget ledger (standalone: a bucket here).
+    let cluster_ledger = Some(reserve.ledger()).filter(|l| l.mode() == "remote");
     let mut stages: Vec<Box<dyn Stage>> = vec![
         // Identity: first, everything after keys on who is calling (and a malformed tag is
         // refused before any work is spent on the request).
@@ -85,7 +87,11 @@ pub fn chain(
         // Rate limits: right after identity (a limit may apply to some workloads only), before
         // any work is spent on a request that will be refused; the token estimate is of the
         // client's own body.
-        Box::new(ratelimit::RateLimit::new(metrics.clone(), workload, None)),
+        Box::new(ratelimit::RateLimit::new(
+            metrics.clone(),
+            workload,
+            cluster_ledger,
+        )),
         //
         // Redaction: on the request, before anything stores or sends the prompt (cache,
         // upstream); on the answer (its answer and event hooks run right after the attempts,

@@ -771,3 +771,55 @@ async fn a_request_waits_through_partial_grants_within_its_bound() {
         "no live lease within the wait: fail closed"
     );
 }
+
+#[tokio::test]
+async fn a_cluster_rate_limit_spends_requests_on_the_ledger() {
+    let mock = MockProvider::start().await.unwrap();
+    let ledger = FakeLedger::start(10_000, 100).await;
+    // A rate-limit account counts requests in the wire's `nanoUsd`: 3 requests this window.
+    ledger
+        .state
+        .lock()
+        .unwrap()
+        .limits
+        .insert("limited/rpm".into(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "t");
+    let route = "---\napiVersion: gatehouse.dev/v1alpha1\nkind: Route\nmetadata: {name: limited}\n\
+                 spec:\n  models: [limited]\n  targets: [{provider: mock, model: pricey}]\n  \
+                 rateLimits: [{name: rpm, requestsPerMinute: 3, scope: cluster}]\n";
+    let sidecar = start(&mock, route, vec![ledger.url()], &token, |_| {}).await;
+    for i in 0..3 {
+        let resp = chat(&sidecar, "limited").await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(header(&resp, "x-ratelimit-limit-requests"), Some("3"));
+        let remaining: u64 = header(&resp, "x-ratelimit-remaining-requests")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(remaining <= 2 - i, "request {i}: {remaining} remaining");
+        assert!(header(&resp, "x-ratelimit-reset-requests").is_some());
+    }
+    let resp = chat(&sidecar, "limited").await;
+    assert_eq!(resp.status(), 429);
+    assert!(
+        header(&resp, "retry-after").is_some_and(|r| r.parse::<u64>().unwrap() >= 1),
+        "{:?}",
+        resp.headers()
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(body["error"]["type"], "requests", "{body}");
+    // The account is a rate limit named by route and limit; its three requests are reported.
+    ledger
+        .wait("the three requests reported", |s| {
+            s.instances
+                .iter()
+                .any(|((_, name), i)| name == "limited/rpm" && i.spent.nano_usd == 3)
+        })
+        .await;
+    let syncs = ledger.syncs();
+    assert!(syncs.iter().any(|(_, s)| s.accounts.iter().any(
+        |a| a.name == "limited/rpm" && a.kind == gatehouse_crds::ledger::AccountKind::RateLimit
+    )));
+}

@@ -10,10 +10,6 @@ use crate::guardrails::{
 
 use super::{ObjectKind, Problems};
 
-/// Reason of the problem a Route with a `scope: cluster` rate limit carries while cluster-wide
-/// limits are not available: the limit is enforced by each sidecar on its own meanwhile.
-pub const CLUSTER_RATE_LIMIT_UNAVAILABLE: &str = "ClusterRateLimitNotAvailable";
-
 /// Reason of the problem of a Route whose redaction cannot be used; its requests are refused
 /// (503) rather than sent unredacted.
 pub const INVALID_REDACTION: &str = "InvalidRedaction";
@@ -46,20 +42,7 @@ pub(super) fn rate_limits(
             }
             let scope = match l.scope {
                 RateLimitScope::Local => RateLimitScopeConfig::Local,
-                RateLimitScope::Cluster => {
-                    problems.push(
-                        ObjectKind::Route,
-                        name,
-                        CLUSTER_RATE_LIMIT_UNAVAILABLE,
-                        format!(
-                            "spec.rateLimits[{i}] ({}) has scope cluster, which this version of \
-                             Gatehouse cannot enforce yet (it needs the budget ledger): each \
-                             sidecar enforces the whole limit on its own meanwhile",
-                            l.name
-                        ),
-                    );
-                    RateLimitScopeConfig::Local
-                }
+                RateLimitScope::Cluster => RateLimitScopeConfig::Cluster,
             };
             let mut service_accounts = l.service_accounts.clone();
             service_accounts.sort();

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use gatehouse_crds::ledger::AccountKind;
 use gatehouse_crds::render::budget_config;
-use gatehouse_crds::{Budget, BudgetStatus};
+use gatehouse_crds::{Budget, BudgetStatus, Route};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -37,6 +38,7 @@ const WRITES_IN_FLIGHT: usize = 8;
 pub struct Reporter {
     book: Arc<Book>,
     budgets: Store<Budget>,
+    routes: Store<Route>,
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -57,7 +59,7 @@ impl Reporter {
     /// The loop for `book`, reading Budgets from `budgets`.
     pub fn new(
         book: Arc<Book>,
-        budgets: Store<Budget>,
+        caches: super::Caches,
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
@@ -66,7 +68,8 @@ impl Reporter {
     ) -> Self {
         Self {
             book,
-            budgets,
+            budgets: caches.budgets,
+            routes: caches.routes,
             client,
             recorder,
             metrics,
@@ -305,10 +308,14 @@ impl Reporter {
 
     /// Delete the records (and drop the slots) of Budgets that no longer exist.
     async fn collect_garbage(&mut self) {
-        let exists = |key: &AccountKey| {
-            self.budgets
+        let exists = |key: &AccountKey| match key.kind {
+            AccountKind::Budget => self
+                .budgets
                 .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
-                .is_some()
+                .is_some(),
+            AccountKind::RateLimit => {
+                super::rate_limit_terms(&self.routes, &key.namespace, &key.name).is_some()
+            }
         };
         let mut gone = Vec::new();
         for slot in self.book.slots() {
@@ -325,7 +332,7 @@ impl Reporter {
                     tracing::warn!(account = %key, error = %e, "failed to delete the ledger record");
                 }
                 self.written.remove(&key);
-                tracing::info!(account = %key, "budget deleted: its ledger record is removed");
+                tracing::info!(account = %key, "account gone: its ledger record is removed");
             }
         }
         for (name, rv, key) in self.book.listed_records() {

@@ -59,6 +59,7 @@ impl AccountKey {
     fn kind_str(&self) -> &'static str {
         match self.kind {
             AccountKind::Budget => "budget",
+            AccountKind::RateLimit => "ratelimit",
         }
     }
 
@@ -71,7 +72,9 @@ impl AccountKey {
             self.namespace,
             self.name
         );
-        if plain.len() <= 253 {
+        // A rate limit's name (`<route>/<limit>`) has a slash, which an object name cannot:
+        // its record is always named by the hash.
+        if plain.len() <= 253 && self.kind == AccountKind::Budget {
             return plain;
         }
         let digest = Sha256::digest(plain.as_bytes());
@@ -299,6 +302,26 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limit_record_is_named_by_hash_as_its_name_has_a_slash() {
+        let key = AccountKey {
+            kind: AccountKind::RateLimit,
+            namespace: "team-a".into(),
+            name: "chat/rpm".into(),
+        };
+        let name = key.object_name();
+        assert!(name.starts_with("gatehouse-ledger.ratelimit."), "{name}");
+        assert!(!name.contains('/') && name.len() <= 253, "{name}");
+        assert_ne!(
+            name,
+            AccountKey {
+                name: "chat/rpm2".into(),
+                ..key
+            }
+            .object_name()
+        );
+    }
 
     #[test]
     fn object_names_are_readable_unambiguous_and_bounded() {

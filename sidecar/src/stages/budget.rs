@@ -206,6 +206,13 @@ pub struct Reserve {
     checked: Mutex<Weak<Budgets>>,
 }
 
+impl Reserve {
+    /// The ledger it reserves on (the rate-limit stage keeps cluster limits there too).
+    pub fn ledger(&self) -> Arc<dyn Ledger> {
+        self.ledger.clone()
+    }
+}
+
 /// Settles a request's reservation with its metered cost.
 #[derive(Debug)]
 pub struct Settle {

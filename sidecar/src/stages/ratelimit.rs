@@ -11,10 +11,15 @@
 //! unit: `x-ratelimit-limit-requests`, `-remaining-requests`, `-reset-requests` (time until the
 //! allowance is whole again, e.g. `6s`, `1m0s`) and the same for `-tokens`.
 //!
-//! Where an allowance is kept is behind [`Pool`]: a local limit is a token bucket in this sidecar
-//! ([`bucket`]); a cluster-wide limit would be a lease on the budget ledger, handed out by a
-//! [`Ledger`]. Without one (this version: the ledger is not available yet), a cluster limit is
-//! kept locally and render says so on the Route.
+//! A local limit is a token bucket in this sidecar ([`bucket`], behind [`Pool`]). A
+//! `scope: cluster` limit is an account on the operator's budget ledger (kind `rateLimit`, named
+//! `<route>/<limit>`, fixed minute windows from the epoch): the request reserves one request and
+//! its token estimate in the sidecar's lease before it is sent (waiting up to [`CLUSTER_WAIT`]
+//! for a sync when the lease has no room), and settles the request and its used tokens when it
+//! ends. Its `x-ratelimit-*` headers are the ledger's view (every sidecar's use as of the last
+//! sync, plus this sidecar's since), reset at the window's end. Without a remote ledger
+//! (`--manifests` without `--ledger-url`: one sidecar is the whole cluster) a cluster limit is a
+//! bucket here too.
 
 pub mod bucket;
 pub mod selector;
@@ -24,8 +29,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gatehouse_crds::config::{RateLimitConfig, RateLimitScopeConfig};
+use gatehouse_crds::ledger::Amount;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
+
+use super::budget::ledger::{Admission, Ledger, Ticket};
+use super::budget::policy::Policy;
 
 use super::{Context, End, Flow, Hooks, Stage};
 use crate::error::ProxyError;
@@ -88,12 +98,9 @@ impl Unit {
     }
 }
 
-/// Hands out the pools of cluster-wide limits: leases on the budget ledger, shared by every
-/// sidecar the limit applies to.
-pub trait Ledger: Send + Sync + std::fmt::Debug {
-    /// The pool of `unit` of limit `limit` of route `route` (`limit_value` per minute).
-    fn pool(&self, route: &str, limit: &str, unit: Unit, limit_value: u64) -> Arc<dyn Pool>;
-}
+/// How long a request waits in all for the ledger to grant its cluster limits room, before it
+/// is refused (or, while the ledger cannot be reached, let through: cluster limits fail open).
+pub const CLUSTER_WAIT: Duration = Duration::from_secs(2);
 
 /// One configured limit: its pools, shared by every request of its route and kept across config
 /// reloads while the route, the limit's name and its numbers stay the same.
@@ -105,6 +112,8 @@ pub struct Limiter {
     pub scope: RateLimitScopeConfig,
     requests: Option<(u64, Arc<dyn Pool>)>,
     tokens: Option<(u64, Arc<dyn Pool>)>,
+    /// A cluster limit's account on the ledger (then no local pools).
+    cluster: Option<Arc<Policy>>,
 }
 
 /// Identifies a limiter across reloads.
@@ -133,6 +142,10 @@ pub struct Decision {
     pub refused_by: Option<Arc<str>>,
     /// Names of the limits that applied.
     pub applied: Vec<Arc<str>>,
+    /// The reservation in the cluster limits' ledger accounts, settled when the request ends.
+    ticket: Option<Ticket>,
+    /// Waiting for the ledger until then.
+    waiting: Option<Instant>,
 }
 
 impl Decision {
@@ -153,12 +166,11 @@ pub struct RateLimit {
     workload: Arc<Workload>,
     limiters: Mutex<HashMap<Key, Arc<Limiter>>>,
     ledger: Option<Arc<dyn Ledger>>,
-    warned_cluster: std::sync::atomic::AtomicBool,
 }
 
 impl RateLimit {
-    /// Rate limits for requests of `workload`; cluster-wide limits through `ledger` when there
-    /// is one.
+    /// Rate limits for requests of `workload`; cluster-wide limits on `ledger` (the remote
+    /// budget ledger) when there is one, else in this sidecar.
     pub fn new(
         metrics: Arc<Metrics>,
         workload: Arc<Workload>,
@@ -169,7 +181,6 @@ impl RateLimit {
             workload,
             limiters: Mutex::new(HashMap::new()),
             ledger,
-            warned_cluster: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -201,30 +212,164 @@ impl RateLimit {
 
     fn limiter(&self, route: &str, l: &RateLimitConfig) -> Limiter {
         let now = Instant::now();
-        let pool = |unit: Unit, limit: u64| -> Arc<dyn Pool> {
-            match (l.scope, &self.ledger) {
-                (RateLimitScopeConfig::Cluster, Some(ledger)) => {
-                    ledger.pool(route, &l.name, unit, limit)
-                }
-                (RateLimitScopeConfig::Cluster, None) => {
-                    if !self
-                        .warned_cluster
-                        .swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        tracing::warn!(route, limit = %l.name, "cluster-wide rate limits are not available in this version: enforced by each sidecar on its own");
-                    }
-                    Arc::new(bucket::Bucket::new(limit, now))
-                }
-                (RateLimitScopeConfig::Local, _) => Arc::new(bucket::Bucket::new(limit, now)),
-            }
-        };
+        if l.scope == RateLimitScopeConfig::Cluster && self.ledger.is_some() {
+            return Limiter {
+                name: Arc::from(l.name.as_str()),
+                scope: l.scope,
+                requests: None,
+                tokens: None,
+                cluster: Some(Arc::new(Policy::rate_limit(
+                    route,
+                    &l.name,
+                    l.requests_per_minute,
+                    l.tokens_per_minute,
+                ))),
+            };
+        }
+        let pool = |limit: u64| -> Arc<dyn Pool> { Arc::new(bucket::Bucket::new(limit, now)) };
         Limiter {
             name: Arc::from(l.name.as_str()),
             scope: l.scope,
-            requests: l.requests_per_minute.map(|n| (n, pool(Unit::Requests, n))),
-            tokens: l.tokens_per_minute.map(|n| (n, pool(Unit::Tokens, n))),
+            requests: l.requests_per_minute.map(|n| (n, pool(n))),
+            tokens: l.tokens_per_minute.map(|n| (n, pool(n))),
+            cluster: None,
         }
     }
+
+    /// Reserve in the cluster limits' accounts. `Ok(None)`: reserved (or none applies);
+    /// `Ok(Some(flow))`: wait for the ledger; `Err`: refused.
+    fn reserve_cluster(
+        &self,
+        route: &ServedRoute,
+        limiters: &[Arc<Limiter>],
+        decision: &mut Decision,
+    ) -> Result<Option<Flow>, ProxyError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(None);
+        };
+        let cluster: Vec<Arc<Policy>> = limiters.iter().filter_map(|l| l.cluster.clone()).collect();
+        if cluster.is_empty() || decision.ticket.is_some() {
+            return Ok(None);
+        }
+        let may_wait = decision.waiting.is_none_or(|d| Instant::now() < d);
+        let amount = Amount {
+            nano_usd: 1,
+            tokens: decision.estimate,
+        };
+        let refused = match ledger.reserve(&cluster, amount, may_wait) {
+            Admission::Reserved(ticket) => {
+                decision.ticket = Some(ticket);
+                decision.waiting = None;
+                None
+            }
+            Admission::Wait(wait) => {
+                let deadline = *decision
+                    .waiting
+                    .get_or_insert_with(|| Instant::now() + CLUSTER_WAIT);
+                return Ok(Some(Flow::Wait(Box::pin(async move {
+                    let _ = tokio::time::timeout_at(deadline, wait).await;
+                }))));
+            }
+            Admission::Exceeded { budget, resets } => Some((budget, resets)),
+            // Cluster limits fail open: never refused for an unreachable ledger.
+            Admission::Unavailable { .. } => None,
+        };
+        decision.waiting = None;
+        for p in &cluster {
+            let (requests, tokens) = cluster_status(ledger.as_ref(), p);
+            if let Some(s) = requests {
+                decision.requests = Some(tighter(decision.requests, s));
+            }
+            if let Some(s) = tokens {
+                decision.tokens = Some(tighter(decision.tokens, s));
+            }
+        }
+        let Some((account, resets)) = refused else {
+            return Ok(None);
+        };
+        let limiter = limiters
+            .iter()
+            .find(|l| l.cluster.as_ref().is_some_and(|p| p.name == account));
+        let (name, policy) = match limiter {
+            Some(l) => (l.name.clone(), l.cluster.clone()),
+            None => (account.clone(), None),
+        };
+        let (unit, limit_value) = match policy.as_deref() {
+            Some(p) => {
+                let used = ledger.account_view(p).map(|(u, _)| u).unwrap_or_default();
+                match (p.limit.nano_usd, p.limit.tokens) {
+                    (Some(rpm), _) if used.nano_usd.saturating_add(1) > rpm => {
+                        (Unit::Requests, rpm)
+                    }
+                    (_, Some(tpm)) => (Unit::Tokens, tpm),
+                    (Some(rpm), None) => (Unit::Requests, rpm),
+                    (None, None) => (Unit::Requests, 0),
+                }
+            }
+            None => (Unit::Requests, 0),
+        };
+        decision.applied = limiters.iter().map(|l| l.name.clone()).collect();
+        Err(self.refuse(
+            route,
+            decision,
+            name,
+            unit,
+            limit_value,
+            resets.map_or(Duration::from_secs(1), until),
+        ))
+    }
+
+    fn refuse(
+        &self,
+        route: &ServedRoute,
+        decision: &mut Decision,
+        limit: Arc<str>,
+        unit: Unit,
+        limit_value: u64,
+        retry_after: Duration,
+    ) -> ProxyError {
+        self.metrics
+            .rate_limited
+            .get_or_create(&RateLimitLabels {
+                route: route.name.clone(),
+                limit: limit.clone(),
+                unit: unit.as_str(),
+            })
+            .inc();
+        decision.refused_by = Some(limit.clone());
+        ProxyError::RateLimited {
+            route: route.name.to_string(),
+            limit: limit.to_string(),
+            unit: unit.as_str(),
+            limit_value,
+            retry_after: retry_after.max(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The headers' statuses of a cluster limit, from what this sidecar knows of the ledger.
+fn cluster_status(ledger: &dyn Ledger, policy: &Policy) -> (Option<Status>, Option<Status>) {
+    let (used, end) = ledger.account_view(policy).unwrap_or_default();
+    let reset = end.map_or(Duration::ZERO, until);
+    let status = |limit: Option<u64>, used: u64| {
+        limit.map(|limit| Status {
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset,
+        })
+    };
+    (
+        status(policy.limit.nano_usd, used.nano_usd),
+        status(policy.limit.tokens, used.tokens),
+    )
+}
+
+/// Time from now until `t` (zero when it passed).
+fn until(t: Timestamp) -> Duration {
+    let ms = t
+        .as_millisecond()
+        .saturating_sub(Timestamp::now().as_millisecond());
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// The token estimate of a request before it is sent: its body's bytes / 4 (the prompt, the
@@ -271,12 +416,28 @@ impl Stage for RateLimit {
         if limiters.is_empty() {
             return Ok(Flow::Continue);
         }
-        let now = Instant::now();
         let estimate = estimate(request);
-        let mut decision = Decision {
-            estimate,
-            ..Decision::default()
+        let mut decision = match ctx.rate_limit.take() {
+            // Asked again after waiting for the ledger.
+            Some(d) if d.waiting.is_some() => d,
+            _ => Box::new(Decision {
+                estimate,
+                ..Decision::default()
+            }),
         };
+        // Cluster limits first: a wait for the ledger holds nothing of the local ones.
+        match self.reserve_cluster(&route, limiters, &mut decision) {
+            Ok(None) => {}
+            Ok(Some(flow)) => {
+                ctx.rate_limit = Some(decision);
+                return Ok(flow);
+            }
+            Err(e) => {
+                ctx.rate_limit = Some(decision);
+                return Err(e);
+            }
+        }
+        let now = Instant::now();
         let mut refused: Option<(Arc<str>, Unit, u64, Duration)> = None;
         for limiter in limiters {
             decision.applied.push(limiter.name.clone());
@@ -316,9 +477,13 @@ impl Stage for RateLimit {
             decision.charged.push(limiter.clone());
         }
         let Some((limit, unit, limit_value, retry_after)) = refused else {
-            ctx.rate_limit = Some(Box::new(decision));
+            ctx.rate_limit = Some(decision);
             return Ok(Flow::Continue);
         };
+        // Refused here: the cluster reservation goes back unspent.
+        if let (Some(ticket), Some(ledger)) = (decision.ticket.take(), &self.ledger) {
+            ledger.settle(ticket, Amount::default());
+        }
         // Refused: what the limits before took goes back.
         for l in decision.charged.drain(..) {
             if let Some((_, p)) = &l.requests {
@@ -328,23 +493,9 @@ impl Stage for RateLimit {
                 p.adjust(-(estimate.min(i64::MAX as u64) as i64), now);
             }
         }
-        self.metrics
-            .rate_limited
-            .get_or_create(&RateLimitLabels {
-                route: route.name.clone(),
-                limit: limit.clone(),
-                unit: unit.as_str(),
-            })
-            .inc();
-        decision.refused_by = Some(limit.clone());
-        ctx.rate_limit = Some(Box::new(decision));
-        Err(ProxyError::RateLimited {
-            route: route.name.to_string(),
-            limit: limit.to_string(),
-            unit: unit.as_str(),
-            limit_value,
-            retry_after: retry_after.max(Duration::from_millis(1)),
-        })
+        let e = self.refuse(&route, &mut decision, limit, unit, limit_value, retry_after);
+        ctx.rate_limit = Some(decision);
+        Err(e)
     }
 
     fn on_response(&self, ctx: &Context, _status: StatusCode, headers: &mut HeaderMap) {
@@ -373,7 +524,8 @@ impl Stage for RateLimit {
         let Some(decision) = ctx.rate_limit.as_mut() else {
             return;
         };
-        if decision.charged.is_empty() {
+        let ticket = decision.ticket.take();
+        if decision.charged.is_empty() && ticket.is_none() {
             return;
         }
         // What the request really used: its usage (a stream cut before its report: what was
@@ -388,6 +540,16 @@ impl Stage for RateLimit {
         } else {
             0
         };
+        // A cluster limit spends the request and the tokens it used.
+        if let (Some(ticket), Some(ledger)) = (ticket, &self.ledger) {
+            ledger.settle(
+                ticket,
+                Amount {
+                    nano_usd: 1,
+                    tokens: used,
+                },
+            );
+        }
         let delta = i64::try_from(used).unwrap_or(i64::MAX)
             - i64::try_from(decision.estimate).unwrap_or(i64::MAX);
         if delta == 0 {

@@ -136,6 +136,13 @@ pub trait Ledger: Send + Sync + Debug {
     fn flush(&self) -> Option<Wait> {
         None
     }
+
+    /// What this sidecar knows of `policy`'s account in the current period: used by every
+    /// instance (the ledger's last total, plus what this sidecar settled and reserves since),
+    /// and when the period ends. `None` before the ledger answered for it.
+    fn account_view(&self, _policy: &Policy) -> Option<(Amount, Option<Timestamp>)> {
+        None
+    }
 }
 
 /// How one account can take a reservation.

@@ -162,6 +162,27 @@ impl Policy {
         })
     }
 
+    /// The account of a `scope: cluster` rate limit (`<route>/<limit>` on the ledger): hard,
+    /// fixed minute windows, requests carried as `nano_usd`. It fails open: while the ledger
+    /// cannot be reached and the lease is gone, the limit is not enforced (the sidecar says so
+    /// in `gatehouse_budget_degraded`).
+    pub fn rate_limit(route: &str, limit: &str, rpm: Option<u64>, tpm: Option<u64>) -> Self {
+        Self {
+            kind: AccountKind::RateLimit,
+            name: Arc::from(gatehouse_crds::ledger::rate_limit_account(route, limit)),
+            limit: gatehouse_crds::ledger::rate_limit(rpm, tpm),
+            period: gatehouse_crds::ledger::RATE_LIMIT_WINDOW,
+            hard: true,
+            fail_closed: false,
+            thresholds: Vec::new(),
+            downgrade: None,
+            routes: Vec::new(),
+            service_accounts: Vec::new(),
+            selector: None,
+            decisions: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Whether the budget covers a request to `route` from `workload`.
     pub fn covers(&self, route: &str, workload: &Workload) -> bool {
         (self.routes.is_empty() || self.routes.iter().any(|r| r == route))

@@ -25,7 +25,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use gatehouse_crds::ledger::{AccountGrant, AccountSync, Amount, SyncRequest, SyncResponse};
+use gatehouse_crds::ledger::{
+    AccountGrant, AccountKind, AccountSync, Amount, SyncRequest, SyncResponse,
+};
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -380,7 +382,12 @@ impl Book {
         if same {
             return;
         }
-        for entry in self.accounts.values_mut() {
+        // Rate-limit accounts come from Routes, not Budgets: the rate-limit stage keeps them.
+        for entry in self
+            .accounts
+            .values_mut()
+            .filter(|e| e.policy.kind == AccountKind::Budget)
+        {
             entry.configured = false;
         }
         for policy in budgets.iter().flat_map(|b| b.all()) {
@@ -703,6 +710,17 @@ impl Ledger for Remote {
                 )
             })
             .collect()
+    }
+
+    fn account_view(&self, policy: &Policy) -> Option<(Amount, Option<Timestamp>)> {
+        let book = self.shared.lock();
+        let e = book.accounts.get(&AccountKey::of(policy))?;
+        e.period_start?;
+        if e.period_end.is_some_and(|end| Timestamp::now() >= end) {
+            // The window ended; the ledger has not named the next one yet.
+            return Some((e.reserved, None));
+        }
+        Some((e.spent_estimate().saturating_add(e.reserved), e.period_end))
     }
 
     fn flush(&self) -> Option<Wait> {
