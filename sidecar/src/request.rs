@@ -62,8 +62,8 @@ pub struct Index {
     /// What routing rules read (`stages::rules`): a non-empty top-level `tools`, OpenAI's
     /// `response_format` asking for JSON, where `messages` sits.
     pub features: IndexFeatures,
-    /// The output limit the client set: the larger of `max_tokens` and `max_completion_tokens`
-    /// (non-negative integers only; anything else is the provider's to refuse). Budgets reserve
+    /// The output limit the client set: the largest of `max_tokens`, `max_completion_tokens` and
+    /// (Responses) `max_output_tokens` (non-negative integers only; anything else is the provider's to refuse). Budgets reserve
     /// for it (`stages::budget`).
     pub max_tokens: Option<u64>,
 }
@@ -92,6 +92,7 @@ enum Key {
     ResponseFormat,
     MaxTokens,
     MaxCompletionTokens,
+    MaxOutputTokens,
     Other,
 }
 
@@ -121,6 +122,7 @@ impl Visitor<'_> for KeySeed {
             "response_format" => Key::ResponseFormat,
             "max_tokens" => Key::MaxTokens,
             "max_completion_tokens" => Key::MaxCompletionTokens,
+            "max_output_tokens" => Key::MaxOutputTokens,
             _ => Key::Other,
         })
     }
@@ -141,6 +143,7 @@ struct Found<'a> {
     response_format: Option<&'a RawValue>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    max_output_tokens: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -173,6 +176,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::ResponseFormat => &mut found.response_format,
                 Key::MaxTokens => &mut found.max_tokens,
                 Key::MaxCompletionTokens => &mut found.max_completion_tokens,
+                Key::MaxOutputTokens => &mut found.max_output_tokens,
             };
             *slot = Some(map.next_value()?);
         }
@@ -288,11 +292,15 @@ impl Index {
             include_usage_at: include_usage_raw.map(at).transpose()?,
             base64,
             features,
-            max_tokens: [found.max_tokens, found.max_completion_tokens]
-                .into_iter()
-                .flatten()
-                .filter_map(|raw| raw.get().trim().parse::<u64>().ok())
-                .max(),
+            max_tokens: [
+                found.max_tokens,
+                found.max_completion_tokens,
+                found.max_output_tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|raw| raw.get().trim().parse::<u64>().ok())
+            .max(),
         })
     }
 
@@ -439,7 +447,7 @@ impl Request {
     /// translated from the old one kept. The body's charge against the in-flight budget stays
     /// that of the client's body.
     pub fn replace_body(&mut self, body: Bytes) -> Result<(), ProxyError> {
-        self.index = Index::of(&body, self.op)?;
+        self.index = Index::of_dialect(&body, self.op, self.dialect)?;
         self.body = body;
         self.tree = None;
         Ok(())
@@ -812,6 +820,14 @@ mod tests {
             limits(r#"{"model":"m","messages":[1],"max_tokens":-1}"#),
             None
         );
+        // A Responses request's limit is `max_output_tokens`.
+        let responses = Index::of_dialect(
+            br#"{"model":"m","input":"hi","max_output_tokens":77}"#,
+            Operation::Chat,
+            Dialect::Responses,
+        )
+        .unwrap();
+        assert_eq!(responses.max_tokens, Some(77));
         let out = index.with_model(body, "up\"stream").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "up\"stream");
