@@ -73,9 +73,9 @@ pub struct Index {
 pub struct IndexFeatures {
     /// A non-empty top-level `tools` array.
     pub tools: bool,
-    /// `response_format.type` is `json_object` or `json_schema`.
+    /// `response_format.type` (Responses: `text.format.type`) is `json_object` or `json_schema`.
     pub json_mode: bool,
-    /// Where the `messages` value sits in the body.
+    /// Where the `messages` value (Responses: `input`) sits in the body.
     pub messages_at: Option<Range<usize>>,
 }
 
@@ -93,6 +93,7 @@ enum Key {
     MaxTokens,
     MaxCompletionTokens,
     MaxOutputTokens,
+    Text,
     Other,
 }
 
@@ -123,6 +124,7 @@ impl Visitor<'_> for KeySeed {
             "max_tokens" => Key::MaxTokens,
             "max_completion_tokens" => Key::MaxCompletionTokens,
             "max_output_tokens" => Key::MaxOutputTokens,
+            "text" => Key::Text,
             _ => Key::Other,
         })
     }
@@ -144,6 +146,7 @@ struct Found<'a> {
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
     max_output_tokens: Option<&'a RawValue>,
+    text: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -177,6 +180,7 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::MaxTokens => &mut found.max_tokens,
                 Key::MaxCompletionTokens => &mut found.max_completion_tokens,
                 Key::MaxOutputTokens => &mut found.max_output_tokens,
+                Key::Text => &mut found.text,
             };
             *slot = Some(map.next_value()?);
         }
@@ -272,12 +276,23 @@ impl Index {
                 let t = t.get().trim_start();
                 t.starts_with('[') && !t[1..].trim_start().starts_with(']')
             }),
-            json_mode: found
-                .response_format
-                .filter(|f| f.get().len() <= 64 * 1024)
-                .and_then(|f| serde_json::from_str::<ResponseFormat<'_>>(f.get()).ok())
-                .is_some_and(|f| matches!(f.kind, Some("json_object" | "json_schema"))),
-            messages_at: found.messages.and_then(|m| {
+            json_mode: match dialect {
+                Dialect::Responses => found.text,
+                _ => found.response_format,
+            }
+            .filter(|f| f.get().len() <= 64 * 1024)
+            .and_then(|f| match dialect {
+                Dialect::Responses => serde_json::from_str::<TextConfig<'_>>(f.get())
+                    .ok()
+                    .and_then(|t| t.format),
+                _ => serde_json::from_str::<ResponseFormat<'_>>(f.get()).ok(),
+            })
+            .is_some_and(|f| matches!(f.kind, Some("json_object" | "json_schema"))),
+            messages_at: match dialect {
+                Dialect::Responses => found.input,
+                _ => found.messages,
+            }
+            .and_then(|m| {
                 let start = (m.get().as_ptr() as usize).wrapping_sub(base);
                 let end = start.saturating_add(m.get().len());
                 (end <= body.len()).then_some(start..end)
@@ -388,6 +403,13 @@ struct StreamOptions<'a> {
 struct ResponseFormat<'a> {
     #[serde(borrow, default, rename = "type")]
     kind: Option<&'a str>,
+}
+
+/// A Responses request's `text`: its `format` is the `response_format` of a chat request.
+#[derive(serde::Deserialize)]
+struct TextConfig<'a> {
+    #[serde(borrow, default)]
+    format: Option<ResponseFormat<'a>>,
 }
 
 /// One request of the proxy port, from its parsed top level to every attempt's upstream body.
@@ -828,6 +850,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(responses.max_tokens, Some(77));
+        // Its images sit in `input`, its JSON mode in `text.format`.
+        let rbody = br#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"https://x"}]}],"text":{"format":{"type":"json_schema","name":"n","schema":{}}}}"#;
+        let responses = Index::of_dialect(rbody, Operation::Chat, Dialect::Responses).unwrap();
+        let at = responses.features.messages_at.clone().unwrap();
+        assert!(rbody[at].starts_with(b"[{\"role\""));
+        assert!(responses.features.json_mode);
         let out = index.with_model(body, "up\"stream").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "up\"stream");
