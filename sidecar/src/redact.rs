@@ -479,6 +479,16 @@ impl Session {
         })
     }
 
+    /// [`Session::rewrite_json`] of text the answer already carried piece by piece (a Responses
+    /// stream repeats each text whole in its `*.done` events and `response.completed`): the same
+    /// rewriting, the same placeholders, counting nothing again.
+    pub fn rewrite_json_repeated(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let counts = self.counts.clone();
+        let out = self.rewrite_json(body, Direction::Response);
+        self.counts = counts;
+        out
+    }
+
     /// `text` with every value replaced by its placeholder (the one this request handed out, else
     /// the bare label, `[EMAIL]`), appended to `out`, counting nothing: for records such as the
     /// audit line, which never hold a value, even one restored for the app.

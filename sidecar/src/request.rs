@@ -62,8 +62,8 @@ pub struct Index {
     /// What routing rules read (`stages::rules`): a non-empty top-level `tools`, OpenAI's
     /// `response_format` asking for JSON, where `messages` sits.
     pub features: IndexFeatures,
-    /// The output limit the client set: the larger of `max_tokens` and `max_completion_tokens`
-    /// (non-negative integers only; anything else is the provider's to refuse). Budgets reserve
+    /// The output limit the client set: the largest of `max_tokens`, `max_completion_tokens` and
+    /// (Responses) `max_output_tokens` (non-negative integers only; anything else is the provider's to refuse). Budgets reserve
     /// for it (`stages::budget`).
     pub max_tokens: Option<u64>,
 }
@@ -73,9 +73,9 @@ pub struct Index {
 pub struct IndexFeatures {
     /// A non-empty top-level `tools` array.
     pub tools: bool,
-    /// `response_format.type` is `json_object` or `json_schema`.
+    /// `response_format.type` (Responses: `text.format.type`) is `json_object` or `json_schema`.
     pub json_mode: bool,
-    /// Where the `messages` value sits in the body.
+    /// Where the `messages` value (Responses: `input`) sits in the body.
     pub messages_at: Option<Range<usize>>,
 }
 
@@ -92,6 +92,8 @@ enum Key {
     ResponseFormat,
     MaxTokens,
     MaxCompletionTokens,
+    MaxOutputTokens,
+    Text,
     Other,
 }
 
@@ -121,6 +123,8 @@ impl Visitor<'_> for KeySeed {
             "response_format" => Key::ResponseFormat,
             "max_tokens" => Key::MaxTokens,
             "max_completion_tokens" => Key::MaxCompletionTokens,
+            "max_output_tokens" => Key::MaxOutputTokens,
+            "text" => Key::Text,
             _ => Key::Other,
         })
     }
@@ -141,6 +145,8 @@ struct Found<'a> {
     response_format: Option<&'a RawValue>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    max_output_tokens: Option<&'a RawValue>,
+    text: Option<&'a RawValue>,
 }
 
 struct TopLevel;
@@ -173,6 +179,8 @@ impl<'de> Visitor<'de> for TopLevel {
                 Key::ResponseFormat => &mut found.response_format,
                 Key::MaxTokens => &mut found.max_tokens,
                 Key::MaxCompletionTokens => &mut found.max_completion_tokens,
+                Key::MaxOutputTokens => &mut found.max_output_tokens,
+                Key::Text => &mut found.text,
             };
             *slot = Some(map.next_value()?);
         }
@@ -268,12 +276,23 @@ impl Index {
                 let t = t.get().trim_start();
                 t.starts_with('[') && !t[1..].trim_start().starts_with(']')
             }),
-            json_mode: found
-                .response_format
-                .filter(|f| f.get().len() <= 64 * 1024)
-                .and_then(|f| serde_json::from_str::<ResponseFormat<'_>>(f.get()).ok())
-                .is_some_and(|f| matches!(f.kind, Some("json_object" | "json_schema"))),
-            messages_at: found.messages.and_then(|m| {
+            json_mode: match dialect {
+                Dialect::Responses => found.text,
+                _ => found.response_format,
+            }
+            .filter(|f| f.get().len() <= 64 * 1024)
+            .and_then(|f| match dialect {
+                Dialect::Responses => serde_json::from_str::<TextConfig<'_>>(f.get())
+                    .ok()
+                    .and_then(|t| t.format),
+                _ => serde_json::from_str::<ResponseFormat<'_>>(f.get()).ok(),
+            })
+            .is_some_and(|f| matches!(f.kind, Some("json_object" | "json_schema"))),
+            messages_at: match dialect {
+                Dialect::Responses => found.input,
+                _ => found.messages,
+            }
+            .and_then(|m| {
                 let start = (m.get().as_ptr() as usize).wrapping_sub(base);
                 let end = start.saturating_add(m.get().len());
                 (end <= body.len()).then_some(start..end)
@@ -288,11 +307,15 @@ impl Index {
             include_usage_at: include_usage_raw.map(at).transpose()?,
             base64,
             features,
-            max_tokens: [found.max_tokens, found.max_completion_tokens]
-                .into_iter()
-                .flatten()
-                .filter_map(|raw| raw.get().trim().parse::<u64>().ok())
-                .max(),
+            max_tokens: [
+                found.max_tokens,
+                found.max_completion_tokens,
+                found.max_output_tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|raw| raw.get().trim().parse::<u64>().ok())
+            .max(),
         })
     }
 
@@ -382,6 +405,13 @@ struct ResponseFormat<'a> {
     kind: Option<&'a str>,
 }
 
+/// A Responses request's `text`: its `format` is the `response_format` of a chat request.
+#[derive(serde::Deserialize)]
+struct TextConfig<'a> {
+    #[serde(borrow, default)]
+    format: Option<ResponseFormat<'a>>,
+}
+
 /// One request of the proxy port, from its parsed top level to every attempt's upstream body.
 #[derive(Debug)]
 pub struct Request {
@@ -439,7 +469,7 @@ impl Request {
     /// translated from the old one kept. The body's charge against the in-flight budget stays
     /// that of the client's body.
     pub fn replace_body(&mut self, body: Bytes) -> Result<(), ProxyError> {
-        self.index = Index::of(&body, self.op)?;
+        self.index = Index::of_dialect(&body, self.op, self.dialect)?;
         self.body = body;
         self.tree = None;
         Ok(())
@@ -812,6 +842,20 @@ mod tests {
             limits(r#"{"model":"m","messages":[1],"max_tokens":-1}"#),
             None
         );
+        // A Responses request's limit is `max_output_tokens`.
+        let responses = Index::of_dialect(
+            br#"{"model":"m","input":"hi","max_output_tokens":77}"#,
+            Operation::Chat,
+            Dialect::Responses,
+        )
+        .unwrap();
+        assert_eq!(responses.max_tokens, Some(77));
+        // Its images sit in `input`, its JSON mode in `text.format`.
+        let rbody = br#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"https://x"}]}],"text":{"format":{"type":"json_schema","name":"n","schema":{}}}}"#;
+        let responses = Index::of_dialect(rbody, Operation::Chat, Dialect::Responses).unwrap();
+        let at = responses.features.messages_at.clone().unwrap();
+        assert!(rbody[at].starts_with(b"[{\"role\""));
+        assert!(responses.features.json_mode);
         let out = index.with_model(body, "up\"stream").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "up\"stream");

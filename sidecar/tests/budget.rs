@@ -575,3 +575,93 @@ async fn a_short_custom_period_rolls_over() {
     let resp = chat(&sidecar, "chat").await;
     assert_eq!(resp.status(), 200, "a new period starts from zero");
 }
+
+/// A `/v1/responses` request for `model` asking for at most `max_output_tokens`.
+async fn responses(
+    sidecar: &Sidecar,
+    model: &str,
+    max_output_tokens: u64,
+    stream: bool,
+) -> reqwest::Response {
+    sidecar
+        .client
+        .post(sidecar.url("/v1/responses"))
+        .json(&json!({
+            "model": model,
+            "input": "Say hello",
+            "max_output_tokens": max_output_tokens,
+            "stream": stream,
+        }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn responses_requests_reserve_their_max_output_tokens_and_are_refused_in_openai_shape() {
+    let mock = MockProvider::start().await.unwrap();
+    // 200 tokens: a request reserving its 16 output tokens fits; one reserving the default 4096
+    // (`max_output_tokens` not read) would not.
+    let sidecar = Sidecar::start(&manifests(
+        &mock,
+        &[
+            budget("small", r#"{limit: {tokens: 200}, period: daily}"#),
+            budget(
+                "tiny",
+                r#"{limit: {tokens: 10}, period: daily, scope: {routes: [other]}}"#,
+            ),
+        ]
+        .concat(),
+    ))
+    .await;
+    for stream in [false, true] {
+        let resp = responses(&sidecar, "chat", 16, stream).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "stream {stream}: {:?}",
+            resp.text().await
+        );
+    }
+    // Over the limit: OpenAI's error shape on /v1/responses, streamed or not.
+    for stream in [false, true] {
+        assert_openai_refusal(responses(&sidecar, "other", 16, stream).await, "tiny").await;
+    }
+    let resp = responses(&sidecar, "chat", 1000, false).await;
+    assert_openai_refusal(resp, "small").await;
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_streamed_responses_answer_is_settled_with_its_metered_usage() {
+    let mock = MockProvider::start().await.unwrap();
+    let sidecar = Sidecar::start(&manifests(
+        &mock,
+        &budget("tokens", r#"{limit: {tokens: 100}, period: daily}"#),
+    ))
+    .await;
+    let mut served = 0;
+    loop {
+        let resp = responses(&sidecar, "chat", 8, true).await;
+        if resp.status() == 429 {
+            assert_openai_refusal(resp, "tokens").await;
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("event: response.completed"), "{body}");
+        served += 1;
+        assert!(
+            served <= 100 / 7,
+            "Responses streams are not settled: {served} served"
+        );
+    }
+    assert!(served >= 1);
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gatehouse_tokens_total{") && l.contains("route=\"chat\"")),
+        "the streams' tokens are metered:\n{metrics}"
+    );
+}

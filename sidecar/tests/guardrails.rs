@@ -438,3 +438,108 @@ async fn restored_values_never_reach_the_audit_line() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("bob@example.com") && !text.contains("dave@example.net"));
 }
+
+#[tokio::test]
+async fn responses_requests_are_limited_by_their_output_limit_with_openai_429s() {
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let sidecar = Sidecar::start(&manifests(
+        &mock,
+        &[
+            route("tok", "  rateLimits: [{name: t, tokensPerMinute: 1000}]\n"),
+            route("req", "  rateLimits: [{name: r, requestsPerMinute: 1}]\n"),
+        ]
+        .concat(),
+    ))
+    .await;
+    // The estimate is the body's bytes / 4 plus `max_output_tokens`, charged up front.
+    let first = json!({"model": "tok", "input": "hi", "max_output_tokens": 600});
+    let estimate = (serde_json::to_vec(&first).unwrap().len() as u64).div_ceil(4) + 600;
+    let resp = post(&sidecar, "/v1/responses", first).await;
+    assert_eq!(resp.status(), 200);
+    let left = num(&resp, "x-ratelimit-remaining-tokens");
+    assert!(
+        left <= 1000 - estimate,
+        "the output limit was charged: {left}"
+    );
+    // Once its usage replaced its estimate, 990 more output tokens do not fit: OpenAI's 429.
+    let big = json!({"model": "tok", "input": "hi", "max_output_tokens": 990});
+    let resp = post(&sidecar, "/v1/responses", big).await;
+    assert_eq!(resp.status(), 429);
+    assert!(header(&resp, "retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(body["error"]["type"], "tokens", "{body}");
+    // Requests per minute, streamed: refused before any event, in OpenAI's shape.
+    for (n, stream) in [false, true].into_iter().enumerate() {
+        let resp = post(
+            &sidecar,
+            "/v1/responses",
+            json!({"model": "req", "input": "hi", "stream": stream}),
+        )
+        .await;
+        if n == 0 {
+            assert_eq!(resp.status(), 200);
+            continue;
+        }
+        assert_eq!(resp.status(), 429);
+        assert_eq!(header(&resp, "content-type"), Some("application/json"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        assert_eq!(body["error"]["type"], "requests", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    assert_eq!(mock.request_count(), 2, "refused requests never left");
+}
+
+#[tokio::test]
+async fn a_responses_stream_is_audited_masked_and_the_app_gets_its_values() {
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let routes = route(
+        "restore",
+        "  redact: {action: maskAndRestore}\n  audit: {prompt: true, answer: true}\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let audit = path.clone();
+    let sidecar = Sidecar::start_with(&manifests(&mock, &routes), |args| {
+        args.audit_file = Some(audit);
+    })
+    .await;
+    for stream in [false, true] {
+        mock.push(Behaviour::normal().pieces([
+            "Mailed [EMA",
+            "IL_1] and ",
+            "dave@exam",
+            "ple.net",
+        ]));
+        let text = post(
+            &sidecar,
+            "/v1/responses",
+            json!({"model": "restore", "stream": stream, "input": "mail bob@example.com"}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+        assert!(
+            text.contains("Mailed bob@example.com and [EMAIL_2]"),
+            "the app gets it back: {text}"
+        );
+        assert!(!text.contains("dave@example.net"), "{text}");
+    }
+    let lines = audit_lines(&path, 2).await;
+    let buffered = &lines[0]["answer"]["output"];
+    assert_eq!(
+        buffered[0]["content"][0]["text"], "Mailed [EMAIL_1] and [EMAIL_2]",
+        "{buffered}"
+    );
+    assert_eq!(lines[1]["answer"], "Mailed [EMAIL_1] and [EMAIL_2]");
+    assert_eq!(lines[1]["redaction"]["restored"], 1, "{}", lines[1]);
+    assert_eq!(
+        lines[1]["redaction"]["response"]["email"], 1,
+        "{}",
+        lines[1]
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("bob@example.com") && !text.contains("dave@example.net"));
+}

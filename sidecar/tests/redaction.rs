@@ -104,6 +104,10 @@ async fn ask(sidecar: &Sidecar, dialect: &str, stream: bool) -> (u16, String, us
             json!({"model": "chat", "stream": stream,
                    "messages": [{"role": "user", "content": PROMPT}]}),
         ),
+        "responses" => (
+            "/v1/responses",
+            json!({"model": "chat", "stream": stream, "input": PROMPT}),
+        ),
         _ => (
             "/v1/messages",
             json!({"model": "chat", "stream": stream, "max_tokens": 256,
@@ -125,6 +129,7 @@ async fn ask(sidecar: &Sidecar, dialect: &str, stream: bool) -> (u16, String, us
                 .as_str()
                 .unwrap()
                 .to_string(),
+            "responses" if status == 200 => responses_text(&v),
             _ if status == 200 => v["content"][0]["text"].as_str().unwrap().to_string(),
             _ => v.to_string(),
         };
@@ -139,6 +144,9 @@ async fn ask(sidecar: &Sidecar, dialect: &str, stream: bool) -> (u16, String, us
                 .map(str::to_string)
         })
         .collect();
+    if dialect == "responses" {
+        return responses_stream(&body);
+    }
     let mut text = String::new();
     let mut carrying = 0;
     for e in &events {
@@ -156,6 +164,67 @@ async fn ask(sidecar: &Sidecar, dialect: &str, stream: bool) -> (u16, String, us
         }
     }
     (status, text, carrying)
+}
+
+/// The text of a Response's message items.
+fn responses_text(response: &Value) -> String {
+    response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|i| i["content"].as_array().unwrap().iter())
+        .filter_map(|c| c["text"].as_str())
+        .collect()
+}
+
+/// A Responses stream's text (its `response.output_text.delta` events) and how many events
+/// carried text, after checking that it is numbered 0, 1, 2, … and that every event repeating
+/// the text whole (`output_text.done`, `content_part.done`, `output_item.done`,
+/// `response.completed`) repeats exactly what the deltas said.
+fn responses_stream(body: &str) -> (u16, String, usize) {
+    let mut text = String::new();
+    let mut carrying = 0;
+    let mut repeated = Vec::new();
+    for (n, e) in body
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .enumerate()
+    {
+        let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+        let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], name, "{e}");
+        assert_eq!(
+            v["sequence_number"], n as u64,
+            "numbering of {e} in:\n{body}"
+        );
+        match name {
+            "response.output_text.delta" => {
+                text.push_str(v["delta"].as_str().unwrap());
+                carrying += 1;
+            }
+            "response.output_text.done" => repeated.push(v["text"].as_str().unwrap().to_string()),
+            "response.content_part.done" => {
+                repeated.push(v["part"]["text"].as_str().unwrap().to_string());
+            }
+            "response.output_item.done" if v["item"]["type"] == "message" => {
+                repeated.push(
+                    v["item"]["content"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            "response.completed" => repeated.push(responses_text(&v["response"])),
+            _ => {}
+        }
+    }
+    assert_eq!(repeated.len(), 4, "{body}");
+    for r in repeated {
+        assert_eq!(r, text, "repeated whole:\n{body}");
+    }
+    (200, text, carrying)
 }
 
 /// What the provider received, as text.
@@ -178,7 +247,7 @@ async fn mask_and_restore_round_trips_split_placeholders_for_every_provider_and_
     let want = "OK, I wrote to bob@example.com about 4111 1111 1111 1111. Ask [EMAIL_2] too.";
     for kind in KINDS {
         let (mock, sidecar) = stack(kind, "{action: maskAndRestore}").await;
-        for dialect in ["openai", "anthropic"] {
+        for dialect in ["openai", "anthropic", "responses"] {
             for stream in [true, false] {
                 mock.push(Behaviour::normal().pieces(pieces));
                 let (status, text, carrying) = ask(&sidecar, dialect, stream).await;
@@ -295,4 +364,36 @@ async fn custom_detectors_and_a_detector_subset() {
         upstream.contains("ticket [TICKET_1] for [EMAIL_1], card 4111 1111 1111 1111"),
         "only the enabled detectors run: {upstream}"
     );
+}
+
+#[tokio::test]
+async fn mask_keeps_detected_values_out_of_every_event_of_a_responses_stream() {
+    // The card is split across deltas; under `mask` neither the deltas nor the events repeating
+    // the text whole (`*.done`, `response.completed`) may carry it, and it counts once.
+    let pieces = ["Your card 4111 11", "11 1111 1111 is ", "noted"];
+    for kind in KINDS {
+        let (mock, sidecar) = stack(kind, "{action: mask}").await;
+        mock.push(Behaviour::normal().pieces(pieces));
+        let resp = sidecar
+            .client
+            .post(sidecar.url("/v1/responses"))
+            .json(&json!({"model": "chat", "stream": true, "input": PROMPT}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{kind}");
+        let body = resp.text().await.unwrap();
+        assert!(
+            !body.contains("4111") && !body.contains("1111"),
+            "{kind}: {body}"
+        );
+        let (_, text, _) = responses_stream(&body);
+        assert_eq!(text, "Your card [CREDIT_CARD_1] is noted", "{kind}");
+        let metrics = sidecar.metrics().await;
+        let line = r#"gatehouse_redactions_total{route="chat",detector="creditCard",direction="response"} 1"#;
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{kind}: {line}:\n{metrics}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 """Guardrails through the official SDKs: values masked before the prompt leaves come back in the
 answer (`maskAndRestore`), buffered and streamed with the placeholders split across events, for
-every provider type and both SDKs, tool-call arguments included; rate limits as the SDKs see them
+every provider type and both SDKs, tool-call arguments and the Responses API included; rate limits as the SDKs see them
 (OpenAI's x-ratelimit headers counting down, RateLimitError); and the audit line."""
 
 from __future__ import annotations
@@ -91,6 +91,50 @@ def test_tool_call_arguments_get_their_values_back_in_a_stream(oai, provider):
         for call in (c.choices[0].delta.tool_calls or []) if c.choices else []:
             arguments += call.function.arguments or ""
     assert json.loads(arguments) == {"to": "bob@example.com"}
+    assert "bob@example.com" not in upstream(provider)
+
+
+@pytest.mark.parametrize("provider", route_params(ALL))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_openai_responses_sees_its_values_restored(oai, provider, stream):
+    provider.push({"pieces": PIECES})
+    if not stream:
+        resp = oai.responses.create(model=f"guard-{provider.name}", input=PROMPT)
+        assert resp.output_text == RESTORED
+        assert_masked_upstream(provider)
+        return
+    events = list(oai.responses.create(model=f"guard-{provider.name}", input=PROMPT, stream=True))
+    # Numbered 0, 1, 2, … though the held-back tail went out in an event of its own.
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == RESTORED
+    done = [e.text for e in events if e.type == "response.output_text.done"]
+    assert done == [RESTORED]
+    completed = [e.response for e in events if e.type == "response.completed"]
+    assert len(completed) == 1 and completed[0].output_text == RESTORED
+    assert_masked_upstream(provider)
+    # The SDK's own accumulation of the stream agrees.
+    provider.push({"pieces": PIECES})
+    with oai.responses.stream(model=f"guard-{provider.name}", input=PROMPT) as s:
+        deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+        final = s.get_final_response()
+    assert deltas == RESTORED and final.output_text == RESTORED
+
+
+@pytest.mark.parametrize("provider", route_params(["openai", "anthropic", "gemini", "bedrock"]))
+def test_responses_function_call_arguments_get_their_values_back_in_a_stream(oai, provider):
+    provider.push({"tool_call": {"name": "send_email", "arguments": {"to": "[EMAIL_1]"}}})
+    tool = {"type": "function", "name": "send_email", "parameters": {
+        "type": "object", "properties": {"to": {"type": "string"}}}}
+    events = list(oai.responses.create(
+        model=f"guard-{provider.name}", stream=True, tools=[tool],
+        input="Send it to bob@example.com",
+    ))
+    arguments = "".join(
+        e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(arguments) == {"to": "bob@example.com"}
+    done = [e.arguments for e in events if e.type == "response.function_call_arguments.done"]
+    assert [json.loads(d) for d in done] == [{"to": "bob@example.com"}]
     assert "bob@example.com" not in upstream(provider)
 
 

@@ -10,6 +10,13 @@
 //! | OpenAI | a choice's content, reasoning, refusal | `delta.content`, `delta.reasoning_content`, `delta.refusal` | the choice's `finish_reason`, `[DONE]` |
 //! | OpenAI | a tool call's arguments | `delta.tool_calls[].function.arguments` | the same |
 //! | Anthropic | a content block | `delta.text`, `delta.partial_json`, `delta.thinking` | its `content_block_stop`, `message_stop` |
+//! | Responses | an output item's content part (text, refusal), reasoning text or summary part, a function call's arguments | `delta` of `response.{output_text,refusal,reasoning_text,reasoning_summary_text,function_call_arguments}.delta` | the matching `*.done`, its `content_part.done` / `output_item.done`, the end of the response |
+//!
+//! A Responses stream repeats each text whole (`*.done`, `content_part.done`, `output_item.done`,
+//! `response.completed`): those events are rewritten whole with the same placeholders, counting
+//! nothing again ([`Session::rewrite_json_repeated`]). An event inserted into a Responses stream
+//! takes the `sequence_number` of the event it goes before, and every later event's number moves
+//! up by one, so the numbering stays gapless.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -37,6 +44,14 @@ enum Field {
     PartialJson,
     /// Anthropic `thinking_delta`.
     Thinking,
+    /// Responses `output_text`, by content index.
+    OutputText(u64),
+    /// Responses `refusal`, by content index.
+    RefusalText(u64),
+    /// Responses reasoning text, by content index.
+    ReasoningText(u64),
+    /// Responses reasoning summary text, by summary index.
+    SummaryText(u64),
 }
 
 impl Field {
@@ -54,6 +69,10 @@ pub struct StreamText {
     channels: Vec<(u64, Field, Channel)>,
     /// OpenAI: the raw `id`, `created` and `model` of the last chunk, for inserted chunks.
     template: Option<(String, String, String)>,
+    /// Responses: the data of each channel's last delta event, the model of an inserted one.
+    deltas: Vec<(u64, Field, Vec<u8>)>,
+    /// Responses: events inserted so far (how far later `sequence_number`s move).
+    shift: u64,
 }
 
 /// One text field of an event: where its JSON string sits in the event's data, and its channel.
@@ -80,9 +99,7 @@ impl StreamText {
             let rewritten = match dialect {
                 Dialect::OpenAi => self.openai(session, event),
                 Dialect::Anthropic => self.anthropic(session, event),
-                // Refused before it is sent (`stages::redaction`): no Responses stream reaches
-                // here.
-                Dialect::Responses => None,
+                Dialect::Responses => self.responses(session, event),
             };
             if let Some(new) = rewritten {
                 let o = out.get_or_insert_with(|| BytesMut::with_capacity(batch.len() + 64));
@@ -400,6 +417,151 @@ impl StreamText {
             .as_bytes(),
         );
     }
+
+    fn responses(&mut self, session: &mut Session, event: &[u8]) -> Option<Vec<u8>> {
+        #[derive(Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow, rename = "type")]
+            kind: Cow<'a, str>,
+            #[serde(default)]
+            output_index: u64,
+            #[serde(default)]
+            content_index: u64,
+            #[serde(default)]
+            summary_index: u64,
+            #[serde(borrow, default)]
+            delta: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            sequence_number: Option<&'a RawValue>,
+        }
+        let data = sse::data(event)?;
+        let e: Event<'_> = serde_json::from_slice(&data).ok()?;
+        let index = e.output_index;
+        let kind = &*e.kind;
+        let field = |suffix: &str| -> Option<Field> {
+            let name = kind.strip_prefix("response.")?.strip_suffix(suffix)?;
+            Some(match name {
+                "output_text" => Field::OutputText(e.content_index),
+                "refusal" => Field::RefusalText(e.content_index),
+                "reasoning_text" => Field::ReasoningText(e.content_index),
+                "reasoning_summary_text" => Field::SummaryText(e.summary_index),
+                "function_call_arguments" => Field::Arguments(0),
+                _ => return None,
+            })
+        };
+        if let Some(field) = field(".delta") {
+            let is_string = |r: &&RawValue| r.get().starts_with('"');
+            let pieces: Vec<Piece<'_>> = e
+                .delta
+                .filter(is_string)
+                .map(|raw| Piece { raw, index, field })
+                .into_iter()
+                .collect();
+            let mut edits = self.feed(session, &data, &pieces, |_, _| false);
+            edits.extend(self.renumbered(&data, e.sequence_number));
+            match self
+                .deltas
+                .iter_mut()
+                .find(|(i, f, _)| *i == index && *f == field)
+            {
+                Some((_, _, d)) => {
+                    d.clear();
+                    d.extend_from_slice(&data);
+                }
+                None => self.deltas.push((index, field, data.to_vec())),
+            }
+            return rebuild(event, &data, &edits, Vec::new());
+        }
+        // The channels that end here: their rest goes out first, in deltas of their own.
+        let done = field(".done");
+        let which = |i: u64, f: Field| -> bool {
+            match kind {
+                "response.content_part.done" => {
+                    i == index
+                        && matches!(f, Field::OutputText(c) | Field::RefusalText(c) | Field::ReasoningText(c) if c == e.content_index)
+                }
+                "response.reasoning_summary_part.done" => {
+                    i == index && f == Field::SummaryText(e.summary_index)
+                }
+                "response.output_item.done" => i == index,
+                "response.completed" | "response.incomplete" | "response.failed" | "error" => true,
+                _ => done.is_some_and(|d| i == index && f == d),
+            }
+        };
+        let seq = e.sequence_number.and_then(|r| r.get().parse::<u64>().ok());
+        let inserted = self.flush_rest(session, which, |me, i, f, text, out| {
+            me.responses_event(i, f, text, seq, out);
+        });
+        let added = count_events(&inserted);
+        let mut new = session.rewrite_json_repeated(&data);
+        self.shift += added;
+        if self.shift > 0 {
+            let current = new.as_deref().unwrap_or(&data);
+            let seq_raw = sequence_raw(current);
+            if let Some((range, number)) = self.renumbered(current, seq_raw) {
+                let mut renumbered = current.to_vec();
+                renumbered.splice(range, number);
+                new = Some(renumbered);
+            }
+        }
+        let edits: Vec<(Range<usize>, Vec<u8>)> =
+            new.map(|n| (0..data.len(), n)).into_iter().collect();
+        rebuild(event, &data, &edits, inserted)
+    }
+
+    /// The edit that moves `sequence_number` (`raw`, inside `data`) by the events inserted so far.
+    fn renumbered(&self, data: &[u8], raw: Option<&RawValue>) -> Option<(Range<usize>, Vec<u8>)> {
+        if self.shift == 0 {
+            return None;
+        }
+        let raw = raw?;
+        let n: u64 = raw.get().parse().ok()?;
+        let start = (raw.get().as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let end = start.saturating_add(raw.get().len());
+        (end <= data.len()).then(|| (start..end, (n + self.shift).to_string().into_bytes()))
+    }
+
+    /// A Responses delta event carrying `text` in channel (`index`, `field`), shaped like that
+    /// channel's last delta, numbered as the event it goes before (`seq`, before the move).
+    fn responses_event(
+        &self,
+        index: u64,
+        field: Field,
+        text: &str,
+        seq: Option<u64>,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(mut model) = self
+            .deltas
+            .iter()
+            .find(|(i, f, _)| *i == index && *f == field)
+            .and_then(|(_, _, d)| serde_json::from_slice::<serde_json::Value>(d).ok())
+        else {
+            return;
+        };
+        let Some(obj) = model.as_object_mut() else {
+            return;
+        };
+        // Events inserted before this one in the same batch already moved the numbers.
+        let inserted_here = count_events(out);
+        obj.insert("delta".into(), serde_json::Value::String(text.to_string()));
+        if let Some(seq) = seq {
+            obj.insert(
+                "sequence_number".into(),
+                (seq + self.shift + inserted_here).into(),
+            );
+        }
+        obj.remove("obfuscation");
+        let kind = obj
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("response.output_text.delta")
+            .to_string();
+        let Ok(data) = serde_json::to_string(&model) else {
+            return;
+        };
+        out.extend_from_slice(format!("event: {kind}\ndata: {data}\n\n").as_bytes());
+    }
 }
 
 /// The event with `edits` applied to its data (a data line of its own; its other lines kept),
@@ -442,4 +604,21 @@ fn rebuild(
     out.extend_from_slice(&data[at..]);
     out.extend_from_slice(b"\n\n");
     Some(out)
+}
+
+/// How many events `events` holds (inserted events, each ending in a blank line).
+fn count_events(events: &[u8]) -> u64 {
+    events.windows(2).filter(|w| w == b"\n\n").count() as u64
+}
+
+/// The raw `sequence_number` of a Responses event's data.
+fn sequence_raw(data: &[u8]) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        sequence_number: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<Probe<'_>>(data)
+        .ok()?
+        .sequence_number
 }

@@ -396,3 +396,94 @@ mod properties {
         }
     }
 }
+
+/// A Responses event as the wire carries it.
+fn responses_event(n: u64, mut data: serde_json::Value) -> String {
+    data["sequence_number"] = n.into();
+    let kind = data["type"].as_str().unwrap().to_string();
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+#[test]
+fn responses_arguments_and_reasoning_are_held_back_and_repeated_masked() {
+    use serde_json::json;
+    let args = [
+        r#"{"to":"bob@exa"#,
+        r#"mple.com","n":"4111 1111 "#,
+        r#"1111 1111"}"#,
+    ];
+    let whole_args: String = args.concat();
+    let reasoning = ["mail carol@exa", "mple.net"];
+    let mut events = vec![
+        json!({"type":"response.created","response":{"id":"resp_1","output":[]}}),
+        json!({"type":"response.output_item.added","output_index":0,"item":{"type":"reasoning","id":"rs_1","content":[]}}),
+    ];
+    for r in reasoning {
+        events.push(json!({"type":"response.reasoning_text.delta","item_id":"rs_1","output_index":0,"content_index":0,"delta":r}));
+    }
+    // No `reasoning_text.done`: the item's end ends the channel.
+    events.push(json!({"type":"response.output_item.done","output_index":0,"item":{"type":"reasoning","id":"rs_1","content":[{"type":"reasoning_text","text":reasoning.concat()}]}}));
+    events.push(json!({"type":"response.output_item.added","output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"c1","name":"send","arguments":""}}));
+    for a in args {
+        events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":a}));
+    }
+    events.push(json!({"type":"response.function_call_arguments.done","item_id":"fc_1","output_index":1,"arguments":whole_args}));
+    events.push(json!({"type":"response.output_item.done","output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"c1","name":"send","arguments":whole_args}}));
+    events.push(json!({"type":"response.completed","response":{"id":"resp_1","output":[
+        {"type":"reasoning","id":"rs_1","content":[{"type":"reasoning_text","text":reasoning.concat()}]},
+        {"type":"function_call","id":"fc_1","call_id":"c1","name":"send","arguments":whole_args}]}}));
+    let mut session = Session::new(engine(RedactActionConfig::Mask));
+    let mut text = events::StreamText::default();
+    let mut out = String::new();
+    for (n, e) in events.into_iter().enumerate() {
+        let wire = responses_event(n as u64, e);
+        let got = text.rewrite(
+            crate::dialect::Dialect::Responses,
+            &mut session,
+            wire.as_bytes(),
+        );
+        out.push_str(&got.map_or(wire, |b| String::from_utf8(b.to_vec()).unwrap()));
+    }
+    for value in ["example.com", "example.net", "4111"] {
+        assert!(!out.contains(value), "{value} reached the client:\n{out}");
+    }
+    let mut reasoning_text = String::new();
+    let mut arguments = String::new();
+    for (n, e) in out.split("\n\n").filter(|e| !e.is_empty()).enumerate() {
+        let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["sequence_number"], n as u64, "{out}");
+        match v["type"].as_str().unwrap() {
+            "response.reasoning_text.delta" => {
+                reasoning_text.push_str(v["delta"].as_str().unwrap())
+            }
+            "response.function_call_arguments.delta" => {
+                arguments.push_str(v["delta"].as_str().unwrap());
+            }
+            "response.function_call_arguments.done" => assert_eq!(v["arguments"], arguments),
+            "response.output_item.done" if v["output_index"] == 0 => {
+                assert_eq!(v["item"]["content"][0]["text"], reasoning_text);
+            }
+            "response.output_item.done" => assert_eq!(v["item"]["arguments"], arguments),
+            "response.completed" => {
+                assert_eq!(
+                    v["response"]["output"][0]["content"][0]["text"],
+                    reasoning_text
+                );
+                assert_eq!(v["response"]["output"][1]["arguments"], arguments);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reasoning_text, "mail [EMAIL_1]");
+    let parsed: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(parsed, json!({"to":"[EMAIL_2]","n":"[CREDIT_CARD_1]"}));
+    // Each value counted once, though the stream carried it four times.
+    let card = session
+        .engine()
+        .kinds()
+        .iter()
+        .position(|k| &*k.name == "creditCard")
+        .unwrap();
+    assert_eq!(session.counts.response[card], 1);
+}

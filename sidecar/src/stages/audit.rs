@@ -143,7 +143,8 @@ fn opted(ctx: &Context) -> (bool, bool) {
 }
 
 /// A stream's answer text in the client's dialect: OpenAI `choices[].delta.content`, Anthropic
-/// `delta.text`.
+/// `delta.text`, Responses `delta` of `response.output_text.delta` (every message item's text in
+/// order; the whole texts a Responses stream repeats in its `*.done` events are not read twice).
 fn event_text(dialect: Dialect, data: &[u8], out: &mut String) {
     #[derive(serde::Deserialize)]
     struct OpenAi {

@@ -3,7 +3,7 @@
 //!
 //! Every limit that applies to the caller must admit a request: one request from its requests
 //! allowance, and its token estimate from its tokens allowance (the body's bytes / 4 for the
-//! prompt, plus its `max_tokens` / `max_completion_tokens`). A refused request gets 429
+//! prompt, plus its `max_tokens` / `max_completion_tokens` / `max_output_tokens`). A refused request gets 429
 //! `rate_limit_exceeded` in the client's dialect with `Retry-After`; what it took from other
 //! limits is given back. When the request ends, the token estimate is corrected with the usage
 //! (metered, or estimated for a cut stream; nothing for a request that got no answer).

@@ -68,16 +68,6 @@ impl Stage for Redaction {
                 });
             }
         };
-        // Redaction of a Responses stream (its events hold text back across `*.delta` events
-        // and repeat it whole in `*.done` ones) is not built yet: refuse rather than let a
-        // detected value through. Buffered Responses answers are redacted like any JSON answer.
-        if ctx.dialect == crate::dialect::Dialect::Responses && request.stream() {
-            return Err(ProxyError::InvalidRequest(format!(
-                "route '{}' redacts answers, which is not supported for streamed /v1/responses \
-                 requests yet; send `stream: false` or use /v1/chat/completions",
-                route.name
-            )));
-        }
         let mut session = Session::new(engine);
         let body = session.rewrite_json(request.body(), Direction::Request);
         let blocked = session.blocked;

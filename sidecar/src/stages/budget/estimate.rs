@@ -7,8 +7,8 @@
 //!   less than their images may cost). Tokenizers average about 4 bytes per token on English and code and
 //!   about 3 on CJK text, so bytes / 3 is above the real count for most prompts; an image by URL
 //!   is a few bytes for up to about 1,600 tokens (Anthropic's largest), hence the allowance.
-//! - **Output tokens:** `max_completion_tokens` or `max_tokens` (the larger, when both are set;
-//!   Anthropic's required `max_tokens`), else `--budget-default-output-tokens` (4096); none for
+//! - **Output tokens:** `max_completion_tokens`, `max_tokens` or (Responses)
+//!   `max_output_tokens` (the largest, when several are set; Anthropic's required `max_tokens`), else `--budget-default-output-tokens` (4096); none for
 //!   embeddings. A provider stops at the limit the client set, so with one set the output part
 //!   is a true ceiling.
 //! - **Price:** the most expensive of the targets the request may go to (its route's, or the
@@ -189,6 +189,16 @@ mod tests {
             4096,
         );
         assert_eq!(t.output, 0, "embeddings produce no output tokens");
+        // Responses: `max_output_tokens` is the output limit, images sit in `input`.
+        let body = r#"{"model":"m","max_output_tokens":33,"input":[{"role":"user","content":[
+            {"type":"input_image","image_url":"https://x"}]}]}"#;
+        let t = tokens(
+            &request(body, Operation::Chat, Dialect::Responses).await,
+            4096,
+        );
+        assert_eq!(t.output, 33);
+        // Two mentions: the part's type `"input_image"` and its key `"image_url"`.
+        assert_eq!(t.input, (body.len() as u64).div_ceil(3) + 2 * IMAGE_TOKENS);
     }
 
     #[test]
