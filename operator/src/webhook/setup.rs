@@ -129,7 +129,7 @@ pub struct WebhookArgs {
     #[arg(long, env = "GATEHOUSE_SIDECAR_DRAIN_MS", default_value_t = 5_000)]
     pub sidecar_drain_ms: u64,
     /// The budget ledger's URL given to sidecars. Default:
-    /// `https://<service>.<namespace>.svc:8443`.
+    /// `https://<service>.<namespace>.svc:8444`.
     #[arg(long, env = "GATEHOUSE_LEDGER_URL")]
     pub ledger_url: Option<String>,
     /// `hostNetwork: true` pods: `skip` (admit without a sidecar, with a Warning Event) or
@@ -314,7 +314,7 @@ mod tests {
         assert_eq!(settings.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(
             settings.ledger_url,
-            "https://gatehouse-operator.gatehouse-system.svc:8443"
+            "https://gatehouse-operator.gatehouse-system.svc:8444"
         );
         assert_eq!(
             settings.excluded_namespaces,

@@ -185,6 +185,8 @@ impl Release {
         };
         set("admin-listen", &format!("127.0.0.1:{admin_port}"));
         set("webhook-listen", &format!("0.0.0.0:{webhook_port}"));
+        // Replicas on one machine: each its own ledger port.
+        set("ledger-listen", "127.0.0.1:0");
         // The chart's env: POD_NAME and POD_NAMESPACE from the downward API.
         set("identity", identity);
         set("lease-namespace", &self.namespace);
@@ -487,7 +489,7 @@ fn assert_injected(pod: &Pod, release: &Release) -> Result<()> {
     ensure!(
         value("GATEHOUSE_LEDGER_URL")
             == format!(
-                "https://{}.{}.svc:8443",
+                "https://{}.{}.svc:8444",
                 release.service(),
                 release.namespace
             ),
