@@ -17,6 +17,7 @@ mod control_plane;
 pub mod kubelet;
 pub mod network;
 mod pki;
+pub mod procs;
 pub mod wait;
 
 pub use binaries::{Binaries, CommandOutput};
