@@ -26,6 +26,11 @@ const SKIP_KEYS: &[&[u8]] = &[
     b"signature",
 ];
 
+/// Whether the string values of `key` are left alone.
+pub(crate) fn is_skipped(key: &[u8]) -> bool {
+    SKIP_KEYS.contains(&key)
+}
+
 /// Keys whose string values are JSON text (a tool call's arguments).
 const JSON_TEXT_KEYS: &[&[u8]] = &[b"arguments", b"partial_json"];
 
@@ -60,7 +65,7 @@ pub fn rewrite_strings(
         }
         let k = &body[key.clone()];
         let content = &body[start..end];
-        if SKIP_KEYS.contains(&k) || content.starts_with(DATA_URL) {
+        if is_skipped(k) || content.starts_with(DATA_URL) {
             continue;
         }
         let json_text = JSON_TEXT_KEYS.contains(&k);

@@ -377,9 +377,11 @@ mod properties {
             prop_assert_eq!(got, String::from_utf8(want).unwrap());
         }
 
-        /// Rewriting the strings of any JSON document gives valid JSON with the same shape.
+        /// Rewriting the strings of any JSON document gives valid JSON with the same shape, and
+        /// no value under a scanned key survives (the keys `json.rs` leaves alone by design,
+        /// such as `id` and `data`, are not generated here).
         #[test]
-        fn json_stays_json(values in proptest::collection::vec(text(), 1..6), keys in proptest::collection::vec("[a-z_]{1,8}", 1..6)) {
+        fn json_stays_json(values in proptest::collection::vec(text(), 1..6), keys in proptest::collection::vec("[a-z_]{1,8}".prop_filter("a key json.rs skips", |k| !crate::redact::json::is_skipped(k.as_bytes())), 1..6)) {
             let object: serde_json::Map<String, serde_json::Value> = keys
                 .iter()
                 .zip(values.iter().cycle())
