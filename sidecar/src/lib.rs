@@ -8,6 +8,7 @@ pub mod audit;
 pub mod body;
 pub mod dialect;
 pub mod error;
+pub mod genai;
 pub mod limits;
 pub mod metrics;
 pub mod providers;
