@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod cache;
 pub mod dialect;
 pub mod error;
 pub mod genai;
@@ -516,6 +517,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                 carried_labels: args.workload_labels.clone(),
             },
             audit,
+            cache: cache::Settings::default(),
         },
     ));
     let timeouts = server::connection::Timeouts {
