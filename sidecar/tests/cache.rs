@@ -603,3 +603,42 @@ async fn redis_down_is_a_bypass_and_hits_resume_when_it_is_back() {
     let m = s2.metrics().await;
     assert!(m.contains("reason=\"auth\""), "{m}");
 }
+
+#[tokio::test]
+async fn a_hit_neither_reserves_nor_spends_budget() {
+    let mock = MockProvider::with_api_key(KEY).start().await.unwrap();
+    let s = Sidecar::start(&manifests(&mock.base_url(), "    ttl: 1m", "")).await;
+    let cached = body("Cached question", json!({"max_tokens": 100}));
+    assert_eq!(chat(&s, &cached).await.0, "miss");
+    // A hard Budget nothing fits in any more.
+    let budget = "---\napiVersion: gatehouse.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: tiny\nspec:\n  limit:\n    usd: \"0.000000001\"\n  period: monthly\n  enforcement: hard\n";
+    std::fs::write(
+        s.manifest_path(),
+        manifests(&mock.base_url(), "    ttl: 1m", budget),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
+        // A new question each time (an answered one would be a hit).
+        let fresh = body(&format!("Another question {i}"), json!({"max_tokens": 100}));
+        let resp = post(&s, "/v1/chat/completions", &fresh, &[]).await;
+        if resp.status() == 429 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Budget never applied: {} {:?}",
+            resp.status(),
+            resp.headers()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let upstream = mock.request_count();
+    for _ in 0..3 {
+        let resp = post(&s, "/v1/chat/completions", &cached, &[]).await;
+        assert_eq!(resp.status(), 200, "a hit is served past the budget");
+        assert_eq!(header(&resp, "x-gatehouse-cache"), Some("hit"));
+        assert!(header(&resp, "x-gatehouse-budget").is_none());
+    }
+    assert_eq!(mock.request_count(), upstream);
+}
