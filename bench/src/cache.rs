@@ -94,7 +94,10 @@ async fn run(
         out.push(t.elapsed());
         anyhow::ensure!(status == expect, "expected {expect}, got {status}");
         if let Some(c) = cache {
-            anyhow::ensure!(header.as_deref() == Some(c), "expected a {c}, got {header:?}");
+            anyhow::ensure!(
+                header.as_deref() == Some(c),
+                "expected a {c}, got {header:?}"
+            );
         }
     }
     out.sort();
@@ -134,7 +137,11 @@ async fn send_distinct(
         tasks.push(tokio::spawn(async move {
             for i in 0..count {
                 let prompt = format!("Question number {} about gateways.", w * per + i);
-                let resp = client.post(&url).json(&chat(&model, &prompt)).send().await?;
+                let resp = client
+                    .post(&url)
+                    .json(&chat(&model, &prompt))
+                    .send()
+                    .await?;
                 anyhow::ensure!(resp.status() == 200, "request failed: {}", resp.status());
                 let _ = resp.bytes().await?;
             }
@@ -156,9 +163,12 @@ pub async fn report(plan: &Plan) -> anyhow::Result<String> {
     let bin = release_bin("gatehouse-sidecar")?;
     let sidecar = crate::start_sidecar(&bin, &path, None, 1).await?;
     let url = format!("http://{}/v1/chat/completions", sidecar.addr);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
 
-    let floor_body = serde_json::to_vec(&chat("no-such-model", "Write one sentence about gateways."))?;
+    let floor_body =
+        serde_json::to_vec(&chat("no-such-model", "Write one sentence about gateways."))?;
     let hit_body = serde_json::to_vec(&chat("cached", "Write one sentence about gateways."))?;
     run(&client, &url, &hit_body, 1, 200, Some("miss")).await?;
     // Warm-up.
@@ -214,10 +224,16 @@ pub async fn report(plan: &Plan) -> anyhow::Result<String> {
         .await?
         .text()
         .await?;
-    let entries = metric(&metrics, "gatehouse_cache_entries{route=\"cached\",backend=\"memory\"}")
-        .unwrap_or(0.0);
-    let bytes = metric(&metrics, "gatehouse_cache_bytes{route=\"cached\",backend=\"memory\"}")
-        .unwrap_or(0.0);
+    let entries = metric(
+        &metrics,
+        "gatehouse_cache_entries{route=\"cached\",backend=\"memory\"}",
+    )
+    .unwrap_or(0.0);
+    let bytes = metric(
+        &metrics,
+        "gatehouse_cache_bytes{route=\"cached\",backend=\"memory\"}",
+    )
+    .unwrap_or(0.0);
     let delta_kib = after.saturating_sub(before);
     writeln!(
         out,

@@ -422,7 +422,10 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
         ),
         (
             "semantic cache without its embedding route",
-            with(r(), json!({"spec": {"cache": {"semantic": {"threshold": "0.9"}}}})),
+            with(
+                r(),
+                json!({"spec": {"cache": {"semantic": {"threshold": "0.9"}}}}),
+            ),
             "embeddingRoute",
         ),
         (

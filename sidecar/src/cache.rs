@@ -273,6 +273,11 @@ impl Cache {
         let Some(config) = Self::config(ctx).cloned() else {
             return;
         };
+        // A downgraded answer came from another Route's (cheaper) targets: not the answer this
+        // Route gives.
+        if ctx.downgraded_to.is_some() {
+            return;
+        }
         let Some(pending) = ctx.cache_pending.as_mut().filter(|p| p.fill) else {
             return;
         };

@@ -56,7 +56,9 @@ impl Entry {
             // A copy of its own: the answer may be a slice of a much larger read buffer, which
             // the entry would otherwise keep alive for its whole TTL.
             (Some(body), _) => Bytes::copy_from_slice(&body),
-            (None, Some(events)) => super::render::assemble(ctx.dialect, &events, ctx.usage.as_ref())?,
+            (None, Some(events)) => {
+                super::render::assemble(ctx.dialect, &events, ctx.usage.as_ref())?
+            }
             (None, None) => return None,
         };
         if super::render::refused(ctx.dialect, &body) {

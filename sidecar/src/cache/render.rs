@@ -111,9 +111,18 @@ fn openai_usage(u: &Usage) -> Value {
     v
 }
 
+/// One choice of an OpenAI stream, as its chunks arrive.
+#[derive(Default)]
+struct Choice {
+    index: u64,
+    message: Map<String, Value>,
+    calls: Vec<Value>,
+    finish: Option<Value>,
+}
+
 fn assemble_openai(raw: &[u8]) -> Option<Value> {
     let mut head: Option<Map<String, Value>> = None;
-    let mut choices: Vec<(u64, Map<String, Value>, Vec<Value>, Option<Value>)> = Vec::new();
+    let mut choices: Vec<Choice> = Vec::new();
     let mut usage = None;
     let mut done = false;
     for (_, data) in events(raw) {
@@ -147,14 +156,22 @@ fn assemble_openai(raw: &[u8]) -> Option<Value> {
             .flatten()
         {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let at = match choices.iter().position(|x| x.0 == index) {
+            let at = match choices.iter().position(|x| x.index == index) {
                 Some(at) => at,
                 None => {
-                    choices.push((index, Map::new(), Vec::new(), None));
+                    choices.push(Choice {
+                        index,
+                        ..Choice::default()
+                    });
                     choices.len() - 1
                 }
             };
-            let (_, message, calls, finish) = &mut choices[at];
+            let Choice {
+                message,
+                calls,
+                finish,
+                ..
+            } = &mut choices[at];
             let delta = c.get("delta").unwrap_or(&Value::Null);
             if let Some(role) = delta.get("role").and_then(Value::as_str) {
                 message.insert("role".into(), json!(role));
@@ -199,15 +216,15 @@ fn assemble_openai(raw: &[u8]) -> Option<Value> {
         }
     }
     // Complete: `[DONE]` arrived and every choice finished.
-    if !done || choices.is_empty() || choices.iter().any(|c| c.3.is_none()) {
+    if !done || choices.is_empty() || choices.iter().any(|c| c.finish.is_none()) {
         return None;
     }
     let mut body = head?;
     body.insert("object".into(), json!("chat.completion"));
-    choices.sort_by_key(|c| c.0);
+    choices.sort_by_key(|c| c.index);
     let choices: Vec<Value> = choices
         .into_iter()
-        .map(|(index, mut message, calls, finish)| {
+        .map(|Choice { index, mut message, calls, finish }| {
             message.entry("role").or_insert(json!("assistant"));
             message.entry("content").or_insert(Value::Null);
             if !calls.is_empty() {
