@@ -180,7 +180,9 @@ impl Cache {
         }
         match config.backend {
             CacheBackendConfig::Memory => {
-                let found = self.memory.get(route_of(ctx), &key, config.ttl_ms);
+                let found = self
+                    .memory
+                    .get(route_of(ctx), &key, config.ttl_ms, &self.metrics);
                 self.found(ctx, &config, &key, Some(found))
             }
             CacheBackendConfig::Redis => {
