@@ -248,7 +248,10 @@ impl Source {
                 return Ok(Arc::clone(c));
             }
             if now < c.expires_at {
-                // Due, still valid: renew unless someone else is; never wait for it.
+                // Due, still valid: renew unless someone else is or one just failed; never wait.
+                if self.failed_recently(now).is_some() {
+                    return Ok(Arc::clone(c));
+                }
                 return match self.refresh.try_lock() {
                     Ok(_guard) => match self.renew().await {
                         Ok(fresh) => Ok(fresh),
@@ -267,13 +270,17 @@ impl Source {
         {
             return Ok(c);
         }
-        if let Ok(failure) = self.failure.lock()
-            && let Some((at, e)) = failure.as_ref()
-            && now.saturating_duration_since(*at) < FAILURE_HOLD
-        {
-            return Err(e.clone());
+        if let Some(e) = self.failed_recently(now) {
+            return Err(e);
         }
         self.renew().await
+    }
+
+    /// The last exchange's failure, if it is less than [`FAILURE_HOLD`] old.
+    fn failed_recently(&self, now: Instant) -> Option<FetchError> {
+        let failure = self.failure.lock().ok()?;
+        let (at, e) = failure.as_ref()?;
+        (now.saturating_duration_since(*at) < FAILURE_HOLD).then(|| e.clone())
     }
 
     /// One exchange (the caller holds `refresh`); the result is cached.
