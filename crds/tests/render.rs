@@ -673,7 +673,10 @@ fn workload_identities_render_without_a_key_secret() {
         "azureWorkloadIdentity"
     );
     let vx = &r.config.providers["vx"];
-    assert_eq!(vx.endpoint, "https://europe-west4-aiplatform.googleapis.com");
+    assert_eq!(
+        vx.endpoint,
+        "https://europe-west4-aiplatform.googleapis.com"
+    );
     assert_eq!(
         serde_json::to_value(&vx.identity).unwrap(),
         json!({"source": "gcpMetadata"})
@@ -701,5 +704,9 @@ fn a_key_and_a_workload_identity_together_are_refused() {
         reasons(&r),
         vec![(ObjectKind::ModelProvider, "aws", "InvalidSpec")]
     );
-    assert!(r.problems[0].message.contains("exactly one credential source"));
+    assert!(
+        r.problems[0]
+            .message
+            .contains("exactly one credential source")
+    );
 }

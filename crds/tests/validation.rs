@@ -323,7 +323,9 @@ fn valid_objects_are_accepted() {
         provider(
             json!({"type": "azureOpenAI", "endpoint": "https://acme.openai.azure.com", "azure": {"workloadIdentity": {"clientId": "c", "tenantId": "t"}}}),
         ),
-        provider(json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "global"}})),
+        provider(
+            json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "global"}}),
+        ),
         provider(
             json!({"type": "vertexAI", "apiKeySecretRef": key_ref(), "vertex": {"project": "my-project", "location": "us-central1"}}),
         ),
