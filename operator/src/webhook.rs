@@ -261,6 +261,14 @@ impl Webhook {
     /// is admitted rarely; a stale cache would give a new pod the wrong tokens). When they cannot
     /// be read in time, none: the sidecar then fails over past those providers and says why.
     async fn cloud_audiences(&self, namespace: &str) -> std::collections::BTreeSet<&'static str> {
+        // An operator watching one namespace renders no config elsewhere, and may not list there.
+        if self
+            .scope
+            .as_deref()
+            .is_some_and(|scope| scope != namespace)
+        {
+            return Default::default();
+        }
         let api = Api::<gatehouse_crds::ModelProvider>::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(
             CA_WRITE_TIMEOUT,
