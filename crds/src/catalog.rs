@@ -98,7 +98,8 @@ pub fn lookup(kind: ProviderKind, model: &str) -> Option<Pricing> {
         ProviderKind::Anthropic => found(&catalog.anthropic, model)
             .or_else(|| found(&catalog.anthropic, strip_compact_date(model)?))
             .or_else(|| found(&catalog.anthropic, model.strip_suffix("-latest")?)),
-        ProviderKind::Gemini => found(
+        // Vertex AI serves the same Gemini models at the same list prices.
+        ProviderKind::Gemini | ProviderKind::VertexAI => found(
             &catalog.gemini,
             model.strip_prefix("models/").unwrap_or(model),
         ),

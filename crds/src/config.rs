@@ -72,6 +72,9 @@ pub enum ProviderKind {
     Bedrock,
     /// Any server speaking the OpenAI API (vLLM, Ollama, llama.cpp, TGI...).
     OpenaiCompatible,
+    /// Gemini models on Google Cloud Vertex AI (Gemini's bodies, Vertex's URLs, a GCP token).
+    #[serde(rename = "vertexAI")]
+    VertexAI,
 }
 
 impl ProviderKind {
@@ -84,6 +87,7 @@ impl ProviderKind {
             Self::AzureOpenAI => "azureOpenAI",
             Self::Bedrock => "bedrock",
             Self::OpenaiCompatible => "openaiCompatible",
+            Self::VertexAI => "vertexAI",
         }
     }
 }
@@ -111,6 +115,99 @@ pub struct ProviderConfig {
     /// Bedrock only: the AWS region (for request signing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Where the credentials come from when they are not a static key: a workload identity
+    /// exchanged by the sidecar. `None`: the key (if any) is the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+    /// Vertex AI only: the project and location in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexConfig>,
+}
+
+/// A credential source the sidecar exchanges for short-lived credentials. Unset endpoints and
+/// token files fall back to the standard environment variables of each cloud, then to the
+/// documented defaults (see docs/aws.md, docs/azure.md, docs/gcp.md).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "source", deny_unknown_fields)]
+pub enum IdentityConfig {
+    /// AWS STS `AssumeRoleWithWebIdentity` with a projected ServiceAccount token (IRSA).
+    #[serde(rename_all = "camelCase")]
+    AwsWebIdentity {
+        /// The role to assume.
+        role_arn: String,
+        /// The role session name.
+        session_name: String,
+        /// STS endpoint; default `https://sts.<region>.amazonaws.com`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sts_endpoint: Option<String>,
+        /// Token file; default `AWS_WEB_IDENTITY_TOKEN_FILE`, then the injected path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_file: Option<String>,
+    },
+    /// The EKS Pod Identity agent.
+    #[serde(rename_all = "camelCase")]
+    AwsPodIdentity {
+        /// Agent URL; default `AWS_CONTAINER_CREDENTIALS_FULL_URI`, then
+        /// `http://169.254.170.23/v1/credentials`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// Authorization token file; default `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, then the
+        /// injected path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_file: Option<String>,
+    },
+    /// Microsoft Entra ID workload identity (client credentials with a federated assertion).
+    #[serde(rename_all = "camelCase")]
+    AzureWorkloadIdentity {
+        /// Application (client) ID.
+        client_id: String,
+        /// Tenant ID.
+        tenant_id: String,
+        /// Authority; default `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authority_host: Option<String>,
+        /// Federated token file; default `AZURE_FEDERATED_TOKEN_FILE`, then the injected path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_file: Option<String>,
+    },
+    /// The GCE/GKE metadata server's token for the pod's (workload identity) service account.
+    #[serde(rename_all = "camelCase")]
+    GcpMetadata {
+        /// Metadata server; default `GCE_METADATA_HOST`, then `http://metadata.google.internal`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
+    /// A service-account key (the provider's key in the keys Secret) exchanged with an RS256
+    /// JWT-bearer grant.
+    #[serde(rename_all = "camelCase")]
+    GcpServiceAccountKey {
+        /// Token endpoint; default the key's `token_uri`, then `https://oauth2.googleapis.com/token`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_endpoint: Option<String>,
+    },
+}
+
+impl IdentityConfig {
+    /// The audience of the projected ServiceAccount token this source needs mounted into the
+    /// sidecar, if any.
+    pub fn token_audience(&self) -> Option<&'static str> {
+        match self {
+            Self::AwsWebIdentity { .. } => Some(crate::contract::AWS_WEB_IDENTITY_AUDIENCE),
+            Self::AwsPodIdentity { .. } => Some(crate::contract::AWS_POD_IDENTITY_AUDIENCE),
+            Self::AzureWorkloadIdentity { .. } => Some(crate::contract::AZURE_AUDIENCE),
+            Self::GcpMetadata { .. } | Self::GcpServiceAccountKey { .. } => None,
+        }
+    }
+}
+
+/// Vertex AI: where the model lives.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VertexConfig {
+    /// Google Cloud project ID.
+    pub project: String,
+    /// Location (`us-central1`, `global`).
+    pub location: String,
 }
 
 /// Prices in USD per million tokens. Unset optional rates fall back as documented on each field,

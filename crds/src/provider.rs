@@ -16,6 +16,8 @@ pub const OPENAI_ENDPOINT: &str = "https://api.openai.com/v1";
 pub const ANTHROPIC_ENDPOINT: &str = "https://api.anthropic.com";
 /// Default base URL of the Gemini API.
 pub const GEMINI_ENDPOINT: &str = "https://generativelanguage.googleapis.com";
+/// The Vertex AI location served from `aiplatform.googleapis.com` (no regional host prefix).
+pub const VERTEX_GLOBAL: &str = "global";
 /// Azure OpenAI `api-version` used when `spec.azure.apiVersion` is not set.
 pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
@@ -71,22 +73,29 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 )]
 #[x_kube(
     validation = Rule::new("!(self.type in ['azureOpenAI', 'openaiCompatible']) || has(self.endpoint)").message("spec.endpoint is required when spec.type is azureOpenAI or openaiCompatible").field_path(".endpoint"),
-    validation = Rule::new("self.type == 'openaiCompatible' || has(self.apiKeySecretRef)").message("spec.apiKeySecretRef is required unless spec.type is openaiCompatible").field_path(".apiKeySecretRef"),
+    validation = Rule::new("self.type in ['openaiCompatible', 'vertexAI'] || has(self.apiKeySecretRef) || (has(self.bedrock) && (has(self.bedrock.webIdentity) || has(self.bedrock.podIdentity))) || (has(self.azure) && has(self.azure.workloadIdentity))").message("spec.apiKeySecretRef is required unless spec.type is openaiCompatible or vertexAI, or a workload identity (spec.bedrock.webIdentity, spec.bedrock.podIdentity, spec.azure.workloadIdentity) is set").field_path(".apiKeySecretRef"),
+    validation = Rule::new("!has(self.apiKeySecretRef) || !((has(self.bedrock) && (has(self.bedrock.webIdentity) || has(self.bedrock.podIdentity))) || (has(self.azure) && has(self.azure.workloadIdentity)))").message("set exactly one credential source: spec.apiKeySecretRef or a workload identity, not both").field_path(".apiKeySecretRef"),
+    validation = Rule::new("!(has(self.bedrock) && has(self.bedrock.webIdentity) && has(self.bedrock.podIdentity))").message("set one of spec.bedrock.webIdentity and spec.bedrock.podIdentity, not both").field_path(".bedrock"),
+    validation = Rule::new("self.type != 'vertexAI' || has(self.vertex)").message("spec.vertex (project and location) is required when spec.type is vertexAI").field_path(".vertex"),
+    validation = Rule::new("!has(self.vertex) || self.type == 'vertexAI'").message("spec.vertex is only allowed when spec.type is vertexAI").field_path(".vertex"),
     validation = Rule::new("self.type != 'bedrock' || has(self.endpoint) || has(self.bedrock)").message("spec.bedrock.region (or spec.endpoint) is required when spec.type is bedrock").field_path(".bedrock"),
     validation = Rule::new("!has(self.azure) || self.type == 'azureOpenAI'").message("spec.azure is only allowed when spec.type is azureOpenAI").field_path(".azure"),
     validation = Rule::new("!has(self.bedrock) || self.type == 'bedrock'").message("spec.bedrock is only allowed when spec.type is bedrock").field_path(".bedrock")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelProviderSpec {
-    /// API family the provider speaks: openai, anthropic, gemini, azureOpenAI, bedrock or
-    /// openaiCompatible (vLLM, Ollama, llama.cpp, TGI and other servers speaking the OpenAI API).
+    /// API family the provider speaks: openai, anthropic, gemini, azureOpenAI, bedrock,
+    /// vertexAI (Gemini models on Google Cloud Vertex AI) or openaiCompatible (vLLM, Ollama,
+    /// llama.cpp, TGI and other servers speaking the OpenAI API).
     #[serde(rename = "type")]
     pub kind: ProviderType,
 
     /// Base URL of the API, e.g. `https://api.openai.com/v1` or `http://vllm.models:8000/v1`.
     /// Defaults per type: openai `https://api.openai.com/v1`, anthropic `https://api.anthropic.com`,
     /// gemini `https://generativelanguage.googleapis.com`, bedrock
-    /// `https://bedrock-runtime.<region>.amazonaws.com`. Required for azureOpenAI (your resource's
+    /// `https://bedrock-runtime.<region>.amazonaws.com`, vertexAI
+    /// `https://<location>-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for
+    /// location `global`). Required for azureOpenAI (your resource's
     /// URL) and openaiCompatible. For openai and openaiCompatible include the version path (`/v1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
@@ -117,6 +126,12 @@ pub struct ModelProviderSpec {
     /// Settings only used when type is bedrock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bedrock: Option<BedrockSettings>,
+
+    /// Settings only used (and required) when type is vertexAI: the Google Cloud project and
+    /// location. Credentials: a service-account key JSON from `apiKeySecretRef`, or, without it,
+    /// the GKE metadata server (workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexSettings>,
 }
 
 /// API family of a ModelProvider.
@@ -138,6 +153,9 @@ pub enum ProviderType {
     Bedrock,
     #[allow(missing_docs)]
     OpenaiCompatible,
+    #[allow(missing_docs)]
+    #[serde(rename = "vertexAI")]
+    VertexAI,
 }
 
 impl From<ProviderType> for ProviderKind {
@@ -149,6 +167,7 @@ impl From<ProviderType> for ProviderKind {
             ProviderType::AzureOpenAI => Self::AzureOpenAI,
             ProviderType::Bedrock => Self::Bedrock,
             ProviderType::OpenaiCompatible => Self::OpenaiCompatible,
+            ProviderType::VertexAI => Self::VertexAI,
         }
     }
 }
@@ -342,6 +361,36 @@ pub struct AzureSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
     pub api_version: Option<String>,
+
+    /// Authenticate with Microsoft Entra ID workload identity instead of an `api-key`: the pod's
+    /// projected ServiceAccount token (audience `api://AzureADTokenExchange`) is exchanged at the
+    /// tenant's token endpoint for an access token, sent as `Authorization: Bearer`. Replaces
+    /// `apiKeySecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<AzureWorkloadIdentity>,
+}
+
+/// Entra ID workload identity: the app registration (or user-assigned managed identity) whose
+/// federated credential trusts the cluster's ServiceAccount tokens.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureWorkloadIdentity {
+    /// Application (client) ID of the app registration or managed identity.
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: String,
+    /// Directory (tenant) ID.
+    #[schemars(length(min = 1, max = 128))]
+    pub tenant_id: String,
+    /// Entra authority, e.g. `https://login.microsoftonline.com/` (the default, or the sidecar's
+    /// `AZURE_AUTHORITY_HOST`). Sovereign clouds have their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s?#]+$"), length(max = 2048))]
+    pub authority_host: Option<String>,
+    /// Path of the federated token file in the sidecar. Defaults to the token the injection
+    /// webhook mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub token_file: Option<String>,
 }
 
 /// Amazon Bedrock settings.
@@ -352,6 +401,79 @@ pub struct BedrockSettings {
     /// `https://bedrock-runtime.<region>.amazonaws.com`.
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
     pub region: String,
+
+    /// Sign with temporary credentials from STS `AssumeRoleWithWebIdentity` (IRSA): the pod's
+    /// projected ServiceAccount token (audience `sts.amazonaws.com`) is exchanged for the role's
+    /// credentials, cached and refreshed before they expire. Replaces `apiKeySecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<AwsWebIdentity>,
+
+    /// Sign with credentials from the EKS Pod Identity agent, fetched with the pod's projected
+    /// ServiceAccount token (audience `pods.eks.amazonaws.com`). Replaces `apiKeySecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_identity: Option<AwsPodIdentity>,
+}
+
+/// IRSA: the IAM role assumed with the pod's web identity token.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsWebIdentity {
+    /// ARN of the IAM role to assume, e.g. `arn:aws:iam::111122223333:role/gatehouse-bedrock`.
+    #[schemars(
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"),
+        length(max = 2048)
+    )]
+    pub role_arn: String,
+    /// Role session name (shows in CloudTrail). Defaults to `gatehouse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\w+=,.@-]{2,64}$"))]
+    pub session_name: Option<String>,
+    /// STS endpoint. Defaults to the regional one, `https://sts.<region>.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s?#]+$"), length(max = 2048))]
+    pub sts_endpoint: Option<String>,
+    /// Path of the web identity token file in the sidecar. Defaults to the token the injection
+    /// webhook mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub token_file: Option<String>,
+}
+
+/// EKS Pod Identity: credentials from the node's Pod Identity agent.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsPodIdentity {
+    /// The agent's credentials URL. Defaults to `http://169.254.170.23/v1/credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s?#]+$"), length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// Path of the authorization token file in the sidecar. Defaults to the token the injection
+    /// webhook mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub token_file: Option<String>,
+}
+
+/// Vertex AI settings.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VertexSettings {
+    /// Google Cloud project ID.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"))]
+    pub project: String,
+    /// Vertex AI location, e.g. `us-central1`, or `global`.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,63}$"))]
+    pub location: String,
+    /// Metadata server used for the access token when there is no service-account key. Defaults
+    /// to `http://metadata.google.internal` (or the sidecar's `GCE_METADATA_HOST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s?#]+$"), length(max = 2048))]
+    pub metadata_endpoint: Option<String>,
+    /// OAuth token endpoint for a service-account key. Defaults to the key's `token_uri`, then
+    /// `https://oauth2.googleapis.com/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s?#]+$"), length(max = 2048))]
+    pub token_endpoint: Option<String>,
 }
 
 /// Observed state of a ModelProvider, written by the Gatehouse operator.

@@ -13,6 +13,7 @@ use crate::config::{
     RetryConfig, RouteConfig, RuleConfig, RuleMatch as ConfigRuleMatch, SidecarConfig,
     TargetConfig, TimeoutConfig,
 };
+use crate::config::{IdentityConfig, VertexConfig};
 use crate::keys::{ProviderKeys, SecretData};
 use crate::provider::{
     ANTHROPIC_ENDPOINT, AZURE_DEFAULT_API_VERSION, GEMINI_ENDPOINT, ModelProviderSpec,
@@ -248,7 +249,66 @@ fn default_endpoint(spec: &ModelProviderSpec) -> Option<String> {
             .bedrock
             .as_ref()
             .map(|b| format!("https://bedrock-runtime.{}.amazonaws.com", b.region)),
+        ProviderType::VertexAI => spec.vertex.as_ref().map(|v| vertex_endpoint(&v.location)),
         ProviderType::AzureOpenAI | ProviderType::OpenaiCompatible => None,
+    }
+}
+
+/// Vertex AI's host for `location`: regional `<location>-aiplatform.googleapis.com`, or
+/// `aiplatform.googleapis.com` for the global location.
+pub fn vertex_endpoint(location: &str) -> String {
+    if location == crate::provider::VERTEX_GLOBAL {
+        "https://aiplatform.googleapis.com".to_string()
+    } else {
+        format!("https://{location}-aiplatform.googleapis.com")
+    }
+}
+
+/// The workload identity a provider's spec chooses instead of a static key, if any.
+fn identity(spec: &ModelProviderSpec) -> Option<IdentityConfig> {
+    match spec.kind {
+        ProviderType::Bedrock => {
+            let b = spec.bedrock.as_ref()?;
+            if let Some(w) = &b.web_identity {
+                return Some(IdentityConfig::AwsWebIdentity {
+                    role_arn: w.role_arn.clone(),
+                    session_name: w
+                        .session_name
+                        .clone()
+                        .unwrap_or_else(|| "gatehouse".to_string()),
+                    sts_endpoint: w.sts_endpoint.clone(),
+                    token_file: w.token_file.clone(),
+                });
+            }
+            b.pod_identity
+                .as_ref()
+                .map(|p| IdentityConfig::AwsPodIdentity {
+                    endpoint: p.endpoint.clone(),
+                    token_file: p.token_file.clone(),
+                })
+        }
+        ProviderType::AzureOpenAI => spec
+            .azure
+            .as_ref()
+            .and_then(|a| a.workload_identity.as_ref())
+            .map(|w| IdentityConfig::AzureWorkloadIdentity {
+                client_id: w.client_id.clone(),
+                tenant_id: w.tenant_id.clone(),
+                authority_host: w.authority_host.clone(),
+                token_file: w.token_file.clone(),
+            }),
+        ProviderType::VertexAI => {
+            let v = spec.vertex.as_ref()?;
+            Some(match spec.api_key_secret_ref {
+                Some(_) => IdentityConfig::GcpServiceAccountKey {
+                    token_endpoint: v.token_endpoint.clone(),
+                },
+                None => IdentityConfig::GcpMetadata {
+                    endpoint: v.metadata_endpoint.clone(),
+                },
+            })
+        }
+        _ => None,
     }
 }
 
@@ -266,6 +326,7 @@ fn render_provider(
             ProviderType::Bedrock => {
                 "spec.bedrock.region or spec.endpoint is required for type bedrock".to_string()
             }
+            ProviderType::VertexAI => "spec.vertex is required for type vertexAI".to_string(),
             _ => format!("spec.endpoint is required for type {type_name}"),
         };
         problems.push(kind, name, "InvalidSpec", message);
@@ -282,9 +343,43 @@ fn render_provider(
         return None;
     }
 
+    let identity = identity(spec);
+    // A static key and a workload identity of the same provider: the CRD's CEL refuses it, a
+    // manifest read from a file may still carry both.
+    if spec.api_key_secret_ref.is_some()
+        && identity
+            .as_ref()
+            .is_some_and(|i| !matches!(i, IdentityConfig::GcpServiceAccountKey { .. }))
+    {
+        problems.push(
+            kind,
+            name,
+            "InvalidSpec",
+            "set exactly one credential source: spec.apiKeySecretRef or a workload identity"
+                .to_string(),
+        );
+        return None;
+    }
+    if spec.kind == ProviderType::VertexAI && spec.vertex.is_none() {
+        problems.push(
+            kind,
+            name,
+            "InvalidSpec",
+            "spec.vertex is required for type vertexAI".to_string(),
+        );
+        return None;
+    }
     let key = match &spec.api_key_secret_ref {
-        Some(r) => Some(resolve_key(name, &r.name, &r.key, secrets, problems)?),
-        None if spec.kind == ProviderType::OpenaiCompatible => None,
+        // A Vertex service-account key is a (multi-line) JSON document, not a one-line key.
+        Some(r) => Some(resolve_key(
+            name,
+            &r.name,
+            &r.key,
+            secrets,
+            spec.kind == ProviderType::VertexAI,
+            problems,
+        )?),
+        None if spec.kind == ProviderType::OpenaiCompatible || identity.is_some() => None,
         None => {
             problems.push(
                 kind,
@@ -313,6 +408,11 @@ fn render_provider(
         models,
         api_version,
         region,
+        identity,
+        vertex: spec.vertex.as_ref().map(|v| VertexConfig {
+            project: v.project.clone(),
+            location: v.location.clone(),
+        }),
     };
     Some((cfg, key))
 }
@@ -323,6 +423,7 @@ fn resolve_key(
     secret: &str,
     key: &str,
     secrets: &SecretData,
+    multiline: bool,
     problems: &mut Problems,
 ) -> Option<String> {
     let kind = ObjectKind::ModelProvider;
@@ -357,6 +458,9 @@ fn resolve_key(
     if value.is_empty() {
         problems.push(kind, provider, "InvalidKey", invalid("is empty"));
         return None;
+    }
+    if multiline {
+        return Some(value.trim().to_string());
     }
     if value.trim() != value || value.contains(['\n', '\r']) {
         problems.push(

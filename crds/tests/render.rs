@@ -697,3 +697,78 @@ fn cache_block_renders_with_defaults_and_semantic() {
         )]
     );
 }
+
+#[test]
+fn workload_identities_render_without_a_key_secret() {
+    let providers = [
+        provider(
+            "aws",
+            json!({"type": "bedrock", "bedrock": {"region": "eu-west-1",
+                "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/r"}}}),
+        ),
+        provider(
+            "az",
+            json!({"type": "azureOpenAI", "endpoint": "https://x.openai.azure.com",
+                "azure": {"workloadIdentity": {"clientId": "c", "tenantId": "t"}}}),
+        ),
+        provider(
+            "vx",
+            json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "europe-west4"}}),
+        ),
+        provider(
+            "vg",
+            json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "global"},
+                "apiKeySecretRef": {"name": "sa", "key": "key.json"}}),
+        ),
+    ];
+    let s = secrets(&[("sa", "key.json", b"{\n  \"type\": \"service_account\"\n}\n")]);
+    let r = run(&providers, &[], &[], &s);
+    assert_eq!(r.problems, vec![]);
+    let aws = &r.config.providers["aws"];
+    assert_eq!(aws.key, None);
+    assert_eq!(
+        serde_json::to_value(&aws.identity).unwrap(),
+        json!({"source": "awsWebIdentity", "roleArn": "arn:aws:iam::123456789012:role/r", "sessionName": "gatehouse"})
+    );
+    assert_eq!(
+        serde_json::to_value(&r.config.providers["az"].identity).unwrap()["source"],
+        "azureWorkloadIdentity"
+    );
+    let vx = &r.config.providers["vx"];
+    assert_eq!(
+        vx.endpoint,
+        "https://europe-west4-aiplatform.googleapis.com"
+    );
+    assert_eq!(
+        serde_json::to_value(&vx.identity).unwrap(),
+        json!({"source": "gcpMetadata"})
+    );
+    // A service-account key is multi-line JSON: kept whole, exchanged by the sidecar.
+    let vg = &r.config.providers["vg"];
+    assert_eq!(vg.endpoint, "https://aiplatform.googleapis.com");
+    assert_eq!(
+        serde_json::to_value(&vg.identity).unwrap(),
+        json!({"source": "gcpServiceAccountKey"})
+    );
+    assert!(r.keys.get("vg").unwrap().contains("service_account"));
+}
+
+#[test]
+fn a_key_and_a_workload_identity_together_are_refused() {
+    let s = secrets(&[("k", "k", b"AKID:secret")]);
+    let p = provider(
+        "aws",
+        json!({"type": "bedrock", "apiKeySecretRef": {"name": "k", "key": "k"},
+            "bedrock": {"region": "us-east-1", "podIdentity": {}}}),
+    );
+    let r = run(&[p], &[], &[], &s);
+    assert_eq!(
+        reasons(&r),
+        vec![(ObjectKind::ModelProvider, "aws", "InvalidSpec")]
+    );
+    assert!(
+        r.problems[0]
+            .message
+            .contains("exactly one credential source")
+    );
+}

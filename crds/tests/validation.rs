@@ -323,6 +323,20 @@ fn valid_objects_are_accepted() {
         provider(
             json!({"type": "bedrock", "apiKeySecretRef": key_ref(), "bedrock": {"region": "us-east-1"}}),
         ),
+        // Workload identities instead of a key.
+        provider(
+            json!({"type": "bedrock", "bedrock": {"region": "us-east-1", "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/gatehouse", "sessionName": "checkout"}}}),
+        ),
+        provider(json!({"type": "bedrock", "bedrock": {"region": "eu-west-1", "podIdentity": {}}})),
+        provider(
+            json!({"type": "azureOpenAI", "endpoint": "https://acme.openai.azure.com", "azure": {"workloadIdentity": {"clientId": "c", "tenantId": "t"}}}),
+        ),
+        provider(
+            json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "global"}}),
+        ),
+        provider(
+            json!({"type": "vertexAI", "apiKeySecretRef": key_ref(), "vertex": {"project": "my-project", "location": "us-central1"}}),
+        ),
         // Prices as whole numbers or decimal strings (int-or-string), every rate, and models
         // listed without prices (the catalog prices them).
         provider(
@@ -427,6 +441,46 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
                 json!({"spec": {"cache": {"semantic": {"threshold": "0.9"}}}}),
             ),
             "embeddingRoute",
+        ),
+        (
+            "a key and a workload identity",
+            provider(
+                json!({"type": "bedrock", "apiKeySecretRef": key_ref(), "bedrock": {"region": "us-east-1", "podIdentity": {}}}),
+            ),
+            "exactly one credential source",
+        ),
+        (
+            "two workload identities",
+            provider(
+                json!({"type": "bedrock", "bedrock": {"region": "us-east-1", "podIdentity": {}, "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/r"}}}),
+            ),
+            "not both",
+        ),
+        (
+            "azure without key or identity",
+            provider(
+                json!({"type": "azureOpenAI", "endpoint": "https://acme.openai.azure.com", "azure": {}}),
+            ),
+            "spec.apiKeySecretRef is required",
+        ),
+        (
+            "vertexAI without project and location",
+            provider(json!({"type": "vertexAI"})),
+            "spec.vertex (project and location) is required",
+        ),
+        (
+            "a vertex block on gemini",
+            provider(
+                json!({"type": "gemini", "apiKeySecretRef": key_ref(), "vertex": {"project": "my-project", "location": "global"}}),
+            ),
+            "spec.vertex is only allowed",
+        ),
+        (
+            "a role ARN that is not one",
+            provider(
+                json!({"type": "bedrock", "bedrock": {"region": "us-east-1", "webIdentity": {"roleArn": "gatehouse"}}}),
+            ),
+            "roleArn",
         ),
         (
             "rule naming a target that does not exist",

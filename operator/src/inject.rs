@@ -68,6 +68,41 @@ pub const KUBE_API_VOLUME: &str = "gatehouse-kube-api";
 /// Projected volume with the ledger token and CA bundle.
 pub const LEDGER_VOLUME: &str = "gatehouse-ledger";
 const VOLUMES: [&str; 4] = [KEYS_VOLUME, POD_INFO_VOLUME, KUBE_API_VOLUME, LEDGER_VOLUME];
+/// Projected volume with the cloud workload-identity tokens (one ServiceAccount token per
+/// audience the namespace's ModelProviders need), mounted at
+/// [`gatehouse_crds::contract::CLOUD_TOKEN_DIR`] in the sidecar only. Added only when needed.
+pub const CLOUD_VOLUME: &str = "gatehouse-cloud-identity";
+
+/// The audiences of the projected ServiceAccount tokens the workload identities of `providers`
+/// need in the sidecar (`sts.amazonaws.com` for IRSA, `pods.eks.amazonaws.com` for EKS Pod
+/// Identity, `api://AzureADTokenExchange` for Entra workload identity). Empty when every provider
+/// uses a key (or the GCP metadata server, which needs no token).
+pub fn cloud_audiences<'a>(
+    providers: impl IntoIterator<Item = &'a gatehouse_crds::ModelProviderSpec>,
+) -> BTreeSet<&'static str> {
+    use gatehouse_crds::contract::{
+        AWS_POD_IDENTITY_AUDIENCE, AWS_WEB_IDENTITY_AUDIENCE, AZURE_AUDIENCE,
+    };
+    let mut out = BTreeSet::new();
+    for spec in providers {
+        if let Some(b) = &spec.bedrock {
+            if b.web_identity.is_some() {
+                out.insert(AWS_WEB_IDENTITY_AUDIENCE);
+            }
+            if b.pod_identity.is_some() {
+                out.insert(AWS_POD_IDENTITY_AUDIENCE);
+            }
+        }
+        if spec
+            .azure
+            .as_ref()
+            .is_some_and(|a| a.workload_identity.is_some())
+        {
+            out.insert(AZURE_AUDIENCE);
+        }
+    }
+    out
+}
 
 /// The base URLs app containers get, unless they set the variable themselves.
 pub fn base_urls(port: u16) -> [(&'static str, String); 2] {
@@ -314,8 +349,20 @@ pub struct Status {
     pub env: BTreeMap<String, Vec<String>>,
 }
 
-/// Decide what happens to `pod`, created in `namespace`.
+/// Decide what happens to `pod`, created in `namespace`, whose ModelProviders need no cloud
+/// identity token.
 pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
+    decide_with(pod, namespace, settings, &BTreeSet::new())
+}
+
+/// [`decide`] for a namespace whose ModelProviders need the projected tokens of `audiences`
+/// ([`cloud_audiences`]): a newly injected sidecar also gets them, in its container only.
+pub fn decide_with(
+    pod: &Pod,
+    namespace: &str,
+    settings: &Settings,
+    audiences: &BTreeSet<&'static str>,
+) -> Decision {
     if settings.excluded_namespaces.iter().any(|n| n == namespace) {
         return Decision::Unchanged(Unchanged::ExcludedNamespace);
     }
@@ -362,12 +409,9 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
                 },
             };
         }
-        if let Some(taken) = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| VOLUMES.contains(&v.name.as_str()))
-        {
+        if let Some(taken) = spec.volumes.iter().flatten().find(|v| {
+            VOLUMES.contains(&v.name.as_str()) || (!audiences.is_empty() && v.name == CLOUD_VOLUME)
+        }) {
             return Decision::Skip {
                 reason: "VolumeNameTaken",
                 message: format!(
@@ -394,7 +438,11 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
             sidecar: SIDECAR_NAME.into(),
             mode: settings.mode,
             image: settings.image.clone(),
-            volumes: VOLUMES.iter().map(|v| v.to_string()).collect(),
+            volumes: VOLUMES
+                .iter()
+                .map(|v| v.to_string())
+                .chain((!audiences.is_empty()).then(|| CLOUD_VOLUME.to_string()))
+                .collect(),
             env: BTreeMap::new(),
         }),
         // Injected by us before: record the new containers too.
@@ -420,12 +468,15 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     }
     Decision::Inject {
         mutation: Box::new(Mutation {
-            sidecar: (!injected).then(|| sidecar_container(settings)),
+            sidecar: (!injected)
+                .then(|| spec::with_cloud_identity(sidecar_container(settings), audiences)),
             mode: settings.mode,
             volumes: if injected {
                 Vec::new()
             } else {
-                sidecar_volumes()
+                let mut volumes = sidecar_volumes();
+                volumes.extend(spec::cloud_volume(audiences));
+                volumes
             },
             env,
             annotations,

@@ -149,7 +149,8 @@ impl Webhook {
             }
         };
         let namespace = request.namespace.clone().unwrap_or_default();
-        let decision = inject::decide(&pod, &namespace, &self.settings);
+        let audiences = self.cloud_audiences(&namespace).await;
+        let decision = inject::decide_with(&pod, &namespace, &self.settings, &audiences);
         self.metrics.admission(decision.metric_label());
         let who = pod_name(&pod, request);
         match decision {
@@ -256,6 +257,40 @@ impl Webhook {
 
     /// Make sure `namespace` has [`CA_CONFIG_MAP`] with the current bundle. Failures are logged:
     /// the sidecar's volume is optional, and a pod is never refused for this.
+    /// The cloud identity token audiences the namespace's ModelProviders need, read live (a pod
+    /// is admitted rarely; a stale cache would give a new pod the wrong tokens). When they cannot
+    /// be read in time, none: the sidecar then fails over past those providers and says why.
+    async fn cloud_audiences(&self, namespace: &str) -> std::collections::BTreeSet<&'static str> {
+        // An operator watching one namespace renders no config elsewhere, and may not list there.
+        if self
+            .scope
+            .as_deref()
+            .is_some_and(|scope| scope != namespace)
+        {
+            return Default::default();
+        }
+        let api = Api::<gatehouse_crds::ModelProvider>::namespaced(self.client.clone(), namespace);
+        match tokio::time::timeout(
+            CA_WRITE_TIMEOUT,
+            api.list(&kube::api::ListParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(list)) => inject::cloud_audiences(list.items.iter().map(|p| &p.spec)),
+            Ok(Err(e)) => {
+                tracing::warn!(namespace, error = %e, "failed to list ModelProviders; no cloud identity token injected");
+                Default::default()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    namespace,
+                    "timed out listing ModelProviders; no cloud identity token injected"
+                );
+                Default::default()
+            }
+        }
+    }
+
     async fn ensure_ca(&self, namespace: &str) {
         let Published { bundle, owner } = self.published.borrow().clone();
         let Some(bundle) = bundle else { return };

@@ -391,6 +391,10 @@ pub enum CredentialsError {
     /// The key is not in a form the provider type accepts (why, never the key).
     #[error("the provider's key cannot be used: {0}")]
     Unusable(String),
+    /// The workload identity's credentials could not be had (the token service is unreachable,
+    /// answered garbage, or the projected token is missing).
+    #[error("failed to get workload identity credentials: {0}")]
+    Identity(#[source] crate::providers::credentials::FetchError),
     /// Signing the request failed.
     #[error("failed to sign request: {0}")]
     Sign(#[source] Box<dyn std::error::Error + Send + Sync>),

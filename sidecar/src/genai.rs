@@ -16,6 +16,7 @@ pub fn provider_name(kind: ProviderKind) -> &'static str {
         ProviderKind::Gemini => "gcp.gemini",
         ProviderKind::AzureOpenAI => "azure.ai.openai",
         ProviderKind::Bedrock => "aws.bedrock",
+        ProviderKind::VertexAI => "gcp.vertex_ai",
         // Not in the registry: a self-hosted server speaking the OpenAI API.
         ProviderKind::OpenaiCompatible => "openai_compatible",
     }
@@ -39,6 +40,7 @@ mod tests {
         assert_eq!(provider_name(ProviderKind::Bedrock), "aws.bedrock");
         assert_eq!(provider_name(ProviderKind::AzureOpenAI), "azure.ai.openai");
         assert_eq!(provider_name(ProviderKind::Gemini), "gcp.gemini");
+        assert_eq!(provider_name(ProviderKind::VertexAI), "gcp.vertex_ai");
         assert_eq!(provider_name(ProviderKind::Openai), "openai");
         assert_eq!(provider_name(ProviderKind::Anthropic), "anthropic");
     }

@@ -19,10 +19,12 @@ pub mod azure;
 pub mod bedrock;
 pub mod chat;
 pub(crate) mod chat_body;
+pub mod credentials;
 pub mod failure;
 pub mod gemini;
 pub mod openai;
 pub mod structured;
+pub mod vertex;
 
 use std::time::Duration;
 
@@ -178,14 +180,16 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// Credentials from a (trimmed, non-empty) key.
     fn credentials(&self, key: &str) -> Credentials;
 
-    /// Authorize one request (its body already final). By default the credentials' header.
+    /// Authorize one request (its body already final) with `credentials` (the provider's key, or
+    /// what its workload identity currently holds). By default the credentials' header.
     fn authorize(
         &self,
-        provider: &Provider,
+        _provider: &Provider,
+        credentials: &Credentials,
         request: &mut http::Request<http_body_util::Full<Bytes>>,
         _body: &[u8],
     ) -> Result<(), CredentialsError> {
-        match &provider.credentials {
+        match credentials {
             Credentials::None | Credentials::Aws(_) => Ok(()),
             Credentials::Header(name, value) => {
                 request.headers_mut().insert(name.clone(), value.clone());
@@ -266,6 +270,7 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &gemini::Gemini,
         ProviderKind::Bedrock => &bedrock::Bedrock,
+        ProviderKind::VertexAI => &vertex::Vertex,
     }
 }
 

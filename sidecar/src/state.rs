@@ -74,6 +74,11 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Bedrock: the AWS region to sign for.
     pub region: Option<String>,
+    /// The workload identity whose short-lived credentials authorize requests in place of
+    /// `credentials` (`providers::credentials`), if configured.
+    pub identity: Option<Arc<providers::credentials::Source>>,
+    /// Vertex AI: the project and location in the URL.
+    pub vertex: Option<gatehouse_crds::config::VertexConfig>,
     /// Pricing by upstream model name.
     pub models: BTreeMap<String, Pricing>,
 }
@@ -257,8 +262,21 @@ impl Snapshot {
             }
             // A provider whose key file is missing is still built: the upstream answers 401 and the
             // client gets a clear "credentials rejected" error instead of the gateway guessing.
-            let credentials =
-                Credentials::for_key(p.kind, p.key.as_deref().and_then(|k| keys.get(k)));
+            let key = p.key.as_deref().and_then(|k| keys.get(k));
+            // With a workload identity the credentials come from its source; the key, if any
+            // (a Vertex service-account key), is what the source exchanges. A source that cannot
+            // be built (the key is not a service-account key yet) leaves the provider unusable
+            // with the reason, like an unusable key.
+            let (credentials, identity) = match providers::credentials::Source::for_provider(
+                name,
+                p,
+                key,
+                &providers::credentials::ProcessEnv,
+            ) {
+                Ok(None) => (Credentials::for_key(p.kind, key), None),
+                Ok(Some(source)) => (Credentials::None, Some(source)),
+                Err(reason) => (Credentials::Invalid(reason), None),
+            };
             let scrubber =
                 crate::scrub::Scrubber::for_credentials(&credentials).map_err(|source| {
                     SnapshotError::Scrubber {
@@ -279,6 +297,8 @@ impl Snapshot {
                     scrubber,
                     api_version: p.api_version.clone(),
                     region: p.region.clone(),
+                    identity,
+                    vertex: p.vertex.clone(),
                     models: p.models.clone(),
                 }),
             );
@@ -411,6 +431,8 @@ mod tests {
                     models: BTreeMap::new(),
                     api_version: None,
                     region: Some("us-east-1".to_string()),
+                    identity: None,
+                    vertex: None,
                 },
             );
             keys.insert(name, key);

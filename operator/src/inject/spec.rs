@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    CA_CONFIG_MAP, CA_KEY, KEYS_DIR, KEYS_VOLUME, KUBE_API_DIR, KUBE_API_VOLUME, LEDGER_AUDIENCE,
-    LEDGER_DIR, LEDGER_VOLUME, Mode, POD_INFO_DIR, POD_INFO_VOLUME, SIDECAR_NAME, Settings,
-    TOKEN_SECONDS,
+    CA_CONFIG_MAP, CA_KEY, CLOUD_VOLUME, KEYS_DIR, KEYS_VOLUME, KUBE_API_DIR, KUBE_API_VOLUME,
+    LEDGER_AUDIENCE, LEDGER_DIR, LEDGER_VOLUME, Mode, POD_INFO_DIR, POD_INFO_VOLUME, SIDECAR_NAME,
+    Settings, TOKEN_SECONDS,
 };
 use gatehouse_crds::contract::KEYS_NAME;
 
@@ -237,4 +237,61 @@ pub fn sidecar_volumes() -> Vec<Volume> {
             ],
         ),
     ]
+}
+
+/// `sidecar` with the cloud identity tokens of `audiences` mounted and the variables each cloud's
+/// credential code reads pointing at them (unchanged when `audiences` is empty).
+pub fn with_cloud_identity(
+    mut sidecar: Container,
+    audiences: &std::collections::BTreeSet<&'static str>,
+) -> Container {
+    use gatehouse_crds::contract::{
+        AWS_POD_IDENTITY_AUDIENCE, AWS_WEB_IDENTITY_AUDIENCE, AZURE_AUDIENCE, CLOUD_TOKEN_DIR,
+        cloud_token_file,
+    };
+    if audiences.is_empty() {
+        return sidecar;
+    }
+    let vars = sidecar.env.get_or_insert_with(Vec::new);
+    for audience in audiences {
+        let file = format!("{CLOUD_TOKEN_DIR}/{}", cloud_token_file(audience));
+        match *audience {
+            AWS_WEB_IDENTITY_AUDIENCE => {
+                vars.push(env("AWS_WEB_IDENTITY_TOKEN_FILE", file));
+                vars.push(env("AWS_STS_REGIONAL_ENDPOINTS", "regional"));
+            }
+            AWS_POD_IDENTITY_AUDIENCE => {
+                vars.push(env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", file));
+            }
+            AZURE_AUDIENCE => vars.push(env("AZURE_FEDERATED_TOKEN_FILE", file)),
+            _ => {}
+        }
+    }
+    sidecar
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(mount(CLOUD_VOLUME, CLOUD_TOKEN_DIR));
+    sidecar
+}
+
+/// The projected volume with one ServiceAccount token per audience, if any is needed.
+pub fn cloud_volume(audiences: &std::collections::BTreeSet<&'static str>) -> Option<Volume> {
+    use gatehouse_crds::contract::cloud_token_file;
+    if audiences.is_empty() {
+        return None;
+    }
+    Some(projected(
+        CLOUD_VOLUME,
+        audiences
+            .iter()
+            .map(|audience| VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some((*audience).to_string()),
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    path: cloud_token_file(audience).to_string(),
+                }),
+                ..VolumeProjection::default()
+            })
+            .collect(),
+    ))
 }

@@ -393,3 +393,137 @@ fn the_cache_redis_address_reaches_the_sidecar_only_when_set() {
         assert!(env_of(app, "GATEHOUSE_CACHE_REDIS_ADDR").is_none());
     }
 }
+
+fn providers(specs: serde_json::Value) -> Vec<gatehouse_crds::ModelProviderSpec> {
+    serde_json::from_value(specs).unwrap()
+}
+
+#[test]
+fn cloud_identities_need_the_audiences_of_their_token_exchanges() {
+    let specs = providers(json!([
+        {"type": "bedrock", "bedrock": {"region": "us-east-1", "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/r"}}},
+        {"type": "bedrock", "bedrock": {"region": "us-east-1", "podIdentity": {}}},
+        {"type": "azureOpenAI", "endpoint": "https://x.openai.azure.com", "azure": {"workloadIdentity": {"clientId": "c", "tenantId": "t"}}},
+        {"type": "vertexAI", "vertex": {"project": "my-project", "location": "us-central1"}},
+        {"type": "openai", "apiKeySecretRef": {"name": "k", "key": "k"}},
+    ]));
+    let audiences = cloud_audiences(&specs);
+    assert_eq!(
+        audiences.into_iter().collect::<Vec<_>>(),
+        vec![
+            "api://AzureADTokenExchange",
+            "pods.eks.amazonaws.com",
+            "sts.amazonaws.com"
+        ]
+    );
+    // Keys and the GCP metadata server need no projected token.
+    assert!(cloud_audiences(&specs[3..]).is_empty());
+}
+
+#[test]
+fn cloud_identity_tokens_go_to_the_sidecar_only() {
+    let audiences: BTreeSet<&'static str> = ["sts.amazonaws.com", "api://AzureADTokenExchange"]
+        .into_iter()
+        .collect();
+    for mode in [Mode::Native, Mode::Container] {
+        let pod = app_pod();
+        let (out, mutation, _) = match decide_with(&pod, "team-a", &settings(mode), &audiences) {
+            Decision::Inject { mutation, warnings } => (mutation.apply(&pod), *mutation, warnings),
+            other => panic!("expected injection, got {other:?}"),
+        };
+        let spec = out.spec.as_ref().unwrap();
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == CLOUD_VOLUME)
+            .expect("the cloud identity volume");
+        let tokens: Vec<(String, String)> = volume
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .iter()
+            .flatten()
+            .map(|s| {
+                let t = s.service_account_token.as_ref().unwrap();
+                (t.audience.clone().unwrap(), t.path.clone())
+            })
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![
+                (
+                    "api://AzureADTokenExchange".to_string(),
+                    "azure-identity-token".to_string()
+                ),
+                (
+                    "sts.amazonaws.com".to_string(),
+                    "aws-web-identity-token".to_string()
+                ),
+            ]
+        );
+        let sidecar = mutation.sidecar.as_ref().unwrap();
+        assert!(
+            sidecar
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == CLOUD_VOLUME
+                    && m.mount_path == gatehouse_crds::contract::CLOUD_TOKEN_DIR)
+        );
+        assert_eq!(
+            env_of(sidecar, "AWS_WEB_IDENTITY_TOKEN_FILE").and_then(|e| e.value.as_deref()),
+            Some("/var/run/secrets/gatehouse.dev/cloud/aws-web-identity-token")
+        );
+        assert_eq!(
+            env_of(sidecar, "AZURE_FEDERATED_TOKEN_FILE").and_then(|e| e.value.as_deref()),
+            Some("/var/run/secrets/gatehouse.dev/cloud/azure-identity-token")
+        );
+        assert_eq!(
+            env_of(sidecar, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            None
+        );
+        // No app container mounts it or is told where it is.
+        for c in &spec.containers {
+            if c.name == SIDECAR_NAME {
+                continue;
+            }
+            assert!(
+                !c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == CLOUD_VOLUME),
+                "{}",
+                c.name
+            );
+            for var in [
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            ] {
+                assert_eq!(env_of(c, var), None, "{}", c.name);
+            }
+        }
+        let status: Status =
+            serde_json::from_str(&mutation.annotations[STATUS_ANNOTATION]).unwrap();
+        assert!(status.volumes.contains(&CLOUD_VOLUME.to_string()));
+    }
+    // Without a cloud identity nothing of it is added.
+    let (out, mutation, _) = inject(&app_pod(), Mode::Native);
+    assert!(
+        !out.spec
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == CLOUD_VOLUME)
+    );
+    assert_eq!(
+        env_of(
+            mutation.sidecar.as_ref().unwrap(),
+            "AWS_WEB_IDENTITY_TOKEN_FILE"
+        ),
+        None
+    );
+}

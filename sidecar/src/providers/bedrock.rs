@@ -130,10 +130,11 @@ impl Adapter for Bedrock {
     fn authorize(
         &self,
         provider: &Provider,
+        credentials: &Credentials,
         request: &mut http::Request<http_body_util::Full<Bytes>>,
         body: &[u8],
     ) -> Result<(), CredentialsError> {
-        match &provider.credentials {
+        match credentials {
             Credentials::Aws(credentials) => sign(provider, credentials, request, body),
             Credentials::Invalid(reason) => Err(CredentialsError::Unusable(reason.clone())),
             Credentials::None | Credentials::Header(..) => Ok(()),

@@ -30,7 +30,7 @@ use crate::dialect::{Inbound, Operation};
 use crate::error::{AuthFailure, DecodeError, TranslateError};
 use crate::state::{Credentials, Provider};
 
-/// The adapter of `gemini` providers.
+/// The adapter of `gemini` providers (and, through [`super::vertex`], of `vertexAI` ones).
 #[derive(Debug)]
 pub struct Gemini;
 
@@ -105,13 +105,25 @@ impl Adapter for Gemini {
     }
 }
 
+/// The model's URL for `method`: the Gemini API's, or Vertex AI's
+/// (`{base}/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}`)
+/// for a vertexAI provider.
 pub(super) fn uri(provider: &Provider, model: &str, method: &str) -> Result<Uri, TranslateError> {
     let model = model.strip_prefix("models/").unwrap_or(model);
-    format!(
-        "{}/v1beta/models/{}:{method}",
-        provider.base,
-        path_segment(model)
-    )
+    match &provider.vertex {
+        None => format!(
+            "{}/v1beta/models/{}:{method}",
+            provider.base,
+            path_segment(model)
+        ),
+        Some(v) => format!(
+            "{}/v1/projects/{}/locations/{}/publishers/google/models/{}:{method}",
+            provider.base,
+            path_segment(&v.project),
+            path_segment(&v.location),
+            path_segment(model)
+        ),
+    }
     .parse()
     .map_err(|source| TranslateError::Url {
         what: format!("model '{model}'"),

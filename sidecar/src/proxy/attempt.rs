@@ -17,7 +17,7 @@ use super::{Answer, Settings};
 use crate::body::{FirstEvent, FirstEventScan};
 use crate::error::{AttemptError, DecodeError, ProxyError, Refusal, StatusClass, TransportError};
 use crate::limits::ResponseBudget;
-use crate::providers::{Outgoing, Reply, Translate, failure};
+use crate::providers::{Outgoing, Reply, Translate, credentials, failure};
 use crate::request::Request as Inbound;
 use crate::routing::AttemptPlan;
 use crate::routing::health::{Admit, Outcome, RouteHealth};
@@ -300,9 +300,10 @@ async fn send(
         .body(Full::new(body.clone()))
         .map_err(TransportError::Build)?;
     adapter.extra_headers(inbound.anthropic_beta.as_ref(), request.headers_mut());
-    adapter.authorize(provider, &mut request, &body)?;
+    let auth = credentials::authorization(provider).await?;
+    adapter.authorize(provider, auth.credentials(), &mut request, &body)?;
     // A SigV4 signature is a secret of this request only.
-    let scrub = provider.scrubber.for_request(request.headers());
+    let scrub = auth.scrubber().for_request(request.headers());
     let response = client
         .request(request)
         .await

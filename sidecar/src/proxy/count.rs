@@ -187,7 +187,10 @@ async fn count(
                 v.get("inputTokens").and_then(Value::as_u64)
             })
         }
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenAI => {
+        ProviderKind::Openai
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::AzureOpenAI
+        | ProviderKind::VertexAI => {
             let openai = translated(model)?;
             let tokens = estimate(&openai);
             return Ok(Counted {
@@ -245,8 +248,9 @@ async fn call(
         .body(Full::new(body.clone()))
         .map_err(TransportError::Build)?;
     adapter.extra_headers(request.anthropic_beta.as_ref(), upstream.headers_mut());
-    adapter.authorize(provider, &mut upstream, &body)?;
-    let scrub = provider.scrubber.for_request(upstream.headers());
+    let auth = crate::providers::credentials::authorization(provider).await?;
+    adapter.authorize(provider, auth.credentials(), &mut upstream, &body)?;
+    let scrub = auth.scrubber().for_request(upstream.headers());
     let response = client
         .request(upstream)
         .await

@@ -1383,3 +1383,154 @@ async fn helm_install_upgrade_and_uninstall_leave_nothing_behind() -> Result<()>
     ));
     Ok(())
 }
+
+/// A namespace whose ModelProviders use workload identities: the API server accepts them without
+/// a key Secret (and refuses a key plus an identity), and a new pod's sidecar, alone, gets the
+/// projected ServiceAccount tokens of the right audiences and the env pointing at them.
+#[tokio::test]
+async fn cloud_identity_tokens_are_mounted_into_the_sidecar_only() -> Result<()> {
+    let _alone = one_at_a_time().lock().await;
+    let cp = ControlPlane::shared()?;
+    let admin = cp.admin_client().await?;
+    let release = Release::install(cp, "gatehouse-cloudid", &[]).await?;
+    let on = namespace(cp, "cloudid", true).await?;
+    let providers = Api::<gatehouse_crds::ModelProvider>::namespaced(admin.clone(), &on);
+    for (name, spec) in [
+        (
+            "bedrock-irsa",
+            json!({"type": "bedrock", "bedrock": {"region": "us-east-1",
+                "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/gatehouse-bedrock"}}}),
+        ),
+        (
+            "azure-wi",
+            json!({"type": "azureOpenAI", "endpoint": "https://res.openai.azure.com",
+                "azure": {"workloadIdentity": {"clientId": "11111111-2222-3333-4444-555555555555",
+                                                "tenantId": "99999999-8888-7777-6666-000000000000"}}}),
+        ),
+        (
+            "vertex",
+            json!({"type": "vertexAI", "vertex": {"project": "my-project", "location": "global"}}),
+        ),
+    ] {
+        providers
+            .create(&PostParams::default(), &provider_object(name, spec)?)
+            .await
+            .with_context(|| format!("create ModelProvider {name}"))?;
+    }
+    // A key and an identity at once: refused by the CRD's rules.
+    let both = providers
+        .create(
+            &PostParams::default(),
+            &provider_object(
+                "both",
+                json!({"type": "bedrock", "apiKeySecretRef": {"name": "k", "key": "k"},
+                    "bedrock": {"region": "us-east-1", "podIdentity": {}}}),
+            )?,
+        )
+        .await;
+    ensure!(
+        both.as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("exactly one credential source")),
+        "{both:?}"
+    );
+    let operator = release.operator("cloudid", &[]).await?;
+    release.route_to(&[&operator]).await?;
+    release.wait_serving(&on).await?;
+    let pod = create(&admin, &on, app_pod("cloud-app", &[])).await?;
+    ensure!(is_injected(&pod), "not injected");
+    let spec = pod.spec.as_ref().context("no spec")?;
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "gatehouse-cloud-identity")
+        .context("no cloud identity volume")?;
+    let mut audiences: Vec<(String, String, Option<i64>)> = volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| s.service_account_token)
+        .map(|t| (t.audience.unwrap_or_default(), t.path, t.expiration_seconds))
+        .collect();
+    audiences.sort();
+    ensure!(
+        audiences
+            == vec![
+                (
+                    "api://AzureADTokenExchange".to_string(),
+                    "azure-identity-token".to_string(),
+                    Some(3600)
+                ),
+                (
+                    "sts.amazonaws.com".to_string(),
+                    "aws-web-identity-token".to_string(),
+                    Some(3600)
+                ),
+            ],
+        "{audiences:?}"
+    );
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
+    let mut sidecars = 0;
+    for c in all {
+        let mounts = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "gatehouse-cloud-identity");
+        let env = |name: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        if c.name == "gatehouse" {
+            sidecars += 1;
+            ensure!(mounts, "the sidecar does not mount the tokens");
+            ensure!(
+                env("AWS_WEB_IDENTITY_TOKEN_FILE").as_deref()
+                    == Some("/var/run/secrets/gatehouse.dev/cloud/aws-web-identity-token"),
+                "{c:?}"
+            );
+            ensure!(
+                env("AZURE_FEDERATED_TOKEN_FILE").as_deref()
+                    == Some("/var/run/secrets/gatehouse.dev/cloud/azure-identity-token"),
+                "{c:?}"
+            );
+        } else {
+            ensure!(!mounts, "container {} mounts the cloud tokens", c.name);
+            for var in ["AWS_WEB_IDENTITY_TOKEN_FILE", "AZURE_FEDERATED_TOKEN_FILE"] {
+                ensure!(env(var).is_none(), "container {} has {var}", c.name);
+            }
+        }
+    }
+    ensure!(sidecars == 1, "{sidecars} sidecars");
+    // A namespace without such providers gets no cloud token.
+    let plain = namespace(cp, "cloudid-plain", true).await?;
+    release.wait_serving(&plain).await?;
+    let pod = create(&admin, &plain, app_pod("plain-app", &[])).await?;
+    ensure!(is_injected(&pod));
+    ensure!(
+        !pod.spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(|v| v.name == "gatehouse-cloud-identity"),
+        "a namespace without cloud identities got the tokens"
+    );
+    operator.assert_never_forbidden()?;
+    Ok(())
+}
+
+fn provider_object(name: &str, spec: Value) -> Result<gatehouse_crds::ModelProvider> {
+    Ok(gatehouse_crds::ModelProvider::new(
+        name,
+        serde_json::from_value(spec).with_context(|| format!("spec of {name}"))?,
+    ))
+}

@@ -11,7 +11,8 @@ pub enum Flavor {
     AzureOpenAi,
     /// Anthropic Messages: `/v1/messages`.
     Anthropic,
-    /// Gemini: `/v1beta/models/{model}:{method}`.
+    /// Gemini: `/v1beta/models/{model}:{method}`, and Vertex AI's
+    /// `/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}`.
     Gemini,
     /// Bedrock runtime: `/model/{modelId}/converse[-stream]` and `/invoke`.
     Bedrock,
@@ -25,6 +26,7 @@ impl Flavor {
             Flavor::Anthropic
         } else if path.starts_with("/v1beta/")
             || (path.starts_with("/v1/models/") && path.contains(':'))
+            || (path.starts_with("/v1/projects/") && path.contains("/publishers/google/models/"))
         {
             Flavor::Gemini
         } else if path.starts_with("/openai/") {

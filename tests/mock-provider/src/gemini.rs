@@ -292,7 +292,13 @@ pub(crate) fn handle(
 ) -> Response<Body> {
     let rest = path
         .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"));
+        .or_else(|| path.strip_prefix("/v1/models/"))
+        .or_else(|| {
+            // Vertex AI: /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:{method}
+            let rest = path.strip_prefix("/v1/projects/")?;
+            let at = rest.find("/publishers/google/models/")?;
+            Some(&rest[at + "/publishers/google/models/".len()..])
+        });
     let Some((model, operation)) = rest.and_then(|r| r.rsplit_once(':')) else {
         return error(404, None, Some(&format!("Not found: {path}")), None);
     };

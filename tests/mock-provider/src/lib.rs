@@ -27,6 +27,7 @@ mod body;
 mod control;
 mod flavor;
 mod gemini;
+pub mod identity;
 mod log;
 pub mod openai;
 mod server;
@@ -71,13 +72,26 @@ pub enum Error {
 }
 
 /// Configures a [`MockProvider`] before it starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MockProviderBuilder {
     api_key: Option<String>,
     record: bool,
     default: Behaviour,
     models: Vec<String>,
     aws: Option<AwsCredentials>,
+    credential_check: Option<identity::CredentialCheck>,
+}
+
+impl std::fmt::Debug for MockProviderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockProviderBuilder")
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("record", &self.record)
+            .field("models", &self.models)
+            .field("aws", &self.aws.is_some())
+            .field("credential_check", &self.credential_check.is_some())
+            .finish()
+    }
 }
 
 impl Default for MockProviderBuilder {
@@ -88,6 +102,7 @@ impl Default for MockProviderBuilder {
             default: Behaviour::default(),
             models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
             aws: None,
+            credential_check: None,
         }
     }
 }
@@ -121,6 +136,13 @@ impl MockProviderBuilder {
         if let Some(aws) = &mut self.aws {
             aws.region = Some(region.into());
         }
+        self
+    }
+
+    /// Check every API request's credentials with `check` (an `Err` is the flavour's 401/403),
+    /// in place of the key checks: see [`identity::MockIdentity::credential_check`].
+    pub fn credential_check(mut self, check: identity::CredentialCheck) -> Self {
+        self.credential_check = Some(check);
         self
     }
 
@@ -160,6 +182,7 @@ impl MockProviderBuilder {
                 record: self.record,
                 models: self.models,
                 aws: self.aws,
+                credential_check: self.credential_check.map(server::Check),
             },
             behaviours: Behaviours::new(self.default),
             log: log::RequestLog::default(),

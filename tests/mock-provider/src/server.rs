@@ -44,6 +44,17 @@ pub(crate) struct Config {
     pub(crate) record: bool,
     pub(crate) models: Vec<String>,
     pub(crate) aws: Option<bedrock::AwsCredentials>,
+    pub(crate) credential_check: Option<Check>,
+}
+
+/// A [`crate::identity::CredentialCheck`] with a `Debug` of its own.
+#[derive(Clone)]
+pub(crate) struct Check(pub(crate) crate::identity::CredentialCheck);
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialCheck")
+    }
 }
 
 /// The default behaviour and the queue of one-shot behaviours.
@@ -238,6 +249,21 @@ fn api_response(
 ) -> Response<Body> {
     let flavor = Flavor::of_path(parts.uri.path());
     let key = shared.config.api_key.as_deref();
+    if let Some(Check(check)) = &shared.config.credential_check
+        && let Err(why) = check(flavor, &parts.headers)
+    {
+        // The refusal each provider gives credentials it does not (or no longer) accept.
+        return match flavor {
+            Flavor::Bedrock => bedrock::error(403, Some("ExpiredTokenException"), Some(&why)),
+            Flavor::Gemini => gemini::error(401, Some("UNAUTHENTICATED"), Some(&why), None),
+            _ => openai::json_response(
+                StatusCode::UNAUTHORIZED,
+                Bytes::from(
+                    serde_json::json!({"error": {"code": "401", "message": why}}).to_string(),
+                ),
+            ),
+        };
+    }
     let rejected = match flavor {
         Flavor::OpenAi => openai_authenticate(key, &parts.headers),
         Flavor::Anthropic => anthropic::authenticate(key, &parts.headers),
