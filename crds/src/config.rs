@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod egress;
 mod guardrails;
+pub use egress::{HeaderConfig, ProxyConfig, TlsConfig};
 pub use guardrails::{
     AuditConfig, CustomDetectorConfig, RateLimitConfig, RateLimitScopeConfig, RedactActionConfig,
     RedactConfig,
@@ -105,6 +107,15 @@ pub struct ProviderConfig {
     /// Bedrock only: the AWS region (for request signing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// TLS settings (`spec.tls`); `None`: the public roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Proxy settings (`spec.proxy`); `None`: the environment's proxy, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+    /// Extra request headers (`spec.headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderConfig>,
 }
 
 /// Prices in USD per million tokens. Unset optional rates fall back as documented on each field,

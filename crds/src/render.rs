@@ -21,8 +21,10 @@ use crate::provider::{
 use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
 
+mod egress;
 mod guardrails;
 mod pricing;
+pub use egress::entry as egress_entry;
 pub use guardrails::INVALID_REDACTION;
 use pricing::price_models;
 
@@ -80,6 +82,9 @@ pub struct Rendered {
     /// a valid override nor a catalog entry; sorted, empty when all are priced. Not a problem:
     /// such models are still served, with their cost reported as unknown.
     pub unpriced: BTreeMap<String, Vec<String>>,
+    /// Usable ModelProviders with `spec.tls.insecureSkipVerifyDangerous: true`: served, and
+    /// called out (a `TLSVerified=False` condition and a Warning event).
+    pub insecure_tls: BTreeSet<String>,
 }
 
 /// Why a duration string could not be parsed.
@@ -170,6 +175,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         }
     }
     let mut unpriced = BTreeMap::new();
+    let mut insecure_tls = BTreeSet::new();
     for (name, provider) in &providers {
         let mut used: BTreeSet<&str> = provider
             .spec
@@ -185,13 +191,27 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
             // provider out until the spec is fixed.
             continue;
         }
-        if let Some((cfg, key)) = render_provider(
+        if let Some((mut cfg, key)) = render_provider(
             name,
             &provider.spec,
             prices.models,
             inputs.secrets,
             &mut problems,
         ) {
+            // TLS, proxy, headers: their problems leave the provider out, like a missing key.
+            let Some(egress) = egress::render(name, &provider.spec, inputs.secrets, &mut problems)
+            else {
+                continue;
+            };
+            if egress.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                insecure_tls.insert(name.clone());
+            }
+            cfg.tls = egress.tls;
+            cfg.proxy = egress.proxy;
+            cfg.headers = egress.headers;
+            for (entry, value) in egress.keys {
+                keys.insert(entry, value);
+            }
             if let Some(key) = key {
                 keys.insert(name.as_str(), key);
             }
@@ -233,6 +253,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         keys,
         problems,
         unpriced,
+        insecure_tls,
     }
 }
 
@@ -310,6 +331,9 @@ fn render_provider(
         models,
         api_version,
         region,
+        tls: None,
+        proxy: None,
+        headers: Vec::new(),
     };
     Some((cfg, key))
 }

@@ -76,6 +76,8 @@ pub struct Provider {
     pub region: Option<String>,
     /// Pricing by upstream model name.
     pub models: BTreeMap<String, Pricing>,
+    /// How the provider is reached: its client (`spec.tls`, `spec.proxy`) and extra headers.
+    pub egress: crate::upstream::ProviderEgress,
 }
 
 /// How a provider's requests are authorized. `Debug` prints `[redacted]` in place of every
@@ -228,8 +230,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build from a rendered config and the provider keys (by key name).
+    /// Build from a rendered config and the provider keys (by key name), with the clients of
+    /// a default [`crate::upstream::Egress`] (no proxy environment).
     pub fn build(config: SidecarConfig, keys: &ProviderKeys) -> Result<Self, SnapshotError> {
+        static DEFAULT: std::sync::OnceLock<crate::upstream::Egress> = std::sync::OnceLock::new();
+        Self::build_with(config, keys, DEFAULT.get_or_init(Default::default))
+    }
+
+    /// Build from a rendered config and the provider keys (by key name); providers with TLS or
+    /// proxy settings get their clients from `egress`.
+    pub fn build_with(
+        config: SidecarConfig,
+        keys: &ProviderKeys,
+        egress: &crate::upstream::Egress,
+    ) -> Result<Self, SnapshotError> {
+        let mut used_clients = Vec::new();
         if config.api_version != gatehouse_crds::config::CONFIG_API_VERSION {
             return Err(SnapshotError::Version(config.api_version.clone()));
         }
@@ -280,6 +295,7 @@ impl Snapshot {
                     api_version: p.api_version.clone(),
                     region: p.region.clone(),
                     models: p.models.clone(),
+                    egress: egress.for_provider(name, p, keys, &mut used_clients),
                 }),
             );
         }
@@ -338,6 +354,15 @@ impl Snapshot {
             .collect();
         rule_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         rule_headers.dedup();
+        for (name, p) in &config.providers {
+            if p.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                tracing::warn!(
+                    provider = %name,
+                    "TLS verification is OFF for this provider (spec.tls.insecureSkipVerifyDangerous): anyone on the path can read and change its traffic and key"
+                );
+            }
+        }
+        egress.retain(&used_clients);
         Ok(Self {
             config,
             aliases,
@@ -355,9 +380,24 @@ pub struct Store {
     current: ArcSwapOption<Snapshot>,
     /// The targets' health, kept across snapshots.
     health: Arc<crate::routing::health::Health>,
+    /// The upstream clients snapshots are built with.
+    egress: Arc<crate::upstream::Egress>,
 }
 
 impl Store {
+    /// An empty store whose snapshots use `egress`'s clients.
+    pub fn with_egress(egress: Arc<crate::upstream::Egress>) -> Self {
+        Self {
+            egress,
+            ..Self::default()
+        }
+    }
+
+    /// The upstream clients.
+    pub fn egress(&self) -> &Arc<crate::upstream::Egress> {
+        &self.egress
+    }
+
     /// The current snapshot, if one has been loaded.
     pub fn load(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
@@ -411,6 +451,9 @@ mod tests {
                     models: BTreeMap::new(),
                     api_version: None,
                     region: Some("us-east-1".to_string()),
+                    tls: None,
+                    proxy: None,
+                    headers: Vec::new(),
                 },
             );
             keys.insert(name, key);

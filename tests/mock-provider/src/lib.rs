@@ -30,6 +30,7 @@ mod gemini;
 mod log;
 pub mod openai;
 mod server;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::{Arc, Mutex};
