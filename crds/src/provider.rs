@@ -436,6 +436,9 @@ pub struct ModelProviderStatus {
     /// `Priced` is True (reason `AllModelsPriced`) when every model the provider is used with has
     /// a price, from `spec.models[].pricing` or the built-in catalog; otherwise False with reason
     /// `UnpricedModels` and a message naming them (their cost is reported as unknown).
+    /// `TLSVerified` is False (reason `VerificationDisabled`) while
+    /// `spec.tls.insecureSkipVerifyDangerous` is set; TLS, proxy and header material that cannot
+    /// be used makes `Ready` False (e.g. `ConfigMapNotFound`, `InvalidCertificate`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
