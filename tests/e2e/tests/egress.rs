@@ -29,7 +29,10 @@ fn indent(text: &str, by: usize) -> String {
     text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
-async fn keys(client: &Client, ns: &str) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+async fn keys(
+    client: &Client,
+    ns: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>> {
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt("gatehouse-keys")
         .await?;
@@ -66,7 +69,9 @@ async fn egress_settings_are_validated_rendered_and_called_out() -> Result<()> {
     ensure!(!out.success, "accepted: {}", out.stdout);
     ensure!(
         out.stderr.contains("set by Gatehouse itself")
-            && out.stderr.contains("exactly one of secretRef and configMapRef"),
+            && out
+                .stderr
+                .contains("exactly one of secretRef and configMapRef"),
         "{}",
         out.stderr
     );
@@ -170,15 +175,19 @@ spec:
     // The ConfigMap appears: the operator (watching referenced ConfigMaps) renders everything.
     cp.kubectl_stdin(["apply", "-f", "-"], &objects(&first_ca, true))?
         .ok("kubectl apply")?;
-    let rendered = eventually("corp's material in the keys Secret", Duration::from_secs(60), || {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            Ok(keys(&client, &ns)
-                .await?
-                .filter(|k| k.contains_key("corp_tls-ca")))
-        }
-    })
+    let rendered = eventually(
+        "corp's material in the keys Secret",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                Ok(keys(&client, &ns)
+                    .await?
+                    .filter(|k| k.contains_key("corp_tls-ca")))
+            }
+        },
+    )
     .await?;
     ensure!(rendered["corp_tls-ca"] == first_ca.trim());
     ensure!(rendered["corp_proxy-auth"] == "gatehouse:pr0xy-pw");
@@ -196,20 +205,32 @@ spec:
     let second_ca = ca_pem()?;
     cp.kubectl_stdin(["apply", "-f", "-"], &objects(&second_ca, true))?
         .ok("kubectl apply")?;
-    eventually("the rotated CA in the keys Secret", Duration::from_secs(60), || {
-        let client = client.clone();
-        let ns = ns.clone();
-        let second = second_ca.trim().to_string();
-        async move {
-            Ok(keys(&client, &ns)
-                .await?
-                .filter(|k| k.get("corp_tls-ca") == Some(&second)))
-        }
-    })
+    eventually(
+        "the rotated CA in the keys Secret",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            let second = second_ca.trim().to_string();
+            async move {
+                Ok(keys(&client, &ns)
+                    .await?
+                    .filter(|k| k.get("corp_tls-ca") == Some(&second)))
+            }
+        },
+    )
     .await?;
 
     // The rendered config names entries, never material.
-    let config = cp.kubectl_ok(["get", "configmap", "gatehouse-config", "-n", &ns, "-o", "yaml"])?;
+    let config = cp.kubectl_ok([
+        "get",
+        "configmap",
+        "gatehouse-config",
+        "-n",
+        &ns,
+        "-o",
+        "yaml",
+    ])?;
     ensure!(config.contains("corp_tls-ca") && config.contains("insecureSkipVerify"));
     for secret in ["pr0xy-pw", "tok-one", "BEGIN CERTIFICATE"] {
         ensure!(!config.contains(secret), "{secret} in the rendered config");
