@@ -274,12 +274,18 @@ impl Snapshot {
             // client gets a clear "credentials rejected" error instead of the gateway guessing.
             let credentials =
                 Credentials::for_key(p.kind, p.key.as_deref().and_then(|k| keys.get(k)));
-            let scrubber =
-                crate::scrub::Scrubber::for_credentials(&credentials).map_err(|source| {
-                    SnapshotError::Scrubber {
-                        provider: name.clone(),
-                        source,
-                    }
+            let egress = egress.for_provider(name, p, keys, &mut used_clients);
+            // Secret header values are scrubbed out of what is relayed back, like the key.
+            let secret_headers: Vec<&str> = egress
+                .headers
+                .iter()
+                .filter(|(_, v)| v.is_sensitive())
+                .filter_map(|(_, v)| v.to_str().ok())
+                .collect();
+            let scrubber = crate::scrub::Scrubber::for_provider(&credentials, &secret_headers)
+                .map_err(|source| SnapshotError::Scrubber {
+                    provider: name.clone(),
+                    source,
                 })?;
             providers.insert(
                 name.clone(),
@@ -295,7 +301,7 @@ impl Snapshot {
                     api_version: p.api_version.clone(),
                     region: p.region.clone(),
                     models: p.models.clone(),
-                    egress: egress.for_provider(name, p, keys, &mut used_clients),
+                    egress,
                 }),
             );
         }
@@ -476,6 +482,32 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("secret_access_key: [redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn secret_header_values_are_scrubbed_and_never_in_debug() {
+        let mut config = SidecarConfig::empty("ns");
+        let provider: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "type": "openaiCompatible", "endpoint": "http://127.0.0.1:1/v1", "key": "p",
+            "headers": [{"name": "x-org", "value": "org-public-1234"},
+                        {"name": "x-token", "key": "p_header-1"}],
+        }))
+        .unwrap();
+        config.providers.insert("p".into(), provider);
+        let keys: ProviderKeys = [
+            ("p", "sk-key-0123456789"),
+            ("p_header-1", "tok-secret-0123456789"),
+        ]
+        .into_iter()
+        .collect();
+        let snapshot = Snapshot::build(config, &keys).unwrap();
+        let p = &snapshot.providers["p"];
+        assert!(p.scrubber.contains(b"echo: tok-secret-0123456789"));
+        assert!(p.scrubber.contains(b"echo: sk-key-0123456789"));
+        assert!(!p.scrubber.contains(b"echo: org-public-1234"));
+        let debug = format!("{snapshot:?}");
+        assert!(!debug.contains("tok-secret"), "{debug}");
+        assert!(debug.contains("x-token"), "{debug}");
     }
 
     fn config(target_provider: &str) -> SidecarConfig {

@@ -374,3 +374,75 @@ pub fn prepare<'a>(
         Via::Broken(why) => Err(crate::error::TransportError::Egress(why.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(tls: bool) -> ProviderConfig {
+        let mut p: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "type": "openaiCompatible", "endpoint": "https://llm.corp.test/v1",
+        }))
+        .unwrap();
+        if tls {
+            p.tls = Some(gatehouse_crds::config::TlsConfig {
+                system_roots: false,
+                insecure_skip_verify: true,
+                ..Default::default()
+            });
+            p.proxy = Some(gatehouse_crds::config::ProxyConfig {
+                url: Some("http://proxy.corp.test:3128".into()),
+                auth_key: Some("p_proxy-auth".into()),
+                from_environment: false,
+            });
+        }
+        p
+    }
+
+    fn own(egress: &Egress) -> usize {
+        egress.own.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_plain_provider_takes_the_shared_client_and_adds_nothing() {
+        let egress = Egress::default();
+        let mut used = Vec::new();
+        let p = egress.for_provider("p", &provider(false), &ProviderKeys::new(), &mut used);
+        assert!(p.is_plain());
+        assert!(used.is_empty());
+        assert_eq!(own(&egress), 0);
+    }
+
+    #[test]
+    fn an_own_client_is_kept_while_its_material_is_the_same_and_replaced_when_it_changes() {
+        let egress = Egress::default();
+        let keys = |pw: &str| -> ProviderKeys { [("p_proxy-auth", pw)].into_iter().collect() };
+        let build = |k: &ProviderKeys| {
+            let mut used = Vec::new();
+            let p = egress.for_provider("p", &provider(true), k, &mut used);
+            egress.retain(&used);
+            (p, used)
+        };
+        let (first, used_first) = build(&keys("user:PW-ONE-secret"));
+        assert!(matches!(first.via, Via::Own(_)));
+        let (_, used_again) = build(&keys("user:PW-ONE-secret"));
+        assert_eq!(used_first, used_again, "same material, same client");
+        assert_eq!(own(&egress), 1);
+        let (_, used_rotated) = build(&keys("user:PW-TWO-secret"));
+        assert_ne!(used_first, used_rotated, "rotated material, new client");
+        assert_eq!(own(&egress), 1, "the old client is let go");
+        // Its Debug shows neither the credentials nor the header values.
+        assert!(!format!("{first:?}").contains("PW-ONE"), "{first:?}");
+    }
+
+    #[test]
+    fn missing_material_breaks_only_that_provider() {
+        let egress = Egress::default();
+        let mut used = Vec::new();
+        let p = egress.for_provider("p", &provider(true), &ProviderKeys::new(), &mut used);
+        match p.via {
+            Via::Broken(why) => assert!(why.contains("p_proxy-auth"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
