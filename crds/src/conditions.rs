@@ -18,6 +18,46 @@ pub const REASON_ALL_PRICED: &str = "AllModelsPriced";
 /// Reason of a `Priced=False` condition.
 pub const REASON_UNPRICED: &str = "UnpricedModels";
 
+/// Type of the ModelProvider condition that calls out `spec.tls.insecureSkipVerifyDangerous`:
+/// False while the provider's certificate is not verified.
+pub const TLS_VERIFIED: &str = "TLSVerified";
+/// Reason of a `TLSVerified=False` condition.
+pub const REASON_VERIFICATION_DISABLED: &str = "VerificationDisabled";
+/// Reason of a `TLSVerified=True` condition (after verification was turned back on).
+pub const REASON_VERIFIED: &str = "Verified";
+
+/// The `TLSVerified` condition of a ModelProvider: False (a Warning event) while
+/// `insecureSkipVerifyDangerous` is set, True once it is removed again.
+pub fn tls_verified_condition(
+    insecure: bool,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let (status, reason, message) = if insecure {
+        (
+            "False",
+            REASON_VERIFICATION_DISABLED,
+            "spec.tls.insecureSkipVerifyDangerous is true: the provider's certificate is NOT \
+             verified, anyone on the network path can read and change prompts, answers and the \
+             API key. Use spec.tls.caBundle instead",
+        )
+    } else {
+        (
+            "True",
+            REASON_VERIFIED,
+            "the provider's certificate is verified",
+        )
+    };
+    Condition {
+        type_: TLS_VERIFIED.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation,
+        last_transition_time: now,
+    }
+}
+
 /// Budget condition: True when nothing is left to lease (spent plus the sidecars' unspent leases
 /// reach the limit in a limited unit), so requests that do not fit a sidecar's lease are refused
 /// (hard) or warned about (soft) until the period ends.

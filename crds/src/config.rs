@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod cache;
+mod egress;
 mod guardrails;
 pub use cache::{
     CacheBackendConfig, CacheConfig, CacheScopeConfig, DEFAULT_MAX_BYTES,
     DEFAULT_SEMANTIC_MAX_ENTRIES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_SEMANTIC_TIMEOUT_MS,
     DEFAULT_TTL_MS, SemanticCacheConfig,
 };
+pub use egress::{HeaderConfig, ProxyConfig, TlsConfig};
 pub use guardrails::{
     AuditConfig, CustomDetectorConfig, RateLimitConfig, RateLimitScopeConfig, RedactActionConfig,
     RedactConfig,
@@ -122,6 +124,15 @@ pub struct ProviderConfig {
     /// Vertex AI only: the project and location in the URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertex: Option<VertexConfig>,
+    /// TLS settings (`spec.tls`); `None`: the public roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Proxy settings (`spec.proxy`); `None`: the environment's proxy, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+    /// Extra request headers (`spec.headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderConfig>,
 }
 
 /// A credential source the sidecar exchanges for short-lived credentials. Unset endpoints and

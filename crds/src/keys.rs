@@ -40,9 +40,13 @@ pub fn secret_data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Secret data by Secret name, then key, as raw bytes: the Secrets [`crate::render`] may resolve
-/// provider keys from. `Debug` shows the names and `[redacted]` for every value.
+/// provider keys from; plus the ConfigMaps it may read (a CA bundle), which travel the same way.
+/// `Debug` shows the names and `[redacted]` for every value.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretData(BTreeMap<String, BTreeMap<String, Vec<u8>>>);
+pub struct SecretData(
+    BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+);
 
 impl SecretData {
     /// No Secrets.
@@ -84,6 +88,40 @@ impl SecretData {
         self.0.contains_key(name)
     }
 
+    /// Add (or replace) a ConfigMap object under its `metadata.name`: `data`, with `binaryData`
+    /// on top.
+    pub fn insert_config_map(&mut self, config_map: k8s_openapi::api::core::v1::ConfigMap) {
+        let name = config_map.metadata.name.clone().unwrap_or_default();
+        let mut data: BTreeMap<String, Vec<u8>> = config_map
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        for (k, v) in config_map.binary_data.unwrap_or_default() {
+            data.insert(k, v.0);
+        }
+        self.1.insert(name, data);
+    }
+
+    /// Set one key of one ConfigMap, creating the ConfigMap entry if needed.
+    pub fn insert_config_map_key(
+        &mut self,
+        config_map: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+    ) {
+        self.1
+            .entry(config_map.into())
+            .or_default()
+            .insert(key.into(), value.into());
+    }
+
+    /// The data of the ConfigMap `name`, if present.
+    pub fn config_map(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
+        self.1.get(name)
+    }
+
     /// Number of Secrets.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -103,7 +141,17 @@ impl fmt::Debug for SecretData {
                     data.keys().map(|k| (k.as_str(), Redacted)).collect();
                 (secret, keys)
             }))
-            .finish()
+            .finish()?;
+        if !self.1.is_empty() {
+            // ConfigMaps hold nothing secret, but a bundle is long: names only.
+            let maps: BTreeMap<&str, Vec<&str>> = self
+                .1
+                .iter()
+                .map(|(name, data)| (name.as_str(), data.keys().map(String::as_str).collect()))
+                .collect();
+            write!(f, " configmaps {maps:?}")?;
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderKind;
 
+mod egress;
+pub use egress::{
+    CaBundleRef, ConfigMapKeyRef, HeaderValueSource, ProviderHeader, ProviderProxy, ProviderTls,
+    RESERVED_HEADERS, SecretNameRef, is_reserved_header,
+};
+
 /// Default base URL of OpenAI's API.
 pub const OPENAI_ENDPOINT: &str = "https://api.openai.com/v1";
 /// Default base URL of Anthropic's API.
@@ -80,7 +86,8 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
     validation = Rule::new("!has(self.vertex) || self.type == 'vertexAI'").message("spec.vertex is only allowed when spec.type is vertexAI").field_path(".vertex"),
     validation = Rule::new("self.type != 'bedrock' || has(self.endpoint) || has(self.bedrock)").message("spec.bedrock.region (or spec.endpoint) is required when spec.type is bedrock").field_path(".bedrock"),
     validation = Rule::new("!has(self.azure) || self.type == 'azureOpenAI'").message("spec.azure is only allowed when spec.type is azureOpenAI").field_path(".azure"),
-    validation = Rule::new("!has(self.bedrock) || self.type == 'bedrock'").message("spec.bedrock is only allowed when spec.type is bedrock").field_path(".bedrock")
+    validation = Rule::new("!has(self.bedrock) || self.type == 'bedrock'").message("spec.bedrock is only allowed when spec.type is bedrock").field_path(".bedrock"),
+    validation = Rule::new("!has(self.tls) || !has(self.endpoint) || self.endpoint.startsWith('https://')").message("spec.tls needs an https:// spec.endpoint").field_path(".tls")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelProviderSpec {
@@ -132,6 +139,72 @@ pub struct ModelProviderSpec {
     /// the GKE metadata server (workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertex: Option<VertexSettings>,
+
+    /// TLS towards the provider: a CA bundle (private CA), the system trust store, a client
+    /// certificate (mTLS), a server name override. See docs/egress.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProviderTls>,
+
+    /// The egress proxy to reach the provider through, or opting out of the sidecar's
+    /// `HTTPS_PROXY` environment. See docs/egress.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProviderProxy>,
+
+    /// Extra headers sent with every request to the provider (e.g. `OpenAI-Organization`), each
+    /// a fixed value or a Secret key. Names are unique (case-insensitively), and hop-by-hop
+    /// headers and those Gatehouse sets itself (credentials, framing) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))").message("spec.headers[].name must be unique (case-insensitively)"))]
+    pub headers: Vec<ProviderHeader>,
+}
+
+impl ModelProviderSpec {
+    /// Names of the Secrets this spec reads (API key, TLS, proxy credentials, header values):
+    /// what the operator fetches and watches for it.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        names.extend(self.api_key_secret_ref.as_ref().map(|r| r.name.as_str()));
+        if let Some(tls) = &self.tls {
+            names.extend(
+                tls.ca_bundle
+                    .as_ref()
+                    .and_then(|c| c.secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            );
+            names.extend(
+                tls.client_certificate_secret_ref
+                    .as_ref()
+                    .map(|r| r.name.as_str()),
+            );
+        }
+        names.extend(
+            self.proxy
+                .as_ref()
+                .and_then(|p| p.auth_secret_ref.as_ref())
+                .map(|r| r.name.as_str()),
+        );
+        names.extend(
+            self.headers
+                .iter()
+                .filter_map(|h| h.value_from.as_ref())
+                .map(|v| v.secret_key_ref.name.as_str()),
+        );
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Names of the ConfigMaps this spec reads (a CA bundle).
+    pub fn config_map_names(&self) -> Vec<&str> {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.ca_bundle.as_ref())
+            .and_then(|c| c.config_map_ref.as_ref())
+            .map(|r| r.name.as_str())
+            .into_iter()
+            .collect()
+    }
 }
 
 /// API family of a ModelProvider.
@@ -485,6 +558,9 @@ pub struct ModelProviderStatus {
     /// `Priced` is True (reason `AllModelsPriced`) when every model the provider is used with has
     /// a price, from `spec.models[].pricing` or the built-in catalog; otherwise False with reason
     /// `UnpricedModels` and a message naming them (their cost is reported as unknown).
+    /// `TLSVerified` is False (reason `VerificationDisabled`) while
+    /// `spec.tls.insecureSkipVerifyDangerous` is set; TLS, proxy and header material that cannot
+    /// be used makes `Ready` False (e.g. `ConfigMapNotFound`, `InvalidCertificate`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -23,9 +23,11 @@ use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
 
 mod cache;
+mod egress;
 mod guardrails;
 mod pricing;
 pub use cache::INVALID_CACHE;
+pub use egress::entry as egress_entry;
 pub use guardrails::INVALID_REDACTION;
 use pricing::price_models;
 
@@ -83,6 +85,9 @@ pub struct Rendered {
     /// a valid override nor a catalog entry; sorted, empty when all are priced. Not a problem:
     /// such models are still served, with their cost reported as unknown.
     pub unpriced: BTreeMap<String, Vec<String>>,
+    /// Usable ModelProviders with `spec.tls.insecureSkipVerifyDangerous: true`: served, and
+    /// called out (a `TLSVerified=False` condition and a Warning event).
+    pub insecure_tls: BTreeSet<String>,
 }
 
 /// Why a duration string could not be parsed.
@@ -173,6 +178,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         }
     }
     let mut unpriced = BTreeMap::new();
+    let mut insecure_tls = BTreeSet::new();
     for (name, provider) in &providers {
         let mut used: BTreeSet<&str> = provider
             .spec
@@ -188,13 +194,27 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
             // provider out until the spec is fixed.
             continue;
         }
-        if let Some((cfg, key)) = render_provider(
+        if let Some((mut cfg, key)) = render_provider(
             name,
             &provider.spec,
             prices.models,
             inputs.secrets,
             &mut problems,
         ) {
+            // TLS, proxy, headers: their problems leave the provider out, like a missing key.
+            let Some(egress) = egress::render(name, &provider.spec, inputs.secrets, &mut problems)
+            else {
+                continue;
+            };
+            if egress.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                insecure_tls.insert(name.clone());
+            }
+            cfg.tls = egress.tls;
+            cfg.proxy = egress.proxy;
+            cfg.headers = egress.headers;
+            for (entry, value) in egress.keys {
+                keys.insert(entry, value);
+            }
             if let Some(key) = key {
                 keys.insert(name.as_str(), key);
             }
@@ -237,6 +257,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         keys,
         problems,
         unpriced,
+        insecure_tls,
     }
 }
 
@@ -413,6 +434,9 @@ fn render_provider(
             project: v.project.clone(),
             location: v.location.clone(),
         }),
+        tls: None,
+        proxy: None,
+        headers: Vec::new(),
     };
     Some((cfg, key))
 }

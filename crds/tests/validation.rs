@@ -980,3 +980,109 @@ fn examples_pass_validation_and_render_without_spec_problems() {
         "http://127.0.0.1:9100/v1"
     );
 }
+
+/// `spec.tls`, `spec.proxy`, `spec.headers` (docs/egress.md): what admission accepts and refuses.
+#[test]
+fn egress_settings_are_validated_at_admission() {
+    let p = || {
+        with(
+            good_provider(),
+            json!({"spec": {"endpoint": "https://llm.corp.test/v1"}}),
+        )
+    };
+    let accepted = [
+        json!({"tls": {"caBundle": {"secretRef": {"name": "ca", "key": "ca.crt"}}, "systemRoots": true,
+                       "clientCertificateSecretRef": {"name": "client-tls"}, "serverName": "llm.internal"}}),
+        json!({"tls": {"caBundle": {"configMapRef": {"name": "bundle", "key": "ca.pem"}}}}),
+        json!({"tls": {"insecureSkipVerifyDangerous": true}}),
+        json!({"proxy": {"url": "http://proxy.corp:3128", "authSecretRef": {"name": "proxy-auth"}}}),
+        json!({"proxy": {"fromEnvironment": false}}),
+        json!({"headers": [{"name": "OpenAI-Organization", "value": "org-1"},
+                           {"name": "X-Token", "valueFrom": {"secretKeyRef": {"name": "t", "key": "v"}}}]}),
+    ];
+    for spec in accepted {
+        let obj = with(p(), json!({ "spec": spec }));
+        if let Err(e) = validate(&obj) {
+            panic!("{spec} rejected: {e:?}");
+        }
+    }
+    let rejected: Vec<(Value, &str)> = vec![
+        (
+            json!({"tls": {"caBundle": {"secretRef": {"name": "a", "key": "b"}, "configMapRef": {"name": "a", "key": "b"}}}}),
+            "exactly one of secretRef and configMapRef",
+        ),
+        (
+            json!({"tls": {"caBundle": {}}}),
+            "exactly one of secretRef and configMapRef",
+        ),
+        (
+            json!({"tls": {"insecureSkipVerifyDangerous": true, "caBundle": {"secretRef": {"name": "a", "key": "b"}}}}),
+            "turns verification off",
+        ),
+        (
+            json!({"endpoint": "http://vllm:8000/v1", "tls": {"systemRoots": true}}),
+            "needs an https://",
+        ),
+        (json!({"tls": {"serverName": "not a name"}}), "serverName"),
+        (
+            json!({"proxy": {"authSecretRef": {"name": "x"}}}),
+            "needs proxy.url",
+        ),
+        (
+            json!({"proxy": {"url": "http://user:pw@proxy:3128"}}),
+            "url",
+        ),
+        (json!({"proxy": {"url": "socks5://proxy:1080"}}), "url"),
+        (
+            json!({"proxy": {"url": "http://proxy:3128", "fromEnvironment": true}}),
+            "replaces the environment",
+        ),
+        (
+            json!({"headers": [{"name": "Authorization", "value": "Bearer x"}]}),
+            "set by Gatehouse itself",
+        ),
+        (
+            json!({"headers": [{"name": "x-api-key", "value": "x"}]}),
+            "set by Gatehouse itself",
+        ),
+        (
+            json!({"headers": [{"name": "Transfer-Encoding", "value": "chunked"}]}),
+            "hop-by-hop",
+        ),
+        (
+            json!({"headers": [{"name": "X-Gatehouse-Route", "value": "x"}]}),
+            "set by Gatehouse itself",
+        ),
+        (
+            json!({"headers": [{"name": "Host", "value": "x"}]}),
+            "set by Gatehouse itself",
+        ),
+        (
+            json!({"headers": [{"name": "X-A"}]}),
+            "exactly one of value and valueFrom",
+        ),
+        (
+            json!({"headers": [{"name": "X-A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "t", "key": "v"}}}]}),
+            "exactly one of value and valueFrom",
+        ),
+        (
+            json!({"headers": [{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}]}),
+            "must be unique",
+        ),
+        (json!({"headers": [{"name": "X A", "value": "1"}]}), "name"),
+        (
+            json!({"headers": [{"name": "X-A", "value": "1\r\nX-B: 2"}]}),
+            "value",
+        ),
+    ];
+    for (spec, expected) in rejected {
+        let obj = with(p(), json!({ "spec": spec }));
+        match validate(&obj) {
+            Ok(()) => panic!("{spec} accepted"),
+            Err(errors) => assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{spec}: {errors:?} does not mention {expected:?}"
+            ),
+        }
+    }
+}

@@ -29,7 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::metrics::Metrics;
-use crate::namespace::{self, Context, secret_is_referenced};
+use crate::namespace::{self, Context, config_map_is_referenced, secret_is_referenced};
 use crate::objects::{MANAGED_BY, MANAGED_BY_LABEL, managed_selector};
 
 /// Which namespaces the operator watches.
@@ -188,7 +188,16 @@ pub async fn run<L: Future<Output = ()>>(
     )
     .backoff(Reconnect::default())
     .touched_objects();
+    // Any ConfigMap, as metadata only: one a ModelProvider takes its CA bundle from triggers its
+    // namespace (the operator's own config ConfigMaps are watched above).
+    let bundle_events = watcher(
+        scope.api::<PartialObjectMeta<ConfigMap>>(&client),
+        wc.clone(),
+    )
+    .backoff(Reconnect::default())
+    .touched_objects();
     let provider_events = without_errors("modelproviders", &metrics, provider_events);
+    let bundle_events = without_errors("configmaps", &metrics, bundle_events);
     let route_events = without_errors("routes", &metrics, route_events);
     let budget_events = without_errors("budgets", &metrics, budget_events);
     let secret_events = without_errors("secrets", &metrics, secret_events);
@@ -236,6 +245,14 @@ pub async fn run<L: Future<Output = ()>>(
         .watches_stream(route_events, |o: Route| namespace_of(&o))
         .watches_stream(budget_events, |o: Budget| namespace_of(&o))
         .watches_stream(config_events, |o: ConfigMap| namespace_of(&o))
+        .watches_stream(bundle_events, {
+            let providers = providers.clone();
+            move |c: PartialObjectMeta<ConfigMap>| {
+                let ns = c.namespace().unwrap_or_default();
+                config_map_is_referenced(&providers, &ns, &c.name_any())
+                    .then(|| ObjectRef::new(&ns))
+            }
+        })
         .watches_stream(secret_events, move |s: PartialObjectMeta<Secret>| {
             let ns = s.namespace().unwrap_or_default();
             let name = s.name_any();

@@ -220,8 +220,7 @@ async fn read_secrets(
 ) -> Result<SecretData, Error> {
     let names: BTreeSet<&str> = providers
         .iter()
-        .filter_map(|p| p.spec.api_key_secret_ref.as_ref())
-        .map(|r| r.name.as_str())
+        .flat_map(|p| p.spec.secret_names())
         .collect();
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let mut out = SecretData::new();
@@ -234,16 +233,36 @@ async fn read_secrets(
             out.insert(name, gatehouse_crds::keys::secret_data(secret));
         }
     }
+    // CA bundles from ConfigMaps (spec.tls.caBundle.configMapRef) travel with the keys.
+    let names: BTreeSet<&str> = providers
+        .iter()
+        .flat_map(|p| p.spec.config_map_names())
+        .collect();
+    let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    for name in names {
+        let config_map = api
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("get configmap {ns}/{name}"), e))?;
+        if let Some(config_map) = config_map {
+            out.insert_config_map(config_map);
+        }
+    }
     Ok(out)
 }
 
 /// Whether a Secret named `name` in `ns` is referenced by a ModelProvider in the cache.
 pub fn secret_is_referenced(providers: &Store<ModelProvider>, ns: &str, name: &str) -> bool {
+    providers
+        .state()
+        .iter()
+        .any(|p| p.meta().namespace.as_deref() == Some(ns) && p.spec.secret_names().contains(&name))
+}
+
+/// Whether a ConfigMap named `name` in `ns` is referenced by a ModelProvider in the cache (a CA
+/// bundle).
+pub fn config_map_is_referenced(providers: &Store<ModelProvider>, ns: &str, name: &str) -> bool {
     providers.state().iter().any(|p| {
-        p.meta().namespace.as_deref() == Some(ns)
-            && p.spec
-                .api_key_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == name)
+        p.meta().namespace.as_deref() == Some(ns) && p.spec.config_map_names().contains(&name)
     })
 }

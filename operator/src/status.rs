@@ -9,7 +9,9 @@
 
 use std::fmt::Debug;
 
-use gatehouse_crds::conditions::{READY, priced_condition, ready_condition, set_condition};
+use gatehouse_crds::conditions::{
+    READY, TLS_VERIFIED, priced_condition, ready_condition, set_condition, tls_verified_condition,
+};
 use gatehouse_crds::config::SidecarConfig;
 use gatehouse_crds::{
     Budget, ModelProvider, ModelProviderStatus, ObjectKind, Problem, Rendered, Route, RouteStatus,
@@ -100,7 +102,22 @@ conditioned!(
             .get(&p.name_any())
             .map(Vec::as_slice)
             .unwrap_or_default();
-        vec![priced_condition(unpriced, p.meta().generation, now.clone())]
+        let mut conditions = vec![priced_condition(unpriced, p.meta().generation, now.clone())];
+        // Called out while verification is off; once it is back on, said so once (the stale
+        // False would otherwise stay).
+        let insecure = rendered.insecure_tls.contains(&p.name_any());
+        let shown = p
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == TLS_VERIFIED));
+        if insecure || shown {
+            conditions.push(tls_verified_condition(
+                insecure,
+                p.meta().generation,
+                now.clone(),
+            ));
+        }
+        conditions
     }
 );
 conditioned!(
@@ -283,6 +300,7 @@ mod tests {
             keys: ProviderKeys::new(),
             problems: problems.to_vec(),
             unpriced: BTreeMap::new(),
+            insecure_tls: Default::default(),
         }
     }
 

@@ -383,6 +383,16 @@ pub enum TransportError {
     /// The request could not be built (a header the adapter set is invalid).
     #[error("failed to build request: {0}")]
     Build(#[source] http::Error),
+    /// The provider's TLS, proxy or header settings cannot be used (why; never secret
+    /// material). Fails over like a connect error.
+    #[error("the provider's egress settings cannot be used: {0}")]
+    Egress(std::sync::Arc<str>),
+    /// An egress proxy answered 407 to a plain-http request sent through it: it refused the
+    /// gateway's proxy credentials. Fails over like a connect error.
+    #[error(
+        "the egress proxy refused the gateway's credentials (407 Proxy Authentication Required)"
+    )]
+    ProxyAuth,
 }
 
 /// The provider's key cannot be used to authorize a request (no key material in it).

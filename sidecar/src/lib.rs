@@ -159,9 +159,15 @@ pub struct Args {
     /// too), at most 8192.
     #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
-    /// Upstream connect timeout in milliseconds.
+    /// Upstream connect timeout in milliseconds. Through an egress proxy it bounds the TCP
+    /// connect to the proxy, and twice it the CONNECT exchange after it.
     #[arg(long, env = "GATEHOUSE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
+    /// The proxy environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` and their
+    /// lower-case forms) in place of the process's; `None` (always, from the command line)
+    /// reads the process environment. For tests, which never set process variables.
+    #[arg(skip)]
+    pub proxy_env: Option<std::collections::BTreeMap<String, String>>,
     /// Log format: json or text.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", default_value = "json")]
     pub log_format: telemetry::LogFormat,
@@ -456,7 +462,17 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
             addr: args.admin_listen,
             source,
         })?;
-    let store = Arc::new(Store::default());
+    let egress = match &args.proxy_env {
+        Some(env) => upstream::Egress::new(
+            Duration::from_millis(args.connect_timeout_ms),
+            &|name: &str| env.get(name).cloned(),
+        ),
+        None => upstream::Egress::new(
+            Duration::from_millis(args.connect_timeout_ms),
+            &|name: &str| std::env::var(name).ok(),
+        ),
+    };
+    let store = Arc::new(Store::with_egress(Arc::new(egress)));
     let mut metrics = Metrics::new();
     metrics.register_collector(Box::new(routing::health::HealthCollector(
         store.health().clone(),
@@ -518,7 +534,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::new(
         store.clone(),
         metrics.clone(),
-        upstream::client(Duration::from_millis(args.connect_timeout_ms)),
+        store.egress().shared().clone(),
         Settings {
             max_body_bytes: args.max_body_bytes,
             max_response_bytes: args.max_response_bytes,

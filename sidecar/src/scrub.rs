@@ -141,6 +141,31 @@ impl Scrubber {
         })
     }
 
+    /// The scrubber for what a provider with `credentials` and the secret header values
+    /// `extra` (`spec.headers[].valueFrom`) is sent.
+    pub fn for_provider<'a>(
+        credentials: &'a Credentials,
+        extra: &[&'a str],
+    ) -> Result<Self, BuildError> {
+        if extra.is_empty() {
+            return Self::for_credentials(credentials);
+        }
+        match credentials {
+            Credentials::None | Credentials::Invalid(_) => Self::new(extra.iter().copied()),
+            Credentials::Header(_, value) => {
+                let value = value.to_str().unwrap_or_default();
+                let key = value.strip_prefix("Bearer ").unwrap_or(value);
+                Self::new(std::iter::once(key).chain(extra.iter().copied()))
+            }
+            Credentials::Aws(aws) => Self::new(
+                [aws.access_key_id(), aws.secret_access_key()]
+                    .into_iter()
+                    .chain(aws.session_token())
+                    .chain(extra.iter().copied()),
+            ),
+        }
+    }
+
     /// The scrubber for what a provider with `credentials` is sent.
     pub fn for_credentials(credentials: &Credentials) -> Result<Self, BuildError> {
         match credentials {

@@ -25,7 +25,7 @@ pub fn apply(store: &Store, metrics: &Metrics, rendered: Rendered, origin: &str)
             "configuration problem"
         );
     }
-    match Snapshot::build(rendered.config, &rendered.keys) {
+    match Snapshot::build_with(rendered.config, &rendered.keys, store.egress()) {
         Ok(snapshot) => {
             tracing::info!(
                 origin,

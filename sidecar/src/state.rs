@@ -81,6 +81,8 @@ pub struct Provider {
     pub vertex: Option<gatehouse_crds::config::VertexConfig>,
     /// Pricing by upstream model name.
     pub models: BTreeMap<String, Pricing>,
+    /// How the provider is reached: its client (`spec.tls`, `spec.proxy`) and extra headers.
+    pub egress: crate::upstream::ProviderEgress,
 }
 
 /// How a provider's requests are authorized. `Debug` prints `[redacted]` in place of every
@@ -233,8 +235,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build from a rendered config and the provider keys (by key name).
+    /// Build from a rendered config and the provider keys (by key name), with the clients of
+    /// a default [`crate::upstream::Egress`] (no proxy environment).
     pub fn build(config: SidecarConfig, keys: &ProviderKeys) -> Result<Self, SnapshotError> {
+        static DEFAULT: std::sync::OnceLock<crate::upstream::Egress> = std::sync::OnceLock::new();
+        Self::build_with(config, keys, DEFAULT.get_or_init(Default::default))
+    }
+
+    /// Build from a rendered config and the provider keys (by key name); providers with TLS or
+    /// proxy settings get their clients from `egress`.
+    pub fn build_with(
+        config: SidecarConfig,
+        keys: &ProviderKeys,
+        egress: &crate::upstream::Egress,
+    ) -> Result<Self, SnapshotError> {
+        let mut used_clients = Vec::new();
         if config.api_version != gatehouse_crds::config::CONFIG_API_VERSION {
             return Err(SnapshotError::Version(config.api_version.clone()));
         }
@@ -277,12 +292,18 @@ impl Snapshot {
                 Ok(Some(source)) => (Credentials::None, Some(source)),
                 Err(reason) => (Credentials::Invalid(reason), None),
             };
-            let scrubber =
-                crate::scrub::Scrubber::for_credentials(&credentials).map_err(|source| {
-                    SnapshotError::Scrubber {
-                        provider: name.clone(),
-                        source,
-                    }
+            let egress = egress.for_provider(name, p, keys, &mut used_clients);
+            // Secret header values are scrubbed out of what is relayed back, like the key.
+            let secret_headers: Vec<&str> = egress
+                .headers
+                .iter()
+                .filter(|(_, v)| v.is_sensitive())
+                .filter_map(|(_, v)| v.to_str().ok())
+                .collect();
+            let scrubber = crate::scrub::Scrubber::for_provider(&credentials, &secret_headers)
+                .map_err(|source| SnapshotError::Scrubber {
+                    provider: name.clone(),
+                    source,
                 })?;
             providers.insert(
                 name.clone(),
@@ -300,6 +321,7 @@ impl Snapshot {
                     identity,
                     vertex: p.vertex.clone(),
                     models: p.models.clone(),
+                    egress,
                 }),
             );
         }
@@ -358,6 +380,15 @@ impl Snapshot {
             .collect();
         rule_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         rule_headers.dedup();
+        for (name, p) in &config.providers {
+            if p.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                tracing::warn!(
+                    provider = %name,
+                    "TLS verification is OFF for this provider (spec.tls.insecureSkipVerifyDangerous): anyone on the path can read and change its traffic and key"
+                );
+            }
+        }
+        egress.retain(&used_clients);
         Ok(Self {
             config,
             aliases,
@@ -375,9 +406,24 @@ pub struct Store {
     current: ArcSwapOption<Snapshot>,
     /// The targets' health, kept across snapshots.
     health: Arc<crate::routing::health::Health>,
+    /// The upstream clients snapshots are built with.
+    egress: Arc<crate::upstream::Egress>,
 }
 
 impl Store {
+    /// An empty store whose snapshots use `egress`'s clients.
+    pub fn with_egress(egress: Arc<crate::upstream::Egress>) -> Self {
+        Self {
+            egress,
+            ..Self::default()
+        }
+    }
+
+    /// The upstream clients.
+    pub fn egress(&self) -> &Arc<crate::upstream::Egress> {
+        &self.egress
+    }
+
     /// The current snapshot, if one has been loaded.
     pub fn load(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
@@ -433,6 +479,9 @@ mod tests {
                     region: Some("us-east-1".to_string()),
                     identity: None,
                     vertex: None,
+                    tls: None,
+                    proxy: None,
+                    headers: Vec::new(),
                 },
             );
             keys.insert(name, key);
@@ -455,6 +504,32 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("secret_access_key: [redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn secret_header_values_are_scrubbed_and_never_in_debug() {
+        let mut config = SidecarConfig::empty("ns");
+        let provider: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "type": "openaiCompatible", "endpoint": "http://127.0.0.1:1/v1", "key": "p",
+            "headers": [{"name": "x-org", "value": "org-public-1234"},
+                        {"name": "x-token", "key": "p_header-1"}],
+        }))
+        .unwrap();
+        config.providers.insert("p".into(), provider);
+        let keys: ProviderKeys = [
+            ("p", "sk-key-0123456789"),
+            ("p_header-1", "tok-secret-0123456789"),
+        ]
+        .into_iter()
+        .collect();
+        let snapshot = Snapshot::build(config, &keys).unwrap();
+        let p = &snapshot.providers["p"];
+        assert!(p.scrubber.contains(b"echo: tok-secret-0123456789"));
+        assert!(p.scrubber.contains(b"echo: sk-key-0123456789"));
+        assert!(!p.scrubber.contains(b"echo: org-public-1234"));
+        let debug = format!("{snapshot:?}");
+        assert!(!debug.contains("tok-secret"), "{debug}");
+        assert!(debug.contains("x-token"), "{debug}");
     }
 
     fn config(target_provider: &str) -> SidecarConfig {

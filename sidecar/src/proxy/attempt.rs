@@ -300,6 +300,7 @@ async fn send(
         .body(Full::new(body.clone()))
         .map_err(TransportError::Build)?;
     adapter.extra_headers(inbound.anthropic_beta.as_ref(), request.headers_mut());
+    let client = crate::upstream::prepare(client, provider, request.headers_mut())?;
     let auth = credentials::authorization(provider).await?;
     adapter.authorize(provider, auth.credentials(), &mut request, &body)?;
     // A SigV4 signature is a secret of this request only.
@@ -309,6 +310,9 @@ async fn send(
         .await
         .map_err(TransportError::Request)?;
     let status = response.status();
+    if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Err(TransportError::ProxyAuth.into());
+    }
     let class = StatusClass::of(status);
     if class == StatusClass::Success {
         return Ok((response, scrub));

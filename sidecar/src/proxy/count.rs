@@ -248,6 +248,7 @@ async fn call(
         .body(Full::new(body.clone()))
         .map_err(TransportError::Build)?;
     adapter.extra_headers(request.anthropic_beta.as_ref(), upstream.headers_mut());
+    let client = crate::upstream::prepare(client, provider, upstream.headers_mut())?;
     let auth = crate::providers::credentials::authorization(provider).await?;
     adapter.authorize(provider, auth.credentials(), &mut upstream, &body)?;
     let scrub = auth.scrubber().for_request(upstream.headers());
@@ -256,6 +257,9 @@ async fn call(
         .await
         .map_err(TransportError::Request)?;
     let status = response.status();
+    if status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Err(TransportError::ProxyAuth.into());
+    }
     let (parts, incoming) = response.into_parts();
     let budget = ResponseBudget::new(settings.max_response_bytes);
     match StatusClass::of(status) {

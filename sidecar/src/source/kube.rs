@@ -152,6 +152,7 @@ fn publish(sink: &Sink, config: SidecarConfig, keys: ProviderKeys) {
             keys,
             problems: Vec::new(),
             unpriced: Default::default(),
+            insecure_tls: Default::default(),
         },
         "kube",
     );

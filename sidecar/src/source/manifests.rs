@@ -202,7 +202,7 @@ impl Manifests {
             parse_error(format!("invalid {kind} '{}': {e}", head.name))
         };
         match (ours, head.kind.as_str()) {
-            (true, "ModelProvider" | "Route" | "Budget") | (false, "Secret") => {
+            (true, "ModelProvider" | "Route" | "Budget") | (false, "Secret" | "ConfigMap") => {
                 if head.name.is_empty() {
                     return Err(parse_error(format!("{} without metadata.name", head.kind)));
                 }
@@ -231,6 +231,12 @@ impl Manifests {
             "Budget" => objects
                 .budgets
                 .push(serde_yaml::from_value(value).map_err(|e| wrap("Budget", e))?),
+            "ConfigMap" => {
+                // A CA bundle a ModelProvider's spec.tls.caBundle.configMapRef names.
+                let config_map: k8s_openapi::api::core::v1::ConfigMap =
+                    serde_yaml::from_value(value).map_err(|e| wrap("ConfigMap", e))?;
+                objects.secrets.insert_config_map(config_map);
+            }
             _ => {
                 // Never through serde: its errors would quote the value, which is the key.
                 let data = secret::data(&value)

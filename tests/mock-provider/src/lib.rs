@@ -31,6 +31,7 @@ pub mod identity;
 mod log;
 pub mod openai;
 mod server;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::{Arc, Mutex};
