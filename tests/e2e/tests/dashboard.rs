@@ -450,7 +450,11 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() -> Result<(
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let base = &bases[i % 2];
-                let tag = if i.is_multiple_of(3) { "search" } else { "summary" };
+                let tag = if i.is_multiple_of(3) {
+                    "search"
+                } else {
+                    "summary"
+                };
                 chat(&http, base, "chat", tag, i.is_multiple_of(2)).await?;
                 if i.is_multiple_of(5) {
                     chat(&http, base, "no-such-model", tag, false).await?;
