@@ -129,23 +129,24 @@ fn scrape(report: &mut String) -> anyhow::Result<()> {
             route: route.clone(),
             provider: provider.clone(),
         };
-        m.genai_server_duration.get_or_create(&genai).observe(0.2);
-        m.genai_ttft.get_or_create(&genai).observe(0.05);
-        m.genai_tpot.get_or_create(&genai).observe(0.02);
-        m.genai_client_duration.get_or_create(&genai).observe(0.2);
-        for kind in ["input", "output"] {
-            m.genai_tokens
-                .get_or_create(&TokenUsageLabels {
-                    gen_ai_operation_name: "chat",
-                    gen_ai_provider_name: "openai",
-                    gen_ai_request_model: model.clone(),
-                    gen_ai_response_model: model.clone(),
-                    gen_ai_token_type: kind,
-                    route: route.clone(),
-                    provider: provider.clone(),
-                })
-                .observe(100.0);
-        }
+        m.genai_server.with(&genai, |s| {
+            s.duration.observe(0.2);
+            s.observe_ttft(0.05);
+            s.observe_tpot(0.02);
+        });
+        m.genai_client_duration.with(&genai, |h| h.observe(0.2));
+        let tokens_labels = TokenUsageLabels {
+            gen_ai_operation_name: "chat",
+            gen_ai_provider_name: "openai",
+            gen_ai_request_model: model.clone(),
+            gen_ai_response_model: model.clone(),
+            route: route.clone(),
+            provider: provider.clone(),
+        };
+        m.genai_tokens.with(&tokens_labels, |t| {
+            t.input.observe(100.0);
+            t.output.observe(50.0);
+        });
         m.cache
             .get_or_create(&CacheLabels {
                 route: route.clone(),

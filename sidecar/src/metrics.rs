@@ -384,13 +384,195 @@ pub struct TokenUsageLabels {
     pub gen_ai_request_model: Arc<str>,
     /// `gen_ai.response.model`: the upstream model that answered.
     pub gen_ai_response_model: Arc<str>,
-    /// `gen_ai.token.type`: input (cache reads and writes included) or output (reasoning
-    /// included).
-    pub gen_ai_token_type: &'static str,
     /// Route name.
     pub route: Arc<str>,
     /// ModelProvider name.
     pub provider: Arc<str>,
+}
+
+/// Per-request series kept in one map entry per label set, so a request costs one lookup
+/// (foldhash, read lock) for all of them, like [`Spend`]; exposed as one metric per part by views.
+#[derive(Debug)]
+pub struct Series<K, V> {
+    entries: RwLock<HashMap<K, V, foldhash::fast::RandomState>>,
+    make: fn() -> V,
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Series<K, V> {
+    fn new(make: fn() -> V) -> Self {
+        Self {
+            entries: RwLock::default(),
+            make,
+        }
+    }
+
+    /// Run `f` on the entry of `key`, created when new. Takes a read lock only, unless the label
+    /// set is new.
+    pub fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> R {
+        // An insert is one call: a poisoned lock is still good to use.
+        if let Some(v) = self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return f(v);
+        }
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let v = entries.entry(key.clone()).or_insert_with(self.make);
+        f(v)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, V, foldhash::fast::RandomState>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The server-side GenAI histograms of one label set.
+#[derive(Debug)]
+pub struct ServerSeries {
+    /// `gen_ai.server.request.duration`.
+    pub duration: Histogram,
+    /// `gen_ai.server.time_to_first_token`; exposed once observed.
+    pub ttft: Histogram,
+    /// `gen_ai.server.time_per_output_token`; exposed once observed.
+    pub tpot: Histogram,
+    ttft_seen: AtomicBool,
+    tpot_seen: AtomicBool,
+}
+
+impl ServerSeries {
+    fn new() -> Self {
+        Self {
+            duration: Histogram::new(DURATION_BUCKETS),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            tpot: Histogram::new(TPOT_BUCKETS),
+            ttft_seen: AtomicBool::new(false),
+            tpot_seen: AtomicBool::new(false),
+        }
+    }
+
+    /// Observe a time to first token.
+    pub fn observe_ttft(&self, secs: f64) {
+        self.ttft.observe(secs);
+        self.ttft_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// Observe a time per output token.
+    pub fn observe_tpot(&self, secs: f64) {
+        self.tpot.observe(secs);
+        self.tpot_seen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `gen_ai.client.token.usage` of one label set, by `gen_ai.token.type`: input (cache reads and
+/// writes included) and output (reasoning included).
+#[derive(Debug)]
+pub struct TokenSeries {
+    /// Input tokens.
+    pub input: Histogram,
+    /// Output tokens.
+    pub output: Histogram,
+}
+
+impl TokenSeries {
+    fn new() -> Self {
+        Self {
+            input: Histogram::new(TOKEN_BUCKETS),
+            output: Histogram::new(TOKEN_BUCKETS),
+        }
+    }
+}
+
+/// Which histogram of a [`ServerSeries`] a view exposes.
+#[derive(Debug, Clone, Copy)]
+enum ServerPart {
+    Duration,
+    Ttft,
+    Tpot,
+}
+
+/// One `gen_ai_server_*` metric, read from the shared entries at scrape time.
+#[derive(Debug)]
+struct ServerView(Arc<Series<GenAiLabels, ServerSeries>>, ServerPart);
+
+impl EncodeMetric for ServerView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, s) in self.0.read().iter() {
+            let h = match self.1 {
+                ServerPart::Duration => &s.duration,
+                ServerPart::Ttft if s.ttft_seen.load(Ordering::Relaxed) => &s.ttft,
+                ServerPart::Tpot if s.tpot_seen.load(Ordering::Relaxed) => &s.tpot,
+                ServerPart::Ttft | ServerPart::Tpot => continue,
+            };
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// `gen_ai_client_operation_duration_seconds`.
+#[derive(Debug)]
+struct HistogramView(Arc<Series<GenAiLabels, Histogram>>);
+
+impl EncodeMetric for HistogramView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in self.0.read().iter() {
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// A token-usage label set and its `gen_ai_token_type`, borrowed for encoding.
+struct WithTokenType<'a> {
+    labels: &'a TokenUsageLabels,
+    gen_ai_token_type: &'static str,
+}
+
+impl EncodeLabelSet for WithTokenType<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        #[derive(EncodeLabelSet)]
+        struct TypeLabel {
+            gen_ai_token_type: &'static str,
+        }
+        self.labels.encode(encoder)?;
+        TypeLabel {
+            gen_ai_token_type: self.gen_ai_token_type,
+        }
+        .encode(encoder)
+    }
+}
+
+/// `gen_ai_client_token_usage`: two series per label set.
+#[derive(Debug)]
+struct TokenUsageView(Arc<Series<TokenUsageLabels, TokenSeries>>);
+
+impl EncodeMetric for TokenUsageView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, t) in self.0.read().iter() {
+            for (gen_ai_token_type, h) in [("input", &t.input), ("output", &t.output)] {
+                let labels = WithTokenType {
+                    labels,
+                    gen_ai_token_type,
+                };
+                h.encode(encoder.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// Labels of cache lookups.
@@ -430,19 +612,15 @@ pub struct Metrics {
     /// Whether the telemetry stage records per-request metrics (`--metrics`); off, the other
     /// metrics are still served, the request path records none of the per-request ones.
     pub recording: bool,
-    /// `gen_ai.server.request.duration`: arrival to the last byte (the whole stream for a
-    /// stream), per request.
-    pub genai_server_duration: Family<GenAiLabels, Histogram, fn() -> Histogram>,
-    /// `gen_ai.server.time_to_first_token`: arrival to the first event relayed (streams that
-    /// relayed one).
-    pub genai_ttft: Family<GenAiLabels, Histogram, fn() -> Histogram>,
-    /// `gen_ai.server.time_per_output_token`: after the first event, per further output token
-    /// (complete streams with more than one output token).
-    pub genai_tpot: Family<GenAiLabels, Histogram, fn() -> Histogram>,
+    /// `gen_ai.server.request.duration` (arrival to the last byte; the whole stream for a
+    /// stream), `gen_ai.server.time_to_first_token` (arrival to the first event relayed) and
+    /// `gen_ai.server.time_per_output_token` (after the first event, per further output token),
+    /// one entry per label set.
+    pub genai_server: Arc<Series<GenAiLabels, ServerSeries>>,
     /// `gen_ai.client.operation.duration`: one per upstream attempt.
-    pub genai_client_duration: Family<GenAiLabels, Histogram, fn() -> Histogram>,
-    /// `gen_ai.client.token.usage`: the answering attempt's usage, by token type.
-    pub genai_tokens: Family<TokenUsageLabels, Histogram, fn() -> Histogram>,
+    pub genai_client_duration: Arc<Series<GenAiLabels, Histogram>>,
+    /// `gen_ai.client.token.usage`: the answering attempt's usage, input and output.
+    pub genai_tokens: Arc<Series<TokenUsageLabels, TokenSeries>>,
     /// Cache lookups by route and result.
     pub cache: Family<CacheLabels, Counter>,
     /// Moves from a failed attempt to another target.
@@ -506,44 +684,38 @@ impl Metrics {
     pub fn new() -> Self {
         // The GenAI conventions' names carry no prefix of ours.
         let mut genai_registry = Registry::default();
-        let genai_server_duration: Family<GenAiLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let genai_server = Arc::new(Series::new(ServerSeries::new));
         genai_registry.register_with_unit(
             "gen_ai_server_request_duration",
             "GenAI server request duration: arrival at the gateway to the last byte of the answer",
             Unit::Seconds,
-            genai_server_duration.clone(),
+            ServerView(genai_server.clone(), ServerPart::Duration),
         );
-        let genai_ttft: Family<GenAiLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS));
         genai_registry.register_with_unit(
             "gen_ai_server_time_to_first_token",
             "Time from arrival to the first stream event relayed to the app",
             Unit::Seconds,
-            genai_ttft.clone(),
+            ServerView(genai_server.clone(), ServerPart::Ttft),
         );
-        let genai_tpot: Family<GenAiLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(TPOT_BUCKETS));
         genai_registry.register_with_unit(
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first, of complete streams",
             Unit::Seconds,
-            genai_tpot.clone(),
+            ServerView(genai_server.clone(), ServerPart::Tpot),
         );
-        let genai_client_duration: Family<GenAiLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let genai_client_duration: Arc<Series<GenAiLabels, Histogram>> =
+            Arc::new(Series::new(|| Histogram::new(DURATION_BUCKETS)));
         genai_registry.register_with_unit(
             "gen_ai_client_operation_duration",
             "GenAI operation duration of each upstream attempt",
             Unit::Seconds,
-            genai_client_duration.clone(),
+            HistogramView(genai_client_duration.clone()),
         );
-        let genai_tokens: Family<TokenUsageLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(TOKEN_BUCKETS));
+        let genai_tokens = Arc::new(Series::new(TokenSeries::new));
         genai_registry.register(
             "gen_ai_client_token_usage",
             "Tokens used by the attempt that answered, by token type",
-            genai_tokens.clone(),
+            TokenUsageView(genai_tokens.clone()),
         );
         let mut registry = Registry::with_prefix("gatehouse");
         let cache = Family::<CacheLabels, Counter>::default();
@@ -680,9 +852,7 @@ impl Metrics {
         );
         Self {
             recording: true,
-            genai_server_duration,
-            genai_ttft,
-            genai_tpot,
+            genai_server,
             genai_client_duration,
             genai_tokens,
             cache,

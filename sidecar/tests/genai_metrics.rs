@@ -88,7 +88,7 @@ async fn a_stream_records_the_server_and_client_metrics_with_the_conventions_nam
     let text = metrics_with(&sidecar, &needles).await;
     for kind in ["input", "output"] {
         let labels = format!(
-            r#"gen_ai_operation_name="chat",gen_ai_provider_name="openai_compatible",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini",gen_ai_token_type="{kind}",route="chat",provider="primary""#
+            r#"gen_ai_operation_name="chat",gen_ai_provider_name="openai_compatible",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini",route="chat",provider="primary",gen_ai_token_type="{kind}""#
         );
         let count = format!("gen_ai_client_token_usage_count{{{labels}}} 1");
         assert!(text.contains(&count), "{count} missing:\n{text}");
@@ -112,7 +112,7 @@ async fn a_failover_is_counted_and_the_failed_attempt_carries_its_error_type() {
     backup.push(Behaviour::normal());
     let resp = sidecar.chat("chat", false).await;
     assert_eq!(resp.status(), 200);
-    metrics_with(
+    let text = metrics_with(
         &sidecar,
         &[
             r#"gatehouse_failovers_total{route="chat",from_provider="primary",to_provider="backup"} 1"#,
@@ -121,6 +121,16 @@ async fn a_failover_is_counted_and_the_failed_attempt_carries_its_error_type() {
         ],
     )
     .await;
+    // A buffered answer has no first token of its own: no TTFT or TPOT series.
+    for name in [
+        "gen_ai_server_time_to_first_token_seconds_count{",
+        "gen_ai_server_time_per_output_token_seconds_count{",
+    ] {
+        assert!(
+            !text.contains(name),
+            "{name} for a buffered answer:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -103,61 +103,57 @@ impl Telemetry {
             provider: answered.map_or_else(|| self.empty.clone(), |t| t.provider.name.clone()),
         };
         let total = ctx.start.elapsed();
-        m.genai_server_duration
-            .get_or_create(&server)
-            .observe(total.as_secs_f64());
-        if let Some(first) = ctx.first_event
-            && error_type.is_empty()
-        {
-            m.genai_ttft
-                .get_or_create(&server)
-                .observe(first.as_secs_f64());
-            let output = ctx.usage.map_or(0, |u| {
-                let t = u.tokens();
-                t.output + t.reasoning
-            });
-            if end == End::StreamComplete && output > 1 {
-                let per = total.saturating_sub(first).as_secs_f64() / (output - 1) as f64;
-                m.genai_tpot.get_or_create(&server).observe(per);
+        let output = ctx.usage.map_or(0, |u| {
+            let t = u.tokens();
+            t.output + t.reasoning
+        });
+        m.genai_server.with(&server, |s| {
+            s.duration.observe(total.as_secs_f64());
+            if let Some(first) = ctx.first_event
+                && error_type.is_empty()
+            {
+                s.observe_ttft(first.as_secs_f64());
+                if end == End::StreamComplete && output > 1 {
+                    s.observe_tpot(total.saturating_sub(first).as_secs_f64() / (output - 1) as f64);
+                }
             }
-        }
+        });
         // Client side: each attempt, as the provider served it.
         for attempt in &ctx.attempts {
             let ok = attempt.outcome == "success";
             let target = &attempt.target;
+            let labels = GenAiLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: genai::provider_name(target.provider.kind),
+                gen_ai_request_model: target.model.clone(),
+                gen_ai_response_model: if ok {
+                    target.model.clone()
+                } else {
+                    self.empty.clone()
+                },
+                error_type: if ok { "" } else { attempt.outcome },
+                route: route.clone(),
+                provider: target.provider.name.clone(),
+            };
             m.genai_client_duration
-                .get_or_create(&GenAiLabels {
-                    gen_ai_operation_name: operation,
-                    gen_ai_provider_name: genai::provider_name(target.provider.kind),
-                    gen_ai_request_model: target.model.clone(),
-                    gen_ai_response_model: if ok {
-                        target.model.clone()
-                    } else {
-                        self.empty.clone()
-                    },
-                    error_type: if ok { "" } else { attempt.outcome },
-                    route: route.clone(),
-                    provider: target.provider.name.clone(),
-                })
-                .observe(attempt.elapsed.as_secs_f64());
+                .with(&labels, |h| h.observe(attempt.elapsed.as_secs_f64()));
         }
         if let (Some(target), Some(usage)) = (answered, ctx.usage) {
             let t = usage.tokens();
             let input = t.input + t.cached_read + t.cache_write;
             let output = t.output + t.reasoning;
-            for (kind, n) in [("input", input), ("output", output)] {
-                m.genai_tokens
-                    .get_or_create(&TokenUsageLabels {
-                        gen_ai_operation_name: operation,
-                        gen_ai_provider_name: genai::provider_name(target.provider.kind),
-                        gen_ai_request_model: target.model.clone(),
-                        gen_ai_response_model: target.model.clone(),
-                        gen_ai_token_type: kind,
-                        route: route.clone(),
-                        provider: target.provider.name.clone(),
-                    })
-                    .observe(n as f64);
-            }
+            let labels = TokenUsageLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: genai::provider_name(target.provider.kind),
+                gen_ai_request_model: target.model.clone(),
+                gen_ai_response_model: target.model.clone(),
+                route: route.clone(),
+                provider: target.provider.name.clone(),
+            };
+            m.genai_tokens.with(&labels, |s| {
+                s.input.observe(input as f64);
+                s.output.observe(output as f64);
+            });
         }
     }
 
