@@ -510,3 +510,33 @@ fn the_grouping_of_a_query_is_the_labels_of_its_by_clauses() {
         .collect();
     assert_eq!(labels, want);
 }
+
+#[test]
+fn a_panel_answer_lacks_data_when_empty_unaggregated_or_without_its_labels() {
+    let q = PanelQuery {
+        title: "t".into(),
+        expr: "sum by (route, tag) (x)".into(),
+        labels: grouping("sum by (route, tag) (x)"),
+    };
+    let answer = |result: Value| json!({"status": "success", "data": {"result": result}});
+    assert!(lacking(&q, &answer(json!([]))).is_some(), "empty");
+    assert!(
+        lacking(&q, &json!({"status": "error", "error": "parse error"})).is_some(),
+        "failed query"
+    );
+    let extra = json!([{"metric": {"route": "chat", "tag": "a", "pod": "x"}, "value": [0, "1"]}]);
+    assert!(
+        lacking(&q, &answer(extra)).is_some(),
+        "a label outside by (...)"
+    );
+    let partial = json!([{"metric": {"route": "chat"}, "value": [0, "1"]}]);
+    assert!(
+        lacking(&q, &answer(partial)).is_some(),
+        "no series with every label"
+    );
+    let good = json!([
+        {"metric": {"route": "chat"}, "value": [0, "1"]},
+        {"metric": {"route": "chat", "tag": "a"}, "value": [0, "1"]},
+    ]);
+    assert_eq!(lacking(&q, &answer(good)), None);
+}
