@@ -45,6 +45,13 @@ fn prometheus_bin() -> Result<PathBuf> {
 /// The dashboard JSON from the chart, as `helm template` renders the ConfigMap.
 fn rendered_dashboard(cp: &ControlPlane) -> Result<Value> {
     let chart = repo_root().join("charts/gatehouse");
+    let default = cp
+        .helm(["template", "gh", chart.to_str().context("chart path")?])?
+        .ok("helm template")?;
+    ensure!(
+        !default.contains("grafana_dashboard"),
+        "the dashboard ConfigMap is rendered by default; it is off unless dashboard.enabled"
+    );
     let out = cp
         .helm([
             "template",
