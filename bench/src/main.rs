@@ -13,6 +13,7 @@ mod ledger;
 mod load;
 mod memory;
 mod metering;
+mod metrics;
 mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
@@ -111,6 +112,10 @@ struct Args {
     /// Also measure what metering costs: the sidecar with metering on against `--metering off`.
     #[arg(long)]
     metering: bool,
+    /// Also measure what per-request metrics cost: the sidecar with `--metrics on` against
+    /// `--metrics off`; then `/metrics` encoded with 1,000 label combinations.
+    #[arg(long)]
+    metrics: bool,
     /// Also measure what a Budget costs: one sidecar with a Budget covering the route against
     /// one with none, in the same interleaved rounds (requests/s and CPU per request).
     #[arg(long)]
@@ -909,6 +914,9 @@ async fn bench(args: &Args) -> anyhow::Result<String> {
     }
     if args.metering {
         metering::report(&mut report, args, &dir, mock_addr).await?;
+    }
+    if args.metrics {
+        metrics::report(&mut report, args, &dir, mock_addr).await?;
     }
     if args.budget {
         budget::report(&mut report, args, &dir, mock_addr).await?;

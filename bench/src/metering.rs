@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::load::Target;
 
-const MANIFESTS: &str = r#"apiVersion: gatehouse.dev/v1alpha1
+pub const MANIFESTS: &str = r#"apiVersion: gatehouse.dev/v1alpha1
 kind: ModelProvider
 metadata: {name: mock}
 spec:

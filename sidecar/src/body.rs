@@ -311,6 +311,13 @@ impl SseRelayProj<'_> {
             (_, taken) => taken,
         };
         let mut events = taken.map(|t| self.scrub.scrub_bytes(t));
+        // Time to first token: when the first event batch leaves for the client.
+        if events.is_some()
+            && let Some(exchange) = self.exchange.as_mut()
+            && exchange.ctx.first_event.is_none()
+        {
+            exchange.ctx.first_event = Some(exchange.ctx.start.elapsed());
+        }
         if let (Some(events), Some(exchange)) = (events.as_mut(), self.exchange.as_mut())
             && exchange.wants_events()
         {

@@ -182,6 +182,11 @@ pub struct Args {
     /// metering costs; a production sidecar keeps it on.
     #[arg(long, env = "GATEHOUSE_METERING", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub metering: bool,
+    /// Per-request metrics: `on` (the default) records every request into the metrics on the
+    /// admin port; `off` leaves the recording out of the request path (`/metrics` still serves
+    /// the rest). Off exists for the bench to measure what recording costs.
+    #[arg(long, env = "GATEHOUSE_METRICS", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub metrics: bool,
     /// Budgets: the operator's budget ledger, one or more base URLs (comma-separated; the one
     /// that answers is kept, a `not_leader` answer is followed to the leader). Without it, a
     /// standalone sidecar is its own ledger, and a kube-mode one finds the ledger unreachable
@@ -474,6 +479,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     };
     let store = Arc::new(Store::with_egress(Arc::new(egress)));
     let mut metrics = Metrics::new();
+    metrics.recording = args.metrics;
     metrics.register_collector(Box::new(routing::health::HealthCollector(
         store.health().clone(),
     )));

@@ -4,6 +4,21 @@
 //! client cannot blow up cardinality by sending random model names. The spend counters add the
 //! sidecar's own identity (one namespace and workload per sidecar) and the `x-gatehouse-tag`,
 //! the one label a request picks, capped by `--max-tags` (`stages::identity`).
+//!
+//! Two families of names. The `gen_ai_*` metrics are the OpenTelemetry GenAI semantic
+//! conventions' (semconv "Semantic conventions for generative AI metrics"), exposed the way the
+//! OTel "Prometheus and OpenMetrics compatibility" spec maps them: dots become underscores, the
+//! unit `s` becomes a `_seconds` suffix, an annotation unit such as `{token}` is dropped, and the
+//! attributes (`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
+//! `gen_ai.response.model`, `gen_ai.token.type`, `error.type`) become labels the same way. Their
+//! buckets are the conventions' advisory explicit boundaries ([`TOKEN_BUCKETS`],
+//! [`DURATION_BUCKETS`], [`TTFT_BUCKETS`], [`TPOT_BUCKETS`]). The sidecar is a GenAI *client*
+//! of each provider (`gen_ai.client.operation.duration`: one observation per upstream attempt;
+//! `gen_ai.client.token.usage`: the usage of the attempt that answered) and a GenAI *server* to
+//! its app (`gen_ai.server.request.duration`, `gen_ai.server.time_to_first_token`,
+//! `gen_ai.server.time_per_output_token`: measured at the gateway, as the app sees them). The
+//! `gatehouse_*` metrics are the gateway's own (counters get `_total`). docs/observability.md
+//! lists both and the cardinality bound.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::usage::Tokens;
 
@@ -300,9 +315,319 @@ pub struct RateLimitLabels {
     pub unit: &'static str,
 }
 
+/// `gen_ai.client.token.usage` buckets (the conventions' advisory boundaries: powers of 4 from 1
+/// to 4^13).
+pub const TOKEN_BUCKETS: [f64; 14] = [
+    1.0,
+    4.0,
+    16.0,
+    64.0,
+    256.0,
+    1_024.0,
+    4_096.0,
+    16_384.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+
+/// `gen_ai.client.operation.duration` and `gen_ai.server.request.duration` buckets, in seconds
+/// (10 ms doubling to 81.92 s).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// `gen_ai.server.time_to_first_token` buckets, in seconds.
+pub const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// `gen_ai.server.time_per_output_token` buckets, in seconds.
+pub const TPOT_BUCKETS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
+/// Attributes of the GenAI duration metrics (`gen_ai_server_*`, `gen_ai_client_operation_*`),
+/// plus the Route and the ModelProvider's name (several ModelProviders may share one
+/// `gen_ai.provider.name`). Every value comes from the config or a fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    /// `gen_ai.operation.name`: chat or embeddings.
+    pub gen_ai_operation_name: &'static str,
+    /// `gen_ai.provider.name` (`genai::provider_name`), empty when no provider answered.
+    pub gen_ai_provider_name: &'static str,
+    /// `gen_ai.request.model`: server metrics, the Route (the alias the app asked for); client
+    /// metrics, the upstream model asked of the provider.
+    pub gen_ai_request_model: Arc<str>,
+    /// `gen_ai.response.model`: the upstream model that answered, empty when none did.
+    pub gen_ai_response_model: Arc<str>,
+    /// `error.type`: empty on success, else the gateway's error code (server) or the attempt's
+    /// outcome (client).
+    pub error_type: &'static str,
+    /// Route name.
+    pub route: Arc<str>,
+    /// ModelProvider name, empty when none answered.
+    pub provider: Arc<str>,
+}
+
+/// Attributes of `gen_ai_client_token_usage`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenUsageLabels {
+    /// `gen_ai.operation.name`.
+    pub gen_ai_operation_name: &'static str,
+    /// `gen_ai.provider.name`.
+    pub gen_ai_provider_name: &'static str,
+    /// `gen_ai.request.model`: the upstream model asked of the provider.
+    pub gen_ai_request_model: Arc<str>,
+    /// `gen_ai.response.model`: the upstream model that answered.
+    pub gen_ai_response_model: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// ModelProvider name.
+    pub provider: Arc<str>,
+}
+
+/// Per-request series kept in one map entry per label set, so a request costs one lookup
+/// (foldhash, read lock) for all of them, like [`Spend`]; exposed as one metric per part by views.
+#[derive(Debug)]
+pub struct Series<K, V> {
+    entries: RwLock<HashMap<K, V, foldhash::fast::RandomState>>,
+    make: fn() -> V,
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Series<K, V> {
+    fn new(make: fn() -> V) -> Self {
+        Self {
+            entries: RwLock::default(),
+            make,
+        }
+    }
+
+    /// Run `f` on the entry of `key`, created when new. Takes a read lock only, unless the label
+    /// set is new.
+    pub fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> R {
+        // An insert is one call: a poisoned lock is still good to use.
+        if let Some(v) = self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return f(v);
+        }
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let v = entries.entry(key.clone()).or_insert_with(self.make);
+        f(v)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, V, foldhash::fast::RandomState>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The server-side GenAI histograms of one label set.
+#[derive(Debug)]
+pub struct ServerSeries {
+    /// `gen_ai.server.request.duration`.
+    pub duration: Histogram,
+    /// `gen_ai.server.time_to_first_token`; exposed once observed.
+    pub ttft: Histogram,
+    /// `gen_ai.server.time_per_output_token`; exposed once observed.
+    pub tpot: Histogram,
+    ttft_seen: AtomicBool,
+    tpot_seen: AtomicBool,
+}
+
+impl ServerSeries {
+    fn new() -> Self {
+        Self {
+            duration: Histogram::new(DURATION_BUCKETS),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            tpot: Histogram::new(TPOT_BUCKETS),
+            ttft_seen: AtomicBool::new(false),
+            tpot_seen: AtomicBool::new(false),
+        }
+    }
+
+    /// Observe a time to first token.
+    pub fn observe_ttft(&self, secs: f64) {
+        self.ttft.observe(secs);
+        self.ttft_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// Observe a time per output token.
+    pub fn observe_tpot(&self, secs: f64) {
+        self.tpot.observe(secs);
+        self.tpot_seen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `gen_ai.client.token.usage` of one label set, by `gen_ai.token.type`: input (cache reads and
+/// writes included) and output (reasoning included).
+#[derive(Debug)]
+pub struct TokenSeries {
+    /// Input tokens.
+    pub input: Histogram,
+    /// Output tokens.
+    pub output: Histogram,
+}
+
+impl TokenSeries {
+    fn new() -> Self {
+        Self {
+            input: Histogram::new(TOKEN_BUCKETS),
+            output: Histogram::new(TOKEN_BUCKETS),
+        }
+    }
+}
+
+/// Which histogram of a [`ServerSeries`] a view exposes.
+#[derive(Debug, Clone, Copy)]
+enum ServerPart {
+    Duration,
+    Ttft,
+    Tpot,
+}
+
+/// One `gen_ai_server_*` metric, read from the shared entries at scrape time.
+#[derive(Debug)]
+struct ServerView(Arc<Series<GenAiLabels, ServerSeries>>, ServerPart);
+
+impl EncodeMetric for ServerView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, s) in self.0.read().iter() {
+            let h = match self.1 {
+                ServerPart::Duration => &s.duration,
+                ServerPart::Ttft if s.ttft_seen.load(Ordering::Relaxed) => &s.ttft,
+                ServerPart::Tpot if s.tpot_seen.load(Ordering::Relaxed) => &s.tpot,
+                ServerPart::Ttft | ServerPart::Tpot => continue,
+            };
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// `gen_ai_client_operation_duration_seconds`.
+#[derive(Debug)]
+struct HistogramView(Arc<Series<GenAiLabels, Histogram>>);
+
+impl EncodeMetric for HistogramView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in self.0.read().iter() {
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// A token-usage label set and its `gen_ai_token_type`, borrowed for encoding.
+struct WithTokenType<'a> {
+    labels: &'a TokenUsageLabels,
+    gen_ai_token_type: &'static str,
+}
+
+impl EncodeLabelSet for WithTokenType<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        #[derive(EncodeLabelSet)]
+        struct TypeLabel {
+            gen_ai_token_type: &'static str,
+        }
+        self.labels.encode(encoder)?;
+        TypeLabel {
+            gen_ai_token_type: self.gen_ai_token_type,
+        }
+        .encode(encoder)
+    }
+}
+
+/// `gen_ai_client_token_usage`: two series per label set.
+#[derive(Debug)]
+struct TokenUsageView(Arc<Series<TokenUsageLabels, TokenSeries>>);
+
+impl EncodeMetric for TokenUsageView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, t) in self.0.read().iter() {
+            for (gen_ai_token_type, h) in [("input", &t.input), ("output", &t.output)] {
+                let labels = WithTokenType {
+                    labels,
+                    gen_ai_token_type,
+                };
+                h.encode(encoder.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Labels of cache lookups.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// hit, miss or bypass (no cache on the route, or the request may not be cached).
+    pub result: &'static str,
+}
+
+/// Labels of a rate-limit decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitDecisionLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The limit's name (from the config).
+    pub limit: Arc<str>,
+    /// allowed or refused.
+    pub result: &'static str,
+}
+
+/// Labels of a failover: the attempt moved to another target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The ModelProvider the failed attempt went to.
+    pub from_provider: Arc<str>,
+    /// The ModelProvider tried next.
+    pub to_provider: Arc<str>,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Whether the telemetry stage records per-request metrics (`--metrics`); off, the other
+    /// metrics are still served, the request path records none of the per-request ones.
+    pub recording: bool,
+    /// `gen_ai.server.request.duration` (arrival to the last byte; the whole stream for a
+    /// stream), `gen_ai.server.time_to_first_token` (arrival to the first event relayed) and
+    /// `gen_ai.server.time_per_output_token` (after the first event, per further output token),
+    /// one entry per label set.
+    pub genai_server: Arc<Series<GenAiLabels, ServerSeries>>,
+    /// `gen_ai.client.operation.duration`: one per upstream attempt.
+    pub genai_client_duration: Arc<Series<GenAiLabels, Histogram>>,
+    /// `gen_ai.client.token.usage`: the answering attempt's usage, input and output.
+    pub genai_tokens: Arc<Series<TokenUsageLabels, TokenSeries>>,
+    /// Cache lookups by route and result.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Moves from a failed attempt to another target.
+    pub failovers: Family<FailoverLabels, Counter>,
+    /// Rate-limit decisions per applied limit.
+    pub rate_limit_decisions: Family<RateLimitDecisionLabels, Counter>,
+    genai_registry: Registry,
     /// Finished requests.
     pub requests: Family<RequestLabels, Counter>,
     /// Request duration from first byte received to response complete (headers for streams).
@@ -359,7 +684,60 @@ impl Default for Metrics {
 impl Metrics {
     /// Create and register all metrics.
     pub fn new() -> Self {
+        // The GenAI conventions' names carry no prefix of ours.
+        let mut genai_registry = Registry::default();
+        let genai_server = Arc::new(Series::new(ServerSeries::new));
+        genai_registry.register_with_unit(
+            "gen_ai_server_request_duration",
+            "GenAI server request duration: arrival at the gateway to the last byte of the answer",
+            Unit::Seconds,
+            ServerView(genai_server.clone(), ServerPart::Duration),
+        );
+        genai_registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Time from arrival to the first stream event relayed to the app",
+            Unit::Seconds,
+            ServerView(genai_server.clone(), ServerPart::Ttft),
+        );
+        genai_registry.register_with_unit(
+            "gen_ai_server_time_per_output_token",
+            "Time per output token after the first, of complete streams",
+            Unit::Seconds,
+            ServerView(genai_server.clone(), ServerPart::Tpot),
+        );
+        let genai_client_duration: Arc<Series<GenAiLabels, Histogram>> =
+            Arc::new(Series::new(|| Histogram::new(DURATION_BUCKETS)));
+        genai_registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "GenAI operation duration of each upstream attempt",
+            Unit::Seconds,
+            HistogramView(genai_client_duration.clone()),
+        );
+        let genai_tokens = Arc::new(Series::new(TokenSeries::new));
+        genai_registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens used by the attempt that answered, by token type",
+            TokenUsageView(genai_tokens.clone()),
+        );
         let mut registry = Registry::with_prefix("gatehouse");
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests by cache result (hit, miss, bypass), per route",
+            cache.clone(),
+        );
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Moves from a failed upstream attempt to another target, per route",
+            failovers.clone(),
+        );
+        let rate_limit_decisions = Family::<RateLimitDecisionLabels, Counter>::default();
+        registry.register(
+            "rate_limit_decisions",
+            "Rate-limit decisions (allowed, refused) per route and applied limit",
+            rate_limit_decisions.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered", requests.clone());
         let request_duration =
@@ -476,6 +854,14 @@ impl Metrics {
             audit_dropped.clone(),
         );
         Self {
+            recording: true,
+            genai_server,
+            genai_client_duration,
+            genai_tokens,
+            cache,
+            failovers,
+            rate_limit_decisions,
+            genai_registry,
             requests,
             request_duration,
             overhead,
@@ -511,9 +897,12 @@ impl Metrics {
 
     /// Text exposition format.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.genai_registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_eof(&mut out);
         out
     }
 }

@@ -186,6 +186,7 @@ impl Gateway {
         };
         // Dropped with this future if the client goes away: the end hook still runs.
         let mut x = Exchange::new(self.chain.clone(), Context::new(dialect));
+        x.ctx.operation = call.map(|(op, _)| op);
         // The head hooks (identity and its tag) see every request, before its body is read.
         let result = match (x.head(req.headers()), call, req.method(), path) {
             (Err(e), ..) => Err(e),

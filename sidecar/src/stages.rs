@@ -337,6 +337,10 @@ pub struct Context {
     pub status: Option<StatusCode>,
     /// Time from arrival to the response head.
     pub head_elapsed: Option<Duration>,
+    /// The operation (`None` for the paths that are not one: model lists, token counts).
+    pub operation: Option<crate::dialect::Operation>,
+    /// Time from arrival to the first stream event relayed to the client (time to first token).
+    pub first_event: Option<Duration>,
     /// Whether the answer is a relayed stream.
     pub streaming: bool,
     /// The request headers routing rules name (only those; see `Snapshot::rule_headers`).
@@ -381,6 +385,8 @@ impl Context {
             error: None,
             status: None,
             head_elapsed: None,
+            operation: None,
+            first_event: None,
             streaming: false,
             rule_headers: Vec::new(),
             rule: None,

@@ -15,8 +15,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Context, End, Hooks, Stage};
+use crate::genai;
 use crate::metrics::{
-    AttemptLabels, ErrorLabels, Metrics, RequestLabels, RouteLabels, SpendLabels,
+    AttemptLabels, CacheLabels, ErrorLabels, FailoverLabels, GenAiLabels, Metrics,
+    RateLimitDecisionLabels, RequestLabels, RouteLabels, SpendLabels, TokenUsageLabels,
 };
 
 /// The status recorded for a request whose client went away before any response head left
@@ -66,35 +68,132 @@ impl Telemetry {
     }
 }
 
-/// The access line's `cost_usd`, formatted when the line is written (no string built for it).
-struct Cost<'a>(&'a Context);
-
-impl fmt::Display for Cost<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ctx = self.0;
-        match ctx.cost_usd {
-            // The precision of the `x-gatehouse-cost-usd` header.
-            Some(cost) => write!(f, "{cost:.8}"),
-            // Answered and measured but not priced (ISSUE #11's contract with metering).
-            None if ctx.answered_by.is_some() && ctx.usage.is_some() => f.write_str("unknown"),
-            None => f.write_str("0"),
+impl Telemetry {
+    /// The GenAI convention metrics (`metrics` module doc): the server ones per request, the
+    /// client ones per attempt.
+    fn genai(&self, ctx: &Context, end: End, route: &Arc<str>) {
+        let Some(op) = ctx.operation else {
+            return;
+        };
+        let m = &self.metrics;
+        let operation = genai::operation_name(op);
+        let answered = ctx.answered_by.as_ref();
+        // Server side: as the app saw the request.
+        let failed = ctx.status.is_some_and(|s| s.as_u16() >= 400);
+        let error_type = match (ctx.error, end) {
+            (Some(code), _) => code,
+            (None, End::StreamBroken) => "stream_broken",
+            (None, End::ClientGone) => "client_gone",
+            // A provider's refusal relayed as it was: the last attempt's outcome.
+            (None, _) if failed => ctx
+                .attempts
+                .last()
+                .map(|a| a.outcome)
+                .filter(|o| *o != "success")
+                .unwrap_or("_OTHER"),
+            (None, _) => "",
+        };
+        let server = GenAiLabels {
+            gen_ai_operation_name: operation,
+            gen_ai_provider_name: answered.map_or("", |t| genai::provider_name(t.provider.kind)),
+            gen_ai_request_model: route.clone(),
+            gen_ai_response_model: answered.map_or_else(|| self.empty.clone(), |t| t.model.clone()),
+            error_type,
+            route: route.clone(),
+            provider: answered.map_or_else(|| self.empty.clone(), |t| t.provider.name.clone()),
+        };
+        let total = ctx.start.elapsed();
+        let output = ctx.usage.map_or(0, |u| {
+            let t = u.tokens();
+            t.output + t.reasoning
+        });
+        m.genai_server.with(&server, |s| {
+            s.duration.observe(total.as_secs_f64());
+            if let Some(first) = ctx.first_event
+                && error_type.is_empty()
+            {
+                s.observe_ttft(first.as_secs_f64());
+                if end == End::StreamComplete && output > 1 {
+                    s.observe_tpot(total.saturating_sub(first).as_secs_f64() / (output - 1) as f64);
+                }
+            }
+        });
+        // Client side: each attempt, as the provider served it.
+        for attempt in &ctx.attempts {
+            let ok = attempt.outcome == "success";
+            let target = &attempt.target;
+            let labels = GenAiLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: genai::provider_name(target.provider.kind),
+                gen_ai_request_model: target.model.clone(),
+                gen_ai_response_model: if ok {
+                    target.model.clone()
+                } else {
+                    self.empty.clone()
+                },
+                error_type: if ok { "" } else { attempt.outcome },
+                route: route.clone(),
+                provider: target.provider.name.clone(),
+            };
+            m.genai_client_duration
+                .with(&labels, |h| h.observe(attempt.elapsed.as_secs_f64()));
+        }
+        if let (Some(target), Some(usage)) = (answered, ctx.usage) {
+            let t = usage.tokens();
+            let input = t.input + t.cached_read + t.cache_write;
+            let output = t.output + t.reasoning;
+            let labels = TokenUsageLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: genai::provider_name(target.provider.kind),
+                gen_ai_request_model: target.model.clone(),
+                gen_ai_response_model: target.model.clone(),
+                route: route.clone(),
+                provider: target.provider.name.clone(),
+            };
+            m.genai_tokens.with(&labels, |s| {
+                s.input.observe(input as f64);
+                s.output.observe(output as f64);
+            });
         }
     }
-}
 
-impl Stage for Telemetry {
-    fn name(&self) -> &'static str {
-        "telemetry"
-    }
-
-    fn hooks(&self) -> Hooks {
-        Hooks {
-            end: true,
-            ..Hooks::default()
+    /// Cache results, failovers and rate-limit decisions of a routed request.
+    fn decisions(&self, ctx: &Context, route: &Arc<str>) {
+        let m = &self.metrics;
+        m.cache
+            .get_or_create(&CacheLabels {
+                route: route.clone(),
+                result: ctx.cache.as_str(),
+            })
+            .inc();
+        for pair in ctx.attempts.windows(2) {
+            let (from, to) = (&pair[0].target, &pair[1].target);
+            if from.provider.name != to.provider.name || from.model != to.model {
+                m.failovers
+                    .get_or_create(&FailoverLabels {
+                        route: route.clone(),
+                        from_provider: from.provider.name.clone(),
+                        to_provider: to.provider.name.clone(),
+                    })
+                    .inc();
+            }
+        }
+        if let Some(decision) = ctx.rate_limit.as_deref() {
+            for limit in &decision.applied {
+                let refused = decision.refused_by.as_ref() == Some(limit);
+                m.rate_limit_decisions
+                    .get_or_create(&RateLimitDecisionLabels {
+                        route: route.clone(),
+                        limit: limit.clone(),
+                        result: if refused { "refused" } else { "allowed" },
+                    })
+                    .inc();
+            }
         }
     }
 
-    fn on_end(&self, ctx: &mut Context, end: End) {
+    /// Every per-request metric (`--metrics on`).
+    fn record(&self, ctx: &Context, end: End) {
         let m = &self.metrics;
         let status = ctx.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
         // Label values are shared strings: reference counts, no allocation per request.
@@ -102,24 +201,24 @@ impl Stage for Telemetry {
         let route_label = shared(ctx.route.as_ref().map(|r| &r.name));
         let provider_label = shared(ctx.answered_by.as_ref().map(|t| &t.provider.name));
         let model_label = shared(ctx.answered_by.as_ref().map(|t| &t.model));
-        let (route, provider, model) = (&*route_label, &*provider_label, &*model_label);
         m.requests
             .get_or_create(&RequestLabels {
                 route: route_label.clone(),
-                provider: provider_label.clone(),
-                model: model_label.clone(),
+                provider: provider_label,
+                model: model_label,
                 status,
             })
             .inc();
         // Duration and overhead up to the response head (for a stream: until it was committed),
         // as the metrics document.
         let elapsed = ctx.head_elapsed.unwrap_or_else(|| ctx.start.elapsed());
-        if !route.is_empty() {
+        if !route_label.is_empty() {
             m.request_duration
                 .get_or_create(&RouteLabels {
                     route: route_label.clone(),
                 })
                 .observe(elapsed.as_secs_f64());
+            self.decisions(ctx, &route_label);
         }
         if !ctx.attempts.is_empty() {
             m.overhead
@@ -150,7 +249,47 @@ impl Stage for Telemetry {
                 })
                 .inc();
         }
+        self.genai(ctx, end, &route_label);
         self.spend(ctx);
+    }
+}
+
+/// The access line's `cost_usd`, formatted when the line is written (no string built for it).
+struct Cost<'a>(&'a Context);
+
+impl fmt::Display for Cost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ctx = self.0;
+        match ctx.cost_usd {
+            // The precision of the `x-gatehouse-cost-usd` header.
+            Some(cost) => write!(f, "{cost:.8}"),
+            // Answered and measured but not priced (ISSUE #11's contract with metering).
+            None if ctx.answered_by.is_some() && ctx.usage.is_some() => f.write_str("unknown"),
+            None => f.write_str("0"),
+        }
+    }
+}
+
+impl Stage for Telemetry {
+    fn name(&self) -> &'static str {
+        "telemetry"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            end: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_end(&self, ctx: &mut Context, end: End) {
+        if self.metrics.recording {
+            self.record(ctx, end);
+        }
+        let status = ctx.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
+        let route = ctx.route.as_deref().map_or("", |r| &*r.name);
+        let provider = ctx.answered_by.as_ref().map_or("", |t| &*t.provider.name);
+        let model = ctx.answered_by.as_ref().map_or("", |t| &*t.model);
         let duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
         let workload = ctx.identity.workload.as_deref();
         let tokens = ctx.usage.map(|u| u.tokens());
