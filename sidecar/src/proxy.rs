@@ -72,6 +72,10 @@ pub struct Settings {
     pub budget: stages::budget::Settings,
     /// Where audit lines go; `None`: no audit stage.
     pub audit: Option<Arc<crate::audit::Sink>>,
+    /// The last requests' records (`--request-records`); `None`: none kept.
+    pub records: Option<Arc<crate::records::Records>>,
+    /// The trace exporter (`--otlp-endpoint`); `None`: tracing off.
+    pub exporter: Option<Arc<crate::otlp::Exporter>>,
 }
 
 impl Default for Settings {
@@ -89,6 +93,8 @@ impl Default for Settings {
             ledger: Arc::new(stages::budget::ledger::Local::new()),
             budget: stages::budget::Settings::default(),
             audit: None,
+            records: None,
+            exporter: None,
         }
     }
 }
@@ -146,6 +152,10 @@ impl Gateway {
                 settings.metering,
                 stages::budget::stages(settings.ledger.clone(), metrics, settings.budget.clone()),
                 settings.audit.clone(),
+                stages::record::RecordStage::new(
+                    settings.records.clone(),
+                    settings.exporter.clone(),
+                ),
             )),
             client,
             settings,

@@ -31,6 +31,7 @@ pub mod headers;
 pub mod identity;
 pub mod metering;
 pub mod ratelimit;
+pub mod record;
 pub mod redaction;
 pub mod rules;
 pub mod telemetry;
@@ -72,6 +73,7 @@ pub fn chain(
     metering: bool,
     budget: (budget::Reserve, budget::Settle),
     audit: Option<Arc<crate::audit::Sink>>,
+    trail: Option<record::RecordStage>,
 ) -> Chain {
     let (reserve, settle) = budget;
     // Cluster rate limits are accounts on the remote budget ledger (standalone: a bucket here).
@@ -126,6 +128,11 @@ pub fn chain(
     // (when the route opts in) as redaction left them.
     if let Some(sink) = audit {
         stages.push(Box::new(audit::Audit::new(sink)));
+    }
+    // The request record and its trace: after everything, so they see every decision (a stage
+    // of their own, not part of telemetry; not in the chain when both are off).
+    if let Some(trail) = trail {
+        stages.push(Box::new(trail));
     }
     if !metering {
         stages.retain(|s| s.name() != "metering");
@@ -277,6 +284,8 @@ pub struct AttemptRecord {
     pub outcome: &'static str,
     /// How long it took.
     pub elapsed: Duration,
+    /// When it started.
+    pub started: Instant,
 }
 
 /// What the stages share about one request.
@@ -339,6 +348,8 @@ pub struct Context {
     pub rate_limit: Option<Box<ratelimit::Decision>>,
     /// The prompt and answer for the audit line, when the route opts in (`stages::audit`).
     pub audit: Option<Box<audit::Capture>>,
+    /// The trace and what the request record needs (`stages::record`).
+    pub trail: Option<Box<record::Trail>>,
 }
 
 impl Context {
@@ -374,6 +385,7 @@ impl Context {
             redaction: None,
             rate_limit: None,
             audit: None,
+            trail: None,
         }
     }
 
@@ -624,6 +636,7 @@ mod tests {
             true,
             budget(),
             None,
+            None,
         );
         assert_eq!(
             chain.names(),
@@ -646,6 +659,7 @@ mod tests {
             10,
             false,
             budget(),
+            None,
             None,
         );
         assert_eq!(
@@ -692,8 +706,25 @@ mod tests {
             true,
             budget(),
             Some(Arc::new(sink)),
+            None,
         );
         assert_eq!(audited.names().last(), Some(&"audit"));
+        // With records kept (or traces exported), the record stage comes after everything.
+        let recorded = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+            budget(),
+            None,
+            record::RecordStage::new(Some(Arc::new(crate::records::Records::new(10))), None),
+        );
+        assert_eq!(recorded.names().last(), Some(&"record"));
+        // Both off: not in the chain.
+        assert!(
+            record::RecordStage::new(Some(Arc::new(crate::records::Records::new(0))), None)
+                .is_none()
+        );
     }
 
     #[test]
