@@ -475,7 +475,7 @@ pub fn health(route: &str, target: &ChainTarget, reports: &[Value]) -> String {
                 detail.push(format!("cooldown {:.1}s", ms as f64 / 1000.0));
             }
             if let Some(reason) = entry["last_reason"].as_str() {
-                detail.push(format!("last failure {reason}"));
+                detail.push(format!("ejected for {reason}"));
             }
         }
         *states.entry(state).or_default() += 1;
@@ -591,13 +591,13 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         let reports = vec![
             json!({"targets": [{"route": "chat", "provider": "a", "model": "m", "state": "ejected",
-                "cooldown_remaining_ms": 25000, "last_reason": "status_503"}]}),
+                "cooldown_remaining_ms": 25000, "last_reason": "consecutive_failures"}]}),
             json!({"targets": [{"route": "chat", "provider": "a", "model": "m", "state": "healthy"}]}),
         ];
         let out = failover("shop", "chat", &["chat".into()], &ordered, &reports);
         assert!(
             out.contains(
-                "ejected in 1/2, healthy in 1/2 (cooldown 25.0s, last failure status_503)"
+                "ejected in 1/2, healthy in 1/2 (cooldown 25.0s, ejected for consecutive_failures)"
             ),
             "{out}"
         );
@@ -616,7 +616,7 @@ mod tests {
             "operation": "chat", "requested_model": "chat", "route": "chat", "rule": null,
             "provider": "secondary", "model": "backup",
             "attempts": [
-                {"provider": "primary", "model": "p", "outcome": "status_503", "start_ms": 0.5, "duration_ms": 2.0},
+                {"provider": "primary", "model": "p", "outcome": "server_error", "start_ms": 0.5, "duration_ms": 2.0},
                 {"provider": "secondary", "model": "backup", "outcome": "success", "start_ms": 12.0, "duration_ms": 3.0}
             ],
             "tokens": {"input": 3, "output": 4, "cached_read": 0, "cache_write": 0, "reasoning": 0, "estimated": false},
@@ -629,7 +629,7 @@ mod tests {
         assert!(out.contains("Answered by secondary / backup"), "{out}");
         assert!(out.contains("Cost        $0.00010000"), "{out}");
         assert!(out.contains("Budget      ok (team)"), "{out}");
-        assert!(out.contains("1  primary    p       status_503"), "{out}");
+        assert!(out.contains("1  primary    p       server_error"), "{out}");
         assert!(
             out.contains("Time        1970-01-01T00:00:00.000Z"),
             "{out}"

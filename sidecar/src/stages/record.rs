@@ -26,7 +26,7 @@
 //!   {upstream model}`, with `gen_ai.operation.name`, `gen_ai.provider.name`,
 //!   `gen_ai.request.model`, `server.address`, `server.port`, `gatehouse.provider` (the
 //!   ModelProvider) and `gatehouse.attempt.outcome`; a failed attempt has `error.type` (its
-//!   outcome: `timeout`, `status_503`, `connect`, ...) and status ERROR; the answering attempt
+//!   outcome: `server_error`, `timeout`, `connect_error`, ...) and status ERROR; the answering attempt
 //!   has `gen_ai.response.model` and the usage.
 
 use std::sync::Arc;
