@@ -147,7 +147,7 @@ fn scrape(report: &mut String) -> anyhow::Result<()> {
             t.input.observe(100.0);
             t.output.observe(50.0);
         });
-        m.cache
+        m.cache_requests
             .get_or_create(&CacheLabels {
                 route: route.clone(),
                 result: "miss",

@@ -157,6 +157,8 @@ pub struct Settings {
     /// since it is stopped together with the app. A native sidecar is stopped after the app and
     /// gets 0.
     pub drain_ms: u64,
+    /// Where the sidecar exports traces (`GATEHOUSE_OTLP_ENDPOINT`); `None`: tracing off.
+    pub otlp_endpoint: Option<String>,
     /// Host-network pods.
     pub host_network: HostNetwork,
     /// Namespaces never touched (kube-system and the operator's own).

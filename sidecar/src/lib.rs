@@ -12,8 +12,10 @@ pub mod error;
 pub mod genai;
 pub mod limits;
 pub mod metrics;
+pub mod otlp;
 pub mod providers;
 pub mod proxy;
+pub mod records;
 pub mod redact;
 pub mod request;
 pub mod routing;
@@ -256,6 +258,22 @@ pub struct Args {
     /// the request bypasses the cache and Redis is skipped for a second.
     #[arg(long, env = "GATEHOUSE_CACHE_REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_redis_timeout_ms: u64,
+    /// How many of the last requests' records the admin port keeps and serves
+    /// (`/v1/requests`); 0 keeps none.
+    #[arg(long, env = "GATEHOUSE_REQUEST_RECORDS", default_value_t = records::DEFAULT_RECORDS, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub request_records: u64,
+    /// Where traces go over OTLP/HTTP (protobuf); unset: tracing off, unless
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set. A URL without
+    /// a path gets `/v1/traces`.
+    #[arg(long, env = "GATEHOUSE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Finished requests waiting for the trace exporter, at most; past it they are not traced
+    /// (counted in `gatehouse_trace_records_dropped_total`).
+    #[arg(long, env = "GATEHOUSE_OTLP_QUEUE", default_value_t = otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub otlp_queue: u64,
+    /// Bound of one trace export request.
+    #[arg(long, env = "GATEHOUSE_OTLP_TIMEOUT_MS", default_value_t = otlp::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub otlp_timeout_ms: u64,
 }
 
 /// `on` or `off`.
@@ -294,6 +312,9 @@ pub enum StartError {
     /// The audit log file could not be opened.
     #[error(transparent)]
     Audit(#[from] audit::OpenError),
+    /// The OTLP endpoint is not a usable URL.
+    #[error(transparent)]
+    Otlp(#[from] otlp::EndpointError),
 }
 
 impl Args {
@@ -326,6 +347,8 @@ pub struct Running {
     /// Where Budgets are spent; flushed after the last request.
     ledger: Arc<dyn stages::budget::ledger::Ledger>,
     ledger_task: Option<JoinHandle<()>>,
+    /// The trace exporter's task (flushes on shutdown).
+    trace_task: Option<JoinHandle<()>>,
     _files: source::files::Watch,
     _kube: Option<source::kube::Watching>,
 }
@@ -343,6 +366,15 @@ impl Running {
         }
         if let Some(task) = self.ledger_task {
             task.abort();
+        }
+        if let Some(mut task) = self.trace_task {
+            // It sends what is queued, once, bounded by its export timeout.
+            if tokio::time::timeout(TRACE_FLUSH_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 
@@ -405,6 +437,9 @@ type SharedLedger = Arc<dyn stages::budget::ledger::Ledger>;
 
 /// Longest wait at shutdown for the last report to the ledger.
 const LEDGER_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest the trace exporter's last flush may hold up the shutdown.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ledger for these flags: the operator's when `--ledger-url` is set or in kube mode, the
 /// sidecar itself in standalone mode.
@@ -489,6 +524,48 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
     metrics.register_collector(Box::new(stages::budget::DegradedCollector(
         ledger_slot.clone(),
     )));
+    let (shutdown, rx) = watch::channel(false);
+    let records = (args.request_records > 0).then(|| {
+        Arc::new(records::Records::new(
+            usize::try_from(args.request_records).unwrap_or(usize::MAX),
+        ))
+    });
+    let otlp_endpoint = otlp::endpoint(args.otlp_endpoint.as_deref(), |k| std::env::var(k).ok())?;
+    let (exporter, trace_task) = match otlp_endpoint {
+        Some(endpoint) => {
+            let service = std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "gatehouse-sidecar".to_string());
+            let mut resource = vec![
+                ("service.name", service),
+                ("service.version", env!("CARGO_PKG_VERSION").to_string()),
+                ("k8s.namespace.name", workload.namespace.to_string()),
+            ];
+            if !workload.pod.is_empty() {
+                resource.push(("k8s.pod.name", workload.pod.to_string()));
+            }
+            if !workload.name.is_empty() {
+                resource.push(("gatehouse.workload", workload.name.to_string()));
+            }
+            tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+            let (exporter, task) = otlp::start(
+                otlp::Settings {
+                    endpoint,
+                    queue: usize::try_from(args.otlp_queue).unwrap_or(usize::MAX),
+                    timeout: Duration::from_millis(args.otlp_timeout_ms),
+                    resource,
+                },
+                upstream::client(Duration::from_millis(args.connect_timeout_ms)),
+                rx.clone(),
+            );
+            metrics.register_collector(Box::new(otlp::CountersCollector(
+                exporter.counters().clone(),
+            )));
+            (Some(exporter), Some(task))
+        }
+        None => (None, None),
+    };
     let metrics = Arc::new(metrics);
     let (ledger, ledger_task) = ledger(args, &workload, &store, &metrics)?;
     let _ = ledger_slot.set(ledger.clone());
@@ -570,6 +647,8 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                         timeout: Duration::from_millis(args.cache_redis_timeout_ms),
                     }),
             },
+            records: records.clone(),
+            exporter,
         },
     ));
     let timeouts = server::connection::Timeouts {
@@ -581,7 +660,6 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         || server::fds::default_max_connections(nofile),
         |max| usize::try_from(max).unwrap_or(usize::MAX),
     );
-    let (shutdown, rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(server::serve(
             "proxy",
@@ -597,7 +675,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         tokio::spawn(server::serve(
             "admin",
             admin_listener,
-            server::admin_handler(store.clone(), metrics.clone()),
+            server::admin_handler(store.clone(), metrics.clone(), records),
             server::Limits {
                 timeouts,
                 max_connections: server::fds::ADMIN_MAX_CONNECTIONS,
@@ -628,6 +706,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
         tasks,
         ledger,
         ledger_task,
+        trace_task,
         _files: files,
         _kube: kube,
     })

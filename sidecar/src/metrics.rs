@@ -622,7 +622,7 @@ pub struct Metrics {
     /// `gen_ai.client.token.usage`: the answering attempt's usage, input and output.
     pub genai_tokens: Arc<Series<TokenUsageLabels, TokenSeries>>,
     /// Cache lookups by route and result.
-    pub cache: Family<CacheLabels, Counter>,
+    pub cache_requests: Family<CacheLabels, Counter>,
     /// Moves from a failed attempt to another target.
     pub failovers: Family<FailoverLabels, Counter>,
     /// Rate-limit decisions per applied limit.
@@ -720,11 +720,11 @@ impl Metrics {
             TokenUsageView(genai_tokens.clone()),
         );
         let mut registry = Registry::with_prefix("gatehouse");
-        let cache = Family::<CacheLabels, Counter>::default();
+        let cache_requests = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_requests",
             "Requests by cache result (hit, miss, bypass), per route",
-            cache.clone(),
+            cache_requests.clone(),
         );
         let failovers = Family::<FailoverLabels, Counter>::default();
         registry.register(
@@ -858,7 +858,7 @@ impl Metrics {
             genai_server,
             genai_client_duration,
             genai_tokens,
-            cache,
+            cache_requests,
             failovers,
             rate_limit_decisions,
             genai_registry,

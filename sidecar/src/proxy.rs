@@ -74,6 +74,10 @@ pub struct Settings {
     pub audit: Option<Arc<crate::audit::Sink>>,
     /// The response cache's own settings (its Redis).
     pub cache: crate::cache::Settings,
+    /// The last requests' records (`--request-records`); `None`: none kept.
+    pub records: Option<Arc<crate::records::Records>>,
+    /// The trace exporter (`--otlp-endpoint`); `None`: tracing off.
+    pub exporter: Option<Arc<crate::otlp::Exporter>>,
 }
 
 impl Default for Settings {
@@ -92,6 +96,8 @@ impl Default for Settings {
             budget: stages::budget::Settings::default(),
             audit: None,
             cache: crate::cache::Settings::default(),
+            records: None,
+            exporter: None,
         }
     }
 }
@@ -154,8 +160,14 @@ impl Gateway {
                     metrics.clone(),
                     settings.budget.clone(),
                 ),
-                settings.audit.clone(),
                 Arc::new(crate::cache::Cache::new(&settings.cache, metrics)),
+                (
+                    settings.audit.clone(),
+                    stages::record::RecordStage::new(
+                        settings.records.clone(),
+                        settings.exporter.clone(),
+                    ),
+                ),
             )),
             client,
             settings,

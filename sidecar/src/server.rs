@@ -333,16 +333,58 @@ pub fn proxy_handler(
 pub fn admin_handler(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    records: Option<Arc<crate::records::Records>>,
 ) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<ProxyBody>> + Clone + Send + Sync + 'static
 {
     move |req| {
-        std::future::ready(admin_answer(
-            req.method(),
-            req.uri().path(),
-            &store,
-            &metrics,
-        ))
+        let path = req.uri().path();
+        // The last requests' records (`records`): `/v1/requests`, `/v1/requests/{id}`.
+        if path == "/v1/requests" || path.starts_with("/v1/requests/") {
+            return std::future::ready(records_answer(
+                req.method(),
+                path,
+                req.uri().query(),
+                records.as_deref(),
+            ));
+        }
+        std::future::ready(admin_answer(req.method(), path, &store, &metrics))
     }
+}
+
+/// The admin port's answer under `/v1/requests` (JSON).
+pub fn records_answer(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    records: Option<&crate::records::Records>,
+) -> Response<ProxyBody> {
+    let (status, body) = if method != Method::GET && method != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed: the admin port answers GET and HEAD"}),
+        )
+    } else {
+        match records {
+            Some(records) => records.answer(path, query),
+            None => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "request records are off (--request-records 0)"}),
+            ),
+        }
+    };
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+    }
+    response
 }
 
 /// The admin port's answer to `method path`.

@@ -32,6 +32,7 @@ pub mod headers;
 pub mod identity;
 pub mod metering;
 pub mod ratelimit;
+pub mod record;
 pub mod redaction;
 pub mod rules;
 pub mod telemetry;
@@ -64,18 +65,19 @@ use crate::workload::Workload;
 /// `metering: false` leaves metering out (`--metering off`, for the bench to measure what it
 /// costs): no usage is asked for or stripped, nothing is priced. The budget stage is always in
 /// the chain: Budgets come with the config, and a request no Budget covers costs it a check.
-/// costs): no usage is asked for or stripped, nothing is priced. Without an `audit` sink there is
-/// no audit stage.
+/// `after` holds what runs once everything else has: the audit line (none without a sink) and
+/// the record stage (none when records and traces are both off).
 pub fn chain(
     metrics: Arc<Metrics>,
     workload: Arc<Workload>,
     max_tags: usize,
     metering: bool,
     budget: (budget::Reserve, budget::Settle),
-    audit: Option<Arc<crate::audit::Sink>>,
     cache: Arc<crate::cache::Cache>,
+    after: (Option<Arc<crate::audit::Sink>>, Option<record::RecordStage>),
 ) -> Chain {
     let (reserve, settle) = budget;
+    let (audit, trail) = after;
     // Cluster rate limits are accounts on the remote budget ledger (standalone: a bucket here).
     let cluster_ledger = Some(reserve.ledger()).filter(|l| l.mode() == "remote");
     let mut stages: Vec<Box<dyn Stage>> = vec![
@@ -134,6 +136,11 @@ pub fn chain(
     // (when the route opts in) as redaction left them.
     if let Some(sink) = audit {
         stages.push(Box::new(audit::Audit::new(sink)));
+    }
+    // The request record and its trace: after everything, so they see every decision (a stage
+    // of their own, not part of telemetry; not in the chain when both are off).
+    if let Some(trail) = trail {
+        stages.push(Box::new(trail));
     }
     if !metering {
         stages.retain(|s| s.name() != "metering");
@@ -289,6 +296,8 @@ pub struct AttemptRecord {
     pub outcome: &'static str,
     /// How long it took.
     pub elapsed: Duration,
+    /// When it started.
+    pub started: Instant,
 }
 
 /// What the stages share about one request.
@@ -357,6 +366,8 @@ pub struct Context {
     pub audit: Option<Box<audit::Capture>>,
     /// What the cache stages know of this request (`stages::cache`).
     pub cache_pending: Option<Box<cache::Pending>>,
+    /// The trace and what the request record needs (`stages::record`).
+    pub trail: Option<Box<record::Trail>>,
 }
 
 impl Context {
@@ -395,6 +406,7 @@ impl Context {
             rate_limit: None,
             audit: None,
             cache_pending: None,
+            trail: None,
         }
     }
 
@@ -651,8 +663,8 @@ mod tests {
             10,
             true,
             budget(),
-            None,
             cache(),
+            (None, None),
         );
         assert_eq!(
             chain.names(),
@@ -677,8 +689,8 @@ mod tests {
             10,
             false,
             budget(),
-            None,
             cache(),
+            (None, None),
         );
         assert_eq!(
             off.names(),
@@ -726,10 +738,29 @@ mod tests {
             10,
             true,
             budget(),
-            Some(Arc::new(sink)),
             cache(),
+            (Some(Arc::new(sink)), None),
         );
         assert_eq!(audited.names().last(), Some(&"audit"));
+        // With records kept (or traces exported), the record stage comes after everything.
+        let recorded = super::chain(
+            Arc::new(Metrics::new()),
+            Arc::new(Workload::default()),
+            10,
+            true,
+            budget(),
+            cache(),
+            (
+                None,
+                record::RecordStage::new(Some(Arc::new(crate::records::Records::new(10))), None),
+            ),
+        );
+        assert_eq!(recorded.names().last(), Some(&"record"));
+        // Both off: not in the chain.
+        assert!(
+            record::RecordStage::new(Some(Arc::new(crate::records::Records::new(0))), None)
+                .is_none()
+        );
     }
 
     #[test]

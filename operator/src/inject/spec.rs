@@ -101,6 +101,12 @@ pub fn sidecar_container(settings: &Settings) -> Container {
             ]
             .into_iter()
             .chain(cache_redis)
+            .chain(
+                settings
+                    .otlp_endpoint
+                    .as_ref()
+                    .map(|e| env("GATEHOUSE_OTLP_ENDPOINT", e.clone())),
+            )
             .collect(),
         ),
         restart_policy: (settings.mode == Mode::Native).then(|| "Always".into()),

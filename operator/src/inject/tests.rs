@@ -24,6 +24,7 @@ fn settings(mode: Mode) -> Settings {
         mode,
         ledger_url: "https://gatehouse-operator.gatehouse-system.svc:8444".into(),
         drain_ms: 5000,
+        otlp_endpoint: None,
         host_network: HostNetwork::Skip,
         excluded_namespaces: vec!["kube-system".into(), "gatehouse-system".into()],
         cache_redis_addr: None,
@@ -525,5 +526,24 @@ fn cloud_identity_tokens_go_to_the_sidecar_only() {
             "AWS_WEB_IDENTITY_TOKEN_FILE"
         ),
         None
+    );
+}
+
+#[test]
+fn the_sidecar_gets_the_otlp_endpoint_only_when_one_is_set() {
+    let env_of = |s: &Settings| {
+        spec::sidecar_container(s)
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "GATEHOUSE_OTLP_ENDPOINT")
+            .and_then(|e| e.value)
+    };
+    let mut s = settings(Mode::Native);
+    assert_eq!(env_of(&s), None);
+    s.otlp_endpoint = Some("http://otel-collector.observability:4318".into());
+    assert_eq!(
+        env_of(&s).as_deref(),
+        Some("http://otel-collector.observability:4318")
     );
 }

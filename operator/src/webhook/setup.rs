@@ -128,6 +128,10 @@ pub struct WebhookArgs {
     /// it is stopped together with the app (a native sidecar is stopped after the app).
     #[arg(long, env = "GATEHOUSE_SIDECAR_DRAIN_MS", default_value_t = 5_000)]
     pub sidecar_drain_ms: u64,
+    /// Where injected sidecars export traces over OTLP/HTTP (their `GATEHOUSE_OTLP_ENDPOINT`,
+    /// docs/tracing.md); unset: tracing off.
+    #[arg(long, env = "GATEHOUSE_SIDECAR_OTLP_ENDPOINT")]
+    pub sidecar_otlp_endpoint: Option<String>,
     /// The budget ledger's URL given to sidecars. Default:
     /// `https://<service>.<namespace>.svc:8444`.
     #[arg(long, env = "GATEHOUSE_LEDGER_URL")]
@@ -214,6 +218,10 @@ impl WebhookArgs {
                 )
             }),
             drain_ms: self.sidecar_drain_ms,
+            otlp_endpoint: self
+                .sidecar_otlp_endpoint
+                .clone()
+                .filter(|e| !e.trim().is_empty()),
             host_network: self.inject_host_network,
             excluded_namespaces: vec!["kube-system".into(), namespace.to_string()],
             cache_redis_addr: self.sidecar_cache_redis_addr.clone(),

@@ -140,6 +140,7 @@ pub(super) async fn run(
                 .as_ref()
                 .map_or_else(AttemptError::metric_label, |_| "success"),
             elapsed,
+            started: sent,
         });
         let error = match result {
             Ok(answer) => {

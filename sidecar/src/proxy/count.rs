@@ -67,6 +67,7 @@ pub(super) async fn run(
                 .as_ref()
                 .map_or_else(AttemptError::metric_label, |_| "success"),
             elapsed: started.elapsed(),
+            started,
         });
         match result {
             Ok(Counted { body, estimated }) => {

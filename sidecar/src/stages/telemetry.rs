@@ -160,7 +160,7 @@ impl Telemetry {
     /// Cache results, failovers and rate-limit decisions of a routed request.
     fn decisions(&self, ctx: &Context, route: &Arc<str>) {
         let m = &self.metrics;
-        m.cache
+        m.cache_requests
             .get_or_create(&CacheLabels {
                 route: route.clone(),
                 result: ctx.cache.as_str(),
