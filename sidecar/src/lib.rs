@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod cache;
 pub mod dialect;
 pub mod error;
 pub mod genai;
