@@ -16,6 +16,7 @@ mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
 mod redaction;
+mod semantic;
 mod stages;
 
 use std::fmt::Write as _;
@@ -118,6 +119,14 @@ struct Args {
     /// detector on; a 20-event stream through the hold-back).
     #[arg(long)]
     redaction: bool,
+    /// Instead of everything else: measure a semantic-cache lookup in process (index search and
+    /// guards at 10,000 entries × 384 dimensions, recall against an exact scan).
+    #[arg(long)]
+    semantic: bool,
+    /// Instead of everything else: the semantic cache's threshold evaluation on this paraphrase
+    /// set (tests/cache-eval/pairs.jsonl) with the real model of tests/embedding-server.
+    #[arg(long)]
+    semantic_eval: Option<PathBuf>,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -159,6 +168,20 @@ impl Path_ {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.semantic || args.semantic_eval.is_some() {
+        let report = match &args.semantic_eval {
+            Some(pairs) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(semantic::report_eval(pairs))?,
+            None => semantic::report_index()?,
+        };
+        println!("{report}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &report)?;
+        }
+        return Ok(());
+    }
     if args.redaction {
         let report = redaction::report()?;
         println!("{report}");

@@ -194,7 +194,7 @@ impl<T> Index<T> {
         if query.len() != self.dim || k == 0 {
             return Vec::new();
         }
-        let mut consider = |slot: usize, best: &mut Vec<(f32, usize)>| {
+        let consider = |slot: usize, best: &mut Vec<(f32, usize)>| {
             let Some(s) = &self.slots[slot] else { return };
             if s.context != context {
                 return;
