@@ -9,7 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod cache;
 mod guardrails;
+pub use cache::{
+    CacheBackendConfig, CacheConfig, CacheScopeConfig, DEFAULT_MAX_BYTES,
+    DEFAULT_SEMANTIC_MAX_ENTRIES, DEFAULT_SEMANTIC_THRESHOLD, DEFAULT_SEMANTIC_TIMEOUT_MS,
+    DEFAULT_TTL_MS, SemanticCacheConfig,
+};
 pub use guardrails::{
     AuditConfig, CustomDetectorConfig, RateLimitConfig, RateLimitScopeConfig, RedactActionConfig,
     RedactConfig,
@@ -184,6 +190,9 @@ pub struct RouteConfig {
     /// What the audit lines carry besides who called what.
     #[serde(default, skip_serializing_if = "AuditConfig::is_default")]
     pub audit: AuditConfig,
+    /// Response cache; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
 }
 
 /// Outlier ejection of a route's targets: a target that keeps failing is left out of the

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod cache;
 pub mod catalog;
 pub mod conditions;
 pub mod config;

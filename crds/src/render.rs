@@ -21,8 +21,10 @@ use crate::provider::{
 use crate::route::RouteSpec;
 use crate::{Budget, ModelProvider, Route};
 
+mod cache;
 mod guardrails;
 mod pricing;
+pub use cache::INVALID_CACHE;
 pub use guardrails::INVALID_REDACTION;
 use pricing::price_models;
 
@@ -215,6 +217,7 @@ pub fn render(inputs: &Inputs<'_>) -> Rendered {
         );
         config.routes.insert(name.clone(), cfg);
     }
+    cache::check_embedding_routes(&config.routes, &mut problems);
 
     let mut budgets: Vec<(String, &Budget)> =
         inputs.budgets.iter().map(|b| (b.name_any(), b)).collect();
@@ -513,6 +516,7 @@ fn render_route(
         }
     };
     let audit = guardrails::audit(spec.audit.as_ref());
+    let cache = spec.cache.as_ref().map(|c| cache::cache(name, c, problems));
 
     let attempts = match spec.retry.as_ref().map(|r| r.attempts) {
         None => retry_defaults.attempts,
@@ -550,6 +554,7 @@ fn render_route(
         rate_limits,
         redact,
         audit,
+        cache,
     }
 }
 

@@ -107,6 +107,11 @@ pub struct RouteSpec {
     /// answers are opt-in). Unset: neither.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<crate::guardrails::Audit>,
+
+    /// Response cache: present turns exact caching on for this Route (docs/caching.md). Unset:
+    /// no cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// Outlier ejection settings of a Route.

@@ -635,3 +635,65 @@ fn guardrails_are_rendered_and_their_problems_reported() {
     );
     assert!(reasons(&out).contains(&(ObjectKind::Route, "broken", "InvalidRedaction")));
 }
+
+#[test]
+fn cache_block_renders_with_defaults_and_semantic() {
+    use gatehouse_crds::config::{CacheBackendConfig, CacheScopeConfig};
+    let target = json!([{"provider": "openai", "model": "gpt-4o-mini"}]);
+    let routes = [
+        route("plain", json!({"targets": target, "cache": {}})),
+        route(
+            "full",
+            json!({"targets": target, "cache": {
+                "ttl": "10m", "scope": "workload", "maxBytes": 1048576,
+                "allowNonDeterministic": true, "backend": "redis",
+                "semantic": {"embeddingRoute": "embed", "threshold": "0.85",
+                             "maxEntries": 500, "timeout": "100ms"}}}),
+        ),
+        route("embed", json!({"targets": target})),
+        route(
+            "lost",
+            json!({"targets": target, "cache": {"semantic": {"embeddingRoute": "nowhere"}}}),
+        ),
+        route("none", json!({"targets": target})),
+    ];
+    let r = run(
+        &[openai("openai-key")],
+        &routes,
+        &[],
+        &secrets(&[("openai-key", "api-key", b"sk-test")]),
+    );
+    let plain = r.config.routes["plain"].cache.clone().unwrap();
+    assert_eq!(plain.ttl_ms, 300_000);
+    assert_eq!(plain.scope, CacheScopeConfig::Namespace);
+    assert_eq!(plain.max_bytes, 64 * 1024 * 1024);
+    assert!(!plain.allow_non_deterministic);
+    assert_eq!(plain.backend, CacheBackendConfig::Memory);
+    assert!(plain.semantic.is_none());
+
+    let full = r.config.routes["full"].cache.clone().unwrap();
+    assert_eq!(full.ttl_ms, 600_000);
+    assert_eq!(full.scope, CacheScopeConfig::Workload);
+    assert_eq!(full.max_bytes, 1_048_576);
+    assert!(full.allow_non_deterministic);
+    assert_eq!(full.backend, CacheBackendConfig::Redis);
+    let semantic = full.semantic.unwrap();
+    assert_eq!(semantic.embedding_route, "embed");
+    assert!((semantic.threshold - 0.85).abs() < 1e-12);
+    assert_eq!((semantic.max_entries, semantic.timeout_ms), (500, 100));
+
+    assert!(r.config.routes["none"].cache.is_none());
+    // The rendered config carries it through its wire form.
+    let wire = serde_json::to_string(&r.config).unwrap();
+    let back: gatehouse_crds::config::SidecarConfig = serde_json::from_str(&wire).unwrap();
+    assert_eq!(back, r.config);
+    // A semantic cache whose embedding alias no Route serves is a problem.
+    assert_eq!(
+        reasons(&r),
+        [(
+            ObjectKind::Route,
+            "lost",
+            gatehouse_crds::render::INVALID_CACHE
+        )]
+    );
+}

@@ -517,6 +517,7 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                 carried_labels: args.workload_labels.clone(),
             },
             audit,
+            cache: cache::Settings::default(),
         },
     ));
     let timeouts = server::connection::Timeouts {

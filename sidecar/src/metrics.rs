@@ -341,6 +341,8 @@ pub struct Metrics {
     pub ledger_syncs: Family<SyncLabels, Counter>,
     /// Values redaction found, by route, detector and direction.
     pub redactions: Family<RedactionLabels, Counter>,
+    /// The response cache's own metrics (`gatehouse_cache_*`).
+    pub cache: crate::cache::metrics::CacheMetrics,
     /// Requests refused by a rate limit.
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Audit lines dropped because the writer could not keep up.
@@ -460,6 +462,7 @@ impl Metrics {
             "Sensitive values redaction found (masked, refused or restored), by route, detector and direction",
             redactions.clone(),
         );
+        let cache = crate::cache::metrics::CacheMetrics::register(&mut registry);
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -491,6 +494,7 @@ impl Metrics {
             budget_decisions,
             ledger_syncs,
             redactions,
+            cache,
             rate_limited,
             audit_dropped,
             registry,

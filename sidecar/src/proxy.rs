@@ -72,6 +72,8 @@ pub struct Settings {
     pub budget: stages::budget::Settings,
     /// Where audit lines go; `None`: no audit stage.
     pub audit: Option<Arc<crate::audit::Sink>>,
+    /// The response cache's own settings (its Redis).
+    pub cache: crate::cache::Settings,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             ledger: Arc::new(stages::budget::ledger::Local::new()),
             budget: stages::budget::Settings::default(),
             audit: None,
+            cache: crate::cache::Settings::default(),
         }
     }
 }
@@ -123,6 +126,8 @@ enum Answer {
         /// What the relay does for metering.
         meter: StreamMeter,
     },
+    /// An answer from the cache: JSON, or a whole stream of events (`stream`).
+    Cached { body: Bytes, stream: bool },
     /// An attempt failed in a way no other attempt can help (`!AttemptError::is_retryable`):
     /// today, the provider refused the request itself; passed back to the client.
     Final(AttemptError),
@@ -144,8 +149,13 @@ impl Gateway {
                 settings.workload.clone(),
                 settings.max_tags,
                 settings.metering,
-                stages::budget::stages(settings.ledger.clone(), metrics, settings.budget.clone()),
+                stages::budget::stages(
+                    settings.ledger.clone(),
+                    metrics.clone(),
+                    settings.budget.clone(),
+                ),
                 settings.audit.clone(),
+                Arc::new(crate::cache::Cache::new(&settings.cache, metrics)),
             )),
             client,
             settings,
@@ -314,8 +324,15 @@ impl Gateway {
                 reason,
             });
         }
-        if let Flow::Answer(body) = x.request(&mut inbound).await? {
-            return Ok(Answer::Complete { body, usage: None });
+        match x.request(&mut inbound).await? {
+            Flow::Answer(body) => return Ok(Answer::Complete { body, usage: None }),
+            Flow::Cached(hit) => {
+                return Ok(Answer::Cached {
+                    body: hit.body,
+                    stream: hit.stream,
+                });
+            }
+            Flow::Continue | Flow::Wait(_) => {}
         }
         // A budget past its downgrade threshold sends the request to another Route's targets
         // (with that Route's retry and timeouts); `ctx.route` stays the one asked for.
@@ -369,6 +386,16 @@ impl Gateway {
                 let relay = SseRelay::new(rest, first, deadline, x, translate, guard);
                 *response.body_mut() = ProxyBody::Stream(Box::pin(relay));
                 return response;
+            }
+            // Stored as the answer hooks left it: none runs again.
+            Ok(Answer::Cached { body, stream }) => {
+                let mut response = json_response(StatusCode::OK, body);
+                if stream {
+                    let headers = response.headers_mut();
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                }
+                response
             }
             Ok(Answer::Final(e)) => final_response(&x.ctx, e),
             Err(e) => {

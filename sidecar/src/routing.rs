@@ -225,6 +225,7 @@ mod tests {
             rate_limits: vec![],
             redact: None,
             audit: Default::default(),
+            cache: None,
         };
         crate::state::tests_support::route("r", config)
     }

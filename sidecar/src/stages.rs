@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod budget;
+pub mod cache;
 pub mod headers;
 pub mod identity;
 pub mod metering;
@@ -72,6 +73,7 @@ pub fn chain(
     metering: bool,
     budget: (budget::Reserve, budget::Settle),
     audit: Option<Arc<crate::audit::Sink>>,
+    cache: Arc<crate::cache::Cache>,
 ) -> Chain {
     let (reserve, settle) = budget;
     // Cluster rate limits are accounts on the remote budget ledger (standalone: a bucket here).
@@ -97,7 +99,10 @@ pub fn chain(
         // upstream); on the answer (its answer and event hooks run right after the attempts,
         // first of all stages), before anything reads or stores it.
         Box::new(redaction::Redaction::new(metrics.clone())),
-        // cache lookup: after redaction so keys hold no secrets; a hit skips what follows.
+        // Cache lookup: after redaction so keys hold no secrets (and the prompt is the one that
+        // would leave); before the budget reserve, so a hit reserves and spends nothing. A hit
+        // skips what follows.
+        Box::new(cache::Lookup::new(cache.clone())),
         // Route rules: they pick the targets the attempts use.
         Box::new(rules::Rules),
         // Budget reserve: only for requests that will go upstream (after a cache lookup), and
@@ -113,7 +118,10 @@ pub fn chain(
         // Budget settle: after metering, so the metered cost (or a cut stream's estimate) is
         // what is spent.
         Box::new(settle),
-        // cache fill goes here: after metering, before the record.
+        // Cache fill: after metering (an entry keeps the usage and the model that answered,
+        // for the saved-USD of later hits), and after response redaction (it stores the answer
+        // as the client got it); before the record.
+        Box::new(cache::Fill::new(cache)),
         //
         // The `x-gatehouse-*` headers: on the response head, after metering so a buffered
         // answer's cost is known.
@@ -158,6 +166,9 @@ pub enum Flow {
     Continue,
     /// Answer with this buffered body (a JSON answer in the client's dialect), no attempt.
     Answer(Bytes),
+    /// Answer from the cache (JSON, or a whole stream), no attempt and no answer hooks: it is
+    /// stored as those hooks left it.
+    Cached(cache::Hit),
     /// Wait for this, then ask the same stage again. The stage bounds the wait and must not
     /// wait forever (the budget stage waits at most `--budget-wait-ms` per request in all).
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
@@ -168,6 +179,7 @@ impl std::fmt::Debug for Flow {
         match self {
             Self::Continue => f.write_str("Continue"),
             Self::Answer(body) => f.debug_tuple("Answer").field(body).finish(),
+            Self::Cached(hit) => f.debug_tuple("Cached").field(hit).finish(),
             Self::Wait(_) => f.write_str("Wait"),
         }
     }
@@ -339,6 +351,8 @@ pub struct Context {
     pub rate_limit: Option<Box<ratelimit::Decision>>,
     /// The prompt and answer for the audit line, when the route opts in (`stages::audit`).
     pub audit: Option<Box<audit::Capture>>,
+    /// What the cache stages know of this request (`stages::cache`).
+    pub cache_pending: Option<Box<cache::Pending>>,
 }
 
 impl Context {
@@ -374,6 +388,7 @@ impl Context {
             redaction: None,
             rate_limit: None,
             audit: None,
+            cache_pending: None,
         }
     }
 
@@ -470,6 +485,7 @@ impl Exchange {
                 match stage.on_request(&mut self.ctx, request)? {
                     Flow::Continue => break,
                     Flow::Answer(body) => return Ok(Flow::Answer(body)),
+                    Flow::Cached(hit) => return Ok(Flow::Cached(hit)),
                     Flow::Wait(wait) => wait.await,
                 }
             }
@@ -617,6 +633,12 @@ mod tests {
                 budget::Settings::default(),
             )
         };
+        let cache = || {
+            Arc::new(crate::cache::Cache::new(
+                &crate::cache::Settings::default(),
+                Arc::new(Metrics::new()),
+            ))
+        };
         let chain = chain(
             Arc::new(Metrics::new()),
             Arc::new(Workload::default()),
@@ -624,6 +646,7 @@ mod tests {
             true,
             budget(),
             None,
+            cache(),
         );
         assert_eq!(
             chain.names(),
@@ -631,10 +654,12 @@ mod tests {
                 "identity",
                 "ratelimit",
                 "redaction",
+                "cache_lookup",
                 "rules",
                 "budget_reserve",
                 "metering",
                 "budget_settle",
+                "cache_fill",
                 "headers",
                 "telemetry"
             ]
@@ -647,6 +672,7 @@ mod tests {
             false,
             budget(),
             None,
+            cache(),
         );
         assert_eq!(
             off.names(),
@@ -654,24 +680,27 @@ mod tests {
                 "identity",
                 "ratelimit",
                 "redaction",
+                "cache_lookup",
                 "rules",
                 "budget_reserve",
                 "budget_settle",
+                "cache_fill",
                 "headers",
                 "telemetry"
             ]
         );
         assert!(!off.metered);
-        // Only identity reads the head; the rate limits, redaction, the rules, then the budget
-        // read requests; only redaction reads stream events (first, right after the attempts),
-        // and buffered answers before metering; the budget settles after metering has priced
-        // the answer; nothing reads attempts.
-        assert_eq!(chain.head, [0]);
-        assert_eq!(chain.request, [1, 2, 3, 4]);
-        assert_eq!(chain.events, [2]);
-        assert_eq!(chain.answer, [2, 5]);
-        assert_eq!(chain.response, [1, 3, 4, 7]);
-        assert_eq!(chain.end, [1, 2, 5, 6, 8]);
+        // Identity and the cache's bypass headers read the head; the rate limits, redaction,
+        // the cache lookup, the rules, then the budget read requests; redaction reads stream
+        // events first, right after the attempts, and the cache fill keeps them as they left;
+        // buffered answers: redaction, metering, then the fill; the budget settles after
+        // metering has priced the answer; nothing reads attempts.
+        assert_eq!(chain.head, [0, 3]);
+        assert_eq!(chain.request, [1, 2, 3, 4, 5]);
+        assert_eq!(chain.events, [2, 8]);
+        assert_eq!(chain.answer, [2, 6, 8]);
+        assert_eq!(chain.response, [1, 4, 5, 9]);
+        assert_eq!(chain.end, [1, 2, 6, 7, 8, 10]);
         assert!(chain.attempt.is_empty());
         // With an audit sink, the audit line comes last.
         let dir = tempfile::tempdir().unwrap();
@@ -692,6 +721,7 @@ mod tests {
             true,
             budget(),
             Some(Arc::new(sink)),
+            cache(),
         );
         assert_eq!(audited.names().last(), Some(&"audit"));
     }

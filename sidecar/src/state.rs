@@ -460,6 +460,7 @@ mod tests {
                 rate_limits: vec![],
                 redact: None,
                 audit: Default::default(),
+                cache: None,
             },
         );
         config
