@@ -15,24 +15,265 @@ pub mod index;
 pub mod key;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use base64::Engine;
+use gatehouse_crds::config::{CacheBackendConfig, CacheConfig, CacheScopeConfig};
 use serde_json::Value;
+
+use super::{Cache, RemoteLookup, route_of};
+use crate::dialect::Operation;
+use crate::proxy::Embedder;
+use crate::request::Request;
+use crate::stages::cache::Hit;
+use crate::stages::{CacheStatus, Context};
 
 use guards::Features;
 use index::Index;
 pub use key::Key;
 
-/// The default similarity threshold (`semantic.threshold`), chosen from the evaluation in
-/// docs/benchmarks.md (all-MiniLM-L6-v2, guards on).
-pub const DEFAULT_THRESHOLD: f32 = 0.90;
-
-/// Default `semantic.maxEntries`: entries per scope.
-pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
-
 /// Candidates above the threshold checked against the guards, most similar first.
 const CANDIDATES: usize = 4;
+
+/// The semantic side of a sidecar's cache: the indexes (each entry points at an exact-cache
+/// key) and the embedder.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    /// The indexes, by (Route, scope).
+    pub index: Semantic<super::Key>,
+    embedder: OnceLock<Arc<Embedder>>,
+}
+
+impl Runtime {
+    /// Embeddings go through `embedder` (the gateway's own request path).
+    pub fn bind(&self, embedder: Arc<Embedder>) {
+        let _ = self.embedder.set(embedder);
+    }
+}
+
+/// A request's semantic lookup, in `stages::cache::Pending`.
+pub enum Pending {
+    /// The embedding is being asked for; the request waits on `wait` (bounded by the Route's
+    /// `semantic.timeout`), then the lookup stage reads `slot`.
+    Embedding {
+        /// The request's semantic key.
+        key: Key,
+        /// What the request waits on, taken once.
+        wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        /// The unit embedding once it arrived; empty on failure or timeout.
+        slot: Arc<Mutex<Option<Vec<f32>>>>,
+    },
+    /// Looked up; `embedding` is kept for the fill (`None`: the embedding failed, bypassed).
+    Done {
+        /// The request's semantic key.
+        key: Key,
+        /// Its unit embedding.
+        embedding: Option<Vec<f32>>,
+    },
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedding { .. } => f.write_str("Embedding"),
+            Self::Done { embedding, .. } => f
+                .debug_struct("Done")
+                .field("embedded", &embedding.is_some())
+                .finish(),
+        }
+    }
+}
+
+impl Pending {
+    /// The embedding call to wait on, once.
+    pub fn take_wait(&mut self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        match self {
+            Self::Embedding { wait, .. } => wait.take(),
+            Self::Done { .. } => None,
+        }
+    }
+}
+
+/// The index partition of the request's scope: the namespace, and with `scope: workload` the
+/// workload (as the exact key has it).
+fn scope_of(ctx: &Context, config: &CacheConfig) -> String {
+    let workload = ctx.identity.workload.as_deref();
+    let namespace = workload.map_or("", |w| &*w.namespace);
+    match config.scope {
+        CacheScopeConfig::Namespace => format!("ns/{namespace}"),
+        CacheScopeConfig::Workload => {
+            format!("wl/{namespace}/{}", workload.map_or("", |w| &*w.name))
+        }
+    }
+}
+
+impl Cache {
+    /// Binds the embedder semantic lookups use.
+    pub fn bind_embedder(&self, embedder: Arc<Embedder>) {
+        self.semantic.bind(embedder);
+    }
+
+    /// After an exact miss: start the semantic lookup (the embedding call the request then
+    /// waits on) when the Route has one and the request has a semantic key. Sets `ctx.cache`
+    /// to `Miss` either way.
+    pub(super) fn semantic_start(
+        &self,
+        ctx: &mut Context,
+        config: &CacheConfig,
+        request: &Request,
+    ) {
+        ctx.cache = CacheStatus::Miss;
+        let Some(sc) = config.semantic.as_ref() else {
+            return;
+        };
+        let started = ctx
+            .cache_pending
+            .as_ref()
+            .is_some_and(|p| p.semantic.is_some());
+        if started || request.op != Operation::Chat {
+            return;
+        }
+        let Some(embedder) = self.semantic.embedder.get().cloned() else {
+            return;
+        };
+        let scope = scope_of(ctx, config);
+        let Some(key) = key::of(request.body(), ctx.dialect, route_of(ctx), &scope) else {
+            return;
+        };
+        let slot = Arc::new(Mutex::new(None));
+        let result = slot.clone();
+        let alias = sc.embedding_route.clone();
+        let text = key.text.clone();
+        let tag = ctx.identity.tag.clone();
+        let timeout = Duration::from_millis(sc.timeout_ms);
+        let wait = Box::pin(async move {
+            let call = embedder.embed(&alias, &text, tag.as_deref());
+            let embedding = match tokio::time::timeout(timeout, call).await {
+                Ok(Some(body)) => parse_embedding(&body),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::debug!(route = %alias, "embedding timed out: semantic cache bypassed");
+                    None
+                }
+            };
+            *result.lock().unwrap_or_else(PoisonError::into_inner) = embedding;
+        });
+        if let Some(p) = ctx.cache_pending.as_mut() {
+            p.semantic = Some(Box::new(Pending::Embedding {
+                key,
+                wait: Some(wait),
+                slot,
+            }));
+        }
+    }
+
+    /// Asked again once the embedding call ended: search the index. `None` when no semantic
+    /// lookup was waiting (the exact lookup goes on as usual); otherwise what to answer.
+    pub(super) fn semantic_resume(
+        &self,
+        ctx: &mut Context,
+        config: &CacheConfig,
+        request: &Request,
+    ) -> Option<Option<Hit>> {
+        let pending = ctx.cache_pending.as_mut()?;
+        let Some(Pending::Embedding {
+            key,
+            wait: None,
+            slot,
+        }) = pending.semantic.as_deref()
+        else {
+            return None;
+        };
+        let embedding = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let key = key.clone();
+        pending.semantic = Some(Box::new(Pending::Done {
+            key: key.clone(),
+            embedding: embedding.clone(),
+        }));
+        let Some(embedding) = embedding else {
+            // The embedding failed or timed out: bypass (the exact entry is still stored).
+            ctx.cache = CacheStatus::Bypass;
+            return Some(None);
+        };
+        let Some(sc) = config.semantic.as_ref() else {
+            return Some(None);
+        };
+        let scope = scope_of(ctx, config);
+        let route = route_of(ctx).clone();
+        match self
+            .semantic
+            .index
+            .lookup(&route, &scope, &key, &embedding, sc.threshold as f32)
+        {
+            Lookup::Hit(exact, similarity) => {
+                tracing::debug!(route = %route, similarity, "semantic cache hit");
+                match config.backend {
+                    CacheBackendConfig::Memory => {
+                        let found = self.memory.get(&route, &exact, config.ttl_ms);
+                        Some(self.found(ctx, config, &exact, Some(found), request))
+                    }
+                    CacheBackendConfig::Redis => {
+                        let Some(redis) = self.redis.clone() else {
+                            ctx.cache = CacheStatus::Bypass;
+                            return Some(None);
+                        };
+                        // The entry lives in Redis: fetch it like an exact lookup would.
+                        let slot = Arc::new(Mutex::new(None));
+                        let result = slot.clone();
+                        let metrics = self.metrics.clone();
+                        let wait = Box::pin(async move {
+                            let found = redis.get(&exact, &metrics).await;
+                            *result.lock().unwrap_or_else(PoisonError::into_inner) = found;
+                        });
+                        if let Some(p) = ctx.cache_pending.as_mut() {
+                            p.remote = Some(RemoteLookup {
+                                wait: Some(wait),
+                                slot,
+                            });
+                        }
+                        Some(None)
+                    }
+                }
+            }
+            Lookup::Guarded(why, similarity) => {
+                tracing::debug!(route = %route, similarity, guard = ?why, "semantic candidate refused by a guard");
+                ctx.cache = CacheStatus::Miss;
+                Some(None)
+            }
+            Lookup::Miss => {
+                ctx.cache = CacheStatus::Miss;
+                Some(None)
+            }
+        }
+    }
+
+    /// After the exact entry under `exact` was stored: index the request's embedding.
+    pub(super) fn semantic_fill(
+        &self,
+        ctx: &Context,
+        config: &CacheConfig,
+        exact: &super::Key,
+        pending: Option<Box<Pending>>,
+    ) {
+        let (Some(sc), Some(pending)) = (config.semantic.as_ref(), pending) else {
+            return;
+        };
+        if let Pending::Done {
+            key,
+            embedding: Some(embedding),
+        } = *pending
+        {
+            let scope = scope_of(ctx, config);
+            let max = usize::try_from(sc.max_entries).unwrap_or(usize::MAX);
+            self.semantic
+                .index
+                .insert(route_of(ctx), &scope, max, &key, &embedding, exact.clone());
+        }
+    }
+}
 
 /// One cached prompt: its guard features and what the cache stage stored for it.
 #[derive(Debug)]
