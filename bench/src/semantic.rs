@@ -94,19 +94,28 @@ pub fn report_index() -> anyhow::Result<String> {
         "{ENTRIES} entries of {DIM} dimensions in one scope ({TOPICS} clusters), release build, in process. \
          Queries are held entries perturbed to a similarity of about 0.95 (a paraphrase) and fresh \
          points of the same clusters (a miss). Recall@1: the index's best match above 0.80 is the \
-         exact scan's."
+         exact scan's, for queries perturbed to about 0.95 and to about 0.85 from a held entry. \
+         The exact scan is the same index searching all 100 lists."
     )?;
     writeln!(out)?;
     writeln!(
         out,
-        "| index | search p50 µs (hit) | p99 µs (hit) | search p50 µs (miss) | recall@1 vs exact | memory MiB |"
+        "| index | search p50 µs (hit) | p99 µs (hit) | search p50 µs (miss) | recall@1 at ~0.95 | recall@1 at ~0.85 | memory MiB |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     let hits: Vec<(usize, Vec<f32>)> = (0..400)
         .map(|j| {
             let i = (j * 7919) % ENTRIES;
             let noise = normalized(&rng.vector()).unwrap_or_default();
             (i, mix(&entries[i], &noise, 0.33))
+        })
+        .collect();
+    // Harder: perturbed to about 0.85, where the nearest list is less often the right one.
+    let far: Vec<Vec<f32>> = (0..400)
+        .map(|j| {
+            let i = (j * 7907 + 13) % ENTRIES;
+            let noise = normalized(&rng.vector()).unwrap_or_default();
+            mix(&entries[i], &noise, 0.62)
         })
         .collect();
     let misses: Vec<Vec<f32>> = (0..400)
@@ -153,15 +162,20 @@ pub fn report_index() -> anyhow::Result<String> {
                 .filter(|(s, _)| *s >= 0.8)
                 .map(|(_, i)| i)
         };
-        let (mut agree, mut total) = (0, 0);
-        for (_, q) in &hits {
-            if let Some(best) = exact_best(q) {
-                total += 1;
-                if idx.search(1, q, 1, 0.8).first().map(|f| *f.value) == Some(best) {
-                    agree += 1;
+        let recall = |qs: &mut dyn Iterator<Item = &Vec<f32>>| {
+            let (mut agree, mut total) = (0, 0);
+            for q in qs {
+                if let Some(best) = exact_best(q) {
+                    total += 1;
+                    if idx.search(1, q, 1, 0.8).first().map(|f| *f.value) == Some(best) {
+                        agree += 1;
+                    }
                 }
             }
-        }
+            (agree, total)
+        };
+        let (agree, total) = recall(&mut hits.iter().map(|(_, q)| q));
+        let (agree_far, total_far) = recall(&mut far.iter());
         let label = if nprobe == 0 {
             "exact scan".to_string()
         } else {
@@ -169,11 +183,12 @@ pub fn report_index() -> anyhow::Result<String> {
         };
         writeln!(
             out,
-            "| {label} | {} | {} | {} | {:.3} ({agree}/{total}) | {:.1} |",
+            "| {label} | {} | {} | {} | {:.3} ({agree}/{total}) | {:.3} ({agree_far}/{total_far}) | {:.1} |",
             us(percentile(&hit_t, 0.5)),
             us(percentile(&hit_t, 0.99)),
             us(percentile(&miss_t, 0.5)),
             agree as f64 / total.max(1) as f64,
+            agree_far as f64 / total_far.max(1) as f64,
             idx.approx_bytes() as f64 / (1 << 20) as f64,
         )?;
     }
@@ -422,7 +437,7 @@ pub async fn report_eval(pairs_path: &Path) -> anyhow::Result<String> {
     writeln!(
         out,
         "Added latency: the embedding call to this server on this machine p50 {} ms, p99 {} ms (the \
-         model runs on CPU in numpy; a provider's embedding API is typically 20–100 ms); the lookup \
+         model runs on CPU in numpy, on a shared machine); the lookup \
          itself (index + guards, one entry) p50 {} µs. At 10,000 entries see the semantic lookup \
          table (`gatehouse-bench --semantic`).",
         format_ms(percentile(&embed_times, 0.5)),

@@ -105,7 +105,9 @@ fn scope_of(ctx: &Context, config: &CacheConfig) -> String {
     match config.scope {
         CacheScopeConfig::Namespace => format!("ns/{namespace}"),
         CacheScopeConfig::Workload => {
-            format!("wl/{namespace}/{}", workload.map_or("", |w| &*w.name))
+            // Length-prefixed: no namespace and workload pair reads as another.
+            let name = workload.map_or("", |w| &*w.name);
+            format!("wl/{}/{namespace}/{name}", namespace.len())
         }
     }
 }
@@ -139,7 +141,14 @@ impl Cache {
         let Some(embedder) = self.semantic.embedder.get().cloned() else {
             return;
         };
-        let scope = scope_of(ctx, config);
+        // The context also holds the headers routing rules read (they choose the targets).
+        let mut scope = scope_of(ctx, config);
+        for (name, value) in &ctx.rule_headers {
+            scope.push('\n');
+            scope.push_str(name.as_str());
+            scope.push(':');
+            scope.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
         let Some(key) = key::of(request.body(), ctx.dialect, route_of(ctx), &scope) else {
             return;
         };
@@ -284,10 +293,13 @@ struct Entry<V> {
 
 type Scoped<V> = Arc<RwLock<Index<Entry<V>>>>;
 
+/// The indexes by (Route, scope).
+type Indexes<V> = HashMap<(Arc<str>, Arc<str>), Scoped<V>>;
+
 /// The semantic indexes of the Routes that have one, by (Route, scope).
 #[derive(Debug)]
 pub struct Semantic<V> {
-    indexes: Mutex<HashMap<(Arc<str>, Arc<str>), Scoped<V>>>,
+    indexes: Mutex<Indexes<V>>,
 }
 
 impl<V> Default for Semantic<V> {
@@ -388,6 +400,7 @@ impl<V: Clone> Semantic<V> {
             value,
         };
         let mut idx = idx.write().unwrap_or_else(|e| e.into_inner());
+        idx.set_max_entries(max_entries);
         idx.insert(key.context, embedding, entry);
     }
 
@@ -520,10 +533,52 @@ mod tests {
         s.insert("r", "b", 10, &key("q", 0), &[1.0, 0.0], 0);
         assert_eq!(s.len("r", "a"), 10);
         assert_eq!(s.len("r", "b"), 1);
+        // A smaller maxEntries applies at the next insert.
+        s.insert("r", "b", 1, &key("q", 0), &[0.0, 1.0], 1);
+        assert_eq!(s.len("r", "b"), 1);
         s.insert("r", "a", 10, &key("q", 0), &[1.0, 0.0, 0.0], 0);
         assert_eq!(s.len("r", "a"), 1);
         s.retain_routes(|r| r != "r");
         assert_eq!(s.len("r", "b"), 0);
+    }
+
+    #[test]
+    fn scopes_separate_namespaces_and_with_scope_workload_workloads() {
+        use crate::workload::Workload;
+        let config = |scope| CacheConfig {
+            ttl_ms: 1,
+            scope,
+            max_bytes: 1,
+            allow_non_deterministic: false,
+            backend: CacheBackendConfig::Memory,
+            semantic: None,
+        };
+        let ctx = |ns: &str, wl: &str| {
+            let mut c = Context::new(Dialect::OpenAi);
+            c.identity.workload = Some(Arc::new(Workload {
+                namespace: ns.into(),
+                name: wl.into(),
+                ..Workload::default()
+            }));
+            c
+        };
+        let ns = config(CacheScopeConfig::Namespace);
+        let wl = config(CacheScopeConfig::Workload);
+        assert_eq!(scope_of(&ctx("a", "x"), &ns), scope_of(&ctx("a", "y"), &ns));
+        assert_ne!(scope_of(&ctx("a", "x"), &ns), scope_of(&ctx("b", "x"), &ns));
+        assert_ne!(scope_of(&ctx("a", "x"), &wl), scope_of(&ctx("a", "y"), &wl));
+        assert_ne!(scope_of(&ctx("a", "x"), &wl), scope_of(&ctx("b", "x"), &wl));
+        // A workload named like a namespace never meets it.
+        assert_ne!(
+            scope_of(&ctx("a", "b/c"), &wl),
+            scope_of(&ctx("a/b", "c"), &wl)
+        );
+        // An index of one scope is never searched for another.
+        let s: Semantic<u32> = Semantic::new();
+        let k = key("what is rust", 0);
+        s.insert("r", &scope_of(&ctx("a", "x"), &ns), 10, &k, &[1.0, 0.0], 1);
+        let other = scope_of(&ctx("b", "x"), &ns);
+        assert_eq!(s.lookup("r", &other, &k, &[1.0, 0.0], 0.5), Lookup::Miss);
     }
 
     #[test]

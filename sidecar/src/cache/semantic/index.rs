@@ -87,6 +87,11 @@ impl<T> Index<T> {
         self
     }
 
+    /// A new bound (the Route's `maxEntries` changed); the next insert evicts down to it.
+    pub fn set_max_entries(&mut self, max_entries: usize) {
+        self.max_entries = max_entries.max(1);
+    }
+
     /// The vectors' dimension.
     pub fn dim(&self) -> usize {
         self.dim
@@ -139,6 +144,14 @@ impl<T> Index<T> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
+                if self.slots.len() == self.slots.capacity() {
+                    // Grow geometrically, but never past maxEntries (the slab is the index's
+                    // memory: no doubling beyond the bound).
+                    let target = (self.slots.len() * 2).clamp(16, self.max_entries.max(16));
+                    let more = target.saturating_sub(self.slots.len()).max(1);
+                    self.slots.reserve_exact(more);
+                    self.vectors.reserve_exact(more * self.dim);
+                }
                 self.slots.push(None);
                 self.vectors.resize(self.slots.len() * self.dim, 0.0);
                 self.slots.len() - 1
@@ -172,10 +185,11 @@ impl<T> Index<T> {
         let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if let Some(list) = self.lists.get_mut(s.list as usize) {
-            if let Some(p) = list.iter().position(|&x| x == slot) {
-                list.swap_remove(p);
-            }
+        let list = self.lists.get_mut(s.list as usize);
+        if let Some((list, p)) =
+            list.and_then(|l| l.iter().position(|&x| x == slot).map(|p| (l, p)))
+        {
+            list.swap_remove(p);
         }
         self.free.push(slot);
         self.len -= 1;

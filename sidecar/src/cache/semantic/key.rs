@@ -22,6 +22,18 @@ use crate::dialect::Dialect;
 /// tokens, about 1,000 characters of English).
 pub const MAX_TEXT_CHARS: usize = 1000;
 
+/// Top-level fields left out of the context, as the exact key leaves them out.
+const IGNORED: [&str; 8] = [
+    "model",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
 /// What a semantic lookup compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
@@ -32,14 +44,18 @@ pub struct Key {
     pub text: String,
 }
 
-/// The semantic key of `body` (a chat request in `dialect`) on `route` in `scope`; `None` when
-/// the request has none (see the module docs).
+/// The semantic key of `body` (a chat request in `dialect`) on `route` in `scope` (with anything
+/// else that must match, such as the headers routing rules read); `None` when the request has
+/// none (see the module docs). The dialect is part of the context: an entry is an answer in the
+/// dialect of the client that filled it.
 pub fn of(body: &[u8], dialect: Dialect, route: &str, scope: &str) -> Option<Key> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object_mut()?;
-    // Stream or not, the answer is the same; the cache stage answers in the shape asked.
-    obj.remove("stream");
-    obj.remove("stream_options");
+    // What the exact key leaves out leaves this context too: the model alias (the Route is
+    // hashed), how the answer is delivered (a hit is rendered as asked), who asks.
+    for field in IGNORED {
+        obj.remove(field);
+    }
     let text = match dialect {
         Dialect::OpenAi | Dialect::Anthropic => {
             let last = obj.get_mut("messages")?.as_array_mut()?.last_mut()?;
@@ -57,7 +73,13 @@ pub fn of(body: &[u8], dialect: Dialect, route: &str, scope: &str) -> Option<Key
     let rest = serde_json::to_vec(&v).ok()?;
     // A fixed seed: the hash only has to be stable within this process.
     let mut h = foldhash::fast::FixedState::with_seed(0x5e3a_41c0_9d1b_2277).build_hasher();
-    for part in [scope.as_bytes(), route.as_bytes(), &rest] {
+    let dialect_name = format!("{dialect:?}");
+    for part in [
+        scope.as_bytes(),
+        route.as_bytes(),
+        dialect_name.as_bytes(),
+        &rest,
+    ] {
         h.write_usize(part.len());
         h.write(part);
     }
@@ -114,7 +136,7 @@ mod tests {
         let b = of(&chat("be brief", "hello", ""), Dialect::OpenAi, "r", "ns").unwrap();
         assert_eq!(a.text, "hi there");
         assert_eq!(a.context, b.context);
-        // Another system prompt, parameter, route, scope or model: another context.
+        // Another system prompt, parameter, route or scope: another context.
         let other = [
             of(
                 &chat("be verbose", "hi there", ""),
@@ -140,19 +162,24 @@ mod tests {
                 "r",
                 "ns2",
             ),
-            of(
-                String::from_utf8(chat("be brief", "hi there", ""))
-                    .unwrap()
-                    .replace(r#""model":"m""#, r#""model":"n""#)
-                    .as_bytes(),
-                Dialect::OpenAi,
-                "r",
-                "ns",
-            ),
         ];
         for k in other {
             assert_ne!(k.unwrap().context, a.context);
         }
+        // Another alias of the same Route, another `user`: the same context (as the exact key).
+        let alias = String::from_utf8(chat("be brief", "hi there", r#","user":"u2""#))
+            .unwrap()
+            .replace(r#""model":"m""#, r#""model":"n""#);
+        let alias = of(alias.as_bytes(), Dialect::OpenAi, "r", "ns").unwrap();
+        assert_eq!(alias.context, a.context);
+        // Another dialect: another context.
+        let anth = of(
+            &chat("be brief", "hi there", ""),
+            Dialect::Anthropic,
+            "r",
+            "ns",
+        );
+        assert_ne!(anth.unwrap().context, a.context);
         // Stream or not: the same context.
         let s = of(
             &chat("be brief", "hi there", r#","stream":true"#),
