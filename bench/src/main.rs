@@ -6,6 +6,7 @@
 //! Portkey's gateway against the same mock. Prints Markdown tables (docs/benchmarks.md).
 
 mod budget;
+mod cache;
 mod fanout;
 mod faults;
 mod ledger;
@@ -127,6 +128,17 @@ struct Args {
     /// set (tests/cache-eval/pairs.jsonl) with the real model of tests/embedding-server.
     #[arg(long)]
     semantic_eval: Option<PathBuf>,
+    /// Instead of everything else: measure the exact cache (a hit over the sidecar's floor;
+    /// RSS for `--cache-entries` stored answers). Uses the binaries beside this one: with a
+    /// debug build of the bench, the debug sidecar and mock (`--no-build`).
+    #[arg(long)]
+    cache: bool,
+    /// Cache: timed requests per path and round.
+    #[arg(long, default_value_t = 2_000)]
+    cache_requests: usize,
+    /// Cache: answers stored for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    cache_entries: usize,
 }
 
 const CHAT_BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"max_tokens":64STREAM}"#;
@@ -207,7 +219,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = if args.ledger > 0 {
+    let report = if args.cache {
+        runtime.block_on(cache::report(&cache::Plan {
+            requests: args.cache_requests.max(1),
+            entries: args.cache_entries,
+        }))?
+    } else if args.ledger > 0 {
         runtime.block_on(ledger::report(&ledger::Plan {
             sidecars: args.ledger,
             budgets: args.ledger_budgets.max(1),

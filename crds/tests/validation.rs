@@ -303,6 +303,14 @@ fn good_budget() -> Value {
 #[test]
 fn valid_objects_are_accepted() {
     let valid = [
+        with(
+            good_route(),
+            json!({"spec": {"cache": {"ttl": "10m", "scope": "workload", "maxBytes": 67108864,
+                "allowNonDeterministic": false, "backend": "redis",
+                "semantic": {"embeddingRoute": "embed", "threshold": "0.92",
+                             "maxEntries": 10000, "timeout": "250ms"}}}}),
+        ),
+        with(good_route(), json!({"spec": {"cache": {}}})),
         good_provider(),
         provider(json!({"type": "anthropic", "apiKeySecretRef": key_ref()})),
         provider(
@@ -384,6 +392,42 @@ fn invalid_objects_are_rejected_with_a_clear_message() {
     let b = good_budget;
     // (what is wrong, object, text the rejection must contain)
     let table: Vec<(&str, Value, &str)> = vec![
+        (
+            "cache ttl under a second",
+            with(r(), json!({"spec": {"cache": {"ttl": "500ms"}}})),
+            "cache.ttl must be at least 1s",
+        ),
+        (
+            "cache scope unknown",
+            with(r(), json!({"spec": {"cache": {"scope": "cluster"}}})),
+            "cluster",
+        ),
+        (
+            "cache backend unknown",
+            with(r(), json!({"spec": {"cache": {"backend": "memcached"}}})),
+            "memcached",
+        ),
+        (
+            "cache maxBytes too small",
+            with(r(), json!({"spec": {"cache": {"maxBytes": 10}}})),
+            "maxBytes",
+        ),
+        (
+            "semantic threshold above 1",
+            with(
+                r(),
+                json!({"spec": {"cache": {"semantic": {"embeddingRoute": "e", "threshold": "1.5"}}}}),
+            ),
+            "threshold",
+        ),
+        (
+            "semantic cache without its embedding route",
+            with(
+                r(),
+                json!({"spec": {"cache": {"semantic": {"threshold": "0.9"}}}}),
+            ),
+            "embeddingRoute",
+        ),
         (
             "rule naming a target that does not exist",
             with(

@@ -126,6 +126,9 @@ pub struct Settings {
     pub host_network: HostNetwork,
     /// Namespaces never touched (kube-system and the operator's own).
     pub excluded_namespaces: Vec<String>,
+    /// The Redis of Routes with `cache.backend: redis` (`GATEHOUSE_CACHE_REDIS_ADDR`); `None`:
+    /// not set, those Routes bypass the cache.
+    pub cache_redis_addr: Option<String>,
 }
 
 /// Why a pod passed through unchanged.

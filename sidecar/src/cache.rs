@@ -188,7 +188,9 @@ impl Cache {
         }
         match config.backend {
             CacheBackendConfig::Memory => {
-                let found = self.memory.get(route_of(ctx), &key, config.ttl_ms);
+                let found = self
+                    .memory
+                    .get(route_of(ctx), &key, config.ttl_ms, &self.metrics);
                 self.found(ctx, &config, &key, Some(found), request)
             }
             CacheBackendConfig::Redis => {
@@ -283,6 +285,11 @@ impl Cache {
         let Some(config) = Self::config(ctx).cloned() else {
             return;
         };
+        // A downgraded answer came from another Route's (cheaper) targets: not the answer this
+        // Route gives.
+        if ctx.downgraded_to.is_some() {
+            return;
+        }
         let Some(pending) = ctx.cache_pending.as_mut().filter(|p| p.fill) else {
             return;
         };

@@ -226,6 +226,25 @@ pub struct Args {
     /// SIGTERM or Ctrl-C ends a drain at once.
     #[arg(long, env = "GATEHOUSE_DRAIN_MS", default_value_t = 0)]
     pub drain_ms: u64,
+    /// Response cache: the Redis (`host:port`) of Routes with `cache.backend: redis`, shared by
+    /// every sidecar pointed at it. Unset: those Routes bypass the cache.
+    #[arg(long, env = "GATEHOUSE_CACHE_REDIS_ADDR")]
+    pub cache_redis_addr: Option<String>,
+    /// Response cache: Redis ACL user for `AUTH` (with the password file). Unset: the default
+    /// user.
+    #[arg(long, env = "GATEHOUSE_CACHE_REDIS_USERNAME")]
+    pub cache_redis_username: Option<String>,
+    /// Response cache: file holding the Redis password (a mounted Secret key; read at each new
+    /// connection, never logged). Unset: no `AUTH`.
+    #[arg(long, env = "GATEHOUSE_CACHE_REDIS_PASSWORD_FILE")]
+    pub cache_redis_password_file: Option<PathBuf>,
+    /// Response cache: Redis database number.
+    #[arg(long, env = "GATEHOUSE_CACHE_REDIS_DB", default_value_t = 0)]
+    pub cache_redis_db: u32,
+    /// Response cache: longest a Redis lookup or store may take, connecting included; past it
+    /// the request bypasses the cache and Redis is skipped for a second.
+    #[arg(long, env = "GATEHOUSE_CACHE_REDIS_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_redis_timeout_ms: u64,
 }
 
 /// `on` or `off`.
@@ -517,7 +536,18 @@ pub async fn start(args: &Args) -> Result<Running, StartError> {
                 carried_labels: args.workload_labels.clone(),
             },
             audit,
-            cache: cache::Settings::default(),
+            cache: cache::Settings {
+                redis: args
+                    .cache_redis_addr
+                    .clone()
+                    .map(|addr| cache::redis::Settings {
+                        addr,
+                        username: args.cache_redis_username.clone(),
+                        password_file: args.cache_redis_password_file.clone(),
+                        db: args.cache_redis_db,
+                        timeout: Duration::from_millis(args.cache_redis_timeout_ms),
+                    }),
+            },
         },
     ));
     let timeouts = server::connection::Timeouts {

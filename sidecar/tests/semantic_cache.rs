@@ -251,6 +251,25 @@ async fn a_paraphrase_hits_and_guarded_near_misses_do_not() {
     assert_eq!(status, "miss");
     assert_eq!(mock.request_count(), 6);
 
+    // A stream request's semantic hit is answered as a stream.
+    let resp = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&body(
+            "chat",
+            None,
+            "Tell me how to reset my password",
+            json!({"stream": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-gatehouse-cache"), Some("hit"));
+    let events = support::sse_events(resp).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(mock.request_count(), 6);
+
     // An exact repeat is an exact hit: no embedding asked.
     let calls = embedder.calls();
     let (status, _) = ask(

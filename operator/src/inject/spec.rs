@@ -66,34 +66,43 @@ pub fn sidecar_container(settings: &Settings) -> Container {
         Mode::Native => 0,
         Mode::Container => settings.drain_ms,
     };
+    let cache_redis = settings
+        .cache_redis_addr
+        .as_ref()
+        .map(|addr| env("GATEHOUSE_CACHE_REDIS_ADDR", addr.clone()));
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         args: Some(vec!["--kube".into()]),
-        env: Some(vec![
-            field_env("GATEHOUSE_NAMESPACE", "metadata.namespace"),
-            field_env("GATEHOUSE_POD_NAME", "metadata.name"),
-            field_env("GATEHOUSE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            env(
-                "GATEHOUSE_POD_LABELS_FILE",
-                format!("{POD_INFO_DIR}/labels"),
-            ),
-            env(
-                "GATEHOUSE_WORKLOAD_LABELS",
-                settings.workload_labels.clone(),
-            ),
-            env("GATEHOUSE_KEYS_DIR", KEYS_DIR),
-            env("GATEHOUSE_LISTEN", format!("127.0.0.1:{}", settings.port)),
-            env(
-                "GATEHOUSE_ADMIN_LISTEN",
-                format!("0.0.0.0:{}", settings.admin_port),
-            ),
-            env("GATEHOUSE_DRAIN_MS", drain_ms.to_string()),
-            env("GATEHOUSE_LEDGER_URL", settings.ledger_url.clone()),
-            env("GATEHOUSE_LEDGER_TOKEN_FILE", format!("{LEDGER_DIR}/token")),
-            env("GATEHOUSE_LEDGER_CA_FILE", format!("{LEDGER_DIR}/{CA_KEY}")),
-        ]),
+        env: Some(
+            vec![
+                field_env("GATEHOUSE_NAMESPACE", "metadata.namespace"),
+                field_env("GATEHOUSE_POD_NAME", "metadata.name"),
+                field_env("GATEHOUSE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                env(
+                    "GATEHOUSE_POD_LABELS_FILE",
+                    format!("{POD_INFO_DIR}/labels"),
+                ),
+                env(
+                    "GATEHOUSE_WORKLOAD_LABELS",
+                    settings.workload_labels.clone(),
+                ),
+                env("GATEHOUSE_KEYS_DIR", KEYS_DIR),
+                env("GATEHOUSE_LISTEN", format!("127.0.0.1:{}", settings.port)),
+                env(
+                    "GATEHOUSE_ADMIN_LISTEN",
+                    format!("0.0.0.0:{}", settings.admin_port),
+                ),
+                env("GATEHOUSE_DRAIN_MS", drain_ms.to_string()),
+                env("GATEHOUSE_LEDGER_URL", settings.ledger_url.clone()),
+                env("GATEHOUSE_LEDGER_TOKEN_FILE", format!("{LEDGER_DIR}/token")),
+                env("GATEHOUSE_LEDGER_CA_FILE", format!("{LEDGER_DIR}/{CA_KEY}")),
+            ]
+            .into_iter()
+            .chain(cache_redis)
+            .collect(),
+        ),
         restart_policy: (settings.mode == Mode::Native).then(|| "Always".into()),
         // App containers start once this passes (native sidecars); the config has to be loaded.
         startup_probe: Some(probe("/readyz", settings.admin_port, 1, 120)),

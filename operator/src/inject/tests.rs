@@ -26,6 +26,7 @@ fn settings(mode: Mode) -> Settings {
         drain_ms: 5000,
         host_network: HostNetwork::Skip,
         excluded_namespaces: vec!["kube-system".into(), "gatehouse-system".into()],
+        cache_redis_addr: None,
     }
 }
 
@@ -367,5 +368,28 @@ fn a_volume_name_in_the_way_skips_with_a_reason() {
             assert!(message.contains("gatehouse-pod"));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_cache_redis_address_reaches_the_sidecar_only_when_set() {
+    let (out, _, _) = inject(&app_pod(), Mode::Native);
+    let sidecar = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert!(env_of(sidecar, "GATEHOUSE_CACHE_REDIS_ADDR").is_none());
+    let mut with = settings(Mode::Native);
+    with.cache_redis_addr = Some("redis.cache.svc:6379".into());
+    let Decision::Inject { mutation, .. } = decide(&app_pod(), "team-a", &with) else {
+        panic!("expected injection");
+    };
+    let out = mutation.apply(&app_pod());
+    let spec = out.spec.as_ref().unwrap();
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        env_of(sidecar, "GATEHOUSE_CACHE_REDIS_ADDR").and_then(|e| e.value.as_deref()),
+        Some("redis.cache.svc:6379")
+    );
+    // Only the sidecar gets it.
+    for app in &spec.containers {
+        assert!(env_of(app, "GATEHOUSE_CACHE_REDIS_ADDR").is_none());
     }
 }

@@ -141,6 +141,10 @@ pub struct WebhookArgs {
         default_value = "skip"
     )]
     pub inject_host_network: HostNetwork,
+    /// The Redis (`host:port`) injected sidecars use for Routes with `cache.backend: redis`
+    /// (`GATEHOUSE_CACHE_REDIS_ADDR`). Unset: those Routes bypass the cache.
+    #[arg(long, env = "GATEHOUSE_SIDECAR_CACHE_REDIS_ADDR")]
+    pub sidecar_cache_redis_addr: Option<String>,
 }
 
 /// The running webhook.
@@ -212,6 +216,7 @@ impl WebhookArgs {
             drain_ms: self.sidecar_drain_ms,
             host_network: self.inject_host_network,
             excluded_namespaces: vec!["kube-system".into(), namespace.to_string()],
+            cache_redis_addr: self.sidecar_cache_redis_addr.clone(),
         })
     }
 }

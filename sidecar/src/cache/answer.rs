@@ -53,8 +53,12 @@ impl Entry {
             return None;
         }
         let body = match (answer, events) {
-            (Some(body), _) => body,
-            (None, Some(events)) => super::render::assemble(ctx.dialect, &events)?,
+            // A copy of its own: the answer may be a slice of a much larger read buffer, which
+            // the entry would otherwise keep alive for its whole TTL.
+            (Some(body), _) => Bytes::copy_from_slice(&body),
+            (None, Some(events)) => {
+                super::render::assemble(ctx.dialect, &events, ctx.usage.as_ref())?
+            }
             (None, None) => return None,
         };
         if super::render::refused(ctx.dialect, &body) {
@@ -102,7 +106,7 @@ impl Entry {
             });
         }
         let include_usage = ctx.cache_pending.as_ref().is_some_and(|p| p.include_usage);
-        let body = super::render::stream(ctx.dialect, &self.body, &self.usage(), include_usage)?;
+        let body = super::render::stream(ctx.dialect, &self.body, include_usage)?;
         Some(Hit { body, stream: true })
     }
 }

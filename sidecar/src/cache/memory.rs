@@ -43,7 +43,13 @@ impl Memory {
     }
 
     /// The fresh entry of `key` in `route`, if any (marked as just used).
-    pub fn get(&self, route: &Arc<str>, key: &Key, ttl_ms: u64) -> Option<Entry> {
+    pub fn get(
+        &self,
+        route: &Arc<str>,
+        key: &Key,
+        ttl_ms: u64,
+        metrics: &Metrics,
+    ) -> Option<Entry> {
         let store = self.store(route)?;
         let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
         let store = &mut *store;
@@ -53,6 +59,9 @@ impl Memory {
             store.entries.remove(key);
             store.lru.remove(&used);
             store.bytes -= size;
+            metrics
+                .cache
+                .set_size(route, "memory", store.entries.len(), store.bytes);
             return None;
         }
         store.tick += 1;

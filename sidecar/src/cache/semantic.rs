@@ -221,7 +221,9 @@ impl Cache {
                 tracing::debug!(route = %route, similarity, "semantic cache hit");
                 match config.backend {
                     CacheBackendConfig::Memory => {
-                        let found = self.memory.get(&route, &exact, config.ttl_ms);
+                        let found = self
+                            .memory
+                            .get(&route, &exact, config.ttl_ms, &self.metrics);
                         Some(self.found(ctx, config, &exact, Some(found), request))
                     }
                     CacheBackendConfig::Redis => {

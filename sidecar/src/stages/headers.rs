@@ -54,6 +54,10 @@ impl Stage for Headers {
                 }
             }
         }
+        // A cache hit cost nothing (no provider was called).
+        if ctx.cache == super::CacheStatus::Hit {
+            headers.insert("x-gatehouse-cost-usd", HeaderValue::from_static("0"));
+        }
         headers.insert(
             "x-gatehouse-cache",
             HeaderValue::from_static(ctx.cache.as_str()),
