@@ -18,6 +18,7 @@ mod peers;
 #[allow(dead_code, reason = "used by peers")]
 mod procs;
 mod redaction;
+mod semantic;
 mod stages;
 
 use std::fmt::Write as _;
@@ -124,6 +125,14 @@ struct Args {
     /// detector on; a 20-event stream through the hold-back).
     #[arg(long)]
     redaction: bool,
+    /// Instead of everything else: measure a semantic-cache lookup in process (index search and
+    /// guards at 10,000 entries × 384 dimensions, recall against an exact scan).
+    #[arg(long)]
+    semantic: bool,
+    /// Instead of everything else: the semantic cache's threshold evaluation on this paraphrase
+    /// set (tests/cache-eval/pairs.jsonl) with the real model of tests/embedding-server.
+    #[arg(long)]
+    semantic_eval: Option<PathBuf>,
     /// Instead of everything else: measure the exact cache (a hit over the sidecar's floor;
     /// RSS for `--cache-entries` stored answers). Uses the binaries beside this one: with a
     /// debug build of the bench, the debug sidecar and mock (`--no-build`).
@@ -176,6 +185,20 @@ impl Path_ {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.semantic || args.semantic_eval.is_some() {
+        let report = match &args.semantic_eval {
+            Some(pairs) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(semantic::report_eval(pairs))?,
+            None => semantic::report_index()?,
+        };
+        println!("{report}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &report)?;
+        }
+        return Ok(());
+    }
     if args.redaction {
         let report = redaction::report()?;
         println!("{report}");

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod redis;
 pub mod render;
+pub mod semantic;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -123,6 +124,8 @@ pub struct Cache {
     memory: memory::Memory,
     redis: Option<Arc<redis::Redis>>,
     metrics: Arc<Metrics>,
+    /// The semantic indexes and the embedder (`semantic`).
+    semantic: semantic::Runtime,
 }
 
 impl Cache {
@@ -135,6 +138,7 @@ impl Cache {
                 .clone()
                 .map(|s| Arc::new(redis::Redis::new(s))),
             metrics,
+            semantic: semantic::Runtime::default(),
         }
     }
 
@@ -152,11 +156,15 @@ impl Cache {
     /// in `ctx.cache_pending.remote` to wait for). Sets `ctx.cache`.
     pub fn lookup(&self, ctx: &mut Context, request: &Request) -> Option<Hit> {
         let config = Self::config(ctx)?.clone();
+        // Asked again after the embedding call of a semantic lookup.
+        if let Some(answer) = self.semantic_resume(ctx, &config, request) {
+            return answer;
+        }
         let pending = ctx.cache_pending.get_or_insert_with(Box::default);
         if let Some(key) = pending.key.clone() {
             // Asked again after a remote lookup.
             let found = pending.remote.take().and_then(|r| r.result());
-            return self.found(ctx, &config, &key, found);
+            return self.found(ctx, &config, &key, found, request);
         }
         if !cacheable(ctx, request, &config) {
             ctx.cache = CacheStatus::Bypass;
@@ -183,7 +191,7 @@ impl Cache {
                 let found = self
                     .memory
                     .get(route_of(ctx), &key, config.ttl_ms, &self.metrics);
-                self.found(ctx, &config, &key, Some(found))
+                self.found(ctx, &config, &key, Some(found), request)
             }
             CacheBackendConfig::Redis => {
                 let Some(redis) = self.redis.clone() else {
@@ -216,6 +224,7 @@ impl Cache {
         config: &CacheConfig,
         _key: &Key,
         found: Option<Option<Entry>>,
+        request: &Request,
     ) -> Option<Hit> {
         match found {
             None => {
@@ -227,9 +236,9 @@ impl Cache {
                 None
             }
             Some(None) => {
-                // semantic lookup plugs in here, after an exact miss (`config.semantic`).
-                let _ = &config.semantic;
-                ctx.cache = CacheStatus::Miss;
+                // An exact miss: the semantic lookup, when the route has one (a miss either way
+                // until the embedding is in).
+                self.semantic_start(ctx, config, request);
                 None
             }
             Some(Some(entry)) if entry.fresh(config.ttl_ms) => {
@@ -248,7 +257,8 @@ impl Cache {
                 hit
             }
             Some(Some(_)) => {
-                ctx.cache = CacheStatus::Miss;
+                // Expired: as a miss.
+                self.semantic_start(ctx, config, request);
                 None
             }
         }
@@ -283,6 +293,7 @@ impl Cache {
         let Some(pending) = ctx.cache_pending.as_mut().filter(|p| p.fill) else {
             return;
         };
+        let semantic = pending.semantic.take();
         let (Some(key), answer, events) = (
             pending.key.clone(),
             pending.answer.take(),
@@ -295,18 +306,25 @@ impl Cache {
         };
         match config.backend {
             CacheBackendConfig::Memory => {
-                self.memory
-                    .put(route_of(ctx), key, entry, config.max_bytes, &self.metrics);
+                self.memory.put(
+                    route_of(ctx),
+                    key.clone(),
+                    entry,
+                    config.max_bytes,
+                    &self.metrics,
+                );
             }
             CacheBackendConfig::Redis => {
                 if let Some(redis) = self.redis.clone() {
                     let metrics = self.metrics.clone();
                     let ttl = Duration::from_millis(config.ttl_ms);
+                    let key = key.clone();
                     tokio::spawn(async move { redis.put(&key, &entry, ttl, &metrics).await });
                 }
             }
         }
-        // semantic fill plugs in here: index the request's embedding under `key`.
+        // The semantic index points at the exact entry (after an exact miss, with its embedding).
+        self.semantic_fill(ctx, &config, &key, semantic);
     }
 }
 

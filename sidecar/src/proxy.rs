@@ -18,6 +18,9 @@
 
 mod attempt;
 mod count;
+mod internal;
+
+pub use internal::Embedder;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,28 +150,40 @@ impl Gateway {
         client: UpstreamClient,
         settings: Settings,
     ) -> Self {
-        Self {
-            budget: BodyBudget::new(settings.max_inflight_body_bytes),
-            store,
-            chain: Arc::new(stages::chain(
+        // The semantic cache asks its embeddings through this gateway's own request path.
+        let budget = BodyBudget::new(settings.max_inflight_body_bytes);
+        let embedder = Arc::new(Embedder::new(
+            store.clone(),
+            client.clone(),
+            settings.clone(),
+            budget.clone(),
+        ));
+        let cache = Arc::new(crate::cache::Cache::new(&settings.cache, metrics.clone()));
+        cache.bind_embedder(embedder.clone());
+        let chain = Arc::new(stages::chain(
+            metrics.clone(),
+            settings.workload.clone(),
+            settings.max_tags,
+            settings.metering,
+            stages::budget::stages(
+                settings.ledger.clone(),
                 metrics.clone(),
-                settings.workload.clone(),
-                settings.max_tags,
-                settings.metering,
-                stages::budget::stages(
-                    settings.ledger.clone(),
-                    metrics.clone(),
-                    settings.budget.clone(),
+                settings.budget.clone(),
+            ),
+            cache,
+            (
+                settings.audit.clone(),
+                stages::record::RecordStage::new(
+                    settings.records.clone(),
+                    settings.exporter.clone(),
                 ),
-                Arc::new(crate::cache::Cache::new(&settings.cache, metrics)),
-                (
-                    settings.audit.clone(),
-                    stages::record::RecordStage::new(
-                        settings.records.clone(),
-                        settings.exporter.clone(),
-                    ),
-                ),
-            )),
+            ),
+        ));
+        embedder.bind(&chain);
+        Self {
+            budget,
+            store,
+            chain,
             client,
             settings,
         }

@@ -8,7 +8,7 @@ pub const DEFAULT_TTL_MS: u64 = 300_000;
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default least similarity of a semantic hit (`semantic.threshold`), chosen from the
 /// evaluation in docs/benchmarks.md.
-pub const DEFAULT_SEMANTIC_THRESHOLD: f64 = 0.92;
+pub const DEFAULT_SEMANTIC_THRESHOLD: f64 = 0.90;
 /// Default entries of a semantic index per scope.
 pub const DEFAULT_SEMANTIC_MAX_ENTRIES: u64 = 10_000;
 /// Default bound of the embedding call, in milliseconds.

@@ -51,6 +51,8 @@ pub struct Pending {
     /// The stream's events, as the client got them (dropped when they outgrow the route's
     /// `maxBytes`).
     pub events: Option<BytesMut>,
+    /// The semantic lookup after an exact miss (`cache::semantic`), when the route has one.
+    pub semantic: Option<Box<crate::cache::semantic::Pending>>,
 }
 
 /// Looks requests up in the cache.
@@ -93,13 +95,11 @@ impl Stage for Lookup {
     fn on_request(&self, ctx: &mut Context, request: &mut Request) -> Result<Flow, ProxyError> {
         Ok(match self.cache.lookup(ctx, request) {
             Some(hit) => Flow::Cached(hit),
-            None => match ctx
-                .cache_pending
-                .as_mut()
-                .and_then(|p| p.remote.as_mut())
-                .and_then(|r| r.take_wait())
-            {
-                // A remote lookup to wait for; asked again once it is done.
+            None => match ctx.cache_pending.as_mut().and_then(|p| {
+                let remote = p.remote.as_mut().and_then(|r| r.take_wait());
+                remote.or_else(|| p.semantic.as_mut().and_then(|s| s.take_wait()))
+            }) {
+                // A remote lookup or an embedding to wait for; asked again once it is done.
                 Some(wait) => Flow::Wait(wait),
                 None => Flow::Continue,
             },
