@@ -77,6 +77,10 @@ pub struct Provider {
     /// The workload identity whose short-lived credentials authorize requests in place of
     /// `credentials` (`providers::credentials`), if configured.
     pub identity: Option<Arc<providers::credentials::Source>>,
+    /// The scrubber of the identity's current credentials and the Secret-sourced header
+    /// values, cached for the credentials it was built for (`credentials::authorization`).
+    pub identity_scrubber:
+        arc_swap::ArcSwapOption<(Arc<providers::credentials::Current>, crate::scrub::Scrubber)>,
     /// Vertex AI: the project and location in the URL.
     pub vertex: Option<gatehouse_crds::config::VertexConfig>,
     /// Pricing by upstream model name.
@@ -287,6 +291,8 @@ impl Snapshot {
                 p,
                 key,
                 &providers::credentials::ProcessEnv,
+                egress,
+                keys,
             ) {
                 Ok(None) => (Credentials::for_key(p.kind, key), None),
                 Ok(Some(source)) => (Credentials::None, Some(source)),
@@ -319,6 +325,7 @@ impl Snapshot {
                     api_version: p.api_version.clone(),
                     region: p.region.clone(),
                     identity,
+                    identity_scrubber: Default::default(),
                     vertex: p.vertex.clone(),
                     models: p.models.clone(),
                     egress,

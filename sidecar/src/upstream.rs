@@ -341,12 +341,57 @@ impl Egress {
         Ok(Some(Arc::new(ProxyRoute::Fixed { uri, auth })))
     }
 
+    /// The client a provider's workload-identity token calls go through (`proxied`: STS, Entra,
+    /// Google OAuth) or not (`!proxied`: the node-local EKS Pod Identity agent and GCP metadata
+    /// server, never through a proxy whatever the settings). Proxied calls take the provider's
+    /// route (`spec.proxy`, else the environment's `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`); all
+    /// trust the compiled-in public roots only: the provider's `spec.tls` (a private CA, a client
+    /// certificate) is for the provider's own endpoint and never applies to a token endpoint.
+    pub fn token_client(
+        &self,
+        cfg: &ProviderConfig,
+        keys: &ProviderKeys,
+        proxied: bool,
+    ) -> Result<TokenClient, EgressError> {
+        let route = if proxied {
+            self.route(cfg, keys)?.unwrap_or_else(|| self.env.clone())
+        } else {
+            Arc::new(ProxyRoute::Direct)
+        };
+        Ok(TokenClient {
+            client: shared(self.connect_timeout, route.clone()),
+            route,
+        })
+    }
+
     /// Drop the own clients no provider of the current snapshot uses (their connections close
     /// once the requests still holding them end).
     pub fn retain(&self, used: &[u64]) {
         if let Ok(mut own) = self.own.lock() {
             own.retain(|id, _| used.contains(id));
         }
+    }
+}
+
+/// The client of a workload identity's token calls and the proxy route it connects by (see
+/// [`Egress::token_client`]).
+#[derive(Clone, Debug)]
+pub struct TokenClient {
+    /// The client.
+    pub client: UpstreamClient,
+    /// Its route, for the `Proxy-Authorization` of an http token endpoint reached through a
+    /// proxy (https ones send it in the CONNECT only).
+    pub route: Arc<ProxyRoute>,
+}
+
+impl TokenClient {
+    /// The `Proxy-Authorization` to add to a request to `uri`: an http destination reached
+    /// through a proxy with credentials.
+    pub fn proxy_authorization(&self, uri: &Uri) -> Option<HeaderValue> {
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        self.route.via(uri).and_then(|(_, auth)| auth)
     }
 }
 

@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
+use gatehouse_crds::ProviderKeys;
 use gatehouse_crds::config::{IdentityConfig, ProviderConfig};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 use crate::error::AuthFailure;
 use crate::scrub::Scrubber;
 use crate::state::Credentials;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Egress, TokenClient};
 
 /// Longest one credential exchange (connect, request, whole answer) may take.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,7 +149,9 @@ enum Exchange {
 /// One provider's credential source: cached, refreshed ahead of expiry, single flight.
 pub struct Source {
     exchange: Exchange,
-    client: UpstreamClient,
+    /// Replaced by each snapshot (the provider's proxy settings may change without the
+    /// exchange changing).
+    client: ArcSwap<TokenClient>,
     current: ArcSwapOption<Current>,
     refresh: tokio::sync::Mutex<()>,
     failure: Mutex<Option<(Instant, FetchError)>>,
@@ -167,20 +170,19 @@ impl std::fmt::Debug for Source {
 /// Sources by what they exchange, so a config reload keeps the cached credentials.
 static SOURCES: LazyLock<Mutex<HashMap<u64, Weak<Source>>>> = LazyLock::new(Default::default);
 
-/// The client token calls go through (rustls, the public roots; plain HTTP for the link-local
-/// agents and metadata servers).
-static CLIENT: LazyLock<UpstreamClient> =
-    LazyLock::new(|| crate::upstream::client(Duration::from_secs(5)));
-
 impl Source {
     /// The source of a provider configured with a workload identity (`None` without one), shared
     /// with the previous snapshot's when nothing it depends on changed. `key` is the provider's
-    /// key (a Vertex service-account key).
+    /// key (a Vertex service-account key). Token calls go through `egress`'s
+    /// [`Egress::token_client`]: STS, Entra and Google OAuth by the provider's proxy settings, the
+    /// Pod Identity agent and the metadata server always directly.
     pub fn for_provider(
         name: &str,
         config: &ProviderConfig,
         key: Option<&str>,
         env: &dyn Env,
+        egress: &Egress,
+        keys: &ProviderKeys,
     ) -> Result<Option<Arc<Self>>, String> {
         let Some(identity) = &config.identity else {
             return Ok(None);
@@ -202,6 +204,13 @@ impl Source {
                 Exchange::GcpKey(gcp::ServiceAccountKey::new(identity, key)?)
             }
         };
+        let proxied = !matches!(
+            exchange,
+            Exchange::AwsPodIdentity(_) | Exchange::GcpMetadata(_)
+        );
+        let client = egress
+            .token_client(config, keys, proxied)
+            .map_err(|e| e.to_string())?;
         let id = {
             use std::hash::{BuildHasher, Hash, Hasher};
             let mut h = foldhash::fast::FixedState::with_seed(0x6761_7465).build_hasher();
@@ -215,17 +224,18 @@ impl Source {
             .map_err(|_| "failed to lock the credential sources".to_string())?;
         sources.retain(|_, s| s.strong_count() > 0);
         if let Some(source) = sources.get(&id).and_then(Weak::upgrade) {
+            source.client.store(Arc::new(client));
             return Ok(Some(source));
         }
-        let source = Arc::new(Self::new(exchange, CLIENT.clone()));
+        let source = Arc::new(Self::new(exchange, client));
         sources.insert(id, Arc::downgrade(&source));
         Ok(Some(source))
     }
 
-    fn new(exchange: Exchange, client: UpstreamClient) -> Self {
+    fn new(exchange: Exchange, client: TokenClient) -> Self {
         Self {
             exchange,
-            client,
+            client: ArcSwap::from_pointee(client),
             current: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(()),
             failure: Mutex::new(None),
@@ -331,12 +341,13 @@ impl Source {
     }
 
     async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let client = self.client.load_full();
         match &self.exchange {
-            Exchange::AwsWebIdentity(w) => w.fetch(&self.client).await,
-            Exchange::AwsPodIdentity(p) => p.fetch(&self.client).await,
-            Exchange::Azure(a) => a.fetch(&self.client).await,
-            Exchange::GcpMetadata(m) => m.fetch(&self.client).await,
-            Exchange::GcpKey(k) => k.fetch(&self.client).await,
+            Exchange::AwsWebIdentity(w) => w.fetch(&client).await,
+            Exchange::AwsPodIdentity(p) => p.fetch(&client).await,
+            Exchange::Azure(a) => a.fetch(&client).await,
+            Exchange::GcpMetadata(m) => m.fetch(&client).await,
+            Exchange::GcpKey(k) => k.fetch(&client).await,
         }
     }
 }
@@ -347,8 +358,9 @@ impl Source {
 pub enum Authorization<'a> {
     /// The provider's static credentials.
     Static(&'a crate::state::Provider),
-    /// The workload identity's current credentials.
-    Current(Arc<Current>),
+    /// The workload identity's current credentials, and the scrubber of them and of the
+    /// provider's Secret-sourced header values.
+    Current(Arc<Current>, Scrubber),
 }
 
 impl Authorization<'_> {
@@ -356,7 +368,7 @@ impl Authorization<'_> {
     pub fn credentials(&self) -> &Credentials {
         match self {
             Self::Static(p) => &p.credentials,
-            Self::Current(c) => &c.credentials,
+            Self::Current(c, _) => &c.credentials,
         }
     }
 
@@ -364,7 +376,7 @@ impl Authorization<'_> {
     pub fn scrubber(&self) -> &Scrubber {
         match self {
             Self::Static(p) => &p.scrubber,
-            Self::Current(c) => &c.scrubber,
+            Self::Current(_, s) => s,
         }
     }
 }
@@ -379,7 +391,14 @@ pub async fn authorization(
         return Ok(Authorization::Static(provider));
     };
     match source.get().await {
-        Ok(current) => Ok(Authorization::Current(current)),
+        Ok(current) => {
+            let scrubber = scrubber(provider, &current).map_err(|e| {
+                crate::error::AttemptError::Credentials(crate::error::CredentialsError::Identity(
+                    FetchError::Local(format!("build the credential scrubber: {e}")),
+                ))
+            })?;
+            Ok(Authorization::Current(current, scrubber))
+        }
         Err(e) => Err(match e.auth_failure() {
             Some(auth) => crate::error::AttemptError::Auth(auth),
             None => {
@@ -387,6 +406,35 @@ pub async fn authorization(
             }
         }),
     }
+}
+
+/// The scrubber of `current` for `provider`: the current credentials and the provider's
+/// Secret-sourced header values (which a static provider's scrubber covers too). Built once per
+/// credentials and snapshot: kept in the provider until the credentials are renewed.
+fn scrubber(
+    provider: &crate::state::Provider,
+    current: &Arc<Current>,
+) -> Result<Scrubber, crate::scrub::BuildError> {
+    let secret_headers: Vec<&str> = provider
+        .egress
+        .headers
+        .iter()
+        .filter(|(_, v)| v.is_sensitive())
+        .filter_map(|(_, v)| v.to_str().ok())
+        .collect();
+    if secret_headers.is_empty() {
+        return Ok(current.scrubber.clone());
+    }
+    if let Some(cached) = provider.identity_scrubber.load().as_deref()
+        && Arc::ptr_eq(&cached.0, current)
+    {
+        return Ok(cached.1.clone());
+    }
+    let scrubber = Scrubber::for_provider(&current.credentials, &secret_headers)?;
+    provider
+        .identity_scrubber
+        .store(Some(Arc::new((Arc::clone(current), scrubber.clone()))));
+    Ok(scrubber)
 }
 
 /// When credentials living `lifetime` are renewed (see the module docs).
@@ -397,12 +445,18 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 
 /// Send one token request: the status and the whole answer (bounded), or why not.
 pub(crate) async fn call(
-    client: &UpstreamClient,
+    client: &TokenClient,
     service: &'static str,
-    request: Request<Full<Bytes>>,
+    mut request: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, Bytes), FetchError> {
     let unreachable = |reason: String| FetchError::Unreachable { service, reason };
+    if let Some(auth) = client.proxy_authorization(request.uri()) {
+        request
+            .headers_mut()
+            .insert(http::header::PROXY_AUTHORIZATION, auth);
+    }
     let response = client
+        .client
         .request(request)
         .await
         .map_err(|e| unreachable(crate::error::error_chain(&e)))?;

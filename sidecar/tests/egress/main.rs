@@ -1,7 +1,8 @@
 //! Reaching providers the way companies do (docs/egress.md): a private CA, mTLS, a server name
 //! override, rotation under load, the loudly named skip-verification field; an egress proxy (a
 //! real tinyproxy with Basic auth), the environment's proxy and NO_PROXY; extra headers, static
-//! and from a Secret.
+//! and from a Secret; workload-identity token calls by the same proxy settings (the node-local
+//! agents never), and Secret header values scrubbed for identity providers too.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,6 +19,7 @@
 mod support;
 
 mod headers;
+mod identity;
 mod logs;
 mod pki;
 mod proxy;

@@ -13,8 +13,8 @@ use crate::pki::{Ca, server_config};
 use crate::support::Sidecar;
 use crate::{chat, manifests, object, reload};
 
-const USER: &str = "gatehouse";
-const PASSWORD: &str = "pr0xy-PASSWORD-7c1e9d";
+pub(crate) const USER: &str = "gatehouse";
+pub(crate) const PASSWORD: &str = "pr0xy-PASSWORD-7c1e9d";
 
 /// tinyproxy on a loopback port, requiring `USER`/`PASSWORD`, logging every request.
 pub struct Tinyproxy {
@@ -98,7 +98,7 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
-fn basic_auth(password: &str) -> String {
+pub(crate) fn basic_auth(password: &str) -> String {
     let secret = format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: proxy-auth\ntype: kubernetes.io/basic-auth\nstringData:\n  username: {USER}\n  password: {password}\n"
     );

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{Env, FetchError, Fetched, call, form, known, read_token, until};
 use crate::state::Credentials;
-use crate::upstream::UpstreamClient;
+use crate::upstream::TokenClient;
 
 /// The token service's name in errors.
 pub const STS: &str = "AWS STS";
@@ -107,7 +107,7 @@ impl WebIdentity {
     }
 
     /// One `AssumeRoleWithWebIdentity`.
-    pub async fn fetch(&self, client: &UpstreamClient) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, client: &TokenClient) -> Result<Fetched, FetchError> {
         let token = read_token(&self.token_file)?;
         let body = form(&[
             ("Action", "AssumeRoleWithWebIdentity"),
@@ -179,7 +179,7 @@ impl PodIdentity {
     }
 
     /// One call to the agent.
-    pub async fn fetch(&self, client: &UpstreamClient) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, client: &TokenClient) -> Result<Fetched, FetchError> {
         let token = read_token(&self.token_file)?;
         let mut request = Request::builder()
             .method(Method::GET)

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use super::{Env, FetchError, Fetched, bearer, call, expires_in, form, known, read_token};
-use crate::upstream::UpstreamClient;
+use crate::upstream::TokenClient;
 
 /// The token service's name in errors.
 pub const ENTRA: &str = "Microsoft Entra ID";
@@ -78,7 +78,7 @@ impl WorkloadIdentity {
     }
 
     /// One client-credentials grant with the federated assertion.
-    pub async fn fetch(&self, client: &UpstreamClient) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, client: &TokenClient) -> Result<Fetched, FetchError> {
         let assertion = read_token(&self.token_file)?;
         let body = form(&[
             ("client_id", &self.client_id),

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use super::{Env, FetchError, Fetched, bearer, call, expires_in, form, known};
-use crate::upstream::UpstreamClient;
+use crate::upstream::TokenClient;
 
 /// The metadata server's name in errors.
 pub const METADATA: &str = "the GCP metadata server";
@@ -67,7 +67,7 @@ impl Metadata {
     }
 
     /// One token from the metadata server.
-    pub async fn fetch(&self, client: &UpstreamClient) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, client: &TokenClient) -> Result<Fetched, FetchError> {
         let request = Request::builder()
             .method(Method::GET)
             .uri(&self.url)
@@ -168,7 +168,7 @@ impl ServiceAccountKey {
     }
 
     /// One JWT-bearer grant.
-    pub async fn fetch(&self, client: &UpstreamClient) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, client: &TokenClient) -> Result<Fetched, FetchError> {
         let assertion = self.assertion()?;
         let body = form(&[
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
