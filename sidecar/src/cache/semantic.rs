@@ -5,7 +5,9 @@
 //! - [`key`]: what must match exactly (hashed into a context) and the text that is embedded.
 //! - [`guards`]: numbers, named entities, negations, relation order and language must match.
 //! - [`index`]: the bounded approximate-nearest-neighbour index of one scope.
-//! - [`Semantic`]: one index per (Route, scope), bounded by the Route's `maxEntries`.
+//! - [`Semantic`]: one index per (Route, scope), bounded by the Route's `maxEntries`. A scope's
+//!   one-time partitioning runs on a blocking thread from a copy of its entries, never in an
+//!   insert or a lookup and never on a runtime worker; lookups meanwhile are flat scans.
 //!
 //! The embedding comes from the Route's `embeddingRoute`, called through the gateway's own
 //! request path (see `proxy::Embedder`); failure or timeout bypasses the cache.
@@ -32,7 +34,7 @@ use crate::stages::cache::Hit;
 use crate::stages::{CacheStatus, Context};
 
 use guards::Features;
-use index::Index;
+use index::{Index, TrainJob};
 pub use key::Key;
 
 /// Candidates above the threshold checked against the guards, most similar first.
@@ -302,12 +304,59 @@ type Indexes<V> = HashMap<(Arc<str>, Arc<str>), Scoped<V>>;
 #[derive(Debug)]
 pub struct Semantic<V> {
     indexes: Mutex<Indexes<V>>,
+    /// Tests: called on the training thread before it trains.
+    #[cfg(test)]
+    train_hook: Option<TrainHook>,
+}
+
+#[cfg(test)]
+#[derive(Clone)]
+struct TrainHook(Arc<dyn Fn() + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for TrainHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrainHook")
+    }
 }
 
 impl<V> Default for Semantic<V> {
     fn default() -> Self {
         Self {
             indexes: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            train_hook: None,
+        }
+    }
+}
+
+/// A scope's training under way off its lock. Applies its result to the index; dropped
+/// without applying (its thread never ran, or it panicked), it ends the training so a later
+/// insert may start another.
+struct Training<V> {
+    index: Scoped<V>,
+    job: Option<TrainJob>,
+}
+
+impl<V> Training<V> {
+    fn run(mut self) {
+        if let Some(job) = self.job.take() {
+            let trained = job.run();
+            self.index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(trained);
+        }
+    }
+}
+
+impl<V> Drop for Training<V> {
+    fn drop(&mut self) {
+        if self.job.is_some() {
+            self.index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abandon_training();
         }
     }
 }
@@ -323,7 +372,7 @@ pub enum Lookup<V> {
     Guarded(guards::Mismatch, f32),
 }
 
-impl<V: Clone> Semantic<V> {
+impl<V: Clone + Send + Sync + 'static> Semantic<V> {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
@@ -401,9 +450,56 @@ impl<V: Clone> Semantic<V> {
             features: Features::of(&key.text),
             value,
         };
-        let mut idx = idx.write().unwrap_or_else(|e| e.into_inner());
-        idx.set_max_entries(max_entries);
-        idx.insert(key.context, embedding, entry);
+        let train = {
+            let mut idx = idx.write().unwrap_or_else(|e| e.into_inner());
+            idx.set_max_entries(max_entries);
+            idx.insert(key.context, embedding, entry);
+            idx.start_training()
+        };
+        if train {
+            self.train(idx);
+        }
+    }
+
+    /// Partitions `index` (its training just started) off its lock and off the runtime's
+    /// workers: the entries are copied under a read lock, trained on a blocking thread (a
+    /// thread of its own outside a runtime), and the result applied under the write lock.
+    fn train(&self, index: Scoped<V>) {
+        let job = index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .training_job();
+        let training = Training { index, job };
+        #[cfg(test)]
+        let hook = self.train_hook.clone();
+        let work = move || {
+            #[cfg(test)]
+            if let Some(hook) = hook {
+                (hook.0)();
+            }
+            training.run();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("gatehouse-semantic-train".into())
+                    .spawn(work);
+                if let Err(e) = spawned {
+                    // The closure, and with it the training, was dropped: it ended.
+                    tracing::warn!("failed to start the semantic index training: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether `route`'s index in `scope` is partitioned (false: it is a flat scan, or absent).
+    pub fn is_partitioned(&self, route: &str, scope: &str) -> bool {
+        self.existing(route, scope).is_some_and(|i| {
+            i.read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_partitioned()
+        })
     }
 
     /// Entries held for `route` in `scope`.
@@ -581,6 +677,85 @@ mod tests {
         s.insert("r", &scope_of(&ctx("a", "x"), &ns), 10, &k, &[1.0, 0.0], 1);
         let other = scope_of(&ctx("b", "x"), &ns);
         assert_eq!(s.lookup("r", &other, &k, &[1.0, 0.0], 0.5), Lookup::Miss);
+    }
+
+    /// A deterministic pseudo-random unit vector.
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        index::normalized(&v).unwrap()
+    }
+
+    #[test]
+    fn lookups_and_inserts_go_on_while_a_scope_trains_off_the_runtime() {
+        use std::sync::mpsc;
+        use std::thread::ThreadId;
+        let wait = Duration::from_secs(60);
+        let (started_tx, started_rx) = mpsc::channel::<ThreadId>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+        // The training announces its thread, then is held until the test releases it.
+        let s: Semantic<u64> = Semantic {
+            train_hook: Some(TrainHook(Arc::new(move || {
+                let _ = started_tx.lock().unwrap().send(std::thread::current().id());
+                let _ = release_rx.lock().unwrap().recv_timeout(wait);
+            }))),
+            ..Semantic::default()
+        };
+        let (dim, max) = (16, 2100);
+        let at = Index::<()>::new(dim, max).train_at().unwrap() as u64;
+        let k = key("how do I configure retries", 0);
+        // The value found for entry `i`'s own vector.
+        let hit = |i: u64| match s.lookup("r", "ns", &k, &unit(i, dim), 0.999) {
+            Lookup::Hit(v, _) => Some(v),
+            _ => None,
+        };
+        // One worker thread: the test's. Training on it would hold it until released, which
+        // only happens after the lookups below.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let worker = std::thread::current().id();
+        runtime.block_on(async {
+            for i in 0..at {
+                s.insert("r", "ns", max, &k, &unit(i, dim), i);
+            }
+            let trainer = started_rx
+                .recv_timeout(wait)
+                .expect("the training started off the inserting task");
+            assert_ne!(trainer, worker, "the training ran on the runtime's worker");
+            // Held mid-training: lookups are answered (flat scans), inserts go on.
+            assert!(!s.is_partitioned("r", "ns"));
+            for i in (0..at).step_by(97) {
+                assert_eq!(hit(i), Some(i), "entry {i}");
+            }
+            for i in at..at + 100 {
+                s.insert("r", "ns", max, &k, &unit(i, dim), i);
+            }
+            assert_eq!(hit(at + 50), Some(at + 50));
+            assert!(!s.is_partitioned("r", "ns"));
+        });
+        release_tx.send(()).unwrap();
+        let started = std::time::Instant::now();
+        while !s.is_partitioned("r", "ns") {
+            assert!(started.elapsed() < wait, "the training was never applied");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Exactly one training: no second one started while the first was held.
+        assert!(started_rx.try_recv().is_err());
+        // After: entries from before and during the training are found, evicted ones are not.
+        assert_eq!(s.len("r", "ns"), max);
+        for i in (0..at + 100).step_by(7).chain([at + 99]) {
+            let held = i >= at + 100 - max as u64;
+            assert_eq!(hit(i), held.then_some(i), "entry {i}");
+        }
     }
 
     #[test]

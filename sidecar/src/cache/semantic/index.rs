@@ -2,11 +2,18 @@
 //! (IVF) over unit vectors, bounded in entries, oldest evicted first.
 //!
 //! - Up to [`Index::train_at`] entries it is a flat scan (exact).
-//! - When it first holds that many, it picks `nlist` ≈ √maxEntries centroids from its entries
-//!   (spread out: each next one the entry farthest from those picked, of a sample), refines them
-//!   with two rounds of spherical k-means and files every entry under its nearest centroid.
-//!   From then on an entry is filed under its nearest centroid when inserted, and a search scans
-//!   the `nprobe` lists whose centroids are nearest the query. Centroids are not retrained.
+//! - When it first holds that many, it is due to partition itself, once. Training never runs
+//!   inside [`Index::insert`]: the owner marks it started ([`Index::start_training`]), copies
+//!   the entries ([`Index::training_job`], a read of the index), runs [`TrainJob::run`] with no
+//!   lock held (the cache does it on a blocking thread) and hands the result to
+//!   [`Index::apply`], a short step under the write lock. Until then searches stay flat scans.
+//! - The training picks `nlist` ≈ √maxEntries centroids from the copied entries (spread out:
+//!   each next one the entry farthest from those picked, of a sample), refines them with two
+//!   rounds of spherical k-means and files every copied entry under its nearest centroid.
+//!   Applying keeps those lists for the entries still held unchanged and files the entries
+//!   added since under their nearest centroid. From then on an entry is filed under its
+//!   nearest centroid when inserted, and a search scans the `nprobe` lists whose centroids are
+//!   nearest the query. Centroids are not retrained.
 //! - Every entry carries a `context` (the hash of what must match exactly: the conversation
 //!   before the last message, the model, the parameters); a search compares vectors only of
 //!   entries with the query's context.
@@ -35,6 +42,26 @@ pub struct Found<'a, T> {
     pub slot: usize,
 }
 
+/// A copy of an index's entries to partition it from, off its lock ([`Index::training_job`]).
+#[derive(Debug)]
+pub struct TrainJob {
+    dim: usize,
+    nlist: usize,
+    /// The copied entries' (slot, seq), in slot order.
+    entries: Vec<(usize, u64)>,
+    /// Their vectors, `dim` each, in the same order.
+    vectors: Vec<f32>,
+}
+
+/// Centroids and the list of each copied entry ([`TrainJob::run`]), for [`Index::apply`].
+#[derive(Debug)]
+pub struct Trained {
+    dim: usize,
+    centroids: Vec<f32>,
+    /// (slot, seq, list) of each copied entry.
+    assigned: Vec<(usize, u64, u32)>,
+}
+
 #[derive(Debug)]
 struct Slot<T> {
     seq: u64,
@@ -58,6 +85,7 @@ pub struct Index<T> {
     len: usize,
     centroids: Vec<f32>,
     lists: Vec<Vec<usize>>,
+    training: bool,
 }
 
 impl<T> Index<T> {
@@ -78,6 +106,7 @@ impl<T> Index<T> {
             len: 0,
             centroids: Vec::new(),
             lists: Vec::new(),
+            training: false,
         }
     }
 
@@ -115,6 +144,104 @@ impl<T> Index<T> {
     /// Entries at which the index partitions itself; never, when `maxEntries` ≤ [`FLAT_MAX`].
     pub fn train_at(&self) -> Option<usize> {
         (self.max_entries > FLAT_MAX).then(|| (self.nlist * 16).clamp(FLAT_MAX, self.max_entries))
+    }
+
+    /// Whether it should partition itself now: not partitioned, no training under way, and at
+    /// least [`Index::train_at`] entries.
+    pub fn training_due(&self) -> bool {
+        !self.is_partitioned() && !self.training && self.train_at().is_some_and(|n| self.len >= n)
+    }
+
+    /// Whether a training started and was neither applied nor abandoned.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// When training is due, marks it under way (no other starts until it is applied or
+    /// abandoned) and returns true; the caller then takes [`Index::training_job`].
+    pub fn start_training(&mut self) -> bool {
+        let due = self.training_due();
+        if due {
+            self.training = true;
+        }
+        due
+    }
+
+    /// A training that will not be applied (its thread could not start): it may start again.
+    pub fn abandon_training(&mut self) {
+        self.training = false;
+    }
+
+    /// A copy of the entries held to train on, while a training is under way and the index is
+    /// not partitioned yet; `None` otherwise.
+    pub fn training_job(&self) -> Option<TrainJob> {
+        if !self.training || self.is_partitioned() {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(self.len);
+        let mut vectors = Vec::with_capacity(self.len * self.dim);
+        for (slot, s) in self.slots.iter().enumerate() {
+            if let Some(s) = s {
+                entries.push((slot, s.seq));
+                vectors.extend_from_slice(&self.vectors[slot * self.dim..(slot + 1) * self.dim]);
+            }
+        }
+        Some(TrainJob {
+            dim: self.dim,
+            nlist: self.nlist,
+            entries,
+            vectors,
+        })
+    }
+
+    /// Partitions the index with `trained` (from this index's [`Index::training_job`]): the
+    /// copied entries still held unchanged go to the lists computed for them, entries added
+    /// since to their nearest centroid. Ends the training either way.
+    pub fn apply(&mut self, trained: Trained) {
+        self.training = false;
+        if self.is_partitioned() || trained.dim != self.dim || trained.centroids.is_empty() {
+            return;
+        }
+        let nlist = trained.centroids.len() / self.dim;
+        self.centroids = trained.centroids;
+        self.lists = vec![Vec::new(); nlist];
+        let mut filed = vec![false; self.slots.len()];
+        for (slot, seq, list) in trained.assigned {
+            let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            // Evicted since, and the slot reused: the new entry is filed below.
+            if s.seq != seq || list as usize >= nlist {
+                continue;
+            }
+            s.list = list;
+            self.lists[list as usize].push(slot);
+            filed[slot] = true;
+        }
+        for (slot, filed) in filed.into_iter().enumerate() {
+            if filed || self.slots[slot].is_none() {
+                continue;
+            }
+            let v = &self.vectors[slot * self.dim..(slot + 1) * self.dim];
+            let l = nearest(&self.centroids, self.dim, v, 1)[0];
+            self.lists[l].push(slot);
+            if let Some(s) = self.slots[slot].as_mut() {
+                s.list = l as u32;
+            }
+        }
+    }
+
+    /// Trains in place when due (holding the index the whole time): for a caller with no
+    /// readers to keep serving, such as the benchmark. Returns whether it trained.
+    pub fn train_if_due(&mut self) -> bool {
+        if !self.start_training() {
+            return false;
+        }
+        match self.training_job() {
+            Some(job) => self.apply(job.run()),
+            None => self.abandon_training(),
+        }
+        true
     }
 
     /// Bytes held by vectors and bookkeeping (not the values' own heap).
@@ -174,9 +301,6 @@ impl<T> Index<T> {
         });
         self.order.push_back((slot, self.seq));
         self.len += 1;
-        if !self.is_partitioned() && self.train_at().is_some_and(|n| self.len >= n) {
-            self.train();
-        }
         Some(slot)
     }
 
@@ -245,40 +369,42 @@ impl<T> Index<T> {
 
     /// Indices of the `n` centroids nearest `v`, nearest first.
     fn nearest_centroids(&self, v: &[f32], n: usize) -> Vec<usize> {
-        let mut sims: Vec<(f32, usize)> = self
-            .centroids
-            .chunks_exact(self.dim)
-            .enumerate()
-            .map(|(i, c)| (dot(v, c), i))
-            .collect();
-        let n = n.min(sims.len()).max(1);
-        if sims.len() > n {
-            sims.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0));
-            sims.truncate(n);
-        }
-        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
-        sims.into_iter().map(|(_, i)| i).collect()
+        nearest(&self.centroids, self.dim, v, n)
+    }
+}
+
+impl TrainJob {
+    /// Entries copied.
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
-    /// Picks the centroids from the entries held and files every entry under one.
-    fn train(&mut self) {
-        let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&s| self.slots[s].is_some())
-            .collect();
-        let nlist = self.nlist.min(live.len()).max(1);
+    /// Whether nothing was copied.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Picks the centroids from the copied entries and files each under one (the expensive
+    /// part, run with no lock held).
+    pub fn run(self) -> Trained {
         let dim = self.dim;
-        let vec_of = |s: usize| &self.vectors[s * dim..(s + 1) * dim];
+        let n = self.entries.len();
+        if n == 0 || dim == 0 {
+            return Trained {
+                dim,
+                centroids: Vec::new(),
+                assigned: Vec::new(),
+            };
+        }
+        let nlist = self.nlist.min(n).max(1);
+        let vec_of = |i: usize| &self.vectors[i * dim..(i + 1) * dim];
         // Farthest-point seeding over an evenly spaced sample: centroids spread over the data.
-        let sample: Vec<usize> = live
-            .iter()
-            .step_by((live.len() / (nlist * 8)).max(1))
-            .copied()
-            .collect();
+        let sample: Vec<usize> = (0..n).step_by((n / (nlist * 8)).max(1)).collect();
         let mut centroids: Vec<f32> = Vec::with_capacity(nlist * dim);
         centroids.extend_from_slice(vec_of(sample[0]));
         let mut closest: Vec<f32> = sample
             .iter()
-            .map(|&s| dot(vec_of(s), vec_of(sample[0])))
+            .map(|&i| dot(vec_of(i), vec_of(sample[0])))
             .collect();
         while centroids.len() < nlist * dim {
             let Some((far, _)) = closest.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1))
@@ -286,26 +412,24 @@ impl<T> Index<T> {
                 break;
             };
             let c = vec_of(sample[far]).to_vec();
-            for (i, &s) in sample.iter().enumerate() {
-                closest[i] = closest[i].max(dot(vec_of(s), &c));
+            for (k, &i) in sample.iter().enumerate() {
+                closest[k] = closest[k].max(dot(vec_of(i), &c));
             }
             centroids.extend_from_slice(&c);
         }
         let nlist = centroids.len() / dim;
-        // Two rounds of spherical k-means over every entry.
-        let mut assign = vec![0usize; self.slots.len()];
+        // Two rounds of spherical k-means over every copied entry.
+        let mut assign = vec![0usize; n];
         for round in 0..3 {
-            self.centroids = centroids.clone();
-            for &s in &live {
-                assign[s] = self.nearest_centroids(vec_of(s), 1)[0];
+            for (i, a) in assign.iter_mut().enumerate() {
+                *a = nearest(&centroids, dim, vec_of(i), 1)[0];
             }
             if round == 2 {
                 break;
             }
             let mut sums = vec![0f32; nlist * dim];
-            for &s in &live {
-                let c = assign[s];
-                for (acc, x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(vec_of(s)) {
+            for (i, &c) in assign.iter().enumerate() {
+                for (acc, x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(vec_of(i)) {
                     *acc += x;
                 }
             }
@@ -317,15 +441,34 @@ impl<T> Index<T> {
                 }
             }
         }
-        self.lists = vec![Vec::new(); nlist];
-        for &s in &live {
-            let l = assign[s];
-            self.lists[l].push(s);
-            if let Some(slot) = self.slots[s].as_mut() {
-                slot.list = l as u32;
-            }
+        let assigned = self
+            .entries
+            .iter()
+            .zip(&assign)
+            .map(|(&(slot, seq), &l)| (slot, seq, l as u32))
+            .collect();
+        Trained {
+            dim,
+            centroids,
+            assigned,
         }
     }
+}
+
+/// Indices of the `n` centroids (`dim` floats each) nearest `v`, nearest first.
+fn nearest(centroids: &[f32], dim: usize, v: &[f32], n: usize) -> Vec<usize> {
+    let mut sims: Vec<(f32, usize)> = centroids
+        .chunks_exact(dim.max(1))
+        .enumerate()
+        .map(|(i, c)| (dot(v, c), i))
+        .collect();
+    let n = n.min(sims.len()).max(1);
+    if sims.len() > n {
+        sims.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0));
+        sims.truncate(n);
+    }
+    sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+    sims.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Dot product, 8 lanes wide.
@@ -426,6 +569,7 @@ mod tests {
         let n = 6000u64;
         for i in 0..n {
             idx.insert(7, &unit(i, dim), i).unwrap();
+            idx.train_if_due();
         }
         assert!(idx.is_partitioned());
         assert_eq!(idx.len(), 5000);
@@ -442,6 +586,83 @@ mod tests {
             }
         }
         assert!(hits >= 95, "found {hits} of 100 near-duplicates");
+    }
+
+    #[test]
+    fn insert_never_trains_and_a_training_applied_later_files_what_changed_meanwhile() {
+        let dim = 16;
+        let mut idx = Index::new(dim, 2100);
+        let at = idx.train_at().unwrap();
+        assert_eq!(at, 2048);
+        for i in 0..at as u64 {
+            idx.insert(0, &unit(i, dim), i).unwrap();
+        }
+        // Due, but inserting alone never partitions.
+        assert!(idx.training_due());
+        assert!(!idx.is_partitioned());
+        assert!(
+            idx.training_job().is_none(),
+            "no copy before a training starts"
+        );
+        assert!(idx.start_training());
+        assert!(!idx.start_training(), "at most one training at a time");
+        assert!(!idx.training_due());
+        let job = idx.training_job().unwrap();
+        assert_eq!(job.len(), at);
+        // Meanwhile: 100 more (48 oldest evicted, their slots reused) and one removed.
+        let mut slot_of_1000 = None;
+        for i in at as u64..at as u64 + 100 {
+            idx.insert(0, &unit(i, dim), i).unwrap();
+        }
+        for f in idx.search(0, &unit(1000, dim), 1, 0.999) {
+            slot_of_1000 = Some(f.slot);
+        }
+        idx.remove(slot_of_1000.unwrap());
+        // Searches stay flat scans until applied.
+        assert!(!idx.is_partitioned());
+        assert_eq!(idx.search(0, &unit(2100, dim), 1, 0.999).len(), 1);
+        let trained = job.run();
+        assert!(!idx.is_partitioned());
+        idx.apply(trained);
+        assert!(idx.is_partitioned());
+        assert!(!idx.is_training());
+        assert!(!idx.training_due(), "partitioned once, never again");
+        assert_eq!(idx.len(), 2099);
+        // Every held entry is in exactly one list, the one it records.
+        let mut seen = vec![0usize; idx.slots.len()];
+        for (l, list) in idx.lists.iter().enumerate() {
+            for &slot in list {
+                seen[slot] += 1;
+                assert_eq!(idx.slots[slot].as_ref().unwrap().list as usize, l);
+            }
+        }
+        for (slot, s) in idx.slots.iter().enumerate() {
+            assert_eq!(seen[slot], usize::from(s.is_some()), "slot {slot}");
+        }
+        // Entries added during training are found through the lists; evicted ones are not.
+        for i in 0..at as u64 + 100 {
+            let found = idx.search(0, &unit(i, dim), 1, 0.999);
+            let held = i >= 48 && i != 1000;
+            assert_eq!(found.len(), usize::from(held), "entry {i}");
+            if held {
+                assert_eq!(*found[0].value, i);
+            }
+        }
+        // A stale result (another dimension) is refused and ends the training.
+        let mut other = Index::new(dim + 1, 2100);
+        for i in 0..at as u64 {
+            other.insert(0, &unit(i, dim + 1), i).unwrap();
+        }
+        assert!(other.start_training());
+        other.apply(Trained {
+            dim,
+            centroids: vec![0.0; dim],
+            assigned: Vec::new(),
+        });
+        assert!(!other.is_partitioned());
+        assert!(!other.is_training());
+        assert!(other.train_if_due());
+        assert!(other.is_partitioned());
     }
 
     #[test]
