@@ -137,11 +137,51 @@ spec:
         Scenario {
             name: "audit line",
             on: "+ the audit line, to a file",
-            manifests: plain,
+            manifests: plain.clone(),
             flags: vec![
                 "--audit-file".to_string(),
                 dir.join("audit.log").display().to_string(),
             ],
+        },
+        // Records (on by default) and metrics (on by default) are measured by taking them away.
+        Scenario {
+            name: "no request records",
+            on: "− the last-requests records (`--request-records 0`)",
+            manifests: plain.clone(),
+            flags: vec!["--request-records".to_string(), "0".to_string()],
+        },
+        Scenario {
+            name: "no metrics",
+            on: "− per-request metrics (`--metrics off`)",
+            manifests: plain.clone(),
+            flags: vec!["--metrics".to_string(), "off".to_string()],
+        },
+        Scenario {
+            name: "traces",
+            on: "+ OTLP traces: a span per request and per attempt, exported in batches (to an endpoint that answers 404)",
+            manifests: plain.clone(),
+            flags: vec![
+                "--otlp-endpoint".to_string(),
+                format!("http://{mock}/v1/traces"),
+            ],
+        },
+        Scenario {
+            name: "exact cache, hits",
+            on: "+ an exact cache (memory) that answers every request after the first",
+            manifests: format!(
+                "{provider}{}",
+                route_with("mock", "  cache: {allowNonDeterministic: true}\n")
+            ),
+            flags: Vec::new(),
+        },
+        Scenario {
+            name: "extra header",
+            on: "+ a static extra header on the provider (the egress path for a provider with settings)",
+            manifests: plain.replace(
+                "  type: openaiCompatible\n",
+                "  type: openaiCompatible\n  headers: [{name: OpenAI-Organization, value: org-bench}]\n",
+            ),
+            flags: Vec::new(),
         },
     ]
 }
