@@ -422,6 +422,19 @@ async fn token_for(
 
 /// The kubelet's atomic layout: the files in a timestamped folder, `..data` pointing at it, and
 /// each top-level entry a link through `..data`.
+/// Lays `secret`'s data out in `dir` the way the kubelet mounts a Secret volume (a timestamped
+/// data dir behind `..data`, a symlink per key), for tests that run a sidecar as a process.
+pub fn mount_secret(dir: &Path, secret: Secret) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let files: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    write_atomic(dir, &files)
+}
+
 fn write_atomic(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     let stamp = format!(
         "..{}",

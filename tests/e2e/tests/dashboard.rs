@@ -211,13 +211,7 @@ impl Env {
         if dir.exists() {
             return Ok(dir);
         }
-        let data = self.dir.path().join("keys-data");
-        std::fs::create_dir_all(&data)?;
-        std::fs::create_dir_all(&dir)?;
-        for (name, value) in secret.data.unwrap_or_default() {
-            std::fs::write(data.join(&name), value.0)?;
-            std::os::unix::fs::symlink(data.join(&name), dir.join(&name))?;
-        }
+        gatehouse_e2e::kubelet::mount_secret(&dir, secret)?;
         Ok(dir)
     }
 

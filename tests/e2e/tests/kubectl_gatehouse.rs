@@ -174,10 +174,7 @@ async fn request_spend_and_failover_answer_from_the_api_and_the_sidecars() -> Re
     })
     .await?;
     let keys_dir = dir.path().join("keys");
-    std::fs::create_dir_all(&keys_dir)?;
-    for (name, value) in keys.data.unwrap_or_default() {
-        std::fs::write(keys_dir.join(&name), value.0)?;
-    }
+    gatehouse_e2e::kubelet::mount_secret(&keys_dir, keys)?;
 
     // Two pods, each with its sidecar: the Pod object in the API, the sidecar as a process, and
     // the status the kubelet would write.

@@ -111,13 +111,7 @@ async fn a_cluster_rpm_limit_holds_across_10_sidecars() -> Result<()> {
     )
     .await?;
     let keys = dir.path().join("keys");
-    let data = dir.path().join("keys-data");
-    std::fs::create_dir_all(&keys)?;
-    std::fs::create_dir_all(&data)?;
-    for (name, value) in secret.data.unwrap_or_default() {
-        std::fs::write(data.join(&name), value.0)?;
-        std::os::unix::fs::symlink(data.join(&name), keys.join(&name))?;
-    }
+    gatehouse_e2e::kubelet::mount_secret(&keys, secret)?;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
