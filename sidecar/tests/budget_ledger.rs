@@ -755,7 +755,8 @@ async fn a_request_waits_through_partial_grants_within_its_bound() {
     let resp = chat(&sidecar, "chat").await;
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     assert!(ledger.syncs().len() >= 3, "{} syncs", ledger.syncs().len());
-    // With too little time to wait for them, the same request is refused.
+    // With too little time to wait for them, the same request is refused. Once the ledger has
+    // answered (the Budget is no longer degraded) but granted too little, that is a 429.
     let hasty = start(
         &mock,
         &budget("b", "chat", "closed"),
@@ -764,12 +765,26 @@ async fn a_request_waits_through_partial_grants_within_its_bound() {
         |args| args.budget_wait_ms = 0,
     )
     .await;
+    wait_metric(&hasty, r#"gatehouse_budget_degraded{budget="b"} 0"#).await;
     let resp = chat(&hasty, "chat").await;
-    assert_eq!(
-        resp.status(),
-        503,
-        "no live lease within the wait: fail closed"
-    );
+    assert_eq!(resp.status(), 429, "the ledger answered, but not enough");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    // Before any answer there is no live lease within the wait: the Budget fails closed.
+    let silent = FakeLedger::start(10_000, 5_000).await;
+    silent.set(Mode::Hang);
+    let unanswered = start(
+        &mock,
+        &budget("b", "chat", "closed"),
+        vec![silent.url()],
+        &token,
+        |args| args.budget_wait_ms = 0,
+    )
+    .await;
+    let resp = chat(&unanswered, "chat").await;
+    assert_eq!(resp.status(), 503, "no live lease within the wait");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_unavailable", "{body}");
 }
 
 #[tokio::test]
