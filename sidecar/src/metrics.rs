@@ -392,9 +392,10 @@ pub struct TokenUsageLabels {
 
 /// Per-request series kept in one map entry per label set, so a request costs one lookup
 /// (foldhash, read lock) for all of them, like [`Spend`]; exposed as one metric per part by views.
+/// An entry is shared ([`Series::handle`]) so that a Route's [`RouteHandles`] can keep it.
 #[derive(Debug)]
 pub struct Series<K, V> {
-    entries: RwLock<HashMap<K, V, foldhash::fast::RandomState>>,
+    entries: RwLock<HashMap<K, Arc<V>, foldhash::fast::RandomState>>,
     make: fn() -> V,
 }
 
@@ -419,11 +420,27 @@ impl<K: Clone + Eq + std::hash::Hash, V> Series<K, V> {
             return f(v);
         }
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        let v = entries.entry(key.clone()).or_insert_with(self.make);
+        let v = entries
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new((self.make)()));
         f(v)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, V, foldhash::fast::RandomState>> {
+    /// The entry of `key`, created when new, to keep.
+    pub fn handle(&self, key: &K) -> Arc<V> {
+        if let Some(v) = self.read().get(key) {
+            return v.clone();
+        }
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new((self.make)()))
+            .clone()
+    }
+
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<K, Arc<V>, foldhash::fast::RandomState>> {
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -606,12 +623,45 @@ pub struct FailoverLabels {
     pub to_provider: Arc<str>,
 }
 
+/// Handles to the series that a Route's plain requests touch, resolved once per Route of a
+/// snapshot, so that recording one takes no label lookup ([`crate::stages::telemetry`]). A plain
+/// request is answered 200 by one of the Route's own targets at its first attempt; any other
+/// takes the labelled path.
+#[derive(Debug)]
+pub struct RouteHandles {
+    /// [`Metrics::id`] of the metrics these series belong to.
+    pub owner: u64,
+    /// `gatehouse_request_duration_seconds{route}`.
+    pub duration: Histogram,
+    /// `gatehouse_cache_requests_total{route,result}`, one per result, made when first seen.
+    pub cache: [std::sync::OnceLock<Counter>; 3],
+    /// By target index, then operation (chat, embeddings), made when first seen.
+    pub targets: Box<[[std::sync::OnceLock<TargetHandles>; 2]]>,
+}
+
+/// The series of a plain request to one target of a Route, for one operation.
+#[derive(Debug)]
+pub struct TargetHandles {
+    /// `gatehouse_requests_total{route,provider,model,status="200"}`.
+    pub requests: Counter,
+    /// `gatehouse_upstream_attempts_total{provider,outcome="success"}`.
+    pub attempts: Counter,
+    /// The GenAI server series (no `error_type`).
+    pub server: Arc<ServerSeries>,
+    /// `gen_ai.client.operation.duration` of the successful attempt.
+    pub client: Arc<Histogram>,
+    /// `gen_ai.client.token.usage`.
+    pub tokens: Arc<TokenSeries>,
+}
+
 /// All metrics, registered once.
 #[derive(Debug)]
 pub struct Metrics {
     /// Whether the telemetry stage records per-request metrics (`--metrics`); off, the other
     /// metrics are still served, the request path records none of the per-request ones.
     pub recording: bool,
+    /// Unique in the process: which [`RouteHandles`] are this one's.
+    pub id: u64,
     /// `gen_ai.server.request.duration` (arrival to the last byte; the whole stream for a
     /// stream), `gen_ai.server.time_to_first_token` (arrival to the first event relayed) and
     /// `gen_ai.server.time_per_output_token` (after the first event, per further output token),
@@ -855,6 +905,10 @@ impl Metrics {
         );
         Self {
             recording: true,
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
             genai_server,
             genai_client_duration,
             genai_tokens,

@@ -180,6 +180,9 @@ pub struct ServedRoute {
     /// The route's rate limits that apply to this sidecar's workload, resolved on first use
     /// (`stages::ratelimit`; their state outlives the snapshot).
     pub rate_limits: std::sync::OnceLock<Vec<Arc<crate::stages::ratelimit::Limiter>>>,
+    /// The series this route's plain requests record into (`stages::telemetry`), resolved on
+    /// first use.
+    pub metric_handles: std::sync::OnceLock<crate::metrics::RouteHandles>,
 }
 
 impl ServedRoute {
@@ -207,6 +210,7 @@ impl ServedRoute {
             health: std::sync::OnceLock::new(),
             redact: None,
             rate_limits: std::sync::OnceLock::new(),
+            metric_handles: std::sync::OnceLock::new(),
         }
     }
 

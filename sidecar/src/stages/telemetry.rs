@@ -14,12 +14,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::{Context, End, Hooks, Stage};
+use http::StatusCode;
+
+use super::{CacheStatus, Context, End, Hooks, Stage};
+use crate::dialect::Operation;
 use crate::genai;
 use crate::metrics::{
     AttemptLabels, CacheLabels, ErrorLabels, FailoverLabels, GenAiLabels, Metrics,
-    RateLimitDecisionLabels, RequestLabels, RouteLabels, SpendLabels, TokenUsageLabels,
+    RateLimitDecisionLabels, RequestLabels, RouteHandles, RouteLabels, ServerSeries, SpendLabels,
+    TargetHandles, TokenSeries, TokenUsageLabels,
 };
+use crate::state::ServedRoute;
 
 /// The status recorded for a request whose client went away before any response head left
 /// (nginx's "client closed request").
@@ -69,9 +74,97 @@ impl Telemetry {
 }
 
 impl Telemetry {
+    /// The series of `route` that do not depend on the request beyond it, resolved on its first
+    /// request; `None` when the route's handles belong to another [`Metrics`] (a test running two
+    /// sidecars on one snapshot).
+    fn route_handles<'a>(&self, route: &'a ServedRoute) -> Option<&'a RouteHandles> {
+        let m = &self.metrics;
+        let h = route.metric_handles.get_or_init(|| RouteHandles {
+            owner: m.id,
+            duration: m.request_duration.get_or_create_owned(&RouteLabels {
+                route: route.name.clone(),
+            }),
+            cache: Default::default(),
+            targets: route.targets.iter().map(|_| Default::default()).collect(),
+        });
+        (h.owner == m.id).then_some(h)
+    }
+
+    /// The series of a plain request, the common case: answered 200 by one of its Route's own
+    /// targets at the first attempt, nothing failed. Resolved with the same labels the labelled
+    /// path uses, once per target and operation.
+    fn target_handles<'a>(
+        &self,
+        ctx: &Context,
+        end: End,
+        route: &ServedRoute,
+        handles: &'a RouteHandles,
+    ) -> Option<&'a TargetHandles> {
+        let answered = ctx.answered_by.as_ref()?;
+        let op = ctx.operation?;
+        let [attempt] = ctx.attempts.as_slice() else {
+            return None;
+        };
+        if ctx.status != Some(StatusCode::OK)
+            || ctx.error.is_some()
+            || attempt.outcome != "success"
+            || matches!(end, End::StreamBroken | End::ClientGone)
+        {
+            return None;
+        }
+        let i = route.targets.iter().position(|t| {
+            Arc::ptr_eq(&t.provider, &answered.provider) && t.model == answered.model
+        })?;
+        let slot = handles.targets.get(i)?.get(match op {
+            Operation::Chat => 0,
+            Operation::Embeddings => 1,
+        })?;
+        Some(slot.get_or_init(|| {
+            let m = &self.metrics;
+            let labels = GenAiLabels {
+                gen_ai_operation_name: genai::operation_name(op),
+                gen_ai_provider_name: genai::provider_name(answered.provider.kind),
+                gen_ai_request_model: route.name.clone(),
+                gen_ai_response_model: answered.model.clone(),
+                error_type: "",
+                route: route.name.clone(),
+                provider: answered.provider.name.clone(),
+            };
+            let server = m.genai_server.handle(&labels);
+            let labels = GenAiLabels {
+                gen_ai_request_model: answered.model.clone(),
+                ..labels
+            };
+            let client = m.genai_client_duration.handle(&labels);
+            let tokens = m.genai_tokens.handle(&TokenUsageLabels {
+                gen_ai_operation_name: labels.gen_ai_operation_name,
+                gen_ai_provider_name: labels.gen_ai_provider_name,
+                gen_ai_request_model: answered.model.clone(),
+                gen_ai_response_model: answered.model.clone(),
+                route: route.name.clone(),
+                provider: answered.provider.name.clone(),
+            });
+            TargetHandles {
+                requests: m.requests.get_or_create_owned(&RequestLabels {
+                    route: route.name.clone(),
+                    provider: answered.provider.name.clone(),
+                    model: answered.model.clone(),
+                    status: StatusCode::OK.as_u16(),
+                }),
+                attempts: m.attempts.get_or_create_owned(&AttemptLabels {
+                    provider: answered.provider.name.clone(),
+                    outcome: "success",
+                }),
+                server,
+                client,
+                tokens,
+            }
+        }))
+    }
+
     /// The GenAI convention metrics (`metrics` module doc): the server ones per request, the
-    /// client ones per attempt.
-    fn genai(&self, ctx: &Context, end: End, route: &Arc<str>) {
+    /// client ones per attempt. `plain` holds their series when the request is a plain one.
+    fn genai(&self, ctx: &Context, end: End, route: &Arc<str>, plain: Option<&TargetHandles>) {
         let Some(op) = ctx.operation else {
             return;
         };
@@ -93,21 +186,12 @@ impl Telemetry {
                 .unwrap_or("_OTHER"),
             (None, _) => "",
         };
-        let server = GenAiLabels {
-            gen_ai_operation_name: operation,
-            gen_ai_provider_name: answered.map_or("", |t| genai::provider_name(t.provider.kind)),
-            gen_ai_request_model: route.clone(),
-            gen_ai_response_model: answered.map_or_else(|| self.empty.clone(), |t| t.model.clone()),
-            error_type,
-            route: route.clone(),
-            provider: answered.map_or_else(|| self.empty.clone(), |t| t.provider.name.clone()),
-        };
         let total = ctx.start.elapsed();
         let output = ctx.usage.map_or(0, |u| {
             let t = u.tokens();
             t.output + t.reasoning
         });
-        m.genai_server.with(&server, |s| {
+        let server = |s: &ServerSeries| {
             s.duration.observe(total.as_secs_f64());
             if let Some(first) = ctx.first_event
                 && error_type.is_empty()
@@ -117,7 +201,33 @@ impl Telemetry {
                     s.observe_tpot(total.saturating_sub(first).as_secs_f64() / (output - 1) as f64);
                 }
             }
-        });
+        };
+        let tokens = |s: &TokenSeries, usage: &crate::usage::Usage| {
+            let t = usage.tokens();
+            s.input
+                .observe((t.input + t.cached_read + t.cache_write) as f64);
+            s.output.observe((t.output + t.reasoning) as f64);
+        };
+        if let Some(plain) = plain {
+            server(&plain.server);
+            if let Some(attempt) = ctx.attempts.first() {
+                plain.client.observe(attempt.elapsed.as_secs_f64());
+            }
+            if let Some(usage) = &ctx.usage {
+                tokens(&plain.tokens, usage);
+            }
+            return;
+        }
+        let labels = GenAiLabels {
+            gen_ai_operation_name: operation,
+            gen_ai_provider_name: answered.map_or("", |t| genai::provider_name(t.provider.kind)),
+            gen_ai_request_model: route.clone(),
+            gen_ai_response_model: answered.map_or_else(|| self.empty.clone(), |t| t.model.clone()),
+            error_type,
+            route: route.clone(),
+            provider: answered.map_or_else(|| self.empty.clone(), |t| t.provider.name.clone()),
+        };
+        m.genai_server.with(&labels, server);
         // Client side: each attempt, as the provider served it.
         for attempt in &ctx.attempts {
             let ok = attempt.outcome == "success";
@@ -138,10 +248,7 @@ impl Telemetry {
             m.genai_client_duration
                 .with(&labels, |h| h.observe(attempt.elapsed.as_secs_f64()));
         }
-        if let (Some(target), Some(usage)) = (answered, ctx.usage) {
-            let t = usage.tokens();
-            let input = t.input + t.cached_read + t.cache_write;
-            let output = t.output + t.reasoning;
+        if let (Some(target), Some(usage)) = (answered, &ctx.usage) {
             let labels = TokenUsageLabels {
                 gen_ai_operation_name: operation,
                 gen_ai_provider_name: genai::provider_name(target.provider.kind),
@@ -150,22 +257,33 @@ impl Telemetry {
                 route: route.clone(),
                 provider: target.provider.name.clone(),
             };
-            m.genai_tokens.with(&labels, |s| {
-                s.input.observe(input as f64);
-                s.output.observe(output as f64);
-            });
+            m.genai_tokens.with(&labels, |s| tokens(s, usage));
         }
     }
 
     /// Cache results, failovers and rate-limit decisions of a routed request.
-    fn decisions(&self, ctx: &Context, route: &Arc<str>) {
+    fn decisions(&self, ctx: &Context, route: &Arc<str>, handles: Option<&RouteHandles>) {
         let m = &self.metrics;
-        m.cache_requests
-            .get_or_create(&CacheLabels {
+        let result = ctx.cache.as_str();
+        let labelled = || {
+            m.cache_requests.get_or_create_owned(&CacheLabels {
                 route: route.clone(),
-                result: ctx.cache.as_str(),
+                result,
             })
-            .inc();
+        };
+        match handles {
+            Some(h) => {
+                let slot = match ctx.cache {
+                    CacheStatus::Bypass => &h.cache[0],
+                    CacheStatus::Hit => &h.cache[1],
+                    CacheStatus::Miss => &h.cache[2],
+                };
+                slot.get_or_init(labelled).inc();
+            }
+            None => {
+                labelled().inc();
+            }
+        }
         for pair in ctx.attempts.windows(2) {
             let (from, to) = (&pair[0].target, &pair[1].target);
             if from.provider.name != to.provider.name || from.model != to.model {
@@ -192,45 +310,68 @@ impl Telemetry {
         }
     }
 
-    /// Every per-request metric (`--metrics on`).
+    /// Every per-request metric (`--metrics on`). A request of a Route records through the
+    /// Route's handles ([`RouteHandles`]) where it can, by label lookup where it cannot; the
+    /// series are the same either way.
     fn record(&self, ctx: &Context, end: End) {
         let m = &self.metrics;
+        let route = ctx.route.as_deref();
+        let handles = route.and_then(|r| self.route_handles(r));
+        let plain = route
+            .zip(handles)
+            .and_then(|(r, h)| self.target_handles(ctx, end, r, h));
         let status = ctx.status.map_or(CLIENT_CLOSED, |s| s.as_u16());
         // Label values are shared strings: reference counts, no allocation per request.
         let shared = |name: Option<&Arc<str>>| name.map_or_else(|| self.empty.clone(), Arc::clone);
-        let route_label = shared(ctx.route.as_ref().map(|r| &r.name));
-        let provider_label = shared(ctx.answered_by.as_ref().map(|t| &t.provider.name));
-        let model_label = shared(ctx.answered_by.as_ref().map(|t| &t.model));
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: route_label.clone(),
-                provider: provider_label,
-                model: model_label,
-                status,
-            })
-            .inc();
+        let route_label = shared(route.map(|r| &r.name));
+        match plain {
+            Some(plain) => {
+                plain.requests.inc();
+            }
+            None => {
+                m.requests
+                    .get_or_create(&RequestLabels {
+                        route: route_label.clone(),
+                        provider: shared(ctx.answered_by.as_ref().map(|t| &t.provider.name)),
+                        model: shared(ctx.answered_by.as_ref().map(|t| &t.model)),
+                        status,
+                    })
+                    .inc();
+            }
+        }
         // Duration and overhead up to the response head (for a stream: until it was committed),
         // as the metrics document.
         let elapsed = ctx.head_elapsed.unwrap_or_else(|| ctx.start.elapsed());
         if !route_label.is_empty() {
-            m.request_duration
-                .get_or_create(&RouteLabels {
-                    route: route_label.clone(),
-                })
-                .observe(elapsed.as_secs_f64());
-            self.decisions(ctx, &route_label);
+            match handles {
+                Some(h) => h.duration.observe(elapsed.as_secs_f64()),
+                None => m
+                    .request_duration
+                    .get_or_create(&RouteLabels {
+                        route: route_label.clone(),
+                    })
+                    .observe(elapsed.as_secs_f64()),
+            }
+            self.decisions(ctx, &route_label, handles);
         }
         if !ctx.attempts.is_empty() {
             m.overhead
                 .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
         }
-        for attempt in &ctx.attempts {
-            m.attempts
-                .get_or_create(&AttemptLabels {
-                    provider: attempt.target.provider.name.clone(),
-                    outcome: attempt.outcome,
-                })
-                .inc();
+        match plain {
+            Some(plain) => {
+                plain.attempts.inc();
+            }
+            None => {
+                for attempt in &ctx.attempts {
+                    m.attempts
+                        .get_or_create(&AttemptLabels {
+                            provider: attempt.target.provider.name.clone(),
+                            outcome: attempt.outcome,
+                        })
+                        .inc();
+                }
+            }
         }
         if let Some(reason) = ctx.error {
             m.errors.get_or_create(&ErrorLabels { reason }).inc();
@@ -249,7 +390,7 @@ impl Telemetry {
                 })
                 .inc();
         }
-        self.genai(ctx, end, &route_label);
+        self.genai(ctx, end, &route_label, plain);
         self.spend(ctx);
     }
 }
@@ -333,5 +474,188 @@ impl Stage for Telemetry {
         } else {
             access_line!("request");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gatehouse_crds::config::{
+        ProviderConfig, RetryConfig, RouteConfig, SidecarConfig, TargetConfig, TimeoutConfig,
+    };
+
+    use super::*;
+    use crate::dialect::Dialect;
+    use crate::stages::AttemptRecord;
+    use crate::state::Snapshot;
+    use crate::usage::Usage;
+
+    fn snapshot() -> Snapshot {
+        let mut config = SidecarConfig::empty("default");
+        for name in ["a", "b"] {
+            let provider: ProviderConfig = serde_json::from_value(serde_json::json!({
+                "type": "openai", "endpoint": "http://127.0.0.1:1/v1",
+            }))
+            .unwrap();
+            config.providers.insert(name.into(), provider);
+        }
+        let target = |provider: &str, model: &str, priority| TargetConfig {
+            provider: provider.into(),
+            model: model.into(),
+            priority,
+            weight: 1,
+        };
+        let route = RouteConfig {
+            aliases: vec!["chat".into()],
+            targets: vec![target("a", "m1", 0), target("b", "m2", 1)],
+            unavailable: vec![],
+            retry: RetryConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            outlier: Default::default(),
+            rules: vec![],
+            rate_limits: vec![],
+            redact: None,
+            audit: Default::default(),
+            cache: None,
+        };
+        config.routes.insert("chat".into(), route);
+        Snapshot::build(config, &gatehouse_crds::ProviderKeys::new()).unwrap()
+    }
+
+    /// The requests a Route sees: plain ones (buffered, stream, embeddings, to either target)
+    /// and every kind that is not (failover, a refusal, a cache hit, a broken stream).
+    fn requests(snapshot: &Snapshot) -> Vec<(Context, End)> {
+        let route = snapshot.routes["chat"].clone();
+        let (first, second) = (route.targets[0].clone(), route.targets[1].clone());
+        // Far enough in the past that every duration lands in the same bucket on both runs.
+        let start = tokio::time::Instant::now() - Duration::from_secs(7);
+        let attempt = |target: &crate::state::Target, outcome| AttemptRecord {
+            target: target.clone(),
+            outcome,
+            elapsed: Duration::from_millis(300),
+            started: start,
+        };
+        let base = |op| {
+            let mut ctx = Context::new(Dialect::OpenAi);
+            ctx.start = start;
+            ctx.route = Some(route.clone());
+            ctx.operation = Some(op);
+            ctx.head_elapsed = Some(Duration::from_millis(310));
+            ctx
+        };
+        let answered = |op, target: &crate::state::Target, attempts: Vec<AttemptRecord>| {
+            let mut ctx = base(op);
+            ctx.answered_by = Some(target.clone());
+            ctx.attempts = attempts;
+            ctx.status = Some(StatusCode::OK);
+            ctx.usage = Some(Usage::new(12, 20, 2, 0, 0));
+            ctx
+        };
+        let mut out = vec![
+            (
+                answered(Operation::Chat, &first, vec![attempt(&first, "success")]),
+                End::Answered,
+            ),
+            (
+                answered(
+                    Operation::Embeddings,
+                    &first,
+                    vec![attempt(&first, "success")],
+                ),
+                End::Answered,
+            ),
+            (
+                answered(
+                    Operation::Chat,
+                    &second,
+                    vec![attempt(&first, "timeout"), attempt(&second, "success")],
+                ),
+                End::Answered,
+            ),
+        ];
+        let mut stream = answered(Operation::Chat, &second, vec![attempt(&second, "success")]);
+        stream.streaming = true;
+        stream.first_event = Some(Duration::from_millis(320));
+        out.push((stream, End::StreamComplete));
+        let mut broken = answered(Operation::Chat, &second, vec![attempt(&second, "success")]);
+        broken.streaming = true;
+        broken.first_event = Some(Duration::from_millis(320));
+        out.push((broken, End::StreamBroken));
+        let mut refused = base(Operation::Chat);
+        refused.attempts = vec![attempt(&first, "rate_limited")];
+        refused.status = Some(StatusCode::TOO_MANY_REQUESTS);
+        out.push((refused, End::Answered));
+        let mut hit = base(Operation::Chat);
+        hit.cache = CacheStatus::Hit;
+        hit.status = Some(StatusCode::OK);
+        out.push((hit, End::Answered));
+        let mut miss = answered(Operation::Chat, &first, vec![attempt(&first, "success")]);
+        miss.cache = CacheStatus::Miss;
+        out.push((miss, End::Answered));
+        out
+    }
+
+    /// Every exposed sample but the sums (durations measured at the call differ by µs).
+    fn samples(metrics: &Metrics) -> Vec<String> {
+        let mut lines: Vec<String> = metrics
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("_sum{") && !l.contains("_sum "))
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn route_handles_record_the_same_series_as_labels() {
+        let snapshot = snapshot();
+        let through_handles = Telemetry::new(Arc::new(Metrics::new()));
+        let through_labels = Telemetry::new(Arc::new(Metrics::new()));
+        // The first to record owns the Route's handles; the other finds them another's and
+        // takes the labelled path for every request.
+        for _ in 0..3 {
+            for (ctx, end) in requests(&snapshot) {
+                through_handles.record(&ctx, end);
+            }
+        }
+        let owner = snapshot.routes["chat"].metric_handles.get().unwrap().owner;
+        assert_eq!(owner, through_handles.metrics.id);
+        let plain_slots = snapshot.routes["chat"]
+            .metric_handles
+            .get()
+            .unwrap()
+            .targets[0]
+            .iter()
+            .chain(
+                &snapshot.routes["chat"]
+                    .metric_handles
+                    .get()
+                    .unwrap()
+                    .targets[1],
+            )
+            .filter(|s| s.get().is_some())
+            .count();
+        assert_eq!(
+            plain_slots, 3,
+            "chat to each target and embeddings to the first"
+        );
+        for _ in 0..3 {
+            for (ctx, end) in requests(&snapshot) {
+                through_labels.record(&ctx, end);
+            }
+        }
+        let (handles, labels) = (
+            samples(&through_handles.metrics),
+            samples(&through_labels.metrics),
+        );
+        assert!(
+            handles.iter().any(|l| l.starts_with(
+                "gatehouse_requests_total{route=\"chat\",provider=\"a\",model=\"m1\",status=\"200\"} 9"
+            )),
+            "{handles:#?}"
+        );
+        assert_eq!(handles, labels);
     }
 }
