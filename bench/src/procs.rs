@@ -85,26 +85,56 @@ impl Proc {
 
     /// CPU time (user + system) consumed so far by the process tree.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let ticks_per_sec = 100.0; // USER_HZ on Linux x86_64
-        let mut ticks = 0u64;
+        // Nanoseconds on a CPU per thread (`schedstat`); the clock ticks of `stat` (10 ms)
+        // where that cannot be read. A tick is as much as a few µs per request of a short round.
+        let mut total = Duration::ZERO;
         for pid in tree(self.pid()) {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-            let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-            ticks += utime + stime;
+            total += schedstat(pid).unwrap_or_else(|| ticks(pid));
         }
-        Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_sec))
+        Ok(total)
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// Time on a CPU of every live thread of `pid`, from `/proc/<pid>/task/*/schedstat`; `None`
+/// where the kernel has none.
+fn schedstat(pid: u32) -> Option<Duration> {
+    let mut ns = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // A thread that ended since the listing is skipped.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(run) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+        {
+            ns = Some(ns.unwrap_or(0) + run);
+        }
+    }
+    ns.map(Duration::from_nanos)
+}
+
+/// User plus system time of `pid` in clock ticks, from `/proc/<pid>/stat`.
+fn ticks(pid: u32) -> Duration {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux x86_64
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Duration::from_secs_f64((utime + stime) as f64 / ticks_per_sec)
 }
 
 impl Drop for Proc {
