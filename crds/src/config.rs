@@ -267,7 +267,7 @@ pub struct LongContextPricing {
 }
 
 /// A route: the aliases apps send as `model` and where they go.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     /// Model names apps send that select this route. Unique across the namespace's routes.

@@ -201,7 +201,7 @@ fn backoff_for(retry: &RetryConfig, pass: u32, rng: &mut impl Rng) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_crds::config::{RouteConfig, TargetConfig, TimeoutConfig};
+    use gatehouse_crds::config::{RouteConfig, TargetConfig};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -217,15 +217,7 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
-            unavailable: vec![],
-            retry: RetryConfig::default(),
-            timeouts: TimeoutConfig::default(),
-            outlier: Default::default(),
-            rules: vec![],
-            rate_limits: vec![],
-            redact: None,
-            audit: Default::default(),
-            cache: None,
+            ..RouteConfig::default()
         };
         crate::state::tests_support::route("r", config)
     }

@@ -458,7 +458,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use gatehouse_crds::config::{ProviderConfig, RetryConfig, TimeoutConfig};
+    use gatehouse_crds::config::ProviderConfig;
 
     use super::*;
 
@@ -560,15 +560,7 @@ mod tests {
                     priority: 0,
                     weight: 1,
                 }],
-                unavailable: vec![],
-                retry: RetryConfig::default(),
-                timeouts: TimeoutConfig::default(),
-                outlier: Default::default(),
-                rules: vec![],
-                rate_limits: vec![],
-                redact: None,
-                audit: Default::default(),
-                cache: None,
+                ..RouteConfig::default()
             },
         );
         config

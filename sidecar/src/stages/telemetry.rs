@@ -481,9 +481,7 @@ impl Stage for Telemetry {
 mod tests {
     use std::time::Duration;
 
-    use gatehouse_crds::config::{
-        ProviderConfig, RetryConfig, RouteConfig, SidecarConfig, TargetConfig, TimeoutConfig,
-    };
+    use gatehouse_crds::config::{ProviderConfig, RouteConfig, SidecarConfig, TargetConfig};
 
     use super::*;
     use crate::dialect::Dialect;
@@ -509,15 +507,7 @@ mod tests {
         let route = RouteConfig {
             aliases: vec!["chat".into()],
             targets: vec![target("a", "m1", 0), target("b", "m2", 1)],
-            unavailable: vec![],
-            retry: RetryConfig::default(),
-            timeouts: TimeoutConfig::default(),
-            outlier: Default::default(),
-            rules: vec![],
-            rate_limits: vec![],
-            redact: None,
-            audit: Default::default(),
-            cache: None,
+            ..RouteConfig::default()
         };
         config.routes.insert("chat".into(), route);
         Snapshot::build(config, &gatehouse_crds::ProviderKeys::new()).unwrap()
