@@ -22,4 +22,4 @@ pub mod wait;
 
 pub use binaries::{Binaries, CommandOutput};
 pub use control_plane::ControlPlane;
-pub use wait::{eventually, reconciled_after};
+pub use wait::{answers_ok, eventually, reconciled_after};

@@ -100,3 +100,79 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// A kube-mode sidecar of a pod, started with the flags the injection webhook gives it (kube
+/// mode, the pod's identity with ServiceAccount `app`, the keys directory, the budget ledger),
+/// its proxy on a free loopback port and its JSON log in `log`.
+#[derive(Debug)]
+pub struct KubeSidecar<'a> {
+    /// The control plane whose API server it watches.
+    pub control_plane: &'a ControlPlane,
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// The ServiceAccount token it reads the API with.
+    pub api_token: &'a Path,
+    /// The keys Secret as the kubelet mounts it (`kubelet::mount_secret`).
+    pub keys_dir: &'a Path,
+    /// The pod's name.
+    pub pod: &'a str,
+    /// `--workload`, when the test names one.
+    pub workload: Option<&'a str>,
+    /// `--ledger-url` (a comma-separated list).
+    pub ledger_url: &'a str,
+    /// The projected token it syncs with the ledger with.
+    pub ledger_token: &'a Path,
+    /// Where its admin port listens: `127.0.0.1`, or `0.0.0.0` to be reached at a pod IP.
+    pub admin_host: &'a str,
+}
+
+/// A started [`KubeSidecar`], ready.
+#[derive(Debug)]
+pub struct StartedSidecar {
+    /// The process; killed on drop.
+    pub proc: Proc,
+    /// `http://127.0.0.1:<proxy port>`.
+    pub base: String,
+    /// `http://127.0.0.1:<admin port>`.
+    pub admin: String,
+    /// The admin port.
+    pub admin_port: u16,
+}
+
+impl KubeSidecar<'_> {
+    /// Start it, its log in `log`, and wait until its `/readyz` answers 200 (at most 60 s).
+    pub async fn start(&self, http: &reqwest::Client, log: PathBuf) -> Result<StartedSidecar> {
+        let (proxy, admin_port) = (free_port()?, free_port()?);
+        let mut cmd = Command::new(binary("gatehouse-sidecar"));
+        cmd.env("KUBECONFIG", self.control_plane.kubeconfig())
+            .args([
+                "--kube".to_string(),
+                format!("--namespace={}", self.namespace),
+                format!("--kube-token-file={}", self.api_token.display()),
+                format!("--keys-dir={}", self.keys_dir.display()),
+                format!("--listen=127.0.0.1:{proxy}"),
+                format!("--admin-listen={}:{admin_port}", self.admin_host),
+                format!("--pod-name={}", self.pod),
+                "--service-account=app".into(),
+                format!("--ledger-url={}", self.ledger_url),
+                format!("--ledger-token-file={}", self.ledger_token.display()),
+                "--log-format=json".into(),
+            ])
+            .args(self.workload.map(|w| format!("--workload={w}")));
+        let proc = Proc::spawn(cmd, log)?;
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        crate::wait::answers_ok(
+            http,
+            &format!("{admin}/readyz"),
+            "sidecar ready",
+            std::time::Duration::from_secs(60),
+        )
+        .await?;
+        Ok(StartedSidecar {
+            proc,
+            base: format!("http://127.0.0.1:{proxy}"),
+            admin,
+            admin_port,
+        })
+    }
+}

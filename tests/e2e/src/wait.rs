@@ -76,6 +76,25 @@ where
     .await
 }
 
+/// Wait until a GET of `url` answers 2xx (a `/readyz`, a server's ready page), at most `limit`.
+pub async fn answers_ok(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    limit: Duration,
+) -> Result<()> {
+    eventually(what, limit, || async move {
+        Ok(http
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ()))
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use gatehouse_crds::ledger::{Period, TOKEN_AUDIENCE};
 use gatehouse_crds::{Budget, BudgetStatus};
+use gatehouse_e2e::procs::KubeSidecar;
 use gatehouse_e2e::procs::{self, Proc, binary, free_port};
 use gatehouse_e2e::{ControlPlane, eventually};
 use gatehouse_mock_provider::MockProvider;
@@ -213,44 +214,26 @@ impl Env {
     /// A kube-mode sidecar of pod `pod`, syncing with the ledger at `ledger_urls`.
     async fn sidecar(&self, pod: &str, ledger_urls: &[&str]) -> Result<Sidecar> {
         let keys = self.keys().await?;
-        let (proxy, admin) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(binary("gatehouse-sidecar"));
-        cmd.env("KUBECONFIG", self.cp.kubeconfig()).args([
-            "--kube".to_string(),
-            format!("--namespace={}", self.ns),
-            format!("--kube-token-file={}", self.api_token.display()),
-            format!("--keys-dir={}", keys.display()),
-            format!("--listen=127.0.0.1:{proxy}"),
-            format!("--admin-listen=127.0.0.1:{admin}"),
-            format!("--pod-name={pod}"),
-            "--service-account=app".into(),
-            format!("--ledger-url={}", ledger_urls.join(",")),
-            format!("--ledger-token-file={}", self.ledger_token.display()),
-            "--log-format=json".into(),
-        ]);
         let log = self.dir.path().join(format!("sidecar-{pod}.log"));
-        let sidecar = Sidecar {
-            _proc: Proc::spawn(cmd, log.clone())?,
-            base: format!("http://127.0.0.1:{proxy}"),
-            admin: format!("http://127.0.0.1:{admin}"),
-            log,
-        };
-        let http = self.http.clone();
-        let ready = format!("{}/readyz", sidecar.admin);
-        eventually("sidecar ready", Duration::from_secs(60), || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                Ok(http
-                    .get(ready)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
+        let started = KubeSidecar {
+            control_plane: self.cp,
+            namespace: &self.ns,
+            api_token: &self.api_token,
+            keys_dir: &keys,
+            pod,
+            workload: None,
+            ledger_url: &ledger_urls.join(","),
+            ledger_token: &self.ledger_token,
+            admin_host: "127.0.0.1",
+        }
+        .start(&self.http, log.clone())
         .await?;
-        Ok(sidecar)
+        Ok(Sidecar {
+            _proc: started.proc,
+            base: started.base,
+            admin: started.admin,
+            log,
+        })
     }
 
     async fn events(&self, budget: &str, reason: &str) -> Result<usize> {

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gatehouse_crds::ledger::TOKEN_AUDIENCE;
+use gatehouse_e2e::procs::KubeSidecar;
 use gatehouse_e2e::procs::{self, Proc, binary, free_port, repo_root};
-use gatehouse_e2e::{ControlPlane, eventually};
+use gatehouse_e2e::{ControlPlane, answers_ok, eventually};
 use gatehouse_mock_provider::{Behaviour, MockProvider};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
@@ -218,40 +219,27 @@ impl Env {
     /// A kube-mode sidecar of pod `pod` (workload `web`): its proxy and admin addresses.
     async fn sidecar(&self, pod: &str, ledger: &str) -> Result<(Proc, String, String)> {
         let keys = self.keys().await?;
-        let (proxy, admin) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(binary("gatehouse-sidecar"));
-        cmd.env("KUBECONFIG", self.cp.kubeconfig()).args([
-            "--kube".to_string(),
-            format!("--namespace={}", self.ns),
-            format!("--kube-token-file={}", self.api_token.display()),
-            format!("--keys-dir={}", keys.display()),
-            format!("--listen=127.0.0.1:{proxy}"),
-            format!("--admin-listen=127.0.0.1:{admin}"),
-            format!("--pod-name={pod}"),
-            "--workload=web".into(),
-            "--service-account=app".into(),
-            format!("--ledger-url={ledger}"),
-            format!("--ledger-token-file={}", self.ledger_token.display()),
-            "--log-format=json".into(),
-        ]);
-        let proc = Proc::spawn(cmd, self.dir.path().join(format!("sidecar-{pod}.log")))?;
-        let admin = format!("127.0.0.1:{admin}");
-        let ready = format!("http://{admin}/readyz");
-        let http = self.http.clone();
-        eventually("sidecar ready", Duration::from_secs(60), || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                Ok(http
-                    .get(ready)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
+        let started = KubeSidecar {
+            control_plane: self.cp,
+            namespace: &self.ns,
+            api_token: &self.api_token,
+            keys_dir: &keys,
+            pod,
+            workload: Some("web"),
+            ledger_url: ledger,
+            ledger_token: &self.ledger_token,
+            admin_host: "127.0.0.1",
+        }
+        .start(
+            &self.http,
+            self.dir.path().join(format!("sidecar-{pod}.log")),
+        )
         .await?;
-        Ok((proc, format!("http://127.0.0.1:{proxy}"), admin))
+        Ok((
+            started.proc,
+            started.base,
+            format!("127.0.0.1:{}", started.admin_port),
+        ))
     }
 }
 
@@ -284,19 +272,12 @@ async fn prometheus(
     ]);
     let proc = Proc::spawn(cmd, dir.join("prometheus.log"))?;
     let base = format!("http://127.0.0.1:{port}");
-    let ready = format!("{base}/-/ready");
-    eventually("prometheus ready", Duration::from_secs(60), || {
-        let (http, ready) = (http.clone(), ready.clone());
-        async move {
-            Ok(http
-                .get(ready)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        }
-    })
+    answers_ok(
+        http,
+        &format!("{base}/-/ready"),
+        "prometheus ready",
+        Duration::from_secs(60),
+    )
     .await?;
     Ok((proc, base))
 }

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use gatehouse_crds::Budget;
 use gatehouse_crds::ledger::TOKEN_AUDIENCE;
 use gatehouse_e2e::network::host_ip;
+use gatehouse_e2e::procs::KubeSidecar;
 use gatehouse_e2e::procs::{self, Proc, binary, free_port};
 use gatehouse_e2e::{ControlPlane, eventually};
 use gatehouse_mock_provider::{Behaviour, MockProvider};
@@ -181,37 +182,21 @@ async fn request_spend_and_failover_answer_from_the_api_and_the_sidecars() -> Re
     let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
     let mut sidecars = Vec::new();
     for (pod, workload) in [("checkout-0", "checkout"), ("search-0", "search")] {
-        let (proxy, admin_port) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(binary("gatehouse-sidecar"));
-        cmd.env("KUBECONFIG", cp.kubeconfig()).args([
-            "--kube".to_string(),
-            format!("--namespace={ns}"),
-            format!("--kube-token-file={}", api_token.display()),
-            format!("--keys-dir={}", keys_dir.display()),
-            format!("--listen=127.0.0.1:{proxy}"),
-            format!("--admin-listen=0.0.0.0:{admin_port}"),
-            format!("--pod-name={pod}"),
-            format!("--workload={workload}"),
-            "--service-account=app".into(),
-            format!("--ledger-url=http://127.0.0.1:{ledger}"),
-            format!("--ledger-token-file={}", ledger_token.display()),
-            "--log-format=json".into(),
-        ]);
-        let proc = Proc::spawn(cmd, dir.path().join(format!("sidecar-{pod}.log")))?;
-        let ready = format!("http://127.0.0.1:{admin_port}/readyz");
-        eventually("sidecar ready", Duration::from_secs(60), || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                Ok(http
-                    .get(ready)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
+        let started = KubeSidecar {
+            control_plane: cp,
+            namespace: &ns,
+            api_token: &api_token,
+            keys_dir: &keys_dir,
+            pod,
+            workload: Some(workload),
+            ledger_url: &format!("http://127.0.0.1:{ledger}"),
+            ledger_token: &ledger_token,
+            // The API server's pods/proxy reaches it at the pod IP.
+            admin_host: "0.0.0.0",
+        }
+        .start(&http, dir.path().join(format!("sidecar-{pod}.log")))
         .await?;
+        let admin_port = started.admin_port;
         let spec: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "labels": {"app": workload}},
@@ -238,8 +223,8 @@ async fn request_spend_and_failover_answer_from_the_api_and_the_sidecars() -> Re
         )
         .await?;
         sidecars.push(Sidecar {
-            _proc: proc,
-            base: format!("http://127.0.0.1:{proxy}"),
+            _proc: started.proc,
+            base: started.base,
         });
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, ensure};
 use gatehouse_crds::ledger::TOKEN_AUDIENCE;
+use gatehouse_e2e::procs::KubeSidecar;
 use gatehouse_e2e::procs::{self, Proc, binary, free_port};
 use gatehouse_e2e::{ControlPlane, eventually};
 use gatehouse_mock_provider::MockProvider;
@@ -118,36 +119,20 @@ async fn a_cluster_rpm_limit_holds_across_10_sidecars() -> Result<()> {
         .build()?;
     let mut sidecars = Vec::new();
     for i in 0..SIDECARS {
-        let (proxy, admin_port) = (free_port()?, free_port()?);
-        let mut cmd = Command::new(binary("gatehouse-sidecar"));
-        cmd.env("KUBECONFIG", cp.kubeconfig()).args([
-            "--kube".to_string(),
-            format!("--namespace={ns}"),
-            format!("--kube-token-file={}", api_token.display()),
-            format!("--keys-dir={}", keys.display()),
-            format!("--listen=127.0.0.1:{proxy}"),
-            format!("--admin-listen=127.0.0.1:{admin_port}"),
-            format!("--pod-name=web-{i}"),
-            "--service-account=app".into(),
-            format!("--ledger-url=http://127.0.0.1:{ledger_port}"),
-            format!("--ledger-token-file={}", ledger_token.display()),
-        ]);
-        let proc = Proc::spawn(cmd, dir.path().join(format!("sidecar-{i}.log")))?;
-        let ready = format!("http://127.0.0.1:{admin_port}/readyz");
-        eventually("sidecar ready", Duration::from_secs(60), || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                Ok(http
-                    .get(ready)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
+        let started = KubeSidecar {
+            control_plane: cp,
+            namespace: &ns,
+            api_token: &api_token,
+            keys_dir: &keys,
+            pod: &format!("web-{i}"),
+            workload: None,
+            ledger_url: &format!("http://127.0.0.1:{ledger_port}"),
+            ledger_token: &ledger_token,
+            admin_host: "127.0.0.1",
+        }
+        .start(&http, dir.path().join(format!("sidecar-{i}.log")))
         .await?;
-        sidecars.push((proc, format!("http://127.0.0.1:{proxy}")));
+        sidecars.push((started.proc, started.base));
     }
 
     // Load until two window boundaries have passed: at least one whole window is observed.
